@@ -1,0 +1,7 @@
+//! ringlog: a Raft-replicated log service for Linux.
+//!
+//! The crate is split the way the design asks (see `docs/engine.md`):
+//! - [`engine`]: the sans-IO Raft state machine: events in, commands out.
+//! - `wal`, `transport`, `runtime`: the parts that do I/O (added by later work).
+
+pub mod engine;
