@@ -5,3 +5,6 @@
 //! - `wal`, `transport`, `runtime`: the parts that do I/O (added by later work).
 
 pub mod engine;
+
+#[cfg(test)]
+mod sim;
