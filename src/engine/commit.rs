@@ -4,6 +4,7 @@
 //! counts, not its appended one), and only when that entry is from its own term:
 //! counting replicas of an older term's entry is unsafe (Raft §5.4.2, figure 8).
 
+use super::config::PlantedBug;
 use super::event::{AppendError, AppendOk, Command};
 use super::types::Index;
 use super::{Engine, Role};
@@ -20,7 +21,8 @@ impl Engine {
         if quorum_index <= self.commit_index {
             return;
         }
-        if self.log.term_at(quorum_index) != Some(self.hard.term) && !self.bug_commits_older_terms()
+        if self.log.term_at(quorum_index) != Some(self.hard.term)
+            && !self.planted(PlantedBug::CommitPreviousTerm)
         {
             return;
         }
@@ -72,16 +74,6 @@ impl Engine {
     pub(super) fn reply_append(&mut self, request_id: u64, result: Result<AppendOk, AppendError>) {
         self.output
             .push(Command::AppendResult { request_id, result });
-    }
-
-    #[cfg(test)]
-    fn bug_commits_older_terms(&self) -> bool {
-        self.config.planted_bug == Some(crate::sim::PlantedBug::CommitPreviousTerm)
-    }
-
-    #[cfg(not(test))]
-    fn bug_commits_older_terms(&self) -> bool {
-        false
     }
 }
 

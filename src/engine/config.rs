@@ -28,7 +28,19 @@ pub struct Config {
     /// Test-only: make the engine misbehave on purpose, to show the simulator's
     /// checkers catch it.
     #[cfg(test)]
-    pub planted_bug: Option<crate::sim::PlantedBug>,
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// Deliberate engine bugs, switchable in test builds only, to show that the
+/// simulator's checkers catch them. Release builds cannot enable any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// A follower acknowledges entries before they are on disk.
+    AckBeforeFlush,
+    /// A member votes for a candidate whose log is behind its own.
+    VoteForShorterLog,
+    /// A leader commits an older term's entry by counting replicas.
+    CommitPreviousTerm,
 }
 
 impl Default for Config {

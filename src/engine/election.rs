@@ -5,6 +5,7 @@
 //! campaign for real. Members that heard from a leader within the minimum election
 //! timeout refuse both (the leader lease), except for a leader transfer.
 
+use super::config::PlantedBug;
 use super::progress::Progress;
 use super::types::{Campaign, Entry, EntryKind, HardState, Index, MessageBody, NodeId, Term};
 use super::{Engine, Role};
@@ -103,7 +104,8 @@ impl Engine {
             Some(voted) => voted == from,
             None => self.leader.is_none(),
         };
-        let log_ok = self.log_is_behind(last_index, last_term) || self.bug_votes_for_shorter_logs();
+        let log_ok = self.log_is_behind(last_index, last_term)
+            || self.planted(PlantedBug::VoteForShorterLog);
         let granted = can_vote && log_ok;
         if granted && self.hard.voted_for.is_none() {
             self.hard.voted_for = Some(from);
@@ -177,16 +179,6 @@ impl Engine {
             .bytes_between(self.commit_index + 1, self.log.last_index());
         self.broadcast_append();
         self.maybe_commit();
-    }
-
-    #[cfg(test)]
-    fn bug_votes_for_shorter_logs(&self) -> bool {
-        self.config.planted_bug == Some(crate::sim::PlantedBug::VoteForShorterLog)
-    }
-
-    #[cfg(not(test))]
-    fn bug_votes_for_shorter_logs(&self) -> bool {
-        false
     }
 }
 

@@ -340,6 +340,17 @@ impl Engine {
 
     // ---- shared helpers -------------------------------------------------------
 
+    /// Whether the test switch turned `bug` on; always false outside tests.
+    fn planted(&self, bug: config::PlantedBug) -> bool {
+        #[cfg(test)]
+        return self.config.planted_bug == Some(bug);
+        #[cfg(not(test))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+
     fn quorum(&self) -> usize {
         self.members.len() / 2 + 1
     }

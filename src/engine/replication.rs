@@ -6,6 +6,7 @@
 //! window in flight and advances `next_index` optimistically; a rejection drops the
 //! follower back to probing, one message at a time, guided by the conflict hint.
 
+use super::config::PlantedBug;
 use super::progress::ReplicationState;
 use super::types::{AppendResponse, ConflictHint, Entry, Index, MessageBody, NodeId, Term};
 use super::{Engine, Role};
@@ -271,7 +272,9 @@ impl Engine {
         };
         // A success speaks for entries on disk: it waits for every write so far.
         let after_op = match result {
-            AppendResponse::Success { .. } if !self.bug_acks_before_flush() => self.last_op,
+            AppendResponse::Success { .. } if !self.planted(PlantedBug::AckBeforeFlush) => {
+                self.last_op
+            }
             _ => 0,
         };
         let body = MessageBody::AppendEntriesResponse { result };
@@ -313,16 +316,6 @@ impl Engine {
         let result = AppendResponse::Success { match_index: prev };
         let body = MessageBody::AppendEntriesResponse { result };
         self.send_with_term(from, self.hard.term, body, self.last_op);
-    }
-
-    #[cfg(test)]
-    fn bug_acks_before_flush(&self) -> bool {
-        self.config.planted_bug == Some(crate::sim::PlantedBug::AckBeforeFlush)
-    }
-
-    #[cfg(not(test))]
-    fn bug_acks_before_flush(&self) -> bool {
-        false
     }
 }
 

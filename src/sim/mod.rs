@@ -22,16 +22,7 @@ use checker::{Check, Checker};
 use disk::Disk;
 use network::Network;
 
-/// Deliberate engine bugs, to show the checkers catch them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlantedBug {
-    /// A follower acknowledges entries before they are on disk.
-    AckBeforeFlush,
-    /// A member votes for a candidate whose log is behind its own.
-    VoteForShorterLog,
-    /// A leader commits an older term's entry by counting replicas.
-    CommitPreviousTerm,
-}
+pub use crate::engine::config::PlantedBug;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
