@@ -37,7 +37,7 @@ pub struct Config {
 pub enum PlantedBug {
     /// A follower acknowledges entries before they are on disk.
     AckBeforeFlush,
-    /// A member votes for a candidate whose log is behind its own.
+    /// A member votes (and pre-votes) for a candidate whose log is behind its own.
     VoteForShorterLog,
     /// A leader commits an older term's entry by counting replicas.
     CommitPreviousTerm,

@@ -130,7 +130,8 @@ impl Engine {
     /// as this one (Raft §5.4.1).
     fn log_is_behind(&self, last_index: Index, last_term: Term) -> bool {
         let (my_index, my_term) = (self.log.last_index(), self.log.last_term());
-        last_term > my_term || (last_term == my_term && last_index >= my_index)
+        let up_to_date = last_term > my_term || (last_term == my_term && last_index >= my_index);
+        up_to_date || self.planted(PlantedBug::VoteForShorterLog)
     }
 
     /// Records one answer; `Some(true)` once a quorum said yes, `Some(false)` once a
