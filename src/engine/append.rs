@@ -1,5 +1,5 @@
-//! Client appends: admission (bounded), then into the log and out to followers in
-//! the same step.
+//! Client appends: admission (bounded), then into the log, and out to followers at
+//! the end of the same turn (one AppendEntries per follower for the whole turn).
 
 use bytes::Bytes;
 
@@ -33,7 +33,8 @@ impl Engine {
             last_index,
             term,
         });
-        self.broadcast_append();
+        // Sent at the end of the turn, together with every other append of it.
+        self.replicate_pending = true;
     }
 
     fn admit_append(&self, records: &[Bytes]) -> Result<(), AppendError> {

@@ -119,6 +119,8 @@ pub struct Engine {
     /// Invariant: empty unless leader; ordered by `seq`.
     pending_reads: VecDeque<PendingRead>,
     transfer: Option<Transfer>,
+    /// Client appends this turn that followers have not been sent yet.
+    replicate_pending: bool,
     reported_role: Option<(Role, Term, Option<NodeId>)>,
     output: Vec<Command>,
 }
@@ -174,6 +176,7 @@ impl Engine {
             pending_appends: VecDeque::new(),
             pending_reads: VecDeque::new(),
             transfer: None,
+            replicate_pending: false,
             reported_role: None,
             output: Vec::new(),
         };
@@ -185,6 +188,26 @@ impl Engine {
 
     /// Feeds one event; the resulting commands wait in the output buffer.
     pub fn step(&mut self, event: Event) {
+        self.step_batch([event]);
+    }
+
+    /// Feeds every event of one runtime turn, then sends what they appended in one
+    /// go: many client appends become one AppendEntries per follower.
+    pub fn step_batch(&mut self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            self.apply(event);
+            self.report_changes();
+            #[cfg(any(test, debug_assertions))]
+            self.check_invariants();
+        }
+        if std::mem::take(&mut self.replicate_pending) && self.role == Role::Leader {
+            self.broadcast_append();
+        }
+        #[cfg(any(test, debug_assertions))]
+        self.check_invariants();
+    }
+
+    fn apply(&mut self, event: Event) {
         match event {
             Event::Tick => self.on_tick(),
             Event::Message(msg) => self.on_message(msg),
@@ -197,9 +220,6 @@ impl Engine {
             Event::TransferLeadership { to } => self.on_transfer_leadership(to),
             Event::PurgeLog { before } => self.on_purge(before),
         }
-        self.report_changes();
-        #[cfg(any(test, debug_assertions))]
-        self.check_invariants();
     }
 
     /// The commands produced since the last call, in the order to carry them out.

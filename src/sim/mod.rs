@@ -222,12 +222,7 @@ impl Sim {
         if !self.healed {
             self.client_workload()?;
         }
-        for msg in self.network.due(self.now, &mut self.rng) {
-            let k = (msg.to - 1) as usize;
-            if self.nodes[k].engine.is_some() {
-                self.step(k, Event::Message(msg))?;
-            }
-        }
+        self.deliver_messages()?;
         for k in 0..self.nodes.len() {
             if self.nodes[k].flush_at.is_some_and(|at| at <= self.now) {
                 self.nodes[k].flush_at = None;
@@ -238,23 +233,54 @@ impl Sim {
         Ok(())
     }
 
-    fn step(&mut self, k: usize, event: Event) -> Check {
-        self.steps += 1;
-        (self.now, k, &event).hash(&mut self.hasher);
-        if let Event::Durable { op } = event {
-            for msg in extract_ready(&mut self.nodes[k].held, op) {
-                self.network.send(msg, self.now, &mut self.rng);
+    /// Delivers the messages due, one step each or, on some ticks, all of a
+    /// member's in one batch as a runtime turn would.
+    fn deliver_messages(&mut self) -> Check {
+        let due = self.network.due(self.now, &mut self.rng);
+        let batched = self.rng.chance(1, 2);
+        let mut per_member: Vec<Vec<Event>> = vec![Vec::new(); self.nodes.len()];
+        for msg in due {
+            let k = (msg.to - 1) as usize;
+            if batched {
+                per_member[k].push(Event::Message(msg));
+            } else if self.nodes[k].engine.is_some() {
+                self.step(k, Event::Message(msg))?;
             }
         }
-        let tracing = self.trace_from.is_some_and(|from| self.now >= from) && event != Event::Tick;
+        for (k, events) in per_member.into_iter().enumerate() {
+            if !events.is_empty() && self.nodes[k].engine.is_some() {
+                self.step_batch(k, events)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, k: usize, event: Event) -> Check {
+        self.step_batch(k, vec![event])
+    }
+
+    /// Feeds a runtime turn's worth of events to member `k` and carries out what
+    /// it decides.
+    fn step_batch(&mut self, k: usize, events: Vec<Event>) -> Check {
+        self.steps += events.len() as u64;
+        (self.now, k, &events).hash(&mut self.hasher);
+        for event in &events {
+            if let Event::Durable { op } = *event {
+                for msg in extract_ready(&mut self.nodes[k].held, op) {
+                    self.network.send(msg, self.now, &mut self.rng);
+                }
+            }
+        }
+        let tracing =
+            self.trace_from.is_some_and(|from| self.now >= from) && events != [Event::Tick];
         if tracing {
-            eprintln!("t={} member {} <- {event:?}", self.now, k + 1);
+            eprintln!("t={} member {} <- {events:?}", self.now, k + 1);
         }
         let engine = self.nodes[k]
             .engine
             .as_mut()
             .expect("step on a live member");
-        engine.step(event);
+        engine.step_batch(events);
         engine.check_invariants();
         let commands = engine.take_commands();
         commands.hash(&mut self.hasher);

@@ -10,42 +10,42 @@ fn seed_count() -> u64 {
         .unwrap_or(500)
 }
 
-/// Runs seeds `0..count` on every core; returns the reports or the first failure.
-fn run_seeds(count: u64, planted_bug: Option<PlantedBug>) -> Result<Vec<SimReport>, String> {
+/// Runs seeds `0..count` on every core; returns each seed's outcome, in seed order.
+fn run_seeds(count: u64, planted_bug: Option<PlantedBug>) -> Vec<Result<SimReport, String>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let results: Vec<Result<Vec<SimReport>, String>> = std::thread::scope(|scope| {
+    let mut outcomes: Vec<(u64, Result<SimReport, String>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
-                    let mut reports = Vec::new();
-                    for seed in (t..count).step_by(threads as usize) {
-                        let config = SimConfig {
-                            planted_bug,
-                            ..SimConfig::for_seed(seed)
-                        };
-                        reports.push(run(config)?);
-                    }
-                    Ok(reports)
+                    let seeds = (t..count).step_by(threads as usize);
+                    let config = |seed| SimConfig {
+                        planted_bug,
+                        ..SimConfig::for_seed(seed)
+                    };
+                    seeds
+                        .map(|seed| (seed, run(config(seed))))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles
+        let joined = handles
             .into_iter()
-            .map(|h| h.join().expect("simulation thread"))
-            .collect()
+            .map(|h| h.join().expect("simulation thread"));
+        joined.flatten().collect()
     });
-    let mut all = Vec::new();
-    for result in results {
-        all.extend(result?);
-    }
-    Ok(all)
+    outcomes.sort_by_key(|(seed, _)| *seed);
+    outcomes.into_iter().map(|(_, outcome)| outcome).collect()
 }
 
 #[test]
 fn many_seeds_three_and_five_members() {
     let count = seed_count();
     let started = std::time::Instant::now();
-    let reports = run_seeds(count, None).unwrap_or_else(|failure| panic!("{failure}"));
+    let outcomes = run_seeds(count, None);
+    let reports: Vec<SimReport> = outcomes
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|failure| panic!("{failure}"));
     let seconds = started.elapsed().as_secs_f64();
     let acked: u64 = reports.iter().map(|r| r.acked_records).sum();
     let crashes: u32 = reports.iter().map(|r| r.crashes).sum();
@@ -88,13 +88,19 @@ fn same_seed_same_trace() {
 }
 
 fn assert_caught(bug: PlantedBug) {
-    match run_seeds(seed_count(), Some(bug)) {
-        Ok(_) => panic!(
-            "planted bug {bug:?} went unnoticed in {} seeds",
-            seed_count()
-        ),
-        Err(failure) => println!("{bug:?} caught: {failure}"),
-    }
+    let outcomes = run_seeds(seed_count(), Some(bug));
+    let caught: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        !caught.is_empty(),
+        "planted bug {bug:?} went unnoticed in {} seeds",
+        seed_count()
+    );
+    println!(
+        "{bug:?} caught in {} of {} seeds; first: {}",
+        caught.len(),
+        outcomes.len(),
+        caught[0]
+    );
 }
 
 #[test]

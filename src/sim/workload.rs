@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::engine::Event;
+use crate::engine::{Event, Role};
 
 use super::{Check, Sim};
 
@@ -23,11 +23,21 @@ impl Sim {
         Ok(())
     }
 
+    /// Mostly some member that believes it leads, even a deposed one cut off in a
+    /// minority (a client with stale metadata), so logs diverge; sometimes anyone.
     fn client_target(&mut self) -> usize {
-        match self.leader_index() {
-            Some(k) if self.rng.chance(4, 5) => k,
-            _ => self.rng.range(0, self.nodes.len() as u64) as usize,
+        let leaders: Vec<usize> = (0..self.nodes.len())
+            .filter(|&k| {
+                self.nodes[k]
+                    .engine
+                    .as_ref()
+                    .is_some_and(|e| e.role() == Role::Leader)
+            })
+            .collect();
+        if !leaders.is_empty() && self.rng.chance(4, 5) {
+            return leaders[self.rng.range(0, leaders.len() as u64) as usize];
         }
+        self.rng.range(0, self.nodes.len() as u64) as usize
     }
 
     fn submit_append(&mut self, k: usize, count: u64) -> Check {
