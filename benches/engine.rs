@@ -129,11 +129,11 @@ fn measure(clients: u64, duration: Duration, record_bytes: usize) -> f64 {
         }
         turns += 1;
         // Reading the clock every turn would cost more than a turn at one client.
-        if turns % 64 == 0 && started.elapsed() >= duration {
+        if turns.is_multiple_of(64) && started.elapsed() >= duration {
             break;
         }
         // Drop what is committed now and then, as retention would, so memory stays flat.
-        if turns % 4096 == 0 {
+        if turns.is_multiple_of(4096) {
             for inbox in &mut cluster.inbox {
                 inbox.push(Event::PurgeLog { before: u64::MAX });
             }
