@@ -5,6 +5,7 @@
 //! - `wal`, `transport`, `runtime`: the parts that do I/O (added by later work).
 
 pub mod engine;
+pub mod runtime;
 
 #[cfg(test)]
 mod sim;

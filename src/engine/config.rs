@@ -25,10 +25,6 @@ pub struct Config {
     pub uncommitted_bytes_max: u64,
     /// The leader refuses new read barriers while this many are waiting.
     pub pending_reads_max: usize,
-    /// Test-only: make the engine misbehave on purpose, to show the simulator's
-    /// checkers catch it.
-    #[cfg(test)]
-    pub planted_bug: Option<PlantedBug>,
 }
 
 /// Deliberate engine bugs, switchable in test builds only, to show that the
@@ -56,8 +52,6 @@ impl Default for Config {
             pending_appends_max: 65_536,
             uncommitted_bytes_max: 256 << 20,
             pending_reads_max: 65_536,
-            #[cfg(test)]
-            planted_bug: None,
         }
     }
 }

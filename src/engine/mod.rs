@@ -123,6 +123,9 @@ pub struct Engine {
     replicate_pending: bool,
     reported_role: Option<(Role, Term, Option<NodeId>)>,
     output: Vec<Command>,
+    /// Test builds only: a deliberate bug the simulator must catch.
+    #[cfg(test)]
+    planted_bug: Option<config::PlantedBug>,
 }
 
 impl Engine {
@@ -179,6 +182,8 @@ impl Engine {
             replicate_pending: false,
             reported_role: None,
             output: Vec::new(),
+            #[cfg(test)]
+            planted_bug: None,
         };
         engine.reset_election_timer();
         engine.reported_role = Some((Role::Follower, engine.hard.term, None));
@@ -360,10 +365,16 @@ impl Engine {
 
     // ---- shared helpers -------------------------------------------------------
 
+    /// Test builds only: makes this member misbehave as `bug` says.
+    #[cfg(test)]
+    pub(crate) fn plant_bug(&mut self, bug: Option<config::PlantedBug>) {
+        self.planted_bug = bug;
+    }
+
     /// Whether the test switch turned `bug` on; always false outside tests.
     fn planted(&self, bug: config::PlantedBug) -> bool {
         #[cfg(test)]
-        return self.config.planted_bug == Some(bug);
+        return self.planted_bug == Some(bug);
         #[cfg(not(test))]
         {
             let _ = bug;

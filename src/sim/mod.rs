@@ -163,12 +163,12 @@ impl Sim {
             bytes_per_msg_max: limits.range(20, 200),
             inflight_bytes_max: limits.range(100, 2000),
             pending_appends_max: limits.range(4, 64) as usize,
-            planted_bug: self.config.planted_bug,
             ..Config::default()
         };
         let seed = self.config.seed ^ ((k as u64) << 32) ^ (node.incarnation << 48);
-        let engine = Engine::new(k as NodeId + 1, &members, config, seed, node.disk.recover())
+        let mut engine = Engine::new(k as NodeId + 1, &members, config, seed, node.disk.recover())
             .expect("valid simulated member");
+        engine.plant_bug(self.config.planted_bug);
         node.engine = Some(engine);
         self.checker.restarted(k as NodeId + 1);
     }
