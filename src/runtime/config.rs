@@ -238,6 +238,30 @@ impl NodeConfig {
             }
             u32::try_from(ms / raft.tick_ms).map_err(|_| invalid(key, "too large"))
         };
+        let (heartbeat, min, max) = (
+            raft.heartbeat_interval_ms,
+            raft.election_timeout_min_ms,
+            raft.election_timeout_max_ms,
+        );
+        if heartbeat < raft.tick_ms {
+            let reason = format!(
+                "{heartbeat} is shorter than raft.tick_ms ({})",
+                raft.tick_ms
+            );
+            return Err(invalid("raft.heartbeat_interval_ms", reason));
+        }
+        if min <= heartbeat {
+            let reason = format!(
+                "{min} must be larger than raft.heartbeat_interval_ms ({heartbeat}), or followers campaign between heartbeats"
+            );
+            return Err(invalid("raft.election_timeout_min_ms", reason));
+        }
+        if max <= min {
+            let reason = format!(
+                "{max} must be larger than raft.election_timeout_min_ms ({min}), so timeouts can be randomized"
+            );
+            return Err(invalid("raft.election_timeout_max_ms", reason));
+        }
         let config = engine::Config {
             election_timeout_min_ticks: ticks(
                 "raft.election_timeout_min_ms",
@@ -259,15 +283,11 @@ impl NodeConfig {
             uncommitted_bytes_max: raft.uncommitted_bytes_max,
             pending_reads_max: raft.pending_reads_max,
         };
-        config.validate().map_err(|e| {
-            let key = match e.key {
-                "election_timeout_min_ticks" => "raft.election_timeout_min_ms".to_string(),
-                "election_timeout_max_ticks" => "raft.election_timeout_max_ms".to_string(),
-                "heartbeat_interval_ticks" => "raft.heartbeat_interval_ms".to_string(),
-                other => format!("raft.{other}"),
-            };
-            invalid(&key, e.reason)
-        })?;
+        // The timing rules were checked above in milliseconds; what is left are limits
+        // whose names the engine shares with this section.
+        config
+            .validate()
+            .map_err(|e| invalid(&format!("raft.{}", e.key), e.reason))?;
         Ok(config)
     }
 
