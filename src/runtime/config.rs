@@ -113,6 +113,7 @@ pub struct RaftSettings {
     pub pending_appends_max: usize,
     pub uncommitted_bytes_max: u64,
     pub pending_reads_max: usize,
+    pub log_cache_bytes_max: u64,
 }
 
 impl Default for RaftSettings {
@@ -130,6 +131,7 @@ impl Default for RaftSettings {
             pending_appends_max: engine.pending_appends_max,
             uncommitted_bytes_max: engine.uncommitted_bytes_max,
             pending_reads_max: engine.pending_reads_max,
+            log_cache_bytes_max: engine.log_cache_bytes_max,
         }
     }
 }
@@ -282,6 +284,7 @@ impl NodeConfig {
             pending_appends_max: raft.pending_appends_max,
             uncommitted_bytes_max: raft.uncommitted_bytes_max,
             pending_reads_max: raft.pending_reads_max,
+            log_cache_bytes_max: raft.log_cache_bytes_max,
         };
         // The timing rules were checked above in milliseconds; what is left are limits
         // whose names the engine shares with this section.
