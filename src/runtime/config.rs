@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::engine::{self, NodeId};
@@ -28,7 +28,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Whether an acknowledged record must be on disk.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncPolicy {
     /// fdatasync before acknowledging: the durability promise holds.
@@ -38,7 +38,7 @@ pub enum FsyncPolicy {
     Never,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub node_id: NodeId,
@@ -59,7 +59,7 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     pub client: SocketAddr,
@@ -68,7 +68,7 @@ pub struct Listen {
 }
 
 /// How other nodes and clients reach a member.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
     pub node_id: NodeId,
@@ -76,7 +76,7 @@ pub struct Member {
     pub client_address: String,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WalSettings {
     pub segment_size_bytes: u64,
@@ -98,7 +98,7 @@ impl Default for WalSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSettings {
     /// The length of one engine tick; the timeouts below are rounded to ticks.
@@ -292,6 +292,11 @@ impl NodeConfig {
             .validate()
             .map_err(|e| invalid(&format!("raft.{}", e.key), e.reason))?;
         Ok(config)
+    }
+
+    /// The config as TOML that [`NodeConfig::from_toml`] reads back unchanged.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a node config always serializes")
     }
 
     /// Member ids of the cluster, for the engine.

@@ -3,4 +3,5 @@
 //! per-core event loop joins it with the WAL and the transport.
 
 pub mod config;
+pub mod dev;
 pub mod preflight;
