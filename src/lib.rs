@@ -2,9 +2,11 @@
 //!
 //! The crate is split the way the design asks (see `docs/engine.md`):
 //! - [`engine`]: the sans-IO Raft state machine: events in, commands out.
-//! - `wal`, `transport`, `runtime`: the parts that do I/O (added by later work).
+//! - [`runtime`]: node configuration, start-up checks, the dev cluster launcher.
+//! - [`history`]: the chaos tests' checker of client histories against final logs.
 
 pub mod engine;
+pub mod history;
 pub mod runtime;
 
 #[cfg(test)]
