@@ -4,9 +4,11 @@
 //! - [`engine`]: the sans-IO Raft state machine: events in, commands out.
 //! - [`runtime`]: node configuration, start-up checks, the dev cluster launcher.
 //! - [`history`]: the chaos tests' checker of client histories against final logs.
+//! - [`proxy`]: a TCP fault proxy (delay, jitter, stall, partition) for tests and benchmarks.
 
 pub mod engine;
 pub mod history;
+pub mod proxy;
 pub mod runtime;
 
 #[cfg(test)]
