@@ -12,6 +12,8 @@
 pub mod client_msg;
 pub mod conn;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod peer;
 pub mod peer_msg;
 pub mod server;
