@@ -6,7 +6,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::client_msg::{decode_request, decode_response, encode_request, encode_response};
 use super::frame::{Frame, FrameKind, decode_frame};
-use super::peer_msg::{decode_hello, decode_message, decode_refused, encode_hello, encode_message, encode_refused};
+use super::peer_msg::{
+    decode_hello, decode_message, decode_refused, encode_hello, encode_message, encode_refused,
+};
 
 /// Runs `data` through the stream decoder (as a byte stream of frames) and through
 /// every body decoder (as the body of each frame kind).
@@ -29,11 +31,15 @@ pub fn check_decoders(data: &[u8]) {
 pub fn check_frame(frame: &Frame) {
     let mut out = BytesMut::new();
     let decoded = match frame.kind {
-        FrameKind::PeerHello | FrameKind::PeerHelloAck => {
-            decode_hello(frame).map(|h| encode_hello(&mut out, frame.kind, &h)).is_ok()
-        }
-        FrameKind::PeerRefused => decode_refused(frame).map(|r| encode_refused(&mut out, &r)).is_ok(),
-        k if k.is_peer_message() => decode_message(frame).map(|m| encode_message(&mut out, &m)).is_ok(),
+        FrameKind::PeerHello | FrameKind::PeerHelloAck => decode_hello(frame)
+            .map(|h| encode_hello(&mut out, frame.kind, &h))
+            .is_ok(),
+        FrameKind::PeerRefused => decode_refused(frame)
+            .map(|r| encode_refused(&mut out, &r))
+            .is_ok(),
+        k if k.is_peer_message() => decode_message(frame)
+            .map(|m| encode_message(&mut out, &m))
+            .is_ok(),
         k if k.is_client_request() => decode_request(frame)
             .map(|r| encode_request(&mut out, frame.request_id, &r))
             .is_ok(),
@@ -50,7 +56,14 @@ pub fn check_frame(frame: &Frame) {
     assert_eq!(again.kind, frame.kind, "kind changed on re-encode");
     // Hello, Refused and peer messages carry no request id on the wire.
     if frame.kind.is_client_request() || matches!(frame.kind as u8, 0x40..=0x4F) {
-        assert_eq!(again.request_id, frame.request_id, "request id changed on re-encode");
+        assert_eq!(
+            again.request_id, frame.request_id,
+            "request id changed on re-encode"
+        );
     }
-    assert_eq!(again.body, frame.body, "{:?} body is not canonical", frame.kind);
+    assert_eq!(
+        again.body, frame.body,
+        "{:?} body is not canonical",
+        frame.kind
+    );
 }
