@@ -260,6 +260,7 @@ impl Conn {
 pub struct Client {
     config: ClientConfig,
     pool: RefCell<HashMap<String, Rc<Conn>>>,
+    connect_gates: RefCell<HashMap<String, Rc<Semaphore>>>,
     leaders: RefCell<HashMap<u32, String>>,
     next_bootstrap: Cell<usize>,
     jitter: Cell<u64>,
@@ -270,6 +271,7 @@ impl Client {
         Client {
             config,
             pool: RefCell::new(HashMap::new()),
+            connect_gates: RefCell::new(HashMap::new()),
             leaders: RefCell::new(HashMap::new()),
             next_bootstrap: Cell::new(0),
             jitter: Cell::new(0x9E37_79B9_7F4A_7C15),
@@ -348,13 +350,28 @@ impl Client {
         {
             return Ok(c.clone());
         }
+        // One connect per address at a time: callers arriving while it is under way
+        // wait for it and then share the connection instead of opening their own.
+        let gate = self
+            .connect_gates
+            .borrow_mut()
+            .entry(addr.to_string())
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone();
+        let _permit = gate
+            .acquire_permit(1)
+            .await
+            .map_err(|e| CallError::NotSent(e.to_string()))?;
+        if let Some(c) = self.pool.borrow().get(addr)
+            && c.shared.broken.borrow().is_none()
+        {
+            return Ok(c.clone());
+        }
         let conn = Rc::new(
             Conn::open(addr, &self.config)
                 .await
                 .map_err(CallError::Connect)?,
         );
-        // Another caller may have connected meanwhile; either connection works, the
-        // pool keeps the newest.
         self.pool
             .borrow_mut()
             .insert(addr.to_string(), conn.clone());
