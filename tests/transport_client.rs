@@ -76,6 +76,12 @@ fn answers_out_of_order_reach_their_callers() {
                 .await
                 .unwrap()
         });
+        // Only send the fast request once the slow one is inside the handler, so its
+        // answer has to overtake the slow one's on the same connection.
+        transport_support::wait_until("slow request in the handler", || {
+            handler.requests.get() == 1
+        })
+        .await;
         let fast = client
             .append(0, vec![Bytes::from_static(b"fast")])
             .await
