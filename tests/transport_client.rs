@@ -289,3 +289,40 @@ fn read_waits_for_new_records() {
         assert_eq!(meta.cluster_id, 7);
     });
 }
+
+#[test]
+fn oversize_answers_become_errors_instead_of_killing_the_connection() {
+    run(|| async {
+        let handler = Rc::new(FakeHandler::default());
+        let config = ServerConfig {
+            frame_body_bytes_max: 1024,
+            ..ServerConfig::default()
+        };
+        let (addr, stats) = start_listener(config, handler.clone());
+        let client = Client::new(fast_retries(vec![addr.to_string()]));
+        for _ in 0..3 {
+            client
+                .append(0, vec![Bytes::from(vec![1u8; 600])])
+                .await
+                .unwrap();
+        }
+        let read = |max_records| ReadRequest {
+            partition: 0,
+            from_index: 1,
+            max_records,
+            max_bytes: 1 << 20,
+            wait_timeout_ms: 0,
+        };
+        let err = client.read(read(10)).await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Server { source: ServerError::InvalidRequest { reason }, .. } if reason.contains("frame limit")),
+            "{err}"
+        );
+        assert_eq!(client.read(read(1)).await.unwrap().records.len(), 1);
+        assert_eq!(
+            stats.connections_accepted_total.get(),
+            1,
+            "the connection survived"
+        );
+    });
+}

@@ -18,7 +18,7 @@ use super::client_msg::{
     ClientRequest, ClientResponse, ServerError, decode_request, encode_response,
 };
 use super::conn::{ConnError, FrameReader, Notify, write_all_within};
-use super::frame::{FRAME_BODY_BYTES_MAX_DEFAULT, FrameError};
+use super::frame::{FRAME_BODY_BYTES_MAX_DEFAULT, FRAME_HEADER_BYTES, FrameError};
 
 /// Serves client requests. Implemented by the runtime; `handle` runs on the executor
 /// that accepted the connection and may await (for a commit, or for new data when a
@@ -265,10 +265,24 @@ async fn serve_connection<H: RequestHandler>(
         };
         shared.inflight.set(shared.inflight.get() + 1);
         let (s, h) = (shared.clone(), handler.clone());
+        let body_bytes_max = config.frame_body_bytes_max;
         glommio::spawn_local(async move {
             let answer = h.handle(request).await;
             if !s.abort.get() {
-                encode_response(&mut s.out.borrow_mut(), request_id, &answer);
+                let mut out = s.out.borrow_mut();
+                let start = out.len();
+                encode_response(&mut out, request_id, &answer);
+                // An answer larger than the frame limit would be refused by a client
+                // with the same limit and cost it its connection: replace it with an
+                // error the client can act on.
+                let body_bytes = out.len() - start - FRAME_HEADER_BYTES;
+                if body_bytes > body_bytes_max as usize {
+                    out.truncate(start);
+                    let reason = format!(
+                        "answer of {body_bytes} bytes exceeds the {body_bytes_max}-byte frame limit; ask for fewer bytes"
+                    );
+                    encode_response(&mut out, request_id, &Err(ServerError::InvalidRequest { reason }));
+                }
             }
             s.inflight.set(s.inflight.get() - 1);
             s.writer_wake.notify();
