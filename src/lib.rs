@@ -9,3 +9,6 @@
 pub mod client;
 pub mod engine;
 pub mod transport;
+
+#[cfg(test)]
+mod sim;
