@@ -1,7 +1,8 @@
 //! Transport benchmark: codec throughput, one peer link on loopback, and raw loopback
 //! TCP with the same message sizes for comparison.
 //!
-//! Run: `cargo bench --bench transport` (add `-- --quick` for a shorter run).
+//! Run: `cargo bench --bench transport` (`-- --rounds N`, default 5; `-- --quick` for
+//! one short round). Figures are medians over the rounds.
 //! Each AppendEntries-like message carries 1 KiB records: 64 of them for the 64 KiB
 //! case and 1024 for the 1 MiB case.
 
@@ -224,11 +225,24 @@ fn raw_tcp(chunk_bytes: usize, count: u64) -> Rate {
     rate(count, total, elapsed)
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .map_or(if quick { 1 } else { 5 }, |r| {
+            r.parse().expect("--rounds N")
+        });
     let volume_bytes: usize = if quick { 256 << 20 } else { 1 << 30 };
     println!(
-        "ringlog transport benchmark ({} MiB per case)",
+        "ringlog transport benchmark ({} MiB per case, median of {rounds} rounds)",
         volume_bytes >> 20
     );
     println!();
@@ -246,10 +260,14 @@ fn main() {
         } else {
             volume_bytes
         };
-        let (enc, dec) = codec(msg, total);
+        let runs: Vec<_> = (0..rounds).map(|_| codec(msg, total)).collect();
+        let m = |f: fn(&(Rate, Rate)) -> f64| median(runs.iter().map(f).collect());
         println!(
             "{name:<30} {:>16.0} {:>13.2} {:>17.0} {:>13.2}",
-            enc.per_sec, enc.gb_per_sec, dec.per_sec, dec.gb_per_sec
+            m(|r| r.0.per_sec),
+            m(|r| r.0.gb_per_sec),
+            m(|r| r.1.per_sec),
+            m(|r| r.1.gb_per_sec)
         );
     }
     println!();
@@ -263,14 +281,20 @@ fn main() {
         let msg = append_entries(records);
         let frame_bytes = message_frame_bytes(&msg);
         let count = (volume_bytes / frame_bytes).max(1) as u64;
-        let l = link(msg, count);
-        let r = raw_tcp(frame_bytes, count);
+        // Link and raw runs alternate so that both see the same background load.
+        let (mut links, mut raws) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            links.push(link(msg.clone(), count));
+            raws.push(raw_tcp(frame_bytes, count));
+        }
+        let link_gbs = median(links.iter().map(|r| r.gb_per_sec).collect());
+        let raw_gbs = median(raws.iter().map(|r| r.gb_per_sec).collect());
         println!(
             "{name:<30} {:>13.0} {:>13.2} {:>15.2} {:>11.2}",
-            l.per_sec,
-            l.gb_per_sec,
-            r.gb_per_sec,
-            l.gb_per_sec / r.gb_per_sec
+            median(links.iter().map(|r| r.per_sec).collect()),
+            link_gbs,
+            raw_gbs,
+            link_gbs / raw_gbs
         );
     }
 }

@@ -71,6 +71,9 @@ pub struct PeerConfig {
     pub write_batch_bytes_max: usize,
     /// Inbound peer connections beyond this many are closed on accept.
     pub connections_max: usize,
+    /// Receive chunk of inbound peer connections (see `FrameReader::with_read_chunk`):
+    /// large, because peer connections are few and carry bulk data.
+    pub read_chunk_bytes: usize,
 }
 
 impl PeerConfig {
@@ -90,6 +93,7 @@ impl PeerConfig {
             bulk_queue_bytes_max: 64 * 1024 * 1024,
             write_batch_bytes_max: 1024 * 1024,
             connections_max: 1_024,
+            read_chunk_bytes: 256 * 1024,
         }
     }
 }
@@ -572,7 +576,11 @@ async fn serve_peer<H: PeerHandler>(
     let handshake_timeout = Duration::from_millis(config.handshake_timeout_ms);
     let frame_timeout = Duration::from_millis(config.frame_timeout_ms);
     let write_timeout = Duration::from_millis(config.write_timeout_ms);
-    let mut reader = FrameReader::new(&mut stream, config.frame_body_bytes_max);
+    let mut reader = FrameReader::with_read_chunk(
+        &mut stream,
+        config.frame_body_bytes_max,
+        config.read_chunk_bytes,
+    );
 
     let started = Instant::now();
     let first = reader

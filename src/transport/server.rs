@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub write_timeout_ms: u64,
     /// Connections beyond this many are closed as soon as they are accepted.
     pub connections_max: usize,
+    /// Receive chunk per connection (see `FrameReader::with_read_chunk`): small,
+    /// because client connections may be many; large appends bypass it anyway.
+    pub read_chunk_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             frame_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
             connections_max: 10_000,
+            read_chunk_bytes: 16 * 1024,
         }
     }
 }
@@ -209,7 +213,11 @@ async fn serve_connection<H: RequestHandler>(
         }
     });
 
-    let mut reader = FrameReader::new(read_half, config.frame_body_bytes_max);
+    let mut reader = FrameReader::with_read_chunk(
+        read_half,
+        config.frame_body_bytes_max,
+        config.read_chunk_bytes,
+    );
     let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
     let frame_timeout = Duration::from_millis(config.frame_timeout_ms);
     let failure: Option<ConnError> = loop {
