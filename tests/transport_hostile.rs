@@ -323,6 +323,7 @@ fn thousands_of_connections_opened_and_dropped() {
         let (addr, stats) = start_listener(test_config(), handler);
         let client = Client::new(ClientConfig::new(vec![addr.to_string()]));
         check_healthy(&client, 0).await;
+        let rss_before = rss_bytes();
         const WAVES: usize = 20;
         const PER_WAVE: usize = 150;
         for wave in 0..WAVES {
@@ -352,6 +353,16 @@ fn thousands_of_connections_opened_and_dropped() {
         })
         .await;
         assert!(stats.connections_accepted_total.get() >= (WAVES * PER_WAVE) as u64);
+        // Memory stays bounded: nothing per dropped connection is kept. The margin
+        // allows for allocator slack; keeping even a 16 KiB receive chunk per
+        // connection would exceed it.
+        let grown = rss_bytes().saturating_sub(rss_before);
+        eprintln!(
+            "rss grew by {} KiB over {} connections",
+            grown / 1024,
+            WAVES * PER_WAVE
+        );
+        assert!(grown < 24 << 20, "rss grew by {grown} bytes");
         check_healthy(&client, 2).await;
     });
 }
@@ -471,4 +482,11 @@ fn peer_acceptor_refuses_bad_handshakes_and_keeps_serving() {
         })
         .await;
     });
+}
+
+/// This process's resident memory, from /proc.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
 }
