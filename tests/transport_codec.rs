@@ -253,7 +253,7 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
     fn peer_messages_round_trip(msg in arb_message()) {
