@@ -5,11 +5,15 @@
 //! - [`runtime`]: node configuration, start-up checks, the dev cluster launcher.
 //! - [`history`]: the chaos tests' checker of client histories against final logs.
 //! - [`proxy`]: a TCP fault proxy (delay, jitter, stall, partition) for tests and benchmarks.
+//! - [`transport`]: frame codec, peer links and the client protocol's server side.
+//! - [`client`]: the Rust client library used by the CLI and the benchmark.
 
+pub mod client;
 pub mod engine;
 pub mod history;
 pub mod proxy;
 pub mod runtime;
+pub mod transport;
 
 #[cfg(test)]
 mod sim;

@@ -1,0 +1,562 @@
+//! The Rust client library, used by the CLI and the benchmark.
+//!
+//! A [`Client`] keeps one connection per node (opened on first use, dropped when it
+//! fails) and pipelines requests on it: each request carries an id, many can be
+//! outstanding, and answers are matched by id in whatever order they come. It routes
+//! partition requests to the partition's leader, following `NotLeader` redirects, and
+//! retries with exponential backoff, within limits.
+//!
+//! Retry rules, chosen so that a retried append is never applied twice:
+//! - `NotLeader`, `Overloaded` and `Unavailable` promise the request was not applied,
+//!   so they are retried (a redirect at once; the others after a backoff).
+//! - A failure to connect or to send is retried on the next node.
+//! - A connection lost or a client-side timeout after an append was sent, or a
+//!   server `Timeout` answer to an append, is [`ClientError::AppendAmbiguous`]: the
+//!   records may or may not be in the log, and only the caller can decide what to do.
+//!   Reads and metadata requests are idempotent and are retried.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::io::split;
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+use glommio::task::JoinHandle;
+use thiserror::Error;
+
+use crate::transport::client_msg::{
+    AppendOk, AppendRequest, ClientRequest, ClientResponse, Metadata, ReadOk, ReadRequest,
+    ServerError, decode_response, encode_request,
+};
+use crate::transport::conn::{FrameReader, Notify, OneShot, with_deadline, write_all_within};
+use crate::transport::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `host:port` client addresses to start from; any node will do.
+    pub bootstrap_addrs: Vec<String>,
+    pub connect_timeout_ms: u64,
+    /// How long one attempt waits for its answer (a read's own wait is added).
+    pub request_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    /// Attempts after the first that a request may make on retryable failures.
+    pub retries_max: u32,
+    /// NotLeader redirects one request may follow.
+    pub redirects_max: u32,
+    /// First retry delay; doubles per retry up to `retry_backoff_max_ms`, each drawn
+    /// from [delay/2, delay].
+    pub retry_backoff_initial_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    pub frame_body_bytes_max: u32,
+    /// Requests outstanding on one connection; further callers wait their turn.
+    pub inflight_requests_max: usize,
+}
+
+impl ClientConfig {
+    pub fn new(bootstrap_addrs: Vec<String>) -> ClientConfig {
+        ClientConfig {
+            bootstrap_addrs,
+            connect_timeout_ms: 1_000,
+            request_timeout_ms: 5_000,
+            write_timeout_ms: 5_000,
+            retries_max: 5,
+            redirects_max: 5,
+            retry_backoff_initial_ms: 20,
+            retry_backoff_max_ms: 1_000,
+            frame_body_bytes_max: FRAME_BODY_BYTES_MAX_DEFAULT,
+            inflight_requests_max: 256,
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The server answered with an error that retrying would not fix, or retries of
+    /// a retryable one ran out.
+    #[error("{addr} answered: {source}")]
+    Server { addr: String, source: ServerError },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connection to {addr} lost: {reason}")]
+    ConnectionLost { addr: String, reason: String },
+    #[error("no answer from {addr} within {timeout_ms} ms")]
+    Timeout { addr: String, timeout_ms: u64 },
+    #[error(
+        "append outcome unknown ({addr}: {reason}); the records may or may not have been appended"
+    )]
+    AppendAmbiguous { addr: String, reason: String },
+    #[error("{addr} sent a response that does not fit the request: {reason}")]
+    Protocol { addr: String, reason: String },
+    #[error("gave up after {attempts} attempts; last error: {last}")]
+    RetriesExhausted {
+        attempts: u32,
+        last: Box<ClientError>,
+    },
+    #[error("no node address to try")]
+    NoNodes,
+}
+
+/// A pipelined connection to one node.
+struct Conn {
+    shared: Rc<ConnShared>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+type Answer = Result<Result<ClientResponse, ServerError>, String>;
+
+struct ConnShared {
+    pending: RefCell<HashMap<u64, Rc<OneShot<Answer>>>>,
+    out: RefCell<BytesMut>,
+    writer_wake: Notify,
+    broken: RefCell<Option<String>>,
+    slots: Semaphore,
+    next_request_id: Cell<u64>,
+}
+
+impl ConnShared {
+    /// Marks the connection dead and fails every outstanding request with `reason`.
+    fn break_with(&self, reason: String) {
+        if self.broken.borrow().is_none() {
+            *self.broken.borrow_mut() = Some(reason.clone());
+        }
+        let pending: Vec<_> = self.pending.borrow_mut().drain().collect();
+        for (_, slot) in pending {
+            slot.fill(Err(reason.clone()));
+        }
+        self.writer_wake.notify();
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.cancel();
+        }
+    }
+}
+
+/// How one attempt on one connection failed.
+enum CallError {
+    Connect(io::Error),
+    /// Broken before this request was written: safe to retry anything.
+    NotSent(String),
+    /// Broken or timed out after the request may have been written.
+    Lost(String),
+    Timeout(u64),
+}
+
+impl Conn {
+    async fn open(addr: &str, config: &ClientConfig) -> Result<Conn, io::Error> {
+        let stream = TcpStream::connect_timeout(
+            addr,
+            Duration::from_millis(config.connect_timeout_ms.max(1)),
+        )
+        .await
+        .map_err(io::Error::from)?;
+        let _ = stream.set_nodelay(true);
+        let (read_half, mut write_half) = split(stream);
+        let shared = Rc::new(ConnShared {
+            pending: RefCell::new(HashMap::new()),
+            out: RefCell::new(BytesMut::new()),
+            writer_wake: Notify::default(),
+            broken: RefCell::new(None),
+            slots: Semaphore::new(config.inflight_requests_max.max(1) as u64),
+            next_request_id: Cell::new(1),
+        });
+        let s = shared.clone();
+        let write_timeout = Duration::from_millis(config.write_timeout_ms);
+        let writer = glommio::spawn_local(async move {
+            loop {
+                if s.broken.borrow().is_some() {
+                    return;
+                }
+                let batch = s.out.borrow_mut().split();
+                if batch.is_empty() {
+                    s.writer_wake.notified().await;
+                    continue;
+                }
+                if let Err(e) = write_all_within(&mut write_half, &batch, write_timeout).await {
+                    s.break_with(format!("write failed: {e}"));
+                    return;
+                }
+            }
+        })
+        .detach();
+        let s = shared.clone();
+        let frame_timeout = Duration::from_millis(config.request_timeout_ms);
+        let mut reader = FrameReader::new(read_half, config.frame_body_bytes_max);
+        let reader_task = glommio::spawn_local(async move {
+            loop {
+                let frame = match reader.next_frame(None, frame_timeout).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return s.break_with("server closed the connection".into()),
+                    Err(e) => return s.break_with(format!("read failed: {e}")),
+                };
+                let answer = match decode_response(&frame) {
+                    Ok(a) => a,
+                    Err(e) => return s.break_with(format!("bad response frame: {e}")),
+                };
+                if frame.request_id == 0 {
+                    // Request id 0 is the server's "closing because of a protocol
+                    // error" notice; its text is the best reason we will get.
+                    let reason = match answer {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "server sent an unsolicited response".into(),
+                    };
+                    return s.break_with(reason);
+                }
+                let slot = s.pending.borrow_mut().remove(&frame.request_id);
+                if let Some(slot) = slot {
+                    slot.fill(Ok(answer));
+                }
+                // An answer to a request that already timed out is dropped.
+            }
+        })
+        .detach();
+        Ok(Conn {
+            shared,
+            tasks: [writer, reader_task],
+        })
+    }
+
+    async fn call(
+        &self,
+        request: &ClientRequest,
+        timeout: Duration,
+    ) -> Result<Result<ClientResponse, ServerError>, CallError> {
+        let s = &self.shared;
+        let _permit = s
+            .slots
+            .acquire_permit(1)
+            .await
+            .map_err(|e| CallError::NotSent(e.to_string()))?;
+        if let Some(reason) = s.broken.borrow().clone() {
+            return Err(CallError::NotSent(reason));
+        }
+        let id = s.next_request_id.get();
+        s.next_request_id.set(id + 1);
+        let slot = OneShot::new();
+        s.pending.borrow_mut().insert(id, slot.clone());
+        encode_request(&mut s.out.borrow_mut(), id, request);
+        s.writer_wake.notify();
+        match with_deadline(Some(Instant::now() + timeout), slot.wait()).await {
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(reason)) => Err(CallError::Lost(reason)),
+            None => {
+                s.pending.borrow_mut().remove(&id);
+                Err(CallError::Timeout(timeout.as_millis() as u64))
+            }
+        }
+    }
+}
+
+/// A client of a ringlog cluster. Single-threaded: use one per glommio executor.
+pub struct Client {
+    config: ClientConfig,
+    pool: RefCell<HashMap<String, Rc<Conn>>>,
+    connect_gates: RefCell<HashMap<String, Rc<Semaphore>>>,
+    leaders: RefCell<HashMap<u32, String>>,
+    next_bootstrap: Cell<usize>,
+    jitter: Cell<u64>,
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Client {
+        Client {
+            config,
+            pool: RefCell::new(HashMap::new()),
+            connect_gates: RefCell::new(HashMap::new()),
+            leaders: RefCell::new(HashMap::new()),
+            next_bootstrap: Cell::new(0),
+            jitter: Cell::new(0x9E37_79B9_7F4A_7C15),
+        }
+    }
+
+    /// Appends `records` to `partition`; returns the positions they got.
+    pub async fn append(
+        &self,
+        partition: u32,
+        records: Vec<Bytes>,
+    ) -> Result<AppendOk, ClientError> {
+        let request = ClientRequest::Append(AppendRequest { partition, records });
+        match self.execute(Some(partition), &request).await? {
+            (_, ClientResponse::Append(ok)) => Ok(ok),
+            (addr, other) => Err(mismatch(addr, &other)),
+        }
+    }
+
+    /// Reads committed records; see [`ReadRequest`].
+    pub async fn read(&self, request: ReadRequest) -> Result<ReadOk, ClientError> {
+        match self
+            .execute(Some(request.partition), &ClientRequest::Read(request))
+            .await?
+        {
+            (_, ClientResponse::Read(ok)) => Ok(ok),
+            (addr, other) => Err(mismatch(addr, &other)),
+        }
+    }
+
+    /// Asks any node for the cluster's nodes, partitions and leaders, and remembers
+    /// the leaders it learns.
+    pub async fn metadata(&self) -> Result<Metadata, ClientError> {
+        let meta = match self.execute(None, &ClientRequest::Metadata).await? {
+            (_, ClientResponse::Metadata(m)) => m,
+            (addr, other) => return Err(mismatch(addr, &other)),
+        };
+        let mut leaders = self.leaders.borrow_mut();
+        for p in &meta.partitions {
+            if let Some(node) = p
+                .leader
+                .and_then(|l| meta.nodes.iter().find(|n| n.node_id == l))
+            {
+                leaders.insert(p.partition, node.client_addr.clone());
+            }
+        }
+        Ok(meta)
+    }
+
+    /// One attempt at `addr`, no routing or retries: the building block for tools
+    /// that want to talk to a specific node.
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: &ClientRequest,
+    ) -> Result<Result<ClientResponse, ServerError>, ClientError> {
+        self.attempt(addr, request).await.map_err(|e| match e {
+            CallError::Connect(source) => ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            },
+            CallError::NotSent(reason) | CallError::Lost(reason) => ClientError::ConnectionLost {
+                addr: addr.to_string(),
+                reason,
+            },
+            CallError::Timeout(timeout_ms) => ClientError::Timeout {
+                addr: addr.to_string(),
+                timeout_ms,
+            },
+        })
+    }
+
+    async fn connection(&self, addr: &str) -> Result<Rc<Conn>, CallError> {
+        if let Some(c) = self.pool.borrow().get(addr)
+            && c.shared.broken.borrow().is_none()
+        {
+            return Ok(c.clone());
+        }
+        // One connect per address at a time: callers arriving while it is under way
+        // wait for it and then share the connection instead of opening their own.
+        let gate = self
+            .connect_gates
+            .borrow_mut()
+            .entry(addr.to_string())
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone();
+        let _permit = gate
+            .acquire_permit(1)
+            .await
+            .map_err(|e| CallError::NotSent(e.to_string()))?;
+        if let Some(c) = self.pool.borrow().get(addr)
+            && c.shared.broken.borrow().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let conn = Rc::new(
+            Conn::open(addr, &self.config)
+                .await
+                .map_err(CallError::Connect)?,
+        );
+        self.pool
+            .borrow_mut()
+            .insert(addr.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    async fn attempt(
+        &self,
+        addr: &str,
+        request: &ClientRequest,
+    ) -> Result<Result<ClientResponse, ServerError>, CallError> {
+        let conn = self.connection(addr).await?;
+        let wait_ms = match request {
+            ClientRequest::Read(r) => u64::from(r.wait_timeout_ms),
+            _ => 0,
+        };
+        let timeout = Duration::from_millis(self.config.request_timeout_ms + wait_ms);
+        let result = conn.call(request, timeout).await;
+        if matches!(result, Err(CallError::Lost(_) | CallError::NotSent(_))) {
+            let mut pool = self.pool.borrow_mut();
+            if pool.get(addr).is_some_and(|c| Rc::ptr_eq(c, &conn)) {
+                pool.remove(addr);
+            }
+        }
+        result
+    }
+
+    fn next_bootstrap_addr(&self) -> Option<String> {
+        let addrs = &self.config.bootstrap_addrs;
+        if addrs.is_empty() {
+            return None;
+        }
+        let i = self.next_bootstrap.get();
+        self.next_bootstrap.set(i.wrapping_add(1));
+        Some(addrs[i % addrs.len()].clone())
+    }
+
+    fn backoff_ms(&self, retry: u32) -> u64 {
+        let base = self
+            .config
+            .retry_backoff_initial_ms
+            .max(1)
+            .saturating_mul(1u64 << retry.min(20))
+            .min(self.config.retry_backoff_max_ms.max(1));
+        let mut x = self.jitter.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter.set(x);
+        base / 2 + x % (base / 2 + 1)
+    }
+
+    /// Routes, redirects and retries one request; returns the answering address too.
+    async fn execute(
+        &self,
+        partition: Option<u32>,
+        request: &ClientRequest,
+    ) -> Result<(String, ClientResponse), ClientError> {
+        let is_append = matches!(request, ClientRequest::Append(_));
+        let mut addr = match partition.and_then(|p| self.leaders.borrow().get(&p).cloned()) {
+            Some(a) => a,
+            None => self.next_bootstrap_addr().ok_or(ClientError::NoNodes)?,
+        };
+        let (mut retries, mut redirects) = (0u32, 0u32);
+        loop {
+            let result = self.attempt(&addr, request).await;
+            let (failure, next_addr) = match result {
+                Ok(Ok(response)) => return Ok((addr, response)),
+                Ok(Err(ServerError::NotLeader {
+                    leader_addr: Some(leader),
+                    ..
+                })) if redirects < self.config.redirects_max => {
+                    redirects += 1;
+                    if let Some(p) = partition {
+                        self.leaders.borrow_mut().insert(p, leader.clone());
+                    }
+                    addr = leader;
+                    continue;
+                }
+                Ok(Err(e @ ServerError::NotLeader { .. })) => {
+                    self.forget_leader(partition);
+                    (
+                        ClientError::Server {
+                            addr: addr.clone(),
+                            source: e,
+                        },
+                        None,
+                    )
+                }
+                Ok(Err(e @ (ServerError::Overloaded | ServerError::Unavailable { .. }))) => (
+                    ClientError::Server {
+                        addr: addr.clone(),
+                        source: e,
+                    },
+                    Some(addr.clone()),
+                ),
+                Ok(Err(ServerError::Timeout)) if is_append => {
+                    return Err(ClientError::AppendAmbiguous {
+                        addr,
+                        reason: "server timed out waiting for the commit".into(),
+                    });
+                }
+                Ok(Err(e @ ServerError::Timeout)) => (
+                    ClientError::Server {
+                        addr: addr.clone(),
+                        source: e,
+                    },
+                    Some(addr.clone()),
+                ),
+                Ok(Err(e)) => return Err(ClientError::Server { addr, source: e }),
+                Err(CallError::Connect(source)) => {
+                    self.forget_leader(partition);
+                    (
+                        ClientError::Connect {
+                            addr: addr.clone(),
+                            source,
+                        },
+                        None,
+                    )
+                }
+                Err(CallError::NotSent(reason)) => {
+                    self.forget_leader(partition);
+                    (
+                        ClientError::ConnectionLost {
+                            addr: addr.clone(),
+                            reason,
+                        },
+                        None,
+                    )
+                }
+                Err(CallError::Lost(reason)) if is_append => {
+                    return Err(ClientError::AppendAmbiguous { addr, reason });
+                }
+                Err(CallError::Timeout(timeout_ms)) if is_append => {
+                    return Err(ClientError::AppendAmbiguous {
+                        addr,
+                        reason: format!("no answer within {timeout_ms} ms"),
+                    });
+                }
+                Err(CallError::Lost(reason)) => (
+                    ClientError::ConnectionLost {
+                        addr: addr.clone(),
+                        reason,
+                    },
+                    None,
+                ),
+                Err(CallError::Timeout(timeout_ms)) => (
+                    ClientError::Timeout {
+                        addr: addr.clone(),
+                        timeout_ms,
+                    },
+                    None,
+                ),
+            };
+            if retries >= self.config.retries_max {
+                return Err(ClientError::RetriesExhausted {
+                    attempts: retries + 1,
+                    last: Box::new(failure),
+                });
+            }
+            log::debug!("retrying after: {failure}");
+            glommio::timer::sleep(Duration::from_millis(self.backoff_ms(retries))).await;
+            retries += 1;
+            addr = match next_addr {
+                Some(a) => a,
+                None => self.next_bootstrap_addr().ok_or(ClientError::NoNodes)?,
+            };
+        }
+    }
+
+    fn forget_leader(&self, partition: Option<u32>) {
+        if let Some(p) = partition {
+            self.leaders.borrow_mut().remove(&p);
+        }
+    }
+}
+
+fn mismatch(addr: String, response: &ClientResponse) -> ClientError {
+    let kind = match response {
+        ClientResponse::Append(_) => "Append",
+        ClientResponse::Read(_) => "Read",
+        ClientResponse::Metadata(_) => "Metadata",
+    };
+    ClientError::Protocol {
+        addr,
+        reason: format!("got a {kind} response"),
+    }
+}

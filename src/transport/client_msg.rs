@@ -1,0 +1,414 @@
+//! Bodies of client protocol frames: requests, responses and the error response.
+//! Layouts are in `docs/wire-protocol.md`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use super::frame::{BodyReader, Frame, FrameError, FrameKind, encode_frame};
+use super::peer_msg::truncate_utf8;
+use crate::engine::{Index, NodeId, Term};
+
+/// Append `records` to `partition`, in order, as consecutive positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendRequest {
+    pub partition: u32,
+    pub records: Vec<Bytes>,
+}
+
+/// Where an acknowledged append landed. Positions between `first_index` and
+/// `last_index` are this request's records, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOk {
+    pub first_index: Index,
+    pub last_index: Index,
+}
+
+/// Read committed records of `partition` starting at `from_index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub partition: u32,
+    pub from_index: Index,
+    /// At most this many records (the server may return fewer).
+    pub max_records: u32,
+    /// At most about this many payload bytes; at least one record is returned when
+    /// one is available even if it alone is larger.
+    pub max_bytes: u32,
+    /// When nothing is committed at `from_index` yet, wait up to this long for it;
+    /// 0 answers at once (possibly with no records).
+    pub wait_timeout_ms: u32,
+}
+
+/// One record read back, with its position. Positions may have gaps (leader no-ops).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub index: Index,
+    pub payload: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOk {
+    pub records: Vec<Record>,
+    pub commit_index: Index,
+    /// The first position still retained in the partition.
+    pub log_start: Index,
+}
+
+/// One node of the cluster as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: NodeId,
+    /// `host:port` of the node's client listener.
+    pub client_addr: String,
+}
+
+/// One partition as the answering node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    /// The leader the answering node knows of, if any.
+    pub leader: Option<NodeId>,
+    pub term: Term,
+    pub commit_index: Index,
+    pub last_index: Index,
+    pub log_start: Index,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    pub cluster_id: u64,
+    pub nodes: Vec<NodeInfo>,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// What a client can ask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientRequest {
+    Append(AppendRequest),
+    Read(ReadRequest),
+    Metadata,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientResponse {
+    Append(AppendOk),
+    Read(ReadOk),
+    Metadata(Metadata),
+}
+
+/// A request the server could not carry out, as sent on the wire. Each variant has a
+/// stable numeric code (see [`ServerError::code`]).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ServerError {
+    /// This node does not lead the partition. `leader_addr` is the leader's client
+    /// address when known; a client retries there.
+    #[error("not the leader (leader: {leader:?} at {leader_addr:?})")]
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    /// The position asked for is outside the retained log [log_start, log_end].
+    #[error("index out of range: log holds {log_start}..={log_end}")]
+    OutOfRange { log_start: Index, log_end: Index },
+    #[error("server overloaded, retry later")]
+    Overloaded,
+    #[error("request timed out on the server")]
+    Timeout,
+    #[error("invalid request: {reason}")]
+    InvalidRequest { reason: String },
+    #[error("unavailable: {reason}")]
+    Unavailable { reason: String },
+}
+
+impl ServerError {
+    /// The wire code of this error.
+    pub fn code(&self) -> u16 {
+        match self {
+            ServerError::NotLeader { .. } => 1,
+            ServerError::OutOfRange { .. } => 2,
+            ServerError::Overloaded => 3,
+            ServerError::Timeout => 4,
+            ServerError::InvalidRequest { .. } => 5,
+            ServerError::Unavailable { .. } => 6,
+        }
+    }
+}
+
+/// Marks "no node" in node-id fields.
+pub const NO_NODE: u32 = u32::MAX;
+const TEXT_BYTES_MAX: usize = u16::MAX as usize;
+
+pub fn encode_request(dst: &mut BytesMut, request_id: u64, request: &ClientRequest) {
+    match request {
+        ClientRequest::Append(a) => {
+            dst.reserve(32 + a.records.iter().map(|r| 4 + r.len()).sum::<usize>());
+            encode_frame(dst, FrameKind::AppendRequest, request_id, |b| {
+                b.put_u32_le(a.partition);
+                b.put_u32_le(u32::try_from(a.records.len()).expect("record count fits u32"));
+                for r in &a.records {
+                    b.put_u32_le(u32::try_from(r.len()).expect("record fits u32"));
+                    b.put_slice(r);
+                }
+            })
+        }
+        ClientRequest::Read(r) => encode_frame(dst, FrameKind::ReadRequest, request_id, |b| {
+            b.put_u32_le(r.partition);
+            b.put_u32_le(r.max_records);
+            b.put_u64_le(r.from_index);
+            b.put_u32_le(r.max_bytes);
+            b.put_u32_le(r.wait_timeout_ms);
+        }),
+        ClientRequest::Metadata => {
+            encode_frame(dst, FrameKind::MetadataRequest, request_id, |_| {})
+        }
+    }
+}
+
+pub fn decode_request(frame: &Frame) -> Result<ClientRequest, FrameError> {
+    let mut r = BodyReader::new(frame);
+    let request = match frame.kind {
+        FrameKind::AppendRequest => {
+            let partition = r.u32()?;
+            let count = r.u32()?;
+            let count = r.check_count(count, 4)?;
+            let mut records = Vec::with_capacity(count);
+            for _ in 0..count {
+                let len = r.u32()? as usize;
+                records.push(r.bytes(len)?);
+            }
+            ClientRequest::Append(AppendRequest { partition, records })
+        }
+        FrameKind::ReadRequest => {
+            let partition = r.u32()?;
+            let max_records = r.u32()?;
+            let from_index = r.u64()?;
+            let max_bytes = r.u32()?;
+            let wait_timeout_ms = r.u32()?;
+            ClientRequest::Read(ReadRequest {
+                partition,
+                from_index,
+                max_records,
+                max_bytes,
+                wait_timeout_ms,
+            })
+        }
+        FrameKind::MetadataRequest => ClientRequest::Metadata,
+        other => {
+            return Err(FrameError::Unexpected {
+                kind: other,
+                context: "expected a client request",
+            });
+        }
+    };
+    r.finish()?;
+    Ok(request)
+}
+
+/// Appends the answer to request `request_id`, success or error.
+pub fn encode_response(
+    dst: &mut BytesMut,
+    request_id: u64,
+    response: &Result<ClientResponse, ServerError>,
+) {
+    match response {
+        Ok(ClientResponse::Append(a)) => {
+            encode_frame(dst, FrameKind::AppendResponse, request_id, |b| {
+                b.put_u64_le(a.first_index);
+                b.put_u64_le(a.last_index);
+            })
+        }
+        Ok(ClientResponse::Read(read)) => {
+            dst.reserve(
+                48 + read
+                    .records
+                    .iter()
+                    .map(|r| 12 + r.payload.len())
+                    .sum::<usize>(),
+            );
+            encode_frame(dst, FrameKind::ReadResponse, request_id, |b| {
+                b.put_u64_le(read.commit_index);
+                b.put_u64_le(read.log_start);
+                b.put_u32_le(u32::try_from(read.records.len()).expect("record count fits u32"));
+                b.put_u32_le(0);
+                for r in &read.records {
+                    b.put_u64_le(r.index);
+                    b.put_u32_le(u32::try_from(r.payload.len()).expect("record fits u32"));
+                    b.put_slice(&r.payload);
+                }
+            })
+        }
+        Ok(ClientResponse::Metadata(m)) => {
+            encode_frame(dst, FrameKind::MetadataResponse, request_id, |b| {
+                b.put_u64_le(m.cluster_id);
+                b.put_u32_le(u32::try_from(m.nodes.len()).expect("node count fits u32"));
+                b.put_u32_le(u32::try_from(m.partitions.len()).expect("partition count fits u32"));
+                for n in &m.nodes {
+                    let addr = truncate_utf8(&n.client_addr, TEXT_BYTES_MAX);
+                    b.put_u32_le(n.node_id);
+                    b.put_u16_le(addr.len() as u16);
+                    b.put_slice(addr.as_bytes());
+                }
+                for p in &m.partitions {
+                    b.put_u32_le(p.partition);
+                    b.put_u32_le(p.leader.unwrap_or(NO_NODE));
+                    b.put_u64_le(p.term);
+                    b.put_u64_le(p.commit_index);
+                    b.put_u64_le(p.last_index);
+                    b.put_u64_le(p.log_start);
+                }
+            })
+        }
+        Err(e) => encode_error(dst, request_id, e),
+    }
+}
+
+fn encode_error(dst: &mut BytesMut, request_id: u64, e: &ServerError) {
+    let (leader, a, b2, text): (u32, u64, u64, &str) = match e {
+        ServerError::NotLeader {
+            leader,
+            leader_addr,
+        } => (
+            leader.unwrap_or(NO_NODE),
+            0,
+            0,
+            leader_addr.as_deref().unwrap_or(""),
+        ),
+        ServerError::OutOfRange { log_start, log_end } => (NO_NODE, *log_start, *log_end, ""),
+        ServerError::Overloaded | ServerError::Timeout => (NO_NODE, 0, 0, ""),
+        ServerError::InvalidRequest { reason } | ServerError::Unavailable { reason } => {
+            (NO_NODE, 0, 0, reason)
+        }
+    };
+    let text = truncate_utf8(text, TEXT_BYTES_MAX);
+    encode_frame(dst, FrameKind::ErrorResponse, request_id, |b| {
+        b.put_u16_le(e.code());
+        b.put_u16_le(text.len() as u16);
+        b.put_u32_le(leader);
+        b.put_u64_le(a);
+        b.put_u64_le(b2);
+        b.put_slice(text.as_bytes());
+    });
+}
+
+/// Decodes any client response frame: `Ok(Err(_))` is a well-formed error response.
+pub fn decode_response(frame: &Frame) -> Result<Result<ClientResponse, ServerError>, FrameError> {
+    let mut r = BodyReader::new(frame);
+    let response = match frame.kind {
+        FrameKind::AppendResponse => Ok(ClientResponse::Append(AppendOk {
+            first_index: r.u64()?,
+            last_index: r.u64()?,
+        })),
+        FrameKind::ReadResponse => {
+            let commit_index = r.u64()?;
+            let log_start = r.u64()?;
+            let count = r.u32()?;
+            r.reserved(4)?;
+            let count = r.check_count(count, 12)?;
+            let mut records = Vec::with_capacity(count);
+            for _ in 0..count {
+                let index = r.u64()?;
+                let len = r.u32()? as usize;
+                records.push(Record {
+                    index,
+                    payload: r.bytes(len)?,
+                });
+            }
+            Ok(ClientResponse::Read(ReadOk {
+                records,
+                commit_index,
+                log_start,
+            }))
+        }
+        FrameKind::MetadataResponse => {
+            let cluster_id = r.u64()?;
+            let node_count = r.u32()?;
+            let partition_count = r.u32()?;
+            let node_count = r.check_count(node_count, 6)?;
+            let mut nodes = Vec::with_capacity(node_count);
+            for _ in 0..node_count {
+                let node_id = r.u32()?;
+                let len = r.u16()? as usize;
+                nodes.push(NodeInfo {
+                    node_id,
+                    client_addr: r.string(len)?,
+                });
+            }
+            let partition_count = r.check_count(partition_count, 40)?;
+            let mut partitions = Vec::with_capacity(partition_count);
+            for _ in 0..partition_count {
+                let partition = r.u32()?;
+                let leader = r.u32()?;
+                partitions.push(PartitionInfo {
+                    partition,
+                    leader: (leader != NO_NODE).then_some(leader),
+                    term: r.u64()?,
+                    commit_index: r.u64()?,
+                    last_index: r.u64()?,
+                    log_start: r.u64()?,
+                });
+            }
+            Ok(ClientResponse::Metadata(Metadata {
+                cluster_id,
+                nodes,
+                partitions,
+            }))
+        }
+        FrameKind::ErrorResponse => {
+            let code = r.u16()?;
+            let text_len = r.u16()? as usize;
+            let leader = r.u32()?;
+            let a = r.u64()?;
+            let b = r.u64()?;
+            let text = r.string(text_len)?;
+            // Fields a code does not use must be empty, so each error has one encoding.
+            let unused_empty = |leader_ok: bool, ab_ok: bool, text_ok: bool| {
+                (leader_ok || leader == NO_NODE)
+                    && (ab_ok || (a == 0 && b == 0))
+                    && (text_ok || text.is_empty())
+            };
+            let (err, canonical) = match code {
+                1 => (
+                    ServerError::NotLeader {
+                        leader: (leader != NO_NODE).then_some(leader),
+                        leader_addr: (!text.is_empty()).then(|| text.clone()),
+                    },
+                    unused_empty(true, false, true),
+                ),
+                2 => (
+                    ServerError::OutOfRange {
+                        log_start: a,
+                        log_end: b,
+                    },
+                    unused_empty(false, true, false),
+                ),
+                3 => (ServerError::Overloaded, unused_empty(false, false, false)),
+                4 => (ServerError::Timeout, unused_empty(false, false, false)),
+                5 => (
+                    ServerError::InvalidRequest {
+                        reason: text.clone(),
+                    },
+                    unused_empty(false, false, true),
+                ),
+                6 => (
+                    ServerError::Unavailable {
+                        reason: text.clone(),
+                    },
+                    unused_empty(false, false, true),
+                ),
+                _ => return Err(r.malformed("unknown error code")),
+            };
+            if !canonical {
+                return Err(r.malformed("error response sets fields its code does not use"));
+            }
+            Err(err)
+        }
+        other => {
+            return Err(FrameError::Unexpected {
+                kind: other,
+                context: "expected a client response",
+            });
+        }
+    };
+    r.finish()?;
+    Ok(response)
+}
