@@ -103,7 +103,8 @@ struct Inner<F> {
     cache_payload_bytes: usize,
     queue: VecDeque<Queued<F>>,
     buffered_bytes: usize,
-    /// Flush number stamped into records encoded now.
+    /// The flush number of the newest buffer of records; each buffer gets its own,
+    /// so records written by different flushes never share one.
     open_flush_seq: u64,
     /// Every flush numbered up to this is synced.
     durable_flush_seq: u64,
@@ -116,6 +117,10 @@ struct Inner<F> {
     /// it before it syncs (or, when it creates a segment, before it writes).
     last_done: Rc<Semaphore>,
     spare: Option<Spare<F>>,
+    /// The newest flush taken removes files: the next one must not write before the
+    /// removals are durable, or a crash could keep its records but not the removal
+    /// (a purge undone while later appends survive).
+    removal_pending: bool,
 }
 
 struct Shared<S: Storage> {
@@ -147,6 +152,8 @@ struct Job<F> {
     done: Rc<Semaphore>,
     durable: Durable,
     flush_seq: Option<u64>,
+    /// Wait for the previous flush before writing anything (it removes files).
+    write_barrier: bool,
 }
 
 impl<S: Storage> Wal<S> {
@@ -211,7 +218,7 @@ impl<S: Storage> Wal<S> {
             cache_payload_bytes: 0,
             queue: VecDeque::new(),
             buffered_bytes: 0,
-            open_flush_seq: rec.flush_seq_max + 1,
+            open_flush_seq: rec.flush_seq_max,
             durable_flush_seq: rec.flush_seq_max,
             next_segment_seq: rec.segment_seq_max + 1,
             submitted_op: 0,
@@ -219,6 +226,7 @@ impl<S: Storage> Wal<S> {
             taken: Durable { op: 0, last_index },
             last_done: Rc::new(Semaphore::new(1)),
             spare: None,
+            removal_pending: false,
         };
         let wal = Wal {
             shared: Rc::new(Shared {
@@ -300,19 +308,53 @@ impl<S: Storage> Wal<S> {
             let prev_term = inner.last_term;
             self.start_segment(inner, op, e.index, prev_term, false, Vec::new());
         }
-        let flush_seq = inner.open_flush_seq;
         let durable_seq = inner.durable_flush_seq;
         let last_index = e.index;
         let seg_index = inner.segments.len() - 1;
         let segment_seq = inner.segments[seg_index].info.segment_seq;
-        let end_pos = inner.segments[seg_index].end_pos;
         let slot = inner.slots[seg_index].clone();
         let reuse = matches!(
             inner.queue.back(),
             Some(Queued { item: Item::Bytes { segment_seq: s, .. }, .. }) if *s == segment_seq
         );
         if !reuse {
+            // An earlier buffer of this segment may still be queued behind other items
+            // (hard state, purge): close it with padding so the new one starts on a
+            // block boundary.
+            let earlier = inner
+                .queue
+                .iter_mut()
+                .rev()
+                .find_map(|q| match &mut q.item {
+                    Item::Bytes {
+                        segment_seq: s,
+                        pos,
+                        data,
+                        flush_seq,
+                        ..
+                    } if *s == segment_seq => Some((pos, data, flush_seq)),
+                    _ => None,
+                });
+            if let Some((pos, data, flush_seq)) = earlier {
+                let before = data.len();
+                pad_to_block(
+                    data,
+                    *pos,
+                    block as usize,
+                    segment_seq,
+                    *flush_seq,
+                    durable_seq,
+                );
+                let (added, end) = (data.len() - before, *pos + data.len() as u64);
+                inner.buffered_bytes += added;
+                inner.segments[seg_index].end_pos = end;
+            }
+            let end_pos = inner.segments[seg_index].end_pos;
             assert_eq!(end_pos % block, 0, "a new write starts at a block boundary");
+            // Every buffer gets its own flush number: no two flushes write records
+            // with the same number, which recovery's torn-tail rule relies on.
+            inner.open_flush_seq += 1;
+            let flush_seq = inner.open_flush_seq;
             inner.queue.push_back(Queued {
                 item: Item::Bytes {
                     slot,
@@ -329,9 +371,16 @@ impl<S: Storage> Wal<S> {
         let queued = inner.queue.back_mut().expect("pushed above");
         queued.last_op = op;
         queued.last_index = last_index;
-        let Item::Bytes { pos, data, .. } = &mut queued.item else {
+        let Item::Bytes {
+            pos,
+            data,
+            flush_seq,
+            ..
+        } = &mut queued.item
+        else {
             unreachable!("checked above")
         };
+        let flush_seq = *flush_seq;
         let before = data.len();
         let abs = *pos + data.len() as u64;
         let room = (block - abs % block) as usize;
@@ -379,9 +428,6 @@ impl<S: Storage> Wal<S> {
             reset,
         };
         inner.next_segment_seq += 1;
-        // Records after a segment change are written by a later flush than the ones
-        // before it, so they get a new flush number.
-        inner.open_flush_seq += 1;
         if let Some(prev) = inner.segments.back_mut() {
             prev.sealed = true;
         }
@@ -577,6 +623,10 @@ impl<S: Storage> Wal<S> {
             }
         };
         let mut waited = false;
+        if job.write_barrier {
+            wait_previous(&job).await?;
+            waited = true;
+        }
         let mut to_sync: Vec<FileSlot<S::File>> = Vec::new();
         let mut hard_state = None;
         let mut deletions: Vec<String> = Vec::new();
@@ -591,8 +641,10 @@ impl<S: Storage> Wal<S> {
                     // A new segment is written only once everything before it is
                     // durable, so an older segment never has an unsynced tail when a
                     // newer one has data: recovery relies on that.
-                    wait_previous(&job).await?;
-                    waited = true;
+                    if !waited {
+                        wait_previous(&job).await?;
+                        waited = true;
+                    }
                     let file = self.create_segment(info, name).await?;
                     let _ = slot.set(file);
                     deletions.extend(superseded.iter().cloned());
@@ -600,6 +652,11 @@ impl<S: Storage> Wal<S> {
                 Item::Bytes {
                     slot, pos, data, ..
                 } => {
+                    if slot.get().is_none() && !waited {
+                        // The segment is created by an earlier flush still in flight.
+                        wait_previous(&job).await?;
+                        waited = true;
+                    }
                     let file = slot.get().ok_or_else(|| {
                         WalError::Failed("segment file missing for a write".into())
                     })?;
@@ -923,7 +980,9 @@ impl<F: StorageFile> Inner<F> {
                         *seq,
                         self.durable_flush_seq,
                     );
-                    self.buffered_bytes -= before;
+                    // Padding counts as buffered until the buffer leaves the queue.
+                    self.buffered_bytes += data.len() - before;
+                    self.buffered_bytes -= data.len();
                     let end = *pos + data.len() as u64;
                     if let Some(seg) = self
                         .segments
@@ -933,9 +992,6 @@ impl<F: StorageFile> Inner<F> {
                         seg.end_pos = seg.end_pos.max(end);
                     }
                     flush_seq = Some(*seq);
-                    if *seq == self.open_flush_seq {
-                        self.open_flush_seq += 1;
-                    }
                 }
                 Item::NewSegment { .. } => {
                     self.buffered_bytes -= shared.block_bytes;
@@ -943,7 +999,13 @@ impl<F: StorageFile> Inner<F> {
                 Item::HardState(_) | Item::Purge(_) => {}
             }
             last_index = queued.last_index;
+            let purge = matches!(queued.item, Item::Purge(_));
             items.push(queued.item);
+            if purge {
+                // Later ops' records go to the next flush, which writes only after the
+                // removals are durable: a purge is never undone behind later appends.
+                break;
+            }
         }
         // The job completes every op before the first op of what stays queued (an op
         // whose records straddle a segment change is not complete yet).
@@ -958,12 +1020,19 @@ impl<F: StorageFile> Inner<F> {
             },
         };
         self.taken = durable;
+        let removes = items.iter().any(|item| match item {
+            Item::Purge(_) => true,
+            Item::NewSegment { superseded, .. } => !superseded.is_empty(),
+            _ => false,
+        });
+        let write_barrier = std::mem::replace(&mut self.removal_pending, removes);
         Job {
             items,
             wait_on,
             done,
             durable,
             flush_seq,
+            write_barrier,
         }
     }
 }

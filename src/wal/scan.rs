@@ -76,6 +76,7 @@ pub fn scan_segment(
                 break;
             }
             pos += room;
+            scan.end_pos = pos as u64;
             continue;
         }
         match verify_record(&bytes[pos..], info.segment_seq, payload_max) {

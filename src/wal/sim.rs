@@ -10,8 +10,11 @@
 use super::storage::{Storage, StorageFile};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 /// One recorded operation.
 #[derive(Clone, Debug)]
@@ -64,6 +67,28 @@ pub struct SimStorage {
 pub struct SimFile {
     state: Rc<RefCell<SimState>>,
     ino: usize,
+}
+
+/// Completes on its second poll, so that every simulated I/O lets other tasks run
+/// the way a real submission would, and flushes really overlap in tests.
+pub struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+/// Lets other tasks on the executor run once.
+pub fn yield_now() -> YieldNow {
+    YieldNow(false)
 }
 
 fn injected(what: &str) -> io::Error {
@@ -290,6 +315,7 @@ impl Storage for SimStorage {
     }
 
     async fn open(&self, name: &str, create: bool) -> io::Result<SimFile> {
+        yield_now().await;
         let mut s = self.state.borrow_mut();
         let ino = match s.names.get(name) {
             Some(ino) => *ino,
@@ -312,6 +338,7 @@ impl Storage for SimStorage {
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        yield_now().await;
         let mut s = self.state.borrow_mut();
         let ino = s.names.remove(from).ok_or_else(|| not_found(from))?;
         s.names.insert(to.to_string(), ino);
@@ -323,6 +350,7 @@ impl Storage for SimStorage {
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
+        yield_now().await;
         let mut s = self.state.borrow_mut();
         s.names.remove(name).ok_or_else(|| not_found(name))?;
         s.events.push(SimEvent::Remove {
@@ -332,6 +360,7 @@ impl Storage for SimStorage {
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
+        yield_now().await;
         let mut s = self.state.borrow_mut();
         s.syncs += 1;
         if s.fail_sync_number.is_some_and(|n| s.syncs > n) {
@@ -346,6 +375,7 @@ impl StorageFile for SimFile {
     type Read = Vec<u8>;
 
     async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
+        yield_now().await;
         let mut s = self.state.borrow_mut();
         s.writes += 1;
         if s.fail_write_number.is_some_and(|n| s.writes > n) {
@@ -361,6 +391,7 @@ impl StorageFile for SimFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        yield_now().await;
         let s = self.state.borrow();
         let file = &s.files[self.ino];
         let start = (pos as usize).min(file.len());
@@ -369,6 +400,7 @@ impl StorageFile for SimFile {
     }
 
     async fn sync(&self) -> io::Result<()> {
+        yield_now().await;
         let mut s = self.state.borrow_mut();
         s.syncs += 1;
         if s.fail_sync_number.is_some_and(|n| s.syncs > n) {
