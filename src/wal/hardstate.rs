@@ -4,7 +4,7 @@
 //! valid; recovery takes the valid slot with the higher write counter.
 
 use super::error::{WalError, WalResult, io_err};
-use super::format::{decode_hard_state, encode_hard_state};
+use super::format::{HARD_STATE_SLOT_BYTES, decode_hard_state, encode_hard_state};
 use super::storage::{Storage, StorageFile};
 use crate::engine::HardState;
 
@@ -20,10 +20,11 @@ pub struct HardStateFile<F> {
 }
 
 impl<F: StorageFile> HardStateFile<F> {
-    /// Opens (creating if needed) the hard-state file and reads the current state.
+    /// Opens (creating if needed) the hard-state file and reads the current state;
+    /// also returns the offset of a damaged slot, if one was skipped.
     pub async fn open<S: Storage<File = F>>(
         storage: &S,
-    ) -> WalResult<(HardStateFile<F>, HardState)> {
+    ) -> WalResult<(HardStateFile<F>, HardState, Option<u64>)> {
         let block_bytes = storage.block_bytes();
         let exists = storage
             .list()
@@ -43,7 +44,19 @@ impl<F: StorageFile> HardStateFile<F> {
             let start = (i * block_bytes).min(bytes.len());
             &bytes[start..((i + 1) * block_bytes).min(bytes.len())]
         };
-        let slots = [decode_hard_state(slot(0)), decode_hard_state(slot(1))];
+        // A slot is valid only if its checksum holds and the rest of its block is zero,
+        // so that every byte of the file is checked.
+        let decode = |bytes: &[u8]| {
+            let rest_clean = bytes
+                .get(HARD_STATE_SLOT_BYTES..)
+                .is_none_or(|rest| rest.iter().all(|b| *b == 0));
+            decode_hard_state(bytes).filter(|_| rest_clean)
+        };
+        let slots = [decode(slot(0)), decode(slot(1))];
+        // A slot that is neither valid nor empty was torn by a crash during its write
+        // (which was then never acknowledged) or damaged later; the two cannot be told
+        // apart, so recovery uses the other slot and reports it.
+        let damaged_slot = (0..2).find(|i| slots[*i].is_none() && slot(*i).iter().any(|b| *b != 0));
         let best = slots.iter().flatten().max_by_key(|(seq, _)| *seq).copied();
         let mut hs = HardStateFile {
             file,
@@ -53,7 +66,8 @@ impl<F: StorageFile> HardStateFile<F> {
         match best {
             Some((seq, state)) => {
                 hs.seq = seq;
-                Ok((hs, state))
+                let offset = damaged_slot.map(|i| (i * block_bytes) as u64);
+                Ok((hs, state, offset))
             }
             None if bytes.iter().all(|b| *b == 0) => {
                 // A new file, or one whose creation never completed: no state was
@@ -65,7 +79,7 @@ impl<F: StorageFile> HardStateFile<F> {
                     .sync_dir()
                     .await
                     .map_err(io_err("syncing the WAL directory"))?;
-                Ok((hs, state))
+                Ok((hs, state, None))
             }
             None => Err(WalError::Corrupt {
                 file: HARD_STATE_FILE_NAME.to_string(),

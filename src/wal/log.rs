@@ -173,7 +173,11 @@ impl<S: Storage> Wal<S> {
                 .await
                 .map_err(io_err("syncing the WAL directory"))?;
         }
-        let (hs_file, hard_state) = HardStateFile::open(&storage).await?;
+        let (hs_file, hard_state, damaged_slot) = HardStateFile::open(&storage).await?;
+        let mut reports = rec.reports;
+        if let Some(offset) = damaged_slot {
+            reports.push(RecoveryReport::HardStateSlotDamaged { offset });
+        }
         let mut slots = VecDeque::new();
         let mut segments = VecDeque::new();
         for mut seg in rec.segments {
@@ -204,7 +208,7 @@ impl<S: Storage> Wal<S> {
             start_prev_term: rec.start_prev_term,
             last_index,
             last_term,
-            reports: rec.reports,
+            reports,
         };
         let inner = Inner {
             failed: None,

@@ -4,7 +4,7 @@
 
 use super::config::WalConfig;
 use super::error::{WalError, WalResult, io_err};
-use super::format::decode_segment_header;
+use super::format::{SEGMENT_HEADER_BYTES, decode_segment_header};
 use super::scan::{END_OF_RECORDS, Stop, Tail, classify_tail, scan_segment};
 use super::segment::{Segment, parse_segment_file_name};
 use super::storage::{Storage, StorageFile};
@@ -34,6 +34,40 @@ pub enum RecoveryReport {
         offset: u64,
         index: Index,
     },
+    /// One hard-state slot was invalid (a write torn by a crash, or damage); the other
+    /// slot's older state was used.
+    HardStateSlotDamaged { offset: u64 },
+}
+
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryReport::TornTail {
+                file,
+                offset,
+                index,
+            } => write!(
+                f,
+                "WAL torn tail truncated: {file} at offset {offset}; the log ends before index {index}"
+            ),
+            RecoveryReport::IgnoredDamage { file, offset } => write!(
+                f,
+                "WAL ignored damaged bytes after the live entries of {file} at offset {offset}"
+            ),
+            RecoveryReport::TruncatedCorruption {
+                file,
+                offset,
+                index,
+            } => write!(
+                f,
+                "WAL CORRUPTION truncated on request: {file} at offset {offset}; entries from {index} dropped"
+            ),
+            RecoveryReport::HardStateSlotDamaged { offset } => write!(
+                f,
+                "WAL hard-state slot at offset {offset} invalid; used the other slot"
+            ),
+        }
+    }
 }
 
 /// What recovery hands to the WAL.
@@ -104,7 +138,10 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
             index,
             reason: reason.to_string(),
         };
-        let Some(info) = decode_segment_header(&bytes) else {
+        // The header block holds nothing but the header: the rest must be zero, so
+        // that every byte of it is checked.
+        let header_rest_clean = bytes[SEGMENT_HEADER_BYTES..block].iter().all(|b| *b == 0);
+        let Some(info) = decode_segment_header(&bytes).filter(|_| header_rest_clean) else {
             // The header is synced before the file gets its name, so a named segment
             // with a bad header is damaged, never half-created.
             return Err(corrupt(0, first, "segment header invalid"));
