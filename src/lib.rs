@@ -7,6 +7,7 @@
 //! - [`proxy`]: a TCP fault proxy (delay, jitter, stall, partition) for tests and benchmarks.
 //! - [`transport`]: frame codec, peer links and the client protocol's server side.
 //! - [`client`]: the Rust client library used by the CLI and the benchmark.
+//! - [`wal`]: the write-ahead log (segments, group commit, recovery, hard state).
 
 pub mod client;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod history;
 pub mod proxy;
 pub mod runtime;
 pub mod transport;
+pub mod wal;
 
 #[cfg(test)]
 mod sim;

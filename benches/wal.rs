@@ -1,0 +1,198 @@
+//! WAL throughput on the real disk, next to the raw device at equal write sizes.
+//!
+//! For 128-byte and 4 KiB records at several batch sizes (records per flush), the WAL
+//! appends a batch and flushes it (one write per `flush_bytes_max` and one fdatasync),
+//! one flush at a time. The raw run writes the same number of bytes per round with
+//! one O_DIRECT write + fdatasync through glommio, no WAL logic, into a file prepared
+//! the same way (zero-filled). The ratio is WAL flushes/s over raw rounds/s.
+//! A second table compares segments zero-filled ahead with fallocate-only ones.
+//!
+//! Run: `cargo bench --bench wal` (directory: `WAL_BENCH_DIR`, default
+//! `target/wal-bench`, on the disk to measure; seconds per case: `WAL_BENCH_SECONDS`).
+
+use glommio::io::{DmaFile, OpenOptions};
+use glommio::{LocalExecutorBuilder, Placement};
+use ringlog::engine::{Entry, EntryKind};
+use ringlog::wal::{DmaStorage, Preallocate, Wal, WalConfig};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Size of the raw comparison file (rounds wrap around inside it).
+const RAW_FILE_BYTES: u64 = 256 << 20;
+const BLOCK_BYTES: usize = 4096;
+
+struct Run {
+    rounds: u64,
+    records: u64,
+    payload_bytes: u64,
+    bytes_per_round: u64,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn per_sec(&self, n: u64) -> f64 {
+        n as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+async fn run_wal(
+    dir: &Path,
+    mode: Preallocate,
+    record_bytes: usize,
+    batch: usize,
+    secs: f64,
+) -> Run {
+    let _ = std::fs::remove_dir_all(dir);
+    let config = WalConfig {
+        preallocate: mode,
+        ..WalConfig::default()
+    };
+    let storage = DmaStorage::new(dir).expect("bench dir");
+    let (wal, _) = Wal::open(storage, config).await.expect("open");
+    let payload = bytes::Bytes::from(vec![0x5au8; record_bytes]);
+    let (mut index, mut op) = (1u64, 0u64);
+    let append_batch = |index: &mut u64, op: &mut u64| {
+        let entries: Vec<Entry> = (0..batch as u64)
+            .map(|i| Entry {
+                term: 1,
+                index: *index + i,
+                kind: EntryKind::Record,
+                payload: payload.clone(),
+            })
+            .collect();
+        *op += 1;
+        wal.append(*op, &entries).expect("append");
+        *index += batch as u64;
+    };
+    // Warm up: the first segment is created and the spare prepared.
+    for _ in 0..3 {
+        append_batch(&mut index, &mut op);
+        wal.flush().await.expect("flush");
+    }
+    let before = wal.stats();
+    let start = Instant::now();
+    let mut rounds = 0;
+    while start.elapsed().as_secs_f64() < secs {
+        append_batch(&mut index, &mut op);
+        wal.flush().await.expect("flush");
+        rounds += 1;
+    }
+    let elapsed = start.elapsed();
+    let stats = wal.stats();
+    drop(wal);
+    let _ = std::fs::remove_dir_all(dir);
+    Run {
+        rounds,
+        records: rounds * batch as u64,
+        payload_bytes: rounds * (batch * record_bytes) as u64,
+        bytes_per_round: (stats.bytes_written - before.bytes_written) / rounds.max(1),
+        elapsed,
+    }
+}
+
+async fn raw_file(path: &Path, zero_fill: bool) -> DmaFile {
+    let _ = std::fs::remove_file(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(path)
+        .await
+        .expect("raw file");
+    if zero_fill {
+        let chunk = 1 << 20;
+        let mut pos = 0;
+        while pos < RAW_FILE_BYTES {
+            let mut buf = file.alloc_dma_buffer(chunk);
+            buf.as_bytes_mut().fill(0);
+            file.write_at(buf, pos).await.expect("zero fill");
+            pos += chunk as u64;
+        }
+    } else {
+        file.pre_allocate(RAW_FILE_BYTES, false)
+            .await
+            .expect("fallocate");
+    }
+    file.fdatasync().await.expect("sync");
+    file
+}
+
+async fn run_raw(path: &Path, zero_fill: bool, bytes_per_round: u64, secs: f64) -> Run {
+    let file = raw_file(path, zero_fill).await;
+    let size = (bytes_per_round as usize).next_multiple_of(BLOCK_BYTES);
+    let mut pos = 0u64;
+    let start = Instant::now();
+    let mut rounds = 0;
+    while start.elapsed().as_secs_f64() < secs {
+        if pos + size as u64 > RAW_FILE_BYTES {
+            pos = 0;
+        }
+        let mut buf = file.alloc_dma_buffer(size);
+        buf.as_bytes_mut().fill(0x5a);
+        file.write_at(buf, pos).await.expect("write");
+        file.fdatasync().await.expect("sync");
+        pos += size as u64;
+        rounds += 1;
+    }
+    let elapsed = start.elapsed();
+    file.close().await.expect("close");
+    let _ = std::fs::remove_file(path);
+    Run {
+        rounds,
+        records: 0,
+        payload_bytes: 0,
+        bytes_per_round: size as u64,
+        elapsed,
+    }
+}
+
+fn main() {
+    let dir: PathBuf = std::env::var("WAL_BENCH_DIR")
+        .unwrap_or_else(|_| "target/wal-bench".into())
+        .into();
+    let secs: f64 = std::env::var("WAL_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.5);
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(2 << 20)
+        .spawn(move || async move {
+            println!("WAL vs raw O_DIRECT write + fdatasync at equal write size, {secs} s per case, dir {}", dir.display());
+            println!(
+                "{:>7} {:>6} {:>12} {:>9} {:>10} {:>11} {:>11} {:>9}",
+                "record", "batch", "records/s", "MB/s", "flushes/s", "write B", "raw rnd/s", "WAL/raw"
+            );
+            for (record, batches) in [(128usize, [1usize, 16, 256, 4096]), (4096, [1, 16, 64, 256])] {
+                for batch in batches {
+                    let wal = run_wal(&dir.join("wal"), Preallocate::ZeroFill, record, batch, secs).await;
+                    let raw = run_raw(&dir.join("raw"), true, wal.bytes_per_round, secs).await;
+                    println!(
+                        "{:>7} {:>6} {:>12.0} {:>9.1} {:>10.0} {:>11} {:>11.0} {:>9.2}",
+                        record,
+                        batch,
+                        wal.per_sec(wal.records),
+                        wal.per_sec(wal.payload_bytes) / 1e6,
+                        wal.per_sec(wal.rounds),
+                        wal.bytes_per_round,
+                        raw.per_sec(raw.rounds),
+                        wal.per_sec(wal.rounds) / raw.per_sec(raw.rounds),
+                    );
+                }
+            }
+            println!();
+            println!("Segment preparation: zero-filled ahead vs fallocate-only (128-byte records, batch 1)");
+            println!("{:>22} {:>10} {:>16}", "mode", "WAL fsync/s", "raw 4 KiB fsync/s");
+            for (name, mode, zero) in [
+                ("zero-filled ahead", Preallocate::ZeroFill, true),
+                ("fallocate only", Preallocate::Fallocate, false),
+            ] {
+                let wal = run_wal(&dir.join("wal"), mode, 128, 1, secs).await;
+                let raw = run_raw(&dir.join("raw"), zero, 4096, secs).await;
+                println!("{:>22} {:>10.0} {:>16.0}", name, wal.per_sec(wal.rounds), raw.per_sec(raw.rounds));
+            }
+        })
+        .expect("executor")
+        .join()
+        .expect("bench");
+}

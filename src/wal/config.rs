@@ -1,0 +1,103 @@
+//! The WAL's limits and knobs. Every bound the WAL keeps is named here.
+
+/// How a fresh segment is prepared before the writer reaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preallocate {
+    /// Write zeros over the whole segment (in the background, ahead of the writer) and
+    /// sync them, so later appends overwrite already-written blocks and an fdatasync
+    /// commits no file-system metadata (no unwritten-extent conversion).
+    ZeroFill,
+    /// Only `fallocate` the segment: cheaper to prepare, but every first write to a
+    /// block converts an unwritten extent, which each fdatasync must then journal.
+    Fallocate,
+}
+
+/// Configuration of one WAL (one shard's log).
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    /// Size of every segment file, header block included. A multiple of the block size.
+    pub segment_size_bytes: u64,
+    /// Largest payload one entry may carry.
+    pub record_size_bytes_max: usize,
+    /// Largest single write: buffered appends are cut into chunks of at most this many
+    /// bytes, and each chunk is one write.
+    pub flush_bytes_max: usize,
+    /// Bytes of appends that may wait in memory for a flush; appends beyond it fail
+    /// with `BufferFull` so the runtime must flush (backpressure, never unbounded).
+    pub buffered_bytes_max: usize,
+    /// Flushes (write + fdatasync) that may be in flight at once; a flush started
+    /// beyond this waits for an earlier one to finish.
+    pub flushes_in_flight_max: usize,
+    /// Payload bytes of recent entries kept in memory to serve reads without I/O.
+    pub cache_bytes_max: usize,
+    /// How fresh segments are prepared.
+    pub preallocate: Preallocate,
+    /// Skip fdatasync (benchmarks only: nothing reported durable is then durable).
+    pub fsync_disabled: bool,
+    /// Recovery: truncate the log at a corruption instead of refusing to start. Only
+    /// for a member that will catch up from peers without voting.
+    pub truncate_corrupt_tail: bool,
+}
+
+/// Default segment size: 64 MiB.
+pub const SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 << 20;
+/// Default largest record payload: 1 MiB.
+pub const RECORD_SIZE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Default largest single write: 1 MiB.
+pub const FLUSH_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Default bound on buffered, unflushed appends: 16 MiB.
+pub const BUFFERED_BYTES_MAX_DEFAULT: usize = 16 << 20;
+/// Default number of flushes in flight.
+pub const FLUSHES_IN_FLIGHT_MAX_DEFAULT: usize = 2;
+/// Default read cache: 8 MiB of payload.
+pub const CACHE_BYTES_MAX_DEFAULT: usize = 8 << 20;
+/// Zero-filling writes at most this many bytes per write.
+pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
+            record_size_bytes_max: RECORD_SIZE_BYTES_MAX_DEFAULT,
+            flush_bytes_max: FLUSH_BYTES_MAX_DEFAULT,
+            buffered_bytes_max: BUFFERED_BYTES_MAX_DEFAULT,
+            flushes_in_flight_max: FLUSHES_IN_FLIGHT_MAX_DEFAULT,
+            cache_bytes_max: CACHE_BYTES_MAX_DEFAULT,
+            preallocate: Preallocate::ZeroFill,
+            fsync_disabled: false,
+            truncate_corrupt_tail: false,
+        }
+    }
+}
+
+impl WalConfig {
+    /// Checks that the limits fit together for block size `block_bytes`.
+    pub fn validate(&self, block_bytes: usize) -> Result<(), String> {
+        let block = block_bytes as u64;
+        let record_max = (self.record_size_bytes_max + super::format::RECORD_HEADER_BYTES) as u64;
+        if !self.segment_size_bytes.is_multiple_of(block)
+            || self.segment_size_bytes > u32::MAX as u64
+        {
+            return Err("segment_size_bytes must be a block multiple below 4 GiB".into());
+        }
+        // A record, its alignment slack and the final padding must fit after the
+        // header block, so that every record fits in one segment.
+        if record_max + 3 * block > self.segment_size_bytes {
+            return Err("record_size_bytes_max too large for segment_size_bytes".into());
+        }
+        if !self.flush_bytes_max.is_multiple_of(block_bytes)
+            || self.flush_bytes_max < 2 * block_bytes
+        {
+            return Err("flush_bytes_max must be a block multiple of at least two blocks".into());
+        }
+        if self.buffered_bytes_max < self.flush_bytes_max
+            || (self.buffered_bytes_max as u64) < record_max + 2 * block
+        {
+            return Err("buffered_bytes_max must hold a flush and the largest record".into());
+        }
+        if self.flushes_in_flight_max == 0 {
+            return Err("flushes_in_flight_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}

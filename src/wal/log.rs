@@ -1,0 +1,373 @@
+//! The write-ahead log: ordered submission of the engine's storage commands, group
+//! commit, reads, and fail-stop error handling.
+//!
+//! Submissions (`append`, `truncate`, `reset`, `purge`, `persist_hard_state`) only
+//! change memory: they encode records into block-aligned buffers and queue work
+//! items in op order. `flush` turns the queue into writes and syncs: one write per
+//! `flush_bytes_max` chunk and one fdatasync for everything queued, while later
+//! submissions queue behind it for the next flush. Flushes overlap (a bounded number)
+//! but complete strictly in order, so the durable op only moves forward through a
+//! prefix of the submitted ops.
+
+use super::config::{Preallocate, WalConfig, ZERO_FILL_CHUNK_BYTES};
+use super::error::{WalError, WalResult, io_err};
+use super::format::{
+    RECORD_HEADER_BYTES, RecordMeta, SEGMENT_HEADER_BYTES, SegmentInfo, encode_record,
+    encode_segment_header, verify_record,
+};
+use super::hardstate::HardStateFile;
+use super::recovery::{RecoveryReport, SPARE_FILE_NAME, recover};
+use super::segment::Segment;
+use super::storage::{Storage, StorageFile};
+use crate::engine::{Entry, HardState, Index, Term};
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+use glommio::{Task, spawn_local};
+use std::cell::{OnceCell, RefCell};
+use std::collections::VecDeque;
+
+mod flush;
+mod read;
+mod submit;
+
+use flush::{pad_to_block, prepare_spare};
+use std::io;
+use std::rc::Rc;
+
+/// What recovery found, returned by [`Wal::open`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    /// The first index the log holds (or would hold, when empty).
+    pub log_start: Index,
+    /// The term of entry `log_start - 1` (0 when the log starts at 1).
+    pub start_prev_term: Term,
+    pub last_index: Index,
+    pub last_term: Term,
+    /// Torn tails truncated and damage ignored; the runtime should log each.
+    pub reports: Vec<RecoveryReport>,
+}
+
+/// How far the submitted ops are durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    /// Every op numbered up to this one is durable (0: none yet).
+    pub op: u64,
+    /// The log's last index as of that op.
+    pub last_index: Index,
+}
+
+/// Counters for metrics and benchmarks, since open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Flush rounds completed (each one sync of the segment written, if any).
+    pub flushes: u64,
+    /// Segment writes issued (each at most `flush_bytes_max` bytes).
+    pub writes: u64,
+    /// Bytes written to segments, padding and headers included.
+    pub bytes_written: u64,
+    /// fdatasync calls on segments and the hard-state file.
+    pub syncs: u64,
+}
+
+/// A segment file handle that exists once the flush creating the file has run.
+type FileSlot<F> = Rc<OnceCell<F>>;
+
+enum Item<F> {
+    /// Encoded records for one segment, starting at block-aligned `pos`.
+    Bytes {
+        slot: FileSlot<F>,
+        segment_seq: u64,
+        pos: u64,
+        data: Vec<u8>,
+        flush_seq: u64,
+    },
+    /// Create a segment file; then delete the segments it supersedes (newest first).
+    NewSegment {
+        info: SegmentInfo,
+        name: String,
+        slot: FileSlot<F>,
+        superseded: Vec<String>,
+    },
+    HardState(HardState),
+    /// Delete these segments (oldest first).
+    Purge(Vec<String>),
+}
+
+struct Queued<F> {
+    item: Item<F>,
+    /// The first and last op that added to this item.
+    first_op: u64,
+    last_op: u64,
+    /// The log's last index after `last_op`.
+    last_index: Index,
+}
+
+/// The background preparation of the next segment file.
+type Spare<F> = Task<io::Result<F>>;
+
+struct Inner<F> {
+    failed: Option<String>,
+    segments: VecDeque<Segment<F>>,
+    /// File handles of live segments, parallel to `segments`.
+    slots: VecDeque<FileSlot<F>>,
+    log_start: Index,
+    start_prev_term: Term,
+    last_index: Index,
+    last_term: Term,
+    /// Recent entries `cache_first..=last_index`, each with the flush number of the
+    /// buffer holding its record: an entry leaves the cache only once that flush is
+    /// durable, so reads never go to disk for records not yet written.
+    cache: VecDeque<(Entry, u64)>,
+    cache_payload_bytes: usize,
+    queue: VecDeque<Queued<F>>,
+    buffered_bytes: usize,
+    /// The flush number of the newest buffer of records; each buffer gets its own,
+    /// so records written by different flushes never share one.
+    open_flush_seq: u64,
+    /// Every flush numbered up to this is synced.
+    durable_flush_seq: u64,
+    next_segment_seq: u64,
+    submitted_op: u64,
+    durable: Durable,
+    /// What the most recently started flush will make durable.
+    taken: Durable,
+    /// Completion signal of the most recently started flush: the next flush waits on
+    /// it before it syncs (or, when it creates a segment, before it writes).
+    last_done: Rc<Semaphore>,
+    spare: Option<Spare<F>>,
+    /// The newest flush taken removes files: the next one must not write before the
+    /// removals are durable, or a crash could keep its records but not the removal
+    /// (a purge undone while later appends survive).
+    removal_pending: bool,
+    stats: WalStats,
+}
+
+struct Shared<S: Storage> {
+    storage: Rc<S>,
+    config: WalConfig,
+    block_bytes: usize,
+    inner: RefCell<Inner<S::File>>,
+    in_flight: Semaphore,
+    hard_state_file: RefCell<Option<HardStateFile<S::File>>>,
+}
+
+/// One shard's write-ahead log. Cloning gives another handle to the same log (so a
+/// flush can run in its own task); it is not `Send`: it lives on one executor.
+pub struct Wal<S: Storage> {
+    shared: Rc<Shared<S>>,
+}
+
+impl<S: Storage> Clone for Wal<S> {
+    fn clone(&self) -> Self {
+        Wal {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Job<F> {
+    items: Vec<Item<F>>,
+    wait_on: Rc<Semaphore>,
+    done: Rc<Semaphore>,
+    durable: Durable,
+    flush_seq: Option<u64>,
+    /// Wait for the previous flush before writing anything (it removes files).
+    write_barrier: bool,
+}
+
+impl<S: Storage> Wal<S> {
+    /// Recovers the log in `storage` and opens it for appends. Must run inside a
+    /// glommio executor (it starts the background preparation of the next segment).
+    pub async fn open(storage: S, config: WalConfig) -> WalResult<(Wal<S>, Recovered)> {
+        let block_bytes = storage.block_bytes();
+        config.validate(block_bytes).map_err(WalError::Usage)?;
+        let rec = recover(&storage, &config).await?;
+        for name in &rec.obsolete {
+            storage
+                .remove(name)
+                .await
+                .map_err(io_err(format!("removing {name}")))?;
+            storage
+                .sync_dir()
+                .await
+                .map_err(io_err("syncing the WAL directory"))?;
+        }
+        let (hs_file, hard_state, damaged_slot) = HardStateFile::open(&storage).await?;
+        let mut reports = rec.reports;
+        if let Some(offset) = damaged_slot {
+            reports.push(RecoveryReport::HardStateSlotDamaged { offset });
+        }
+        let mut slots = VecDeque::new();
+        let mut segments = VecDeque::new();
+        for mut seg in rec.segments {
+            let slot = Rc::new(OnceCell::new());
+            if let Some(file) = seg.file.take() {
+                let file = Rc::try_unwrap(file).map_err(|_| {
+                    WalError::Usage("segment file handle shared during recovery".into())
+                })?;
+                let _ = slot.set(file);
+            }
+            slots.push_back(slot);
+            segments.push_back(seg);
+        }
+        // Records accepted from the newest segment may not have been synced before the
+        // crash; make them durable before anything is stamped as durable after them.
+        if let Some(file) = slots.back().and_then(|s| s.get()) {
+            file.sync()
+                .await
+                .map_err(io_err("syncing the newest segment"))?;
+        }
+        let (last_index, last_term) = match segments.back() {
+            Some(seg) => (seg.last_index(), seg.last_term()),
+            None => (rec.log_start - 1, rec.start_prev_term),
+        };
+        let recovered = Recovered {
+            hard_state,
+            log_start: rec.log_start,
+            start_prev_term: rec.start_prev_term,
+            last_index,
+            last_term,
+            reports,
+        };
+        let inner = Inner {
+            failed: None,
+            segments,
+            slots,
+            log_start: rec.log_start,
+            start_prev_term: rec.start_prev_term,
+            last_index,
+            last_term,
+            cache: VecDeque::new(),
+            cache_payload_bytes: 0,
+            queue: VecDeque::new(),
+            buffered_bytes: 0,
+            open_flush_seq: rec.flush_seq_max,
+            durable_flush_seq: rec.flush_seq_max,
+            next_segment_seq: rec.segment_seq_max + 1,
+            submitted_op: 0,
+            durable: Durable { op: 0, last_index },
+            taken: Durable { op: 0, last_index },
+            last_done: Rc::new(Semaphore::new(1)),
+            spare: None,
+            removal_pending: false,
+            stats: WalStats::default(),
+        };
+        let wal = Wal {
+            shared: Rc::new(Shared {
+                storage: Rc::new(storage),
+                in_flight: Semaphore::new(config.flushes_in_flight_max as u64),
+                config,
+                block_bytes,
+                inner: RefCell::new(inner),
+                hard_state_file: RefCell::new(Some(hs_file)),
+            }),
+        };
+        wal.start_spare();
+        Ok((wal, recovered))
+    }
+
+    fn start_spare(&self) {
+        let storage = self.shared.storage.clone();
+        let size = self.shared.config.segment_size_bytes;
+        let mode = self.shared.config.preallocate;
+        let task = spawn_local(prepare_spare(storage, size, mode));
+        self.shared.inner.borrow_mut().spare = Some(task);
+    }
+
+    pub fn log_start(&self) -> Index {
+        self.shared.inner.borrow().log_start
+    }
+
+    pub fn last_index(&self) -> Index {
+        self.shared.inner.borrow().last_index
+    }
+
+    pub fn last_term(&self) -> Term {
+        self.shared.inner.borrow().last_term
+    }
+
+    /// Term of `index`, for `log_start - 1 <= index <= last_index`.
+    pub fn term(&self, index: Index) -> Option<Term> {
+        self.shared.inner.borrow().term(index)
+    }
+
+    /// What the last completed flush made durable.
+    pub fn durable(&self) -> Durable {
+        self.shared.inner.borrow().durable
+    }
+
+    /// Bytes of submitted records not yet written (bounded by `buffered_bytes_max`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.inner.borrow().buffered_bytes
+    }
+
+    /// Whether submitted ops are waiting for a flush.
+    pub fn has_unflushed(&self) -> bool {
+        !self.shared.inner.borrow().queue.is_empty()
+    }
+
+    pub fn stats(&self) -> WalStats {
+        self.shared.inner.borrow().stats
+    }
+
+    /// The error that failed the WAL, if it failed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.inner.borrow().failed.clone()
+    }
+}
+
+impl<F: StorageFile> Inner<F> {
+    fn check_failed(&self) -> WalResult<()> {
+        match &self.failed {
+            Some(reason) => Err(WalError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn check(&self, op: u64) -> WalResult<()> {
+        self.check_failed()?;
+        if op <= self.submitted_op {
+            return Err(WalError::Usage(format!(
+                "op {op} does not follow op {}",
+                self.submitted_op
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_room(&self, bytes: usize, config: &WalConfig) -> WalResult<()> {
+        if self.buffered_bytes + bytes > config.buffered_bytes_max {
+            return Err(WalError::BufferFull {
+                buffered_bytes: self.buffered_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn term(&self, index: Index) -> Option<Term> {
+        if index + 1 == self.log_start {
+            return Some(self.start_prev_term);
+        }
+        if index < self.log_start || index > self.last_index {
+            return None;
+        }
+        self.segments
+            .iter()
+            .rev()
+            .find(|s| s.contains(index))
+            .and_then(|s| s.term_at(index))
+    }
+
+    fn trim_cache(&mut self, cache_bytes_max: usize) {
+        while self.cache_payload_bytes > cache_bytes_max
+            && self
+                .cache
+                .front()
+                .is_some_and(|(_, seq)| *seq <= self.durable_flush_seq)
+        {
+            let (e, _) = self.cache.pop_front().expect("checked");
+            self.cache_payload_bytes -= e.payload.len();
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Flushing: queued items become writes and syncs. Flushes overlap (bounded by
+//! `flushes_in_flight_max`) but complete strictly in order, each waiting for the
+//! previous one before it syncs.
+
+use super::*;
+
+impl<S: Storage> Wal<S> {
+    /// Makes every op submitted before this call durable: one write per
+    /// `flush_bytes_max` of queued records and one fdatasync (plus a segment switch
+    /// when the queue crosses one). Ops submitted while it runs go to a later flush.
+    /// At most `flushes_in_flight_max` flushes run at once; further calls wait.
+    /// On any write or sync error the WAL fails for good and every later call errs.
+    pub async fn flush(&self) -> WalResult<Durable> {
+        let shared = &self.shared;
+        let _permit = shared
+            .in_flight
+            .acquire_permit(1)
+            .await
+            .map_err(|e| WalError::Failed(format!("flush slot: {e}")))?;
+        let target = {
+            let inner = shared.inner.borrow();
+            inner.check_failed()?;
+            inner.submitted_op
+        };
+        loop {
+            let job = shared.inner.borrow_mut().take_job(target, shared);
+            let done = job.done.clone();
+            let durable = job.durable;
+            let flush_seq = job.flush_seq;
+            match self.run_job(job).await {
+                Ok(()) => {
+                    let mut inner = shared.inner.borrow_mut();
+                    inner.durable = durable;
+                    inner.stats.flushes += 1;
+                    if let Some(seq) = flush_seq {
+                        inner.durable_flush_seq = inner.durable_flush_seq.max(seq);
+                    }
+                    inner.trim_cache(shared.config.cache_bytes_max);
+                    done.signal(1);
+                    let more = inner.queue.front().is_some_and(|q| q.first_op <= target);
+                    if !more {
+                        return Ok(inner.durable);
+                    }
+                }
+                Err(err) => {
+                    let mut inner = shared.inner.borrow_mut();
+                    if inner.failed.is_none() {
+                        inner.failed = Some(err.to_string());
+                    }
+                    done.close();
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    async fn run_job(&self, job: Job<S::File>) -> WalResult<()> {
+        let shared = &self.shared;
+        let wait_previous = |job: &Job<S::File>| {
+            let wait_on = job.wait_on.clone();
+            async move {
+                wait_on
+                    .acquire(1)
+                    .await
+                    .map_err(|_| WalError::Failed("an earlier flush failed".into()))
+            }
+        };
+        let mut waited = false;
+        if job.write_barrier {
+            wait_previous(&job).await?;
+            waited = true;
+        }
+        let mut to_sync: Vec<FileSlot<S::File>> = Vec::new();
+        let mut hard_state = None;
+        let mut deletions: Vec<String> = Vec::new();
+        for item in &job.items {
+            match item {
+                Item::NewSegment {
+                    info,
+                    name,
+                    slot,
+                    superseded,
+                } => {
+                    // A new segment is written only once everything before it is
+                    // durable, so an older segment never has an unsynced tail when a
+                    // newer one has data: recovery relies on that.
+                    if !waited {
+                        wait_previous(&job).await?;
+                        waited = true;
+                    }
+                    let file = self.create_segment(info, name).await?;
+                    let _ = slot.set(file);
+                    deletions.extend(superseded.iter().cloned());
+                }
+                Item::Bytes {
+                    slot, pos, data, ..
+                } => {
+                    if slot.get().is_none() && !waited {
+                        // The segment is created by an earlier flush still in flight.
+                        wait_previous(&job).await?;
+                        waited = true;
+                    }
+                    let file = slot.get().ok_or_else(|| {
+                        WalError::Failed("segment file missing for a write".into())
+                    })?;
+                    let chunk_bytes = shared.config.flush_bytes_max;
+                    for (i, chunk) in data.chunks(chunk_bytes).enumerate() {
+                        assert_eq!(chunk.len() % shared.block_bytes, 0);
+                        file.write_at(pos + (i * chunk_bytes) as u64, chunk)
+                            .await
+                            .map_err(io_err("writing a segment"))?;
+                        let mut inner = shared.inner.borrow_mut();
+                        inner.stats.writes += 1;
+                        inner.stats.bytes_written += chunk.len() as u64;
+                    }
+                    if !to_sync.iter().any(|s| Rc::ptr_eq(s, slot)) {
+                        to_sync.push(slot.clone());
+                    }
+                }
+                Item::HardState(state) => hard_state = Some(*state),
+                Item::Purge(names) => deletions.extend(names.iter().cloned()),
+            }
+        }
+        if !waited {
+            wait_previous(&job).await?;
+        }
+        if !shared.config.fsync_disabled {
+            for slot in &to_sync {
+                if let Some(file) = slot.get() {
+                    file.sync()
+                        .await
+                        .map_err(io_err("fdatasync of a segment"))?;
+                    shared.inner.borrow_mut().stats.syncs += 1;
+                }
+            }
+        }
+        if let Some(state) = hard_state {
+            let mut file = shared
+                .hard_state_file
+                .borrow_mut()
+                .take()
+                .ok_or_else(|| WalError::Failed("hard-state file in use".into()))?;
+            let result = file.write(&state).await;
+            shared.inner.borrow_mut().stats.syncs += 1;
+            *shared.hard_state_file.borrow_mut() = Some(file);
+            result?;
+        }
+        for name in deletions {
+            match shared.storage.remove(&name).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(format!("removing {name}"))(e)),
+            }
+            // One directory sync per removal keeps the removals in order on disk,
+            // which recovery relies on (see docs/wal-format.md).
+            shared
+                .storage
+                .sync_dir()
+                .await
+                .map_err(io_err("syncing the WAL directory"))?;
+        }
+        Ok(())
+    }
+
+    /// Turns the prepared spare file into segment `name`: header written and synced
+    /// first, then renamed and the directory synced, so a named segment always has a
+    /// valid header.
+    async fn create_segment(&self, info: &SegmentInfo, name: &str) -> WalResult<S::File> {
+        let shared = &self.shared;
+        let spare = shared.inner.borrow_mut().spare.take();
+        let file = match spare {
+            Some(task) => task.await.map_err(io_err("preparing a segment"))?,
+            None => prepare_spare(
+                shared.storage.clone(),
+                shared.config.segment_size_bytes,
+                shared.config.preallocate,
+            )
+            .await
+            .map_err(io_err("preparing a segment"))?,
+        };
+        let mut block = vec![0u8; shared.block_bytes];
+        encode_segment_header(&mut block, info, shared.block_bytes);
+        assert!(SEGMENT_HEADER_BYTES <= shared.block_bytes);
+        file.write_at(0, &block)
+            .await
+            .map_err(io_err("writing a segment header"))?;
+        file.sync()
+            .await
+            .map_err(io_err("syncing a segment header"))?;
+        shared
+            .storage
+            .rename(SPARE_FILE_NAME, name)
+            .await
+            .map_err(io_err(format!("renaming the spare segment to {name}")))?;
+        shared
+            .storage
+            .sync_dir()
+            .await
+            .map_err(io_err("syncing the WAL directory"))?;
+        self.start_spare();
+        Ok(file)
+    }
+}
+
+impl<F: StorageFile> Inner<F> {
+    /// Takes the queued items up to op `target`, stopping before a second segment
+    /// creation (which must wait for this job to be durable), and seals the last
+    /// buffer of records with padding to the block end.
+    fn take_job<S: Storage<File = F>>(&mut self, target: u64, shared: &Shared<S>) -> Job<F> {
+        let done = Rc::new(Semaphore::new(0));
+        let wait_on = std::mem::replace(&mut self.last_done, done.clone());
+        let mut items = Vec::new();
+        let mut last_index = self.taken.last_index;
+        let mut flush_seq = None;
+        while let Some(front) = self.queue.front() {
+            if front.first_op > target
+                || (matches!(front.item, Item::NewSegment { .. }) && !items.is_empty())
+            {
+                break;
+            }
+            let mut queued = self.queue.pop_front().expect("checked");
+            match &mut queued.item {
+                Item::Bytes {
+                    pos,
+                    data,
+                    segment_seq,
+                    flush_seq: seq,
+                    ..
+                } => {
+                    let before = data.len();
+                    pad_to_block(
+                        data,
+                        *pos,
+                        shared.block_bytes,
+                        *segment_seq,
+                        *seq,
+                        self.durable_flush_seq,
+                    );
+                    // Padding counts as buffered until the buffer leaves the queue.
+                    self.buffered_bytes += data.len() - before;
+                    self.buffered_bytes -= data.len();
+                    let end = *pos + data.len() as u64;
+                    if let Some(seg) = self
+                        .segments
+                        .iter_mut()
+                        .find(|s| s.info.segment_seq == *segment_seq)
+                    {
+                        seg.end_pos = seg.end_pos.max(end);
+                    }
+                    flush_seq = Some(*seq);
+                }
+                Item::NewSegment { .. } => {
+                    self.buffered_bytes -= shared.block_bytes;
+                }
+                Item::HardState(_) | Item::Purge(_) => {}
+            }
+            last_index = queued.last_index;
+            let purge = matches!(queued.item, Item::Purge(_));
+            items.push(queued.item);
+            if purge {
+                // Later ops' records go to the next flush, which writes only after the
+                // removals are durable: a purge is never undone behind later appends.
+                break;
+            }
+        }
+        // The job completes every op before the first op of what stays queued (an op
+        // whose records straddle a segment change is not complete yet).
+        let durable = match self.queue.front() {
+            Some(next) => Durable {
+                op: next.first_op - 1,
+                last_index,
+            },
+            None => Durable {
+                op: self.submitted_op,
+                last_index: self.last_index,
+            },
+        };
+        self.taken = durable;
+        let removes = items.iter().any(|item| match item {
+            Item::Purge(_) => true,
+            Item::NewSegment { superseded, .. } => !superseded.is_empty(),
+            _ => false,
+        });
+        let write_barrier = std::mem::replace(&mut self.removal_pending, removes);
+        Job {
+            items,
+            wait_on,
+            done,
+            durable,
+            flush_seq,
+            write_barrier,
+        }
+    }
+}
+
+/// Pads `data` (which starts at block-aligned `pos`) to a block boundary: a padding
+/// record when it fits, zeros otherwise.
+pub(super) fn pad_to_block(
+    data: &mut Vec<u8>,
+    pos: u64,
+    block: usize,
+    segment_seq: u64,
+    flush_seq: u64,
+    durable_seq: u64,
+) {
+    assert_eq!(pos % block as u64, 0);
+    let used = data.len() % block;
+    if used == 0 {
+        return;
+    }
+    let room = block - used;
+    if room < RECORD_HEADER_BYTES {
+        data.resize(data.len() + room, 0);
+        return;
+    }
+    let payload = vec![0u8; room - RECORD_HEADER_BYTES];
+    let meta = RecordMeta {
+        index: 0,
+        term: 0,
+        kind: None,
+        payload_len: payload.len(),
+        flush_seq,
+        durable_seq,
+    };
+    encode_record(data, &meta, segment_seq, &payload);
+    assert_eq!(data.len() % block, 0);
+}
+
+/// Creates the spare segment file and prepares all of it: zero-filled and synced, or
+/// only allocated, as configured.
+pub(super) async fn prepare_spare<S: Storage>(
+    storage: Rc<S>,
+    size: u64,
+    mode: Preallocate,
+) -> io::Result<S::File> {
+    let file = storage.open(SPARE_FILE_NAME, true).await?;
+    match mode {
+        Preallocate::ZeroFill => {
+            let chunk = (ZERO_FILL_CHUNK_BYTES as u64).min(size) as usize;
+            let zeros = vec![0u8; chunk];
+            let mut pos = 0u64;
+            while pos < size {
+                let n = ((size - pos) as usize).min(chunk);
+                file.write_at(pos, &zeros[..n]).await?;
+                pos += n as u64;
+            }
+        }
+        Preallocate::Fallocate => file.allocate(size).await?,
+    }
+    file.sync().await?;
+    Ok(file)
+}

@@ -1,0 +1,274 @@
+//! Recovery at open: read every segment, verify every record, chain the segments in
+//! creation order (a truncation or reset segment supersedes what it replaces), and
+//! decide what the newest segment's tail is.
+
+use super::config::WalConfig;
+use super::error::{WalError, WalResult, io_err};
+use super::format::{SEGMENT_HEADER_BYTES, decode_segment_header};
+use super::scan::{END_OF_RECORDS, Stop, Tail, classify_tail, scan_segment};
+use super::segment::{Segment, parse_segment_file_name};
+use super::storage::{Storage, StorageFile};
+use crate::engine::{Index, Term};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Name of the segment being prepared ahead of the writer.
+pub const SPARE_FILE_NAME: &str = "spare.tmp";
+
+/// Something recovery found and handled, reported to the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryReport {
+    /// Invalid bytes after the last valid record of the newest segment, with no durable
+    /// record after them: an unsynced write torn by a crash. The log ends before them.
+    TornTail {
+        file: String,
+        offset: u64,
+        index: Index,
+    },
+    /// Damaged bytes after the live part of an older segment (beyond what a later
+    /// segment superseded or after its last entry): they hold no live entry.
+    IgnoredDamage { file: String, offset: u64 },
+    /// `truncate_corrupt_tail` was set and the log was cut at a corruption.
+    TruncatedCorruption {
+        file: String,
+        offset: u64,
+        index: Index,
+    },
+    /// One hard-state slot was invalid (a write torn by a crash, or damage); the other
+    /// slot's older state was used.
+    HardStateSlotDamaged { offset: u64 },
+}
+
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryReport::TornTail {
+                file,
+                offset,
+                index,
+            } => write!(
+                f,
+                "WAL torn tail truncated: {file} at offset {offset}; the log ends before index {index}"
+            ),
+            RecoveryReport::IgnoredDamage { file, offset } => write!(
+                f,
+                "WAL ignored damaged bytes after the live entries of {file} at offset {offset}"
+            ),
+            RecoveryReport::TruncatedCorruption {
+                file,
+                offset,
+                index,
+            } => write!(
+                f,
+                "WAL CORRUPTION truncated on request: {file} at offset {offset}; entries from {index} dropped"
+            ),
+            RecoveryReport::HardStateSlotDamaged { offset } => write!(
+                f,
+                "WAL hard-state slot at offset {offset} invalid; used the other slot"
+            ),
+        }
+    }
+}
+
+/// What recovery hands to the WAL.
+pub struct Recovery<F> {
+    pub segments: Vec<Segment<F>>,
+    /// Files to delete, newest first (superseded segments, a leftover spare).
+    pub obsolete: Vec<String>,
+    pub log_start: Index,
+    pub start_prev_term: Term,
+    pub flush_seq_max: u64,
+    pub segment_seq_max: u64,
+    pub reports: Vec<RecoveryReport>,
+}
+
+struct Found<F> {
+    name: String,
+    file: F,
+}
+
+/// Recovers the log in `storage`.
+pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<Recovery<S::File>> {
+    let block = storage.block_bytes();
+    let payload_max = config.record_size_bytes_max;
+    let names = storage
+        .list()
+        .await
+        .map_err(io_err("listing the WAL directory"))?;
+    let mut rec = Recovery {
+        segments: Vec::new(),
+        obsolete: Vec::new(),
+        log_start: 1,
+        start_prev_term: 0,
+        flush_seq_max: 0,
+        segment_seq_max: 0,
+        reports: Vec::new(),
+    };
+    let mut found: Vec<(u64, Index, String)> = names
+        .iter()
+        .filter_map(|n| parse_segment_file_name(n).map(|(first, seq)| (seq, first, n.clone())))
+        .collect();
+    found.sort();
+    let mut dead: Vec<String> = Vec::new();
+    // Where each live segment's scan stopped, to name the spot when a gap shows up.
+    let mut stops: HashMap<String, Option<Stop>> = HashMap::new();
+    let count = found.len();
+    let all_names: Vec<String> = found.iter().map(|(_, _, n)| n.clone()).collect();
+    for (k, (seq, first, name)) in found.into_iter().enumerate() {
+        let newest = k + 1 == count;
+        rec.segment_seq_max = rec.segment_seq_max.max(seq);
+        let f = Found {
+            file: storage
+                .open(&name, false)
+                .await
+                .map_err(io_err(format!("opening {name}")))?,
+            name,
+        };
+        let mut bytes = f
+            .file
+            .read_at(0, config.segment_size_bytes as usize)
+            .await
+            .map_err(io_err(format!("reading {}", f.name)))?
+            .to_vec();
+        // Blocks never written read as zeros (the simulator's files may be short).
+        bytes.resize(config.segment_size_bytes as usize, 0);
+        let corrupt = |offset: u64, index: Index, reason: &str| WalError::Corrupt {
+            file: f.name.clone(),
+            offset,
+            index,
+            reason: reason.to_string(),
+        };
+        // The header block holds nothing but the header: the rest must be zero, so
+        // that every byte of it is checked.
+        let header_rest_clean = bytes[SEGMENT_HEADER_BYTES..block].iter().all(|b| *b == 0);
+        let Some(info) = decode_segment_header(&bytes).filter(|_| header_rest_clean) else {
+            // The header is synced before the file gets its name, so a named segment
+            // with a bad header is damaged, never half-created.
+            return Err(corrupt(0, first, "segment header invalid"));
+        };
+        if info.first_index != first || info.segment_seq != seq {
+            return Err(corrupt(
+                0,
+                first,
+                "segment header does not match the file name",
+            ));
+        }
+        let mut scan = scan_segment(&bytes, &info, block, payload_max);
+        let mut sealed = !newest;
+        if newest {
+            match classify_tail(&bytes, &mut scan, &info, block, payload_max) {
+                Tail::Clean => {}
+                Tail::Torn => {
+                    let stop = scan.stop.clone().expect("a torn tail has a stop");
+                    rec.reports.push(RecoveryReport::TornTail {
+                        file: f.name.clone(),
+                        offset: stop.offset,
+                        index: stop.index,
+                    });
+                    sealed = true;
+                }
+                Tail::Corrupt { reason } => {
+                    let stop = scan.stop.clone().expect("corruption has a stop");
+                    if !config.truncate_corrupt_tail {
+                        return Err(corrupt(stop.offset, stop.index, &reason));
+                    }
+                    rec.reports.push(RecoveryReport::TruncatedCorruption {
+                        file: f.name.clone(),
+                        offset: stop.offset,
+                        index: stop.index,
+                    });
+                    sealed = true;
+                }
+            }
+        }
+        rec.flush_seq_max = rec.flush_seq_max.max(scan.flush_seq_max);
+        let mut seg = Segment::new(info, block);
+        seg.name = f.name.clone();
+        seg.file = Some(Rc::new(f.file));
+        seg.sealed = sealed;
+        seg.end_pos = scan.end_pos;
+        for (offset, term) in &scan.entries {
+            seg.push(*term, *offset);
+        }
+
+        // Chain it after the live segments.
+        let supersedes_all =
+            rec.segments.is_empty() || info.reset || info.first_index <= rec.log_start;
+        if supersedes_all {
+            dead.extend(rec.segments.drain(..).map(|s| s.name));
+            rec.log_start = info.first_index;
+            rec.start_prev_term = info.prev_term;
+        } else {
+            let prev = rec.segments.last().expect("not empty");
+            if info.first_index > prev.last_index() + 1 {
+                let (offset, index, reason) = match stops.get(&prev.name).cloned().flatten() {
+                    Some(s) => (s.offset, s.index, s.reason.to_string()),
+                    None => (
+                        prev.end_pos,
+                        prev.last_index() + 1,
+                        "entries missing before the next segment".to_string(),
+                    ),
+                };
+                if !config.truncate_corrupt_tail {
+                    return Err(WalError::Corrupt {
+                        file: prev.name.clone(),
+                        offset,
+                        index,
+                        reason: format!(
+                            "{reason}; next segment {} starts at {}",
+                            seg.name, info.first_index
+                        ),
+                    });
+                }
+                rec.reports.push(RecoveryReport::TruncatedCorruption {
+                    file: prev.name.clone(),
+                    offset,
+                    index,
+                });
+                // This and every later segment depend on the missing entries: they are
+                // dead, and the log ends at the damage.
+                dead.extend(all_names[k..].iter().cloned());
+                rec.segments.last_mut().expect("not empty").sealed = true;
+                break;
+            }
+            while rec
+                .segments
+                .last()
+                .is_some_and(|s| s.info.first_index >= info.first_index)
+            {
+                dead.push(rec.segments.pop().expect("checked").name);
+            }
+            let prev = rec.segments.last_mut().expect("a segment starts below");
+            prev.truncate(info.first_index);
+            prev.sealed = true;
+            let expected_term = prev.term_at(info.first_index - 1);
+            if expected_term != Some(info.prev_term) {
+                return Err(corrupt(
+                    0,
+                    info.first_index,
+                    "segment's previous term does not match the preceding segment",
+                ));
+            }
+        }
+        if let Some(stop) = scan
+            .stop
+            .as_ref()
+            .filter(|s| !newest && s.reason != END_OF_RECORDS)
+        {
+            // An older segment is sealed: its damage is either superseded by the next
+            // segment or shows up as a gap when the next segment is chained.
+            rec.reports.push(RecoveryReport::IgnoredDamage {
+                file: seg.name.clone(),
+                offset: stop.offset,
+            });
+        }
+        stops.insert(seg.name.clone(), scan.stop.clone());
+        rec.segments.push(seg);
+    }
+    dead.reverse();
+    rec.obsolete = dead;
+    if names.iter().any(|n| n == SPARE_FILE_NAME) {
+        rec.obsolete.push(SPARE_FILE_NAME.to_string());
+    }
+    Ok(rec)
+}

@@ -1,0 +1,427 @@
+//! An in-memory [`Storage`] that records every operation, injects write and sync
+//! failures, and builds the disk image a crash would leave at any point of the
+//! recording. Used by the crash-consistency and fault tests.
+//!
+//! Crash model: data written to a file is durable once a later sync of that file
+//! completed; unsynced writes may survive in any subset of their blocks, and one block
+//! may be torn (its first half new, the rest old). Directory operations since the last
+//! directory sync survive as a prefix, the way a journaling file system orders them.
+
+use super::storage::{Storage, StorageFile};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+/// One recorded operation.
+#[derive(Clone, Debug)]
+pub enum SimEvent {
+    Write {
+        ino: usize,
+        pos: u64,
+        data: Vec<u8>,
+    },
+    Sync {
+        ino: usize,
+    },
+    Create {
+        name: String,
+        ino: usize,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Remove {
+        name: String,
+    },
+    SyncDir,
+    /// A note from the test driver: everything through `op` was reported durable.
+    Durable {
+        op: u64,
+    },
+}
+
+#[derive(Default)]
+struct SimState {
+    files: Vec<Vec<u8>>,
+    names: BTreeMap<String, usize>,
+    events: Vec<SimEvent>,
+    writes: u64,
+    syncs: u64,
+    fail_write_number: Option<u64>,
+    fail_sync_number: Option<u64>,
+}
+
+/// A simulated directory. Clones share the same state.
+#[derive(Clone)]
+pub struct SimStorage {
+    state: Rc<RefCell<SimState>>,
+    block_bytes: usize,
+}
+
+/// One open simulated file.
+pub struct SimFile {
+    state: Rc<RefCell<SimState>>,
+    ino: usize,
+}
+
+/// Completes on its second poll, so that every simulated I/O lets other tasks run
+/// the way a real submission would, and flushes really overlap in tests.
+pub struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+/// Lets other tasks on the executor run once.
+pub fn yield_now() -> YieldNow {
+    YieldNow(false)
+}
+
+fn injected(what: &str) -> io::Error {
+    io::Error::other(format!("injected {what} failure (EIO)"))
+}
+
+impl SimStorage {
+    pub fn new(block_bytes: usize) -> SimStorage {
+        SimStorage {
+            state: Rc::new(RefCell::new(SimState::default())),
+            block_bytes,
+        }
+    }
+
+    /// The recording so far.
+    pub fn events(&self) -> Vec<SimEvent> {
+        self.state.borrow().events.clone()
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.state.borrow().events.len()
+    }
+
+    /// Records that the WAL reported everything through `op` durable.
+    pub fn note_durable(&self, op: u64) {
+        self.state
+            .borrow_mut()
+            .events
+            .push(SimEvent::Durable { op });
+    }
+
+    /// Makes the `n`th write from now (0 = the next one) and every later one fail.
+    pub fn fail_write_after(&self, n: u64) {
+        let mut s = self.state.borrow_mut();
+        s.fail_write_number = Some(s.writes + n);
+    }
+
+    /// Makes the `n`th sync from now (0 = the next one) and every later one fail.
+    pub fn fail_sync_after(&self, n: u64) {
+        let mut s = self.state.borrow_mut();
+        s.fail_sync_number = Some(s.syncs + n);
+    }
+
+    /// The current contents of file `name`, if it exists.
+    pub fn file_contents(&self, name: &str) -> Option<Vec<u8>> {
+        let s = self.state.borrow();
+        s.names.get(name).map(|ino| s.files[*ino].clone())
+    }
+
+    /// Replaces the contents of file `name` (for corruption tests).
+    pub fn set_file_contents(&self, name: &str, data: Vec<u8>) {
+        let mut s = self.state.borrow_mut();
+        let ino = s.names[name];
+        s.files[ino] = data;
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.state.borrow().names.keys().cloned().collect()
+    }
+
+    /// The number of unsynced write blocks at cut `cut` of the recording: the units a
+    /// [`CrashChoice`] chooses among.
+    pub fn unsynced_blocks_at(&self, cut: usize) -> usize {
+        self.replay(cut).unsynced.len()
+    }
+
+    /// The highest op noted durable before cut `cut`.
+    pub fn durable_op_at(&self, cut: usize) -> Option<u64> {
+        self.state.borrow().events[..cut]
+            .iter()
+            .filter_map(|e| match e {
+                SimEvent::Durable { op } => Some(*op),
+                _ => None,
+            })
+            .max()
+    }
+
+    fn replay(&self, cut: usize) -> Replay {
+        let s = self.state.borrow();
+        let mut r = Replay {
+            durable: vec![Vec::new(); s.files.len()],
+            pending: vec![Vec::new(); s.files.len()],
+            names: BTreeMap::new(),
+            ns_ops: Vec::new(),
+            unsynced: Vec::new(),
+        };
+        for event in &s.events[..cut] {
+            match event {
+                SimEvent::Write { ino, pos, data } => {
+                    r.pending[*ino].push((*pos, data.clone()));
+                }
+                SimEvent::Sync { ino } => {
+                    for (pos, data) in std::mem::take(&mut r.pending[*ino]) {
+                        apply(&mut r.durable[*ino], pos, &data);
+                    }
+                }
+                SimEvent::Create { .. } | SimEvent::Rename { .. } | SimEvent::Remove { .. } => {
+                    r.ns_ops.push(event.clone());
+                }
+                SimEvent::SyncDir => {
+                    for op in std::mem::take(&mut r.ns_ops) {
+                        apply_ns(&mut r.names, &op);
+                    }
+                }
+                SimEvent::Durable { .. } => {}
+            }
+        }
+        for (ino, writes) in r.pending.iter().enumerate() {
+            for (pos, data) in writes {
+                for (i, block) in data.chunks(self.block_bytes).enumerate() {
+                    r.unsynced
+                        .push((ino, pos + (i * self.block_bytes) as u64, block.to_vec()));
+                }
+            }
+        }
+        r
+    }
+
+    /// The storage a crash at event `cut` would leave, with `choice` deciding which
+    /// unsynced blocks and directory operations survived.
+    pub fn crash_image(&self, cut: usize, choice: &CrashChoice) -> SimStorage {
+        let mut r = self.replay(cut);
+        let ns_keep = match choice.dir_ops {
+            DirOps::None => 0,
+            DirOps::All => r.ns_ops.len(),
+        };
+        for op in &r.ns_ops[..ns_keep] {
+            apply_ns(&mut r.names, op);
+        }
+        let mut files = r.durable;
+        for (unit, (ino, pos, block)) in r.unsynced.iter().enumerate() {
+            match choice.block(unit) {
+                BlockFate::Lost => {}
+                BlockFate::Written => apply(&mut files[*ino], *pos, block),
+                BlockFate::Torn => apply(&mut files[*ino], *pos, &block[..block.len() / 2]),
+            }
+        }
+        SimStorage {
+            state: Rc::new(RefCell::new(SimState {
+                files,
+                names: r.names,
+                ..SimState::default()
+            })),
+            block_bytes: self.block_bytes,
+        }
+    }
+}
+
+struct Replay {
+    durable: Vec<Vec<u8>>,
+    pending: Vec<Vec<(u64, Vec<u8>)>>,
+    names: BTreeMap<String, usize>,
+    ns_ops: Vec<SimEvent>,
+    unsynced: Vec<(usize, u64, Vec<u8>)>,
+}
+
+/// Which directory operations since the last directory sync survive a crash.
+#[derive(Clone, Copy, Debug)]
+pub enum DirOps {
+    None,
+    All,
+}
+
+/// What became of one unsynced block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFate {
+    Lost,
+    Written,
+    Torn,
+}
+
+/// Which unsynced state survives a simulated crash.
+#[derive(Clone, Debug)]
+pub struct CrashChoice {
+    pub dir_ops: DirOps,
+    /// Fate of unsynced block `i` (in write order); blocks past the end are lost.
+    pub blocks: Vec<BlockFate>,
+}
+
+impl CrashChoice {
+    fn block(&self, unit: usize) -> BlockFate {
+        self.blocks.get(unit).copied().unwrap_or(BlockFate::Lost)
+    }
+}
+
+fn apply(file: &mut Vec<u8>, pos: u64, data: &[u8]) {
+    let end = pos as usize + data.len();
+    if file.len() < end {
+        file.resize(end, 0);
+    }
+    file[pos as usize..end].copy_from_slice(data);
+}
+
+fn apply_ns(names: &mut BTreeMap<String, usize>, op: &SimEvent) {
+    match op {
+        SimEvent::Create { name, ino } => {
+            names.insert(name.clone(), *ino);
+        }
+        SimEvent::Rename { from, to } => {
+            if let Some(ino) = names.remove(from) {
+                names.insert(to.clone(), ino);
+            }
+        }
+        SimEvent::Remove { name } => {
+            names.remove(name);
+        }
+        _ => {}
+    }
+}
+
+fn not_found(name: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no file {name}"))
+}
+
+impl Storage for SimStorage {
+    type File = SimFile;
+
+    fn block_bytes(&self) -> usize {
+        self.block_bytes
+    }
+
+    async fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.names())
+    }
+
+    async fn open(&self, name: &str, create: bool) -> io::Result<SimFile> {
+        yield_now().await;
+        let mut s = self.state.borrow_mut();
+        let ino = match s.names.get(name) {
+            Some(ino) => *ino,
+            None if create => {
+                let ino = s.files.len();
+                s.files.push(Vec::new());
+                s.names.insert(name.to_string(), ino);
+                s.events.push(SimEvent::Create {
+                    name: name.to_string(),
+                    ino,
+                });
+                ino
+            }
+            None => return Err(not_found(name)),
+        };
+        Ok(SimFile {
+            state: self.state.clone(),
+            ino,
+        })
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        yield_now().await;
+        let mut s = self.state.borrow_mut();
+        let ino = s.names.remove(from).ok_or_else(|| not_found(from))?;
+        s.names.insert(to.to_string(), ino);
+        s.events.push(SimEvent::Rename {
+            from: from.to_string(),
+            to: to.to_string(),
+        });
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        yield_now().await;
+        let mut s = self.state.borrow_mut();
+        s.names.remove(name).ok_or_else(|| not_found(name))?;
+        s.events.push(SimEvent::Remove {
+            name: name.to_string(),
+        });
+        Ok(())
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        yield_now().await;
+        let mut s = self.state.borrow_mut();
+        s.syncs += 1;
+        if s.fail_sync_number.is_some_and(|n| s.syncs > n) {
+            return Err(injected("directory sync"));
+        }
+        s.events.push(SimEvent::SyncDir);
+        Ok(())
+    }
+}
+
+impl StorageFile for SimFile {
+    type Read = Vec<u8>;
+
+    async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
+        yield_now().await;
+        let mut s = self.state.borrow_mut();
+        s.writes += 1;
+        if s.fail_write_number.is_some_and(|n| s.writes > n) {
+            return Err(injected("write"));
+        }
+        apply(&mut s.files[self.ino], pos, data);
+        s.events.push(SimEvent::Write {
+            ino: self.ino,
+            pos,
+            data: data.to_vec(),
+        });
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        yield_now().await;
+        let s = self.state.borrow();
+        let file = &s.files[self.ino];
+        let start = (pos as usize).min(file.len());
+        let end = (start + len).min(file.len());
+        Ok(file[start..end].to_vec())
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        yield_now().await;
+        let mut s = self.state.borrow_mut();
+        s.syncs += 1;
+        if s.fail_sync_number.is_some_and(|n| s.syncs > n) {
+            return Err(injected("fdatasync"));
+        }
+        s.events.push(SimEvent::Sync { ino: self.ino });
+        Ok(())
+    }
+
+    async fn allocate(&self, len: u64) -> io::Result<()> {
+        // Allocation only grows the file with zeros; the model treats it as durable at
+        // once, which is what a later fdatasync guarantees anyway.
+        let mut s = self.state.borrow_mut();
+        let file = &mut s.files[self.ino];
+        if (file.len() as u64) < len {
+            file.resize(len as usize, 0);
+        }
+        Ok(())
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        Ok(self.state.borrow().files[self.ino].len() as u64)
+    }
+}

@@ -1,0 +1,136 @@
+//! Round trips through the WAL: append, flush, read, reopen, truncate, reset, purge
+//! and hard state, on the simulated disk and on real files through glommio.
+
+mod wal_support;
+
+use ringlog::engine::HardState;
+use ringlog::wal::sim::SimStorage;
+use ringlog::wal::{DmaStorage, Storage, Wal, WalConfig};
+use wal_support::*;
+
+/// Drives one scripted workload against `storage`, reopening it several times, and
+/// checks every read against the model.
+async fn workload<S: Storage, F: Fn() -> S>(make: F, config: WalConfig, sizes: &[usize]) {
+    let mut model = ModelLog::default();
+    let mut op = 0u64;
+    let (wal, rec) = Wal::open(make(), config.clone()).await.expect("open");
+    assert_eq!(rec.last_index, 0);
+    assert!(rec.reports.is_empty());
+    let mut term = 1;
+    for (i, len) in sizes.iter().enumerate() {
+        let e = entry(model.last_index() + 1, term, *len);
+        op += 1;
+        wal.append(op, std::slice::from_ref(&e)).expect("append");
+        model.entries.push(e);
+        if i % 7 == 6 {
+            let durable = wal.flush().await.expect("flush");
+            assert_eq!(durable.op, op);
+            assert_eq!(durable.last_index, model.last_index());
+        }
+    }
+    op += 1;
+    let hs = HardState {
+        term: 3,
+        voted_for: Some(2),
+    };
+    wal.persist_hard_state(op, hs).expect("hard state");
+    model.hard_state = hs;
+    wal.flush().await.expect("flush");
+    assert_eq!(read_all(&wal).await, model.entries);
+    drop(wal);
+
+    // Reopen: everything is there, and reads now come from disk.
+    let (wal, rec) = Wal::open(make(), config.clone()).await.expect("reopen");
+    assert_eq!(rec.hard_state, hs);
+    assert_eq!(rec.last_index, model.last_index());
+    assert_eq!(rec.last_term, model.last_term());
+    assert!(rec.reports.is_empty(), "{:?}", rec.reports);
+    assert_eq!(read_all(&wal).await, model.entries);
+
+    // Truncate a suffix, append in a new term, reopen.
+    let from = model.last_index() - model.entries.len() as u64 / 3;
+    let mut op = 1;
+    wal.truncate(op, from).expect("truncate");
+    model.truncate(from);
+    term = 4;
+    for len in sizes.iter().take(20) {
+        op += 1;
+        let e = entry(model.last_index() + 1, term, *len);
+        wal.append(op, std::slice::from_ref(&e)).expect("append");
+        model.entries.push(e);
+    }
+    wal.flush().await.expect("flush");
+    assert_eq!(read_all(&wal).await, model.entries);
+    drop(wal);
+    let (wal, rec) = Wal::open(make(), config.clone()).await.expect("reopen");
+    assert_eq!(rec.last_index, model.last_index());
+    assert_eq!(read_all(&wal).await, model.entries);
+
+    // Purge a prefix: whole segments go, the start moves to a segment boundary.
+    let before = model.start + model.entries.len() as u64 / 2;
+    let start = wal.purge(1, before).expect("purge");
+    assert!(start <= before);
+    model.purge_to(start);
+    wal.flush().await.expect("flush");
+    drop(wal);
+    let (wal, rec) = Wal::open(make(), config.clone()).await.expect("reopen");
+    assert_eq!(rec.log_start, model.start);
+    assert_eq!(rec.start_prev_term, model.prev_term);
+    assert_eq!(read_all(&wal).await, model.entries);
+
+    // Reset: the log restarts empty far ahead.
+    wal.reset(1, 1000, 9).expect("reset");
+    model.reset(1000, 9);
+    for i in 0..5 {
+        let e = entry(1000 + i, 9, 10);
+        wal.append(2 + i, std::slice::from_ref(&e)).expect("append");
+        model.entries.push(e);
+    }
+    wal.flush().await.expect("flush");
+    drop(wal);
+    let (wal, rec) = Wal::open(make(), config).await.expect("reopen");
+    assert_eq!((rec.log_start, rec.start_prev_term), (1000, 9));
+    assert_eq!(rec.hard_state, hs);
+    assert_eq!(read_all(&wal).await, model.entries);
+}
+
+fn mixed_sizes(n: usize, max: usize) -> Vec<usize> {
+    (0..n).map(|i| (i * 397 + i * i * 13) % (max + 1)).collect()
+}
+
+#[test]
+fn simulated_disk_round_trip() {
+    run(|| async {
+        let disk = SimStorage::new(512);
+        workload(|| disk.clone(), small_config(), &mixed_sizes(300, 2000)).await;
+        let disk = SimStorage::new(512);
+        workload(|| disk.clone(), small_config(), &[0; 200]).await;
+    });
+}
+
+#[test]
+fn real_files_round_trip_tiny_and_large_records() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = WalConfig {
+            segment_size_bytes: 1 << 20,
+            record_size_bytes_max: 200 << 10,
+            flush_bytes_max: 64 << 10,
+            buffered_bytes_max: 1 << 20,
+            cache_bytes_max: 16 << 10,
+            ..WalConfig::default()
+        };
+        let path = dir.path().join("tiny");
+        workload(
+            || DmaStorage::new(&path).expect("dir"),
+            config.clone(),
+            &vec![1; 400],
+        )
+        .await;
+        let path = dir.path().join("large");
+        let sizes: Vec<usize> = (0..60)
+            .map(|i| [0, 5, 4096, 150_000, 70_001][i % 5])
+            .collect();
+        workload(|| DmaStorage::new(&path).expect("dir"), config, &sizes).await;
+    });
+}
