@@ -3,13 +3,27 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use ringlog::cli::{self, ReadFormat, ServeOverrides};
+use ringlog::runtime::config::FsyncPolicy;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringlog", version, about = "A Raft-replicated log service")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Fsync {
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -20,15 +34,31 @@ enum Command {
         nodes: u32,
         #[arg(long, default_value = "./ringlog-dev")]
         dir: PathBuf,
+        /// Node i listens for clients on BASE+10i, peers on BASE+10i+1, metrics on BASE+10i+2.
         #[arg(long, default_value_t = 7400)]
         base_port: u16,
+        /// Shards (partitions) per node; 0 = one per core.
+        #[arg(long, default_value_t = 0)]
+        shards: u32,
     },
     /// Run one node of a cluster.
     Serve {
         #[arg(long)]
         config: PathBuf,
+        #[arg(long)]
+        node_id: Option<u32>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        shards: Option<u32>,
+        /// Pin each shard to its own core.
+        #[arg(long)]
+        pin: bool,
+        /// `never` is for benchmarks only: acknowledged records are then not durable.
+        #[arg(long, value_enum)]
+        fsync: Option<Fsync>,
     },
-    /// Append records to a partition (arguments, or one record per stdin line).
+    /// Append records to a partition (arguments, or one record per stdin line); prints each index.
     Append {
         #[arg(long)]
         addr: String,
@@ -44,8 +74,11 @@ enum Command {
         partition: u32,
         #[arg(long, default_value_t = 1)]
         from: u64,
+        /// Keep waiting for new records, like `tail -f`.
         #[arg(long)]
         follow: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
     },
     /// Show nodes, partitions, leaders and indexes.
     Status {
@@ -62,16 +95,60 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    // The engine exists; the service around it (WAL, transport, runtime) is being
-    // built. Say so plainly rather than pretending to work.
-    let name = match cli.command {
-        Command::Dev { .. } => "dev",
-        Command::Serve { .. } => "serve",
-        Command::Append { .. } => "append",
-        Command::Read { .. } => "read",
-        Command::Status { .. } => "status",
-        Command::Bench { .. } => "bench",
-    };
-    bail!("`ringlog {name}` is not available yet: this build contains the Raft engine only")
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Dev {
+            nodes,
+            dir,
+            base_port,
+            shards,
+        } => cli::dev(nodes, &dir, base_port, shards)?,
+        Command::Serve {
+            config,
+            node_id,
+            data_dir,
+            shards,
+            pin,
+            fsync,
+        } => {
+            let fsync = fsync.map(|f| match f {
+                Fsync::Always => FsyncPolicy::Always,
+                Fsync::Never => FsyncPolicy::Never,
+            });
+            let overrides = ServeOverrides {
+                node_id,
+                data_dir,
+                shards,
+                pin,
+                fsync,
+            };
+            cli::serve(&config, overrides)?
+        }
+        Command::Append {
+            addr,
+            partition,
+            records,
+        } => cli::append(&addr, partition, records)?,
+        Command::Read {
+            addr,
+            partition,
+            from,
+            follow,
+            format,
+        } => {
+            let format = match format {
+                Format::Text => ReadFormat::Text,
+                Format::Json => ReadFormat::Json,
+            };
+            cli::read(&addr, partition, from, follow, format)?
+        }
+        Command::Status { addr } => cli::status(&addr)?,
+        Command::Bench { .. } => bail!("`ringlog bench` is not available yet (issue 6 builds it)"),
+    }
+    Ok(())
 }

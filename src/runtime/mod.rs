@@ -1,7 +1,12 @@
 //! The runtime: what turns the engine's decisions into disk writes and network
-//! sends. This module holds the node's configuration and its start-up checks; the
-//! per-core event loop joins it with the WAL and the transport.
+//! sends. A node runs one shard per core ([`node`]); each shard's event loop
+//! ([`shard`]) batches a turn's work into one WAL flush and few peer writes; the
+//! front doors ([`router`]) route client requests and peer messages to shards.
 
 pub mod config;
 pub mod dev;
+pub mod inbox;
+pub mod node;
 pub mod preflight;
+pub mod router;
+pub mod shard;

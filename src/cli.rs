@@ -1,0 +1,231 @@
+//! What the `ringlog` commands do, kept out of `main.rs` so that it stays a parser.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use glommio::{LocalExecutorBuilder, Placement};
+use thiserror::Error;
+
+use crate::client::{Client, ClientConfig, ClientError};
+use crate::runtime::config::{ConfigError, FsyncPolicy, NodeConfig};
+use crate::runtime::dev::{self, DevError};
+use crate::runtime::node::{self, NodeError};
+use crate::transport::{Metadata, ReadRequest};
+
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Dev(#[from] DevError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot start a client executor: {0} (glommio needs io_uring and enough locked memory; see `ulimit -l` in the README)")]
+    Executor(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("node {node} exited on its own ({status}); the dev cluster stopped the others")]
+    NodeExited { node: u32, status: String },
+}
+
+/// Flags of `ringlog serve` that override the config file.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOverrides {
+    pub node_id: Option<u32>,
+    pub data_dir: Option<PathBuf>,
+    pub shards: Option<u32>,
+    pub pin: bool,
+    pub fsync: Option<FsyncPolicy>,
+}
+
+/// A flag that turns true on SIGINT or SIGTERM.
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>, CliError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+pub fn serve(config_path: &Path, overrides: ServeOverrides) -> Result<(), CliError> {
+    let mut config = NodeConfig::from_file(config_path)?;
+    if let Some(node_id) = overrides.node_id {
+        config.node_id = node_id;
+    }
+    if let Some(dir) = overrides.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(shards) = overrides.shards {
+        config.shards = shards;
+    }
+    config.pin |= overrides.pin;
+    if let Some(fsync) = overrides.fsync {
+        config.wal.fsync = fsync;
+    }
+    config.validate()?;
+    let stop = stop_on_signals()?;
+    node::run(config, stop)?;
+    log::info!("stopped cleanly");
+    Ok(())
+}
+
+pub fn dev(nodes: u32, dir: &Path, base_port: u16, shards: u32) -> Result<(), CliError> {
+    let configs = dev::configs(nodes, base_port, dir, shards)?;
+    let paths = dev::write_configs(dir, &configs)?;
+    let exe = std::env::current_exe()?;
+    let mut cluster = dev::DevCluster::start(&exe, &paths)?;
+    println!("ringlog dev: {nodes} nodes, data under {}", dir.display());
+    for config in &configs {
+        println!(
+            "  node {}: client {}  metrics {}",
+            config.node_id, config.listen.client, config.listen.metrics
+        );
+    }
+    println!("try: ringlog append --addr {} --partition 0 hello", configs[0].listen.client);
+    println!("Ctrl-C stops all nodes.");
+    let exited = cluster.wait()?;
+    cluster.stop(Duration::from_secs(10));
+    match exited {
+        Some((node, status)) => Err(CliError::NodeExited {
+            node,
+            status: status.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Runs `work` with a client on a small glommio executor of its own.
+fn with_client<T>(addr: &str, work: impl AsyncFnOnce(&Client) -> Result<T, CliError>) -> Result<T, CliError> {
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(1 << 20)
+        .make()
+        .map_err(|e| CliError::Executor(e.to_string()))?;
+    let client = Client::new(ClientConfig::new(vec![addr.to_string()]));
+    executor.run(async move { work(&client).await })
+}
+
+/// Appends each record (the arguments, or else each line of stdin) and prints its
+/// index, one per line.
+pub fn append(addr: &str, partition: u32, records: Vec<String>) -> Result<(), CliError> {
+    let records: Vec<Bytes> = if records.is_empty() {
+        let lines = std::io::stdin().lock().lines().collect::<Result<Vec<_>, _>>()?;
+        lines.into_iter().map(Bytes::from).collect()
+    } else {
+        records.into_iter().map(Bytes::from).collect()
+    };
+    if records.is_empty() {
+        return Ok(());
+    }
+    with_client(addr, async |client| {
+        let ok = client.append(partition, records).await?;
+        let mut out = std::io::stdout().lock();
+        for index in ok.first_index..=ok.last_index {
+            writeln!(out, "{index}")?;
+        }
+        Ok(())
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFormat {
+    Text,
+    Json,
+}
+
+/// Prints records from `from` on; with `follow`, keeps waiting for new ones until
+/// Ctrl-C, like `tail -f`.
+pub fn read(addr: &str, partition: u32, from: u64, follow: bool, format: ReadFormat) -> Result<(), CliError> {
+    let stop = stop_on_signals()?;
+    with_client(addr, async |client| {
+        let mut next = from;
+        loop {
+            let request = ReadRequest {
+                partition,
+                from_index: next,
+                max_records: 1000,
+                max_bytes: 1 << 20,
+                wait_timeout_ms: if follow { 1000 } else { 0 },
+            };
+            let ok = client.read(request).await?;
+            let mut out = std::io::stdout().lock();
+            for record in &ok.records {
+                writeln!(out, "{}", format_record(partition, record.index, &record.payload, format))?;
+            }
+            out.flush()?;
+            // Past the last record returned; when none came back, everything up to
+            // the commit index was no-ops (which reads skip) or nothing is new.
+            next = match ok.records.last() {
+                Some(last) => last.index + 1,
+                None => next.max(ok.commit_index + 1),
+            };
+            let caught_up = next > ok.commit_index;
+            if (caught_up && !follow) || stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+    })
+}
+
+/// One record as `read` prints it: the text itself, or one JSON object per line
+/// (base64 when the record is not UTF-8, said by `"encoding"`).
+pub fn format_record(partition: u32, index: u64, payload: &[u8], format: ReadFormat) -> String {
+    match (format, std::str::from_utf8(payload)) {
+        (ReadFormat::Text, Ok(text)) => text.to_string(),
+        (ReadFormat::Text, Err(_)) => base64::engine::general_purpose::STANDARD.encode(payload),
+        (ReadFormat::Json, Ok(text)) => {
+            serde_json::json!({"partition": partition, "index": index, "record": text, "encoding": "utf-8"}).to_string()
+        }
+        (ReadFormat::Json, Err(_)) => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
+            serde_json::json!({"partition": partition, "index": index, "record": encoded, "encoding": "base64"})
+                .to_string()
+        }
+    }
+}
+
+pub fn status(addr: &str) -> Result<(), CliError> {
+    with_client(addr, async |client| {
+        let metadata = client.metadata().await?;
+        print!("{}", format_status(&metadata));
+        Ok(())
+    })
+}
+
+pub fn format_status(metadata: &Metadata) -> String {
+    let mut text = format!("cluster {}\n", metadata.cluster_id);
+    for node in &metadata.nodes {
+        text += &format!("  node {} at {}\n", node.node_id, node.client_addr);
+    }
+    text += "partition  leader  term  commit  last  start\n";
+    for p in &metadata.partitions {
+        let leader = p.leader.map_or("-".to_string(), |l| l.to_string());
+        text += &format!(
+            "{:>9}  {:>6}  {:>4}  {:>6}  {:>4}  {:>5}\n",
+            p.partition, leader, p.term, p.commit_index, p.last_index, p.log_start
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_print_as_text_or_json_with_encoding() {
+        assert_eq!(format_record(0, 5, b"hello", ReadFormat::Text), "hello");
+        let json = format_record(2, 7, b"say \"hi\"", ReadFormat::Json);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["record"], "say \"hi\"");
+        assert_eq!((value["partition"].as_u64(), value["index"].as_u64()), (Some(2), Some(7)));
+        let binary: serde_json::Value = serde_json::from_str(&format_record(0, 1, &[0xff, 0], ReadFormat::Json)).unwrap();
+        assert_eq!((binary["encoding"].as_str(), binary["record"].as_str()), (Some("base64"), Some("/wA=")));
+    }
+}

@@ -1,0 +1,225 @@
+//! A node: one process running S shards, each on its own glommio executor thread
+//! (unpinned unless `pin`), plus the client listener and peer acceptor on shard 0.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use thiserror::Error;
+
+use super::config::{FsyncPolicy, NodeConfig};
+use super::inbox::{INBOX_CAPACITY, ShardInput};
+use super::preflight::{self, PreflightError};
+use super::router::{ClientRouter, PeerRouter, node_infos};
+use super::shard::{ShardContext, ShardError, run_shard};
+use crate::engine::NodeId;
+use crate::transport::peer::{PeerAcceptor, PeerConfig};
+use crate::transport::server::{ClientListener, ServerConfig};
+use crate::wal::config::WalConfig;
+
+/// Memory each executor registers with io_uring for its I/O buffers.
+const IO_MEMORY_BYTES: usize = 2 << 20;
+/// What one executor locks in total (buffers plus rings), for the memlock check.
+const LOCKED_BYTES_PER_SHARD: u64 = 4 << 20;
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error("cannot resolve the address {address:?} of node {node}: {reason}")]
+    Resolve { node: NodeId, address: String, reason: String },
+    #[error(
+        "cannot start the executor of shard {shard}: {reason} (glommio needs io_uring and enough locked memory; see `ulimit -l` in the README)"
+    )]
+    Executor { shard: u32, reason: String },
+    #[error("cannot listen on {what} address {address}: {reason}")]
+    Listen {
+        what: &'static str,
+        address: SocketAddr,
+        reason: String,
+    },
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+}
+
+/// Runs the node until `stop` is set (then shuts down gracefully) or a shard fails.
+pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
+    let shards = shard_count(&config);
+    preflight::check_io_uring()?;
+    preflight::check_memlock(shards as u64 * LOCKED_BYTES_PER_SHARD)?;
+    preflight::check_data_dir(&config.data_dir, config.cluster_id, config.node_id)?;
+    preflight::check_address_free("client", config.listen.client)?;
+    preflight::check_address_free("peer", config.listen.peer)?;
+    if config.wal.fsync == FsyncPolicy::Never {
+        log::warn!("fsync = \"never\": acknowledged records are NOT durable; use this for benchmarks only");
+    }
+    let peer_addrs = resolve_peers(&config)?;
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(INBOX_CAPACITY)).unzip();
+    let threads: Vec<_> = receivers
+        .into_iter()
+        .enumerate()
+        .map(|(shard, inbox)| {
+            let shard = shard as u32;
+            let context = shard_context(&config, shard, &peer_addrs, inbox, stop.clone());
+            let front = (shard == 0).then(|| FrontDoors::new(&config, senders.clone()));
+            let placement = if config.pin {
+                Placement::Fixed(shard as usize)
+            } else {
+                Placement::Unbound
+            };
+            std::thread::Builder::new()
+                .name(format!("shard-{shard}"))
+                .spawn(move || run_executor(shard, placement, context, front))
+                .expect("spawning a shard thread")
+        })
+        .collect();
+    drop(senders);
+    let mut first_error = None;
+    for thread in threads {
+        let result = thread.join().unwrap_or_else(|_| {
+            Err(NodeError::Executor {
+                shard: u32::MAX,
+                reason: "a shard thread panicked".into(),
+            })
+        });
+        if let Err(e) = result {
+            // One failed shard stops the node: the others are told to stop too.
+            stop.store(true, Ordering::Relaxed);
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn shard_count(config: &NodeConfig) -> u32 {
+    match config.shards {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        n => n,
+    }
+}
+
+fn resolve_peers(config: &NodeConfig) -> Result<BTreeMap<NodeId, SocketAddr>, NodeError> {
+    let others = config.nodes.iter().filter(|m| m.node_id != config.node_id);
+    others
+        .map(|member| {
+            let fail = |reason: String| NodeError::Resolve {
+                node: member.node_id,
+                address: member.peer_address.clone(),
+                reason,
+            };
+            let mut found = member.peer_address.to_socket_addrs().map_err(|e| fail(e.to_string()))?;
+            let address = found.next().ok_or_else(|| fail("no address".into()))?;
+            Ok((member.node_id, address))
+        })
+        .collect()
+}
+
+fn shard_context(
+    config: &NodeConfig,
+    shard: u32,
+    peer_addrs: &BTreeMap<NodeId, SocketAddr>,
+    inbox: flume::Receiver<ShardInput>,
+    stop: Arc<AtomicBool>,
+) -> ShardContext {
+    let engine_config = config.engine_config().expect("validated config");
+    let wal_config = WalConfig {
+        segment_size_bytes: config.wal.segment_size_bytes,
+        flush_bytes_max: config.wal.flush_bytes_max as usize,
+        flushes_in_flight_max: config.wal.flushes_inflight_max as usize,
+        fsync_disabled: config.wal.fsync == FsyncPolicy::Never,
+        ..WalConfig::default()
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ ((config.node_id as u64) << 40)
+        ^ shard as u64;
+    ShardContext {
+        shard_id: shard,
+        node_id: config.node_id,
+        members: config.member_ids(),
+        peer_addrs: peer_addrs.clone(),
+        client_addrs: config.nodes.iter().map(|m| (m.node_id, m.client_address.clone())).collect(),
+        engine_config,
+        wal_config,
+        wal_dir: config.data_dir.join(format!("shard-{shard}")),
+        peer_config: PeerConfig::new(config.cluster_id, config.node_id),
+        tick: Duration::from_millis(config.raft.tick_ms),
+        seed,
+        stop,
+        inbox,
+    }
+}
+
+/// The client listener and peer acceptor, started on shard 0's executor.
+struct FrontDoors {
+    client: SocketAddr,
+    peer: SocketAddr,
+    client_router: ClientRouter,
+    peer_router: PeerRouter,
+    peer_config: PeerConfig,
+}
+
+impl FrontDoors {
+    fn new(config: &NodeConfig, shards: Vec<flume::Sender<ShardInput>>) -> FrontDoors {
+        let members: Vec<(NodeId, String)> =
+            config.nodes.iter().map(|m| (m.node_id, m.client_address.clone())).collect();
+        FrontDoors {
+            client: config.listen.client,
+            peer: config.listen.peer,
+            client_router: ClientRouter {
+                cluster_id: config.cluster_id,
+                nodes: node_infos(&members),
+                shards: shards.clone(),
+            },
+            peer_router: PeerRouter { shards },
+            peer_config: PeerConfig::new(config.cluster_id, config.node_id),
+        }
+    }
+
+    fn open(self) -> Result<(), NodeError> {
+        let listen_error = |what, address| {
+            move |e: std::io::Error| NodeError::Listen {
+                what,
+                address,
+                reason: e.to_string(),
+            }
+        };
+        let clients = ClientListener::bind(self.client, ServerConfig::default(), Rc::new(self.client_router))
+            .map_err(listen_error("client", self.client))?;
+        let peers = PeerAcceptor::bind(self.peer, Rc::new(self.peer_config), Rc::new(self.peer_router))
+            .map_err(listen_error("peer", self.peer))?;
+        glommio::spawn_local(clients.run()).detach();
+        glommio::spawn_local(peers.run()).detach();
+        log::info!("serving clients on {} and peers on {}", self.client, self.peer);
+        Ok(())
+    }
+}
+
+fn run_executor(
+    shard: u32,
+    placement: Placement,
+    context: ShardContext,
+    front: Option<FrontDoors>,
+) -> Result<(), NodeError> {
+    let executor = LocalExecutorBuilder::new(placement)
+        .name(&format!("shard-{shard}"))
+        .io_memory(IO_MEMORY_BYTES)
+        .make()
+        .map_err(|e| NodeError::Executor {
+            shard,
+            reason: e.to_string(),
+        })?;
+    let stop = context.stop.clone();
+    executor.run(async move {
+        if let Some(Err(e)) = front.map(FrontDoors::open) {
+            stop.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+        run_shard(context).await.map_err(NodeError::from)
+    })
+}

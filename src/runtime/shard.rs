@@ -1,0 +1,597 @@
+//! One shard: the member of the Raft group for partition `shard_id`, its WAL, its
+//! links to the same shard on the other nodes, and the event loop that joins them.
+//!
+//! One turn of the loop: wait for something (an input, a finished flush, the next
+//! tick), drain everything else that is ready without waiting, feed it all to the
+//! engine as one batch, then carry out the engine's commands: storage commands go to
+//! the WAL's buffer in order and one flush (write + fdatasync) covers the whole
+//! turn's appends while earlier flushes may still run; messages go to the peer
+//! links, which write many per syscall; answers go back to waiting clients.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use thiserror::Error;
+
+use super::inbox::{Reply, ShardInput};
+use crate::engine::{
+    self, AppendError, Command, Engine, Entry, EntryKind, Event, Index, Message, MessageBody, NodeId, ReadError,
+    Role, Term,
+};
+use crate::transport::peer::{PeerConfig, PeerLink, SendError};
+use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, Record, ServerError};
+use crate::wal::config::WalConfig;
+use crate::wal::error::{WalError, WalResult};
+use crate::wal::log::{Durable, Wal};
+use crate::wal::storage::DmaStorage;
+
+#[derive(Debug, Error)]
+pub enum ShardError {
+    #[error("shard {shard}: cannot open the WAL in {dir}: {source}")]
+    Open {
+        shard: u32,
+        dir: String,
+        source: WalError,
+    },
+    /// A write or sync failed: the shard stops rather than acknowledge anything
+    /// that might not be on disk (fail-stop).
+    #[error("shard {shard}: WAL failure, stopping: {source}")]
+    Wal { shard: u32, source: WalError },
+}
+
+/// Everything a shard needs to start.
+pub struct ShardContext {
+    pub shard_id: u32,
+    pub node_id: NodeId,
+    pub members: Vec<NodeId>,
+    pub peer_addrs: BTreeMap<NodeId, SocketAddr>,
+    pub client_addrs: BTreeMap<NodeId, String>,
+    pub engine_config: engine::Config,
+    pub wal_config: WalConfig,
+    pub wal_dir: PathBuf,
+    pub peer_config: PeerConfig,
+    pub tick: Duration,
+    pub seed: u64,
+    pub stop: Arc<AtomicBool>,
+    pub inbox: flume::Receiver<ShardInput>,
+}
+
+/// Events fed to the engine in one turn at most; the rest wait for the next turn,
+/// so that one turn's latency stays bounded under a flood.
+const TURN_EVENTS_MAX: usize = 4096;
+/// Reads that may wait for new records at once per shard.
+const WAITING_READS_MAX: usize = 4096;
+
+/// A read waiting for the commit index to reach `request.from_index`.
+struct WaitingRead {
+    deadline: Instant,
+    request: ReadRequest,
+    reply: Reply<ReadOk>,
+}
+
+/// Why the loop woke up.
+enum Wake {
+    Input(Option<ShardInput>),
+    Flushed(WalResult<Durable>),
+    Timer,
+}
+
+struct Shard {
+    id: u32,
+    client_addrs: BTreeMap<NodeId, String>,
+    engine: Engine,
+    wal: Rc<Wal<DmaStorage>>,
+    links: BTreeMap<NodeId, Rc<PeerLink>>,
+    inbox: flume::Receiver<ShardInput>,
+    /// Messages waiting for the storage op they depend on to be durable.
+    held: Vec<(u64, Message)>,
+    durable_op: u64,
+    flushes_in_flight: usize,
+    flushes_in_flight_max: usize,
+    flushed_tx: flume::Sender<WalResult<Durable>>,
+    flushed_rx: flume::Receiver<WalResult<Durable>>,
+    next_request: u64,
+    appends: HashMap<u64, Reply<AppendOk>>,
+    /// Leader reads waiting for their read-index barrier.
+    barriers: HashMap<u64, (ReadRequest, Reply<ReadOk>)>,
+    waiting_reads: Vec<WaitingRead>,
+    commit: Index,
+    role: Role,
+    term: Term,
+    leader: Option<NodeId>,
+    tick: Duration,
+    next_tick: Instant,
+}
+
+/// Runs shard `ctx.shard_id` until `ctx.stop` is set or its WAL fails.
+pub async fn run_shard(ctx: ShardContext) -> Result<(), ShardError> {
+    let mut shard = Shard::open(ctx.clone_parts()).await?;
+    let stop = ctx.stop;
+    log::info!(
+        "shard {}: recovered log {}..={}, term {}",
+        shard.id,
+        shard.engine.log().start(),
+        shard.engine.log().last_index(),
+        shard.engine.term()
+    );
+    while !stop.load(Ordering::Relaxed) {
+        shard.turn().await?;
+    }
+    shard.shut_down().await
+}
+
+/// The parts of a context `Shard::open` consumes (the stop flag stays with the loop).
+struct OpenParts {
+    shard_id: u32,
+    node_id: NodeId,
+    members: Vec<NodeId>,
+    peer_addrs: BTreeMap<NodeId, SocketAddr>,
+    client_addrs: BTreeMap<NodeId, String>,
+    engine_config: engine::Config,
+    wal_config: WalConfig,
+    wal_dir: PathBuf,
+    peer_config: PeerConfig,
+    tick: Duration,
+    seed: u64,
+    inbox: flume::Receiver<ShardInput>,
+}
+
+impl ShardContext {
+    fn clone_parts(&self) -> OpenParts {
+        OpenParts {
+            shard_id: self.shard_id,
+            node_id: self.node_id,
+            members: self.members.clone(),
+            peer_addrs: self.peer_addrs.clone(),
+            client_addrs: self.client_addrs.clone(),
+            engine_config: self.engine_config.clone(),
+            wal_config: self.wal_config.clone(),
+            wal_dir: self.wal_dir.clone(),
+            peer_config: self.peer_config.clone(),
+            tick: self.tick,
+            seed: self.seed,
+            inbox: self.inbox.clone(),
+        }
+    }
+}
+
+impl Shard {
+    async fn open(parts: OpenParts) -> Result<Shard, ShardError> {
+        let shard = parts.shard_id;
+        let open_error = |source| ShardError::Open {
+            shard,
+            dir: parts.wal_dir.display().to_string(),
+            source,
+        };
+        let storage = DmaStorage::new(&parts.wal_dir).map_err(|e| open_error(WalError::Io {
+            context: "creating the WAL directory".into(),
+            source: e,
+        }))?;
+        let flushes_in_flight_max = parts.wal_config.flushes_in_flight_max;
+        let (wal, recovered) = Wal::open(storage, parts.wal_config).await.map_err(open_error)?;
+        for report in &recovered.reports {
+            log::warn!("shard {shard}: WAL recovery: {report:?}");
+        }
+        let engine_recovered = engine::Recovered {
+            hard_state: recovered.hard_state,
+            log_start: recovered.log_start,
+            log_prev_term: recovered.start_prev_term,
+            term_runs: term_runs(&wal, recovered.log_start, recovered.last_index),
+            last_index: recovered.last_index,
+            tail: Vec::new(),
+        };
+        let engine = Engine::new(parts.node_id, &parts.members, parts.engine_config, parts.seed, engine_recovered)
+            .expect("the node config was validated before shards start");
+        let peer_config = Rc::new(parts.peer_config);
+        let links = parts
+            .peer_addrs
+            .iter()
+            .map(|(&node, &addr)| (node, Rc::new(PeerLink::spawn(peer_config.clone(), shard, node, addr))))
+            .collect();
+        let (flushed_tx, flushed_rx) = flume::unbounded();
+        Ok(Shard {
+            id: shard,
+            client_addrs: parts.client_addrs,
+            commit: engine.commit_index(),
+            term: engine.term(),
+            role: Role::Follower,
+            leader: None,
+            engine,
+            wal: Rc::new(wal),
+            links,
+            inbox: parts.inbox,
+            held: Vec::new(),
+            durable_op: 0,
+            flushes_in_flight: 0,
+            flushes_in_flight_max: flushes_in_flight_max.max(1),
+            flushed_tx,
+            flushed_rx,
+            next_request: 1,
+            appends: HashMap::new(),
+            barriers: HashMap::new(),
+            waiting_reads: Vec::new(),
+            tick: parts.tick,
+            next_tick: Instant::now() + parts.tick,
+        })
+    }
+
+    async fn turn(&mut self) -> Result<(), ShardError> {
+        let wake = self.wait().await;
+        let mut events = Vec::new();
+        self.absorb(wake, &mut events)?;
+        while events.len() < TURN_EVENTS_MAX {
+            match self.inbox.try_recv() {
+                Ok(input) => self.absorb(Wake::Input(Some(input)), &mut events)?,
+                Err(_) => break,
+            }
+        }
+        while let Ok(flushed) = self.flushed_rx.try_recv() {
+            self.absorb(Wake::Flushed(flushed), &mut events)?;
+        }
+        let now = Instant::now();
+        if now >= self.next_tick {
+            events.push(Event::Tick);
+            self.next_tick = (self.next_tick + self.tick).max(now);
+        }
+        if !events.is_empty() {
+            self.engine.step_batch(events);
+            let commands = self.engine.take_commands();
+            self.carry_out(commands).await?;
+        }
+        self.start_flush_if_needed();
+        self.expire_waiting_reads(now);
+        Ok(())
+    }
+
+    async fn wait(&self) -> Wake {
+        let until_tick = self.next_tick.saturating_duration_since(Instant::now());
+        let input = async { Wake::Input(self.inbox.recv_async().await.ok()) };
+        let flushed = async {
+            match self.flushed_rx.recv_async().await {
+                Ok(result) => Wake::Flushed(result),
+                Err(_) => future::pending().await,
+            }
+        };
+        let timer = async {
+            glommio::timer::sleep(until_tick).await;
+            Wake::Timer
+        };
+        future::or(flushed, future::or(input, timer)).await
+    }
+
+    fn absorb(&mut self, wake: Wake, events: &mut Vec<Event>) -> Result<(), ShardError> {
+        match wake {
+            Wake::Timer | Wake::Input(None) => {}
+            Wake::Input(Some(ShardInput::Peer(msg))) => events.push(Event::Message(msg)),
+            Wake::Input(Some(ShardInput::Append { records, reply })) => {
+                let request_id = self.next_request();
+                self.appends.insert(request_id, reply);
+                events.push(Event::ClientAppend { request_id, records });
+            }
+            Wake::Input(Some(ShardInput::Read { request, reply })) => {
+                if self.role == Role::Leader {
+                    let request_id = self.next_request();
+                    self.barriers.insert(request_id, (request, reply));
+                    events.push(Event::ReadIndex { request_id });
+                } else {
+                    self.serve_or_wait(request, reply);
+                }
+            }
+            Wake::Input(Some(ShardInput::Info { reply })) => {
+                let _ = reply.send(self.info());
+            }
+            Wake::Flushed(Ok(durable)) => {
+                self.flushes_in_flight = self.flushes_in_flight.saturating_sub(1);
+                if durable.op > self.durable_op {
+                    self.durable_op = durable.op;
+                    self.release_held();
+                    events.push(Event::Durable { op: durable.op });
+                }
+            }
+            Wake::Flushed(Err(source)) => return Err(ShardError::Wal { shard: self.id, source }),
+        }
+        Ok(())
+    }
+
+    fn next_request(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    fn info(&self) -> PartitionInfo {
+        PartitionInfo {
+            partition: self.id,
+            leader: self.leader,
+            term: self.term,
+            commit_index: self.commit,
+            last_index: self.engine.log().last_index(),
+            log_start: self.engine.log().start(),
+        }
+    }
+
+    async fn carry_out(&mut self, commands: Vec<Command>) -> Result<(), ShardError> {
+        for command in commands {
+            match command {
+                Command::PersistHardState { op, state } => {
+                    self.storage(|wal| wal.persist_hard_state(op, state)).await?
+                }
+                Command::AppendLog { op, entries } => self.storage(|wal| wal.append(op, &entries)).await?,
+                Command::TruncateLog { op, from } => self.storage(|wal| wal.truncate(op, from)).await?,
+                Command::ResetLog { op, start, prev_term } => {
+                    self.storage(|wal| wal.reset(op, start, prev_term)).await?
+                }
+                Command::PurgeLog { op, before } => self.storage(|wal| wal.purge(op, before).map(drop)).await?,
+                Command::Send { msg, when } => match when {
+                    Some(engine::Condition::Durable { op }) if op > self.durable_op => self.held.push((op, msg)),
+                    _ => self.send(msg),
+                },
+                Command::SendLogRange { msg, last_index, bytes_max } => self.send_from_wal(msg, last_index, bytes_max),
+                Command::Commit { index } => {
+                    self.commit = index;
+                    self.serve_waiting_reads();
+                }
+                Command::AppendResult { request_id, result } => {
+                    if let Some(reply) = self.appends.remove(&request_id) {
+                        let answer = result
+                            .map(|ok| AppendOk {
+                                first_index: ok.first_index,
+                                last_index: ok.last_index,
+                            })
+                            .map_err(|e| self.append_error(e));
+                        let _ = reply.send(answer);
+                    }
+                }
+                Command::ReadResult { request_id, result } => {
+                    if let Some((request, reply)) = self.barriers.remove(&request_id) {
+                        match result {
+                            Ok(_) => self.serve_or_wait(request, reply),
+                            Err(e) => {
+                                let _ = reply.send(Err(self.read_error(e)));
+                            }
+                        }
+                    }
+                }
+                Command::RoleChanged { role, term, leader } => {
+                    if (role, leader) != (self.role, self.leader) {
+                        log::info!("shard {}: {role:?} in term {term}, leader {leader:?}", self.id);
+                    }
+                    (self.role, self.term, self.leader) = (role, term, leader);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits one storage command; when the WAL's buffer is full, flushes first
+    /// (back-pressure) and submits again.
+    async fn storage(&mut self, submit: impl Fn(&Wal<DmaStorage>) -> WalResult<()>) -> Result<(), ShardError> {
+        loop {
+            match submit(&self.wal) {
+                Ok(()) => return Ok(()),
+                Err(WalError::BufferFull { .. }) => {
+                    let flushed = self.wal.flush().await;
+                    self.flushes_in_flight += 1;
+                    let _ = self.flushed_tx.send(flushed);
+                }
+                Err(source) => return Err(ShardError::Wal { shard: self.id, source }),
+            }
+        }
+    }
+
+    /// Group commit: one flush covers everything submitted so far; while the
+    /// allowed number are in flight, later submissions wait for the next one.
+    fn start_flush_if_needed(&mut self) {
+        if !self.wal.has_unflushed() || self.flushes_in_flight >= self.flushes_in_flight_max {
+            return;
+        }
+        self.flushes_in_flight += 1;
+        let wal = self.wal.clone();
+        let done = self.flushed_tx.clone();
+        glommio::spawn_local(async move {
+            let _ = done.send(wal.flush().await);
+        })
+        .detach();
+    }
+
+    fn release_held(&mut self) {
+        let durable = self.durable_op;
+        let (ready, waiting): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|(op, _)| *op <= durable);
+        self.held = waiting;
+        for (_, msg) in ready {
+            self.send(msg);
+        }
+    }
+
+    fn send(&self, msg: Message) {
+        let Some(link) = self.links.get(&msg.to) else {
+            return;
+        };
+        match link.send(msg) {
+            // A lost message is one Raft recovers from (retransmission, probing).
+            Ok(()) | Err(SendError::Full(_)) | Err(SendError::Closed(_)) => {}
+            Err(SendError::TooLarge { frame_bytes, .. }) => {
+                log::error!("shard {}: dropped a {frame_bytes}-byte message over the peer frame limit", self.id)
+            }
+        }
+    }
+
+    /// Fills an AppendEntries with entries read back from the WAL, then sends it.
+    fn send_from_wal(&self, mut msg: Message, last_index: Index, bytes_max: u64) {
+        let (wal, link, shard) = (self.wal.clone(), self.links.get(&msg.to).cloned(), self.id);
+        glommio::spawn_local(async move {
+            let Some(link) = link else { return };
+            if let MessageBody::AppendEntries { prev_log_index, entries, .. } = &mut msg.body {
+                match wal.read(*prev_log_index + 1, last_index + 1, bytes_max as usize).await {
+                    Ok(read) => *entries = read,
+                    // Purged meanwhile: the leader's next probe finds the new log start.
+                    Err(e) => return log::debug!("shard {shard}: catch-up read failed: {e}"),
+                }
+            }
+            let _ = link.send(msg);
+        })
+        .detach();
+    }
+
+    /// Serves a read of committed records, or parks it until the commit index
+    /// reaches it (a long poll), or refuses it when out of range.
+    fn serve_or_wait(&mut self, request: ReadRequest, reply: Reply<ReadOk>) {
+        let (start, commit) = (self.engine.log().start(), self.commit);
+        if request.from_index < start || request.from_index > commit + 1 {
+            let _ = reply.send(Err(ServerError::OutOfRange {
+                log_start: start,
+                log_end: commit,
+            }));
+            return;
+        }
+        if request.from_index <= commit || request.wait_timeout_ms == 0 {
+            return self.serve(request, reply);
+        }
+        if self.waiting_reads.len() >= WAITING_READS_MAX {
+            let _ = reply.send(Err(ServerError::Overloaded));
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_millis(request.wait_timeout_ms as u64);
+        self.waiting_reads.push(WaitingRead { deadline, request, reply });
+    }
+
+    fn serve(&self, request: ReadRequest, reply: Reply<ReadOk>) {
+        let (wal, commit, log_start) = (self.wal.clone(), self.commit, self.engine.log().start());
+        glommio::spawn_local(async move {
+            let empty = ReadOk {
+                records: Vec::new(),
+                commit_index: commit,
+                log_start,
+            };
+            if request.from_index > commit || request.max_records == 0 {
+                let _ = reply.send(Ok(empty));
+                return;
+            }
+            let to = commit.min(request.from_index + request.max_records as u64 - 1) + 1;
+            let answer = match wal.read(request.from_index, to, request.max_bytes as usize).await {
+                Ok(entries) => Ok(ReadOk {
+                    records: records_of(entries),
+                    ..empty
+                }),
+                Err(WalError::OutOfRange { .. }) => Err(ServerError::OutOfRange {
+                    log_start,
+                    log_end: commit,
+                }),
+                Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
+            };
+            let _ = reply.send(answer);
+        })
+        .detach();
+    }
+
+    fn serve_waiting_reads(&mut self) {
+        let commit = self.commit;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.waiting_reads.drain(..).partition(|w| w.request.from_index <= commit);
+        self.waiting_reads = waiting;
+        for read in ready {
+            self.serve(read.request, read.reply);
+        }
+    }
+
+    /// A long poll that saw nothing new ends with no records, which is not an error.
+    fn expire_waiting_reads(&mut self, now: Instant) {
+        let (expired, waiting): (Vec<_>, Vec<_>) = self.waiting_reads.drain(..).partition(|w| w.deadline <= now);
+        self.waiting_reads = waiting;
+        for read in expired {
+            self.serve(read.request, read.reply);
+        }
+    }
+
+    fn leader_error(&self, leader: Option<NodeId>) -> ServerError {
+        ServerError::NotLeader {
+            leader,
+            leader_addr: leader.and_then(|l| self.client_addrs.get(&l).cloned()),
+        }
+    }
+
+    fn append_error(&self, error: AppendError) -> ServerError {
+        match error {
+            AppendError::NotLeader { leader } => self.leader_error(leader),
+            AppendError::Overloaded => ServerError::Overloaded,
+            AppendError::LeaderTransferring => ServerError::Unavailable {
+                reason: "leadership is being transferred; retry shortly".into(),
+            },
+            AppendError::EmptyBatch => ServerError::InvalidRequest {
+                reason: "an append needs at least one record".into(),
+            },
+            // The records may be committed after all: the client must not take this
+            // for a refusal and retry blindly (it does retry Unavailable), so it is
+            // reported as a timeout, whose outcome clients treat as unknown.
+            AppendError::Unknown => ServerError::Timeout,
+        }
+    }
+
+    fn read_error(&self, error: ReadError) -> ServerError {
+        match error {
+            ReadError::NotLeader { leader } => self.leader_error(leader),
+            ReadError::Overloaded => ServerError::Overloaded,
+        }
+    }
+
+    /// Stops: answers everything still waiting, then makes the WAL durable.
+    async fn shut_down(mut self) -> Result<(), ShardError> {
+        let closing = || ServerError::Unavailable {
+            reason: "node shutting down".into(),
+        };
+        // Appends in flight may still commit: their outcome is unknown (Timeout),
+        // not refused (Unavailable would invite a blind retry and a duplicate).
+        for (_, reply) in self.appends.drain() {
+            let _ = reply.send(Err(ServerError::Timeout));
+        }
+        for (_, (_, reply)) in self.barriers.drain() {
+            let _ = reply.send(Err(closing()));
+        }
+        for read in self.waiting_reads.drain(..) {
+            let _ = read.reply.send(Err(closing()));
+        }
+        self.wal
+            .flush()
+            .await
+            .map(drop)
+            .map_err(|source| ShardError::Wal { shard: self.id, source })
+    }
+}
+
+/// Client records of `entries`; leader no-ops leave gaps that reads skip.
+fn records_of(entries: Vec<Entry>) -> Vec<Record> {
+    let records = entries.into_iter().filter(|e| e.kind == EntryKind::Record);
+    records
+        .map(|e| Record {
+            index: e.index,
+            payload: e.payload,
+        })
+        .collect()
+}
+
+/// The term runs of the recovered log, found by binary search for each term's end
+/// (terms never decrease along a log), so recovery costs O(terms × log entries).
+fn term_runs(wal: &Wal<DmaStorage>, start: Index, last: Index) -> Vec<(Index, Term)> {
+    let mut runs = Vec::new();
+    let mut first = start;
+    while first <= last {
+        let term = wal.term(first).expect("recovered entries have terms");
+        runs.push((first, term));
+        let (mut low, mut high) = (first, last);
+        while low < high {
+            let middle = low + (high - low).div_ceil(2);
+            if wal.term(middle) == Some(term) {
+                low = middle;
+            } else {
+                high = middle - 1;
+            }
+        }
+        first = low + 1;
+    }
+    runs
+}
