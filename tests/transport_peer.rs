@@ -504,7 +504,7 @@ fn a_new_handshake_replaces_the_old_connection() {
         let mut hello_bytes = BytesMut::new();
         encode_hello(&mut hello_bytes, FrameKind::PeerHello, &hello);
         let timeout = std::time::Duration::from_secs(5);
-        let mut handshake = async || {
+        let handshake = async || {
             let mut s = TcpStream::connect(addr).await.unwrap();
             write_all_within(&mut s, &hello_bytes, timeout)
                 .await

@@ -510,13 +510,16 @@ pub struct PeerAcceptor<H: PeerHandler> {
     active: Rc<ActiveLinks>,
 }
 
+type LinkKey = (NodeId, u32, Lane);
+
 /// The established inbound connection of each (node, shard, lane). A peer that
 /// reconnects has given up on its old connection (it crashed, or the network dropped
 /// it without telling us), so a new handshake closes the old one: half-open
 /// connections cannot pile up until `connections_max` refuses real peers.
 #[derive(Default)]
 struct ActiveLinks {
-    by_key: RefCell<HashMap<(NodeId, u32, Lane), (u64, Rc<Notify>)>>,
+    /// (peer node, shard, lane) -> (connection id, its "you are replaced" signal).
+    by_key: RefCell<HashMap<LinkKey, (u64, Rc<Notify>)>>,
     next_id: Cell<u64>,
 }
 
