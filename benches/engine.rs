@@ -107,6 +107,7 @@ impl Cluster {
                     self.completed += 1;
                     self.idle_clients.push(request_id);
                 }
+                Command::SendLogRange { .. } => panic!("no follower lags past the cache here"),
                 Command::Commit { .. }
                 | Command::ReadResult { .. }
                 | Command::RoleChanged { .. } => {}

@@ -24,14 +24,16 @@ impl Engine {
                 payload,
             })
             .collect();
-        self.uncommitted_bytes += entries.iter().map(Entry::size_bytes).sum::<u64>();
+        let bytes = entries.iter().map(Entry::size_bytes).sum::<u64>();
         let last_index = first_index + entries.len() as u64 - 1;
         self.append_to_log(entries);
+        self.uncommitted_bytes += bytes;
         self.pending_appends.push_back(PendingAppend {
             request_id,
             first_index,
             last_index,
             term,
+            bytes,
         });
         // Sent at the end of the turn, together with every other append of it.
         self.replicate_pending = true;

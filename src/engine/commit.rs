@@ -7,7 +7,7 @@
 use super::config::PlantedBug;
 use super::event::{AppendError, AppendOk, Command};
 use super::types::Index;
-use super::{Engine, Role};
+use super::{Engine, PendingAppend, Role};
 
 impl Engine {
     pub(super) fn maybe_commit(&mut self) {
@@ -40,10 +40,6 @@ impl Engine {
             self.id,
             self.log.last_index()
         );
-        if self.role == Role::Leader {
-            let newly = self.log.bytes_between(self.commit_index + 1, index);
-            self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly);
-        }
         self.commit_index = index;
         self.output.push(Command::Commit { index });
         self.resolve_pending_appends();
@@ -58,7 +54,7 @@ impl Engine {
             if p.last_index > self.commit_index {
                 break;
             }
-            self.pending_appends.pop_front();
+            let p = self.pending_appends.pop_front().expect("checked above");
             let result = if self.log.term_at(p.last_index) == Some(p.term) {
                 Ok(AppendOk {
                     first_index: p.first_index,
@@ -67,8 +63,18 @@ impl Engine {
             } else {
                 Err(AppendError::Unknown)
             };
-            self.reply_append(p.request_id, result);
+            self.finish_append(p, result);
         }
+    }
+
+    /// Answers an admitted append and releases what it counted against the budget.
+    pub(super) fn finish_append(
+        &mut self,
+        p: PendingAppend,
+        result: Result<AppendOk, AppendError>,
+    ) {
+        self.uncommitted_bytes -= p.bytes;
+        self.reply_append(p.request_id, result);
     }
 
     pub(super) fn reply_append(&mut self, request_id: u64, result: Result<AppendOk, AppendError>) {

@@ -25,10 +25,9 @@ pub struct Config {
     pub uncommitted_bytes_max: u64,
     /// The leader refuses new read barriers while this many are waiting.
     pub pending_reads_max: usize,
-    /// Test-only: make the engine misbehave on purpose, to show the simulator's
-    /// checkers catch it.
-    #[cfg(test)]
-    pub planted_bug: Option<PlantedBug>,
+    /// Entries kept in memory once on disk; older ones are read back from the WAL
+    /// when a follower needs them. Entries not yet on disk always stay.
+    pub log_cache_bytes_max: u64,
 }
 
 /// Deliberate engine bugs, switchable in test builds only, to show that the
@@ -56,8 +55,7 @@ impl Default for Config {
             pending_appends_max: 65_536,
             uncommitted_bytes_max: 256 << 20,
             pending_reads_max: 65_536,
-            #[cfg(test)]
-            planted_bug: None,
+            log_cache_bytes_max: 64 << 20,
         }
     }
 }
@@ -103,6 +101,7 @@ impl Config {
             ("pending_appends_max", self.pending_appends_max as u64),
             ("uncommitted_bytes_max", self.uncommitted_bytes_max),
             ("pending_reads_max", self.pending_reads_max as u64),
+            ("log_cache_bytes_max", self.log_cache_bytes_max),
         ];
         for (key, value) in positive {
             if value == 0 {

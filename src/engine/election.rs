@@ -175,9 +175,6 @@ impl Engine {
         };
         self.term_start_index = noop.index;
         self.append_to_log(vec![noop]);
-        self.uncommitted_bytes = self
-            .log
-            .bytes_between(self.commit_index + 1, self.log.last_index());
         self.broadcast_append();
         self.maybe_commit();
     }

@@ -59,6 +59,15 @@ pub enum Command {
         msg: Message,
         when: Option<Condition>,
     },
+    /// Send `msg`, an AppendEntries without entries, after filling in the entries
+    /// from `prev_log_index + 1` through at most `last_index` read from the log on
+    /// disk: as many as fit in `bytes_max`, but at least one. (The engine no longer
+    /// holds them in memory; they are on disk and will not change.)
+    SendLogRange {
+        msg: Message,
+        last_index: Index,
+        bytes_max: u64,
+    },
     /// The commit index advanced to `index`: entries up to it may be read.
     Commit { index: Index },
     /// The answer to a client append, sent when known.

@@ -39,6 +39,10 @@ impl Engine {
             self.log.last_term() <= self.hard.term,
             "member {id}: log term beyond current term"
         );
+        assert!(
+            self.log.cache_start() <= self.flushed_index + 1,
+            "member {id}: an entry not on disk was dropped from memory"
+        );
         if let Some(voted) = self.hard.voted_for {
             assert!(
                 self.members.contains(&voted),
@@ -108,6 +112,11 @@ impl Engine {
     fn check_pending(&self) {
         let id = self.id;
         assert!(self.pending_appends.len() <= self.config.pending_appends_max);
+        let pending_bytes: u64 = self.pending_appends.iter().map(|p| p.bytes).sum();
+        assert_eq!(
+            self.uncommitted_bytes, pending_bytes,
+            "member {id}: budget out of step"
+        );
         let mut previous = 0;
         for p in &self.pending_appends {
             assert!(

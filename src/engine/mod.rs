@@ -37,7 +37,12 @@ pub struct Recovered {
     pub log_start: Index,
     /// The term of the entry at `log_start - 1` (0 for a new log).
     pub log_prev_term: Term,
-    pub entries: Vec<Entry>,
+    /// (first index, term) of each run of entries of one term, from `log_start` on.
+    pub term_runs: Vec<(Index, Term)>,
+    pub last_index: Index,
+    /// The newest entries, ending at `last_index`: as many as the runtime cares to
+    /// keep in memory (none is fine; the leader reads older ones from the WAL).
+    pub tail: Vec<Entry>,
 }
 
 impl Recovered {
@@ -46,6 +51,24 @@ impl Recovered {
         Recovered {
             log_start: 1,
             ..Recovered::default()
+        }
+    }
+
+    /// A recovered log given entry by entry (tests and the simulator).
+    pub fn from_entries(
+        hard_state: HardState,
+        log_start: Index,
+        log_prev_term: Term,
+        entries: Vec<Entry>,
+    ) -> Recovered {
+        let log = Log::new(log_start, log_prev_term, entries.clone());
+        Recovered {
+            hard_state,
+            log_start,
+            log_prev_term,
+            term_runs: log.runs(),
+            last_index: log.last_index(),
+            tail: entries,
         }
     }
 }
@@ -57,6 +80,8 @@ struct PendingAppend {
     first_index: Index,
     last_index: Index,
     term: Term,
+    /// What its entries count against `uncommitted_bytes_max`.
+    bytes: u64,
 }
 
 /// A read barrier waiting for a heartbeat round (`seq`) and for `index` to commit.
@@ -112,7 +137,7 @@ pub struct Engine {
     heartbeat_seq: u64,
     /// Leader only: the index of this term's first entry (its no-op).
     term_start_index: Index,
-    /// Leader only: bytes of entries after the commit index.
+    /// Bytes of the client appends waiting for an answer (the pending appends).
     uncommitted_bytes: u64,
     /// Invariant: ordered by index, each above the commit index, bounded by config.
     pending_appends: VecDeque<PendingAppend>,
@@ -123,6 +148,9 @@ pub struct Engine {
     replicate_pending: bool,
     reported_role: Option<(Role, Term, Option<NodeId>)>,
     output: Vec<Command>,
+    /// Test builds only: a deliberate bug the simulator must catch.
+    #[cfg(test)]
+    planted_bug: Option<config::PlantedBug>,
 }
 
 impl Engine {
@@ -145,10 +173,12 @@ impl Engine {
                 reason: format!("this member ({id}) is not in the member list {members:?}"),
             });
         }
-        let log = Log::new(
+        let log = Log::restore(
             recovered.log_start,
             recovered.log_prev_term,
-            recovered.entries,
+            recovered.term_runs,
+            recovered.last_index,
+            recovered.tail,
         );
         let mut engine = Engine {
             id,
@@ -179,6 +209,8 @@ impl Engine {
             replicate_pending: false,
             reported_role: None,
             output: Vec::new(),
+            #[cfg(test)]
+            planted_bug: None,
         };
         engine.reset_election_timer();
         engine.reported_role = Some((Role::Follower, engine.hard.term, None));
@@ -360,10 +392,16 @@ impl Engine {
 
     // ---- shared helpers -------------------------------------------------------
 
+    /// Test builds only: makes this member misbehave as `bug` says.
+    #[cfg(test)]
+    pub(crate) fn plant_bug(&mut self, bug: Option<config::PlantedBug>) {
+        self.planted_bug = bug;
+    }
+
     /// Whether the test switch turned `bug` on; always false outside tests.
     fn planted(&self, bug: config::PlantedBug) -> bool {
         #[cfg(test)]
-        return self.config.planted_bug == Some(bug);
+        return self.planted_bug == Some(bug);
         #[cfg(not(test))]
         {
             let _ = bug;
@@ -467,16 +505,12 @@ pub(crate) mod tests {
 
     /// A follower `id` in `term` whose log holds entries with `terms`, from index 1.
     pub fn follower(id: NodeId, members: &[NodeId], term: Term, terms: &[Term]) -> Engine {
-        let entries = log::tests::log_with_terms(terms).slice(1, usize::MAX, u64::MAX);
-        let recovered = Recovered {
-            hard_state: HardState {
-                term,
-                voted_for: None,
-            },
-            log_start: 1,
-            log_prev_term: 0,
-            entries,
+        let entries = log::tests::entries_with_terms(terms);
+        let hard_state = HardState {
+            term,
+            voted_for: None,
         };
+        let recovered = Recovered::from_entries(hard_state, 1, 0, entries);
         Engine::new(id, members, Config::default(), 42, recovered).expect("valid test engine")
     }
 

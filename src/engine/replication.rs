@@ -7,8 +7,11 @@
 //! follower back to probing, one message at a time, guided by the conflict hint.
 
 use super::config::PlantedBug;
+use super::event::Command;
 use super::progress::ReplicationState;
-use super::types::{AppendResponse, ConflictHint, Entry, Index, MessageBody, NodeId, Term};
+use super::types::{
+    AppendResponse, ConflictHint, Entry, Index, Message, MessageBody, NodeId, Term,
+};
 use super::{Engine, Role};
 
 impl Engine {
@@ -123,6 +126,10 @@ impl Engine {
                 self.id
             )
         });
+        if next < self.log.cache_start() {
+            self.send_from_disk(k, next);
+            return false;
+        }
         let entries = self.log.slice(
             next,
             self.config.entries_per_msg_max,
@@ -140,6 +147,35 @@ impl Engine {
         };
         self.send(peer, body);
         pipeline
+    }
+
+    /// A follower needs entries no longer in memory: probe it with entries the
+    /// runtime reads from the WAL, one message at a time until it reaches the cache.
+    fn send_from_disk(&mut self, k: usize, next: Index) {
+        let (peer, pr) = &mut self.peers[k];
+        pr.become_probe(next);
+        pr.probe_sent = true;
+        let to = *peer;
+        let last_index =
+            (self.log.cache_start() - 1).min(next + self.config.entries_per_msg_max as Index - 1);
+        let body = MessageBody::AppendEntries {
+            prev_log_index: next - 1,
+            prev_log_term: self.log.term_at(next - 1).expect("checked by the caller"),
+            entries: Vec::new(),
+            leader_commit: self.commit_index,
+        };
+        let msg = Message {
+            from: self.id,
+            to,
+            term: self.hard.term,
+            body,
+        };
+        let bytes_max = self.config.bytes_per_msg_max;
+        self.output.push(Command::SendLogRange {
+            msg,
+            last_index,
+            bytes_max,
+        });
     }
 
     pub(super) fn on_append_response(&mut self, from: NodeId, result: AppendResponse) {

@@ -17,6 +17,14 @@ impl Engine {
         }
         let op = self.next_op();
         self.output.push(Command::AppendLog { op, entries });
+        self.evict_cache();
+    }
+
+    /// Keeps the in-memory log within its budget, dropping only entries on disk,
+    /// which the leader can have read back from the WAL.
+    fn evict_cache(&mut self) {
+        self.log
+            .evict_to_fit(self.flushed_index, self.config.log_cache_bytes_max);
     }
 
     /// Removes a conflicting suffix (follower only). Appends waiting on removed
@@ -39,7 +47,7 @@ impl Engine {
             .is_some_and(|p| p.last_index >= from)
         {
             let p = self.pending_appends.pop_back().expect("checked above");
-            self.reply_append(p.request_id, Err(AppendError::Unknown));
+            self.finish_append(p, Err(AppendError::Unknown));
         }
     }
 
@@ -55,7 +63,7 @@ impl Engine {
             prev_term,
         });
         for p in std::mem::take(&mut self.pending_appends) {
-            self.reply_append(p.request_id, Err(AppendError::Unknown));
+            self.finish_append(p, Err(AppendError::Unknown));
         }
     }
 
@@ -83,15 +91,17 @@ impl Engine {
             self.unflushed.pop_front();
             self.flushed_index = self.flushed_index.max(mark);
         }
+        self.evict_cache();
         if self.role == Role::Leader {
             self.maybe_commit();
             self.maybe_send_timeout_now();
         }
     }
 
-    /// Retention: drops the log before `before`, never past the commit index.
+    /// Retention: drops the log before `before`, never past what is committed and
+    /// on this member's disk.
     pub(super) fn on_purge(&mut self, before: Index) {
-        let before = before.min(self.commit_index + 1);
+        let before = before.min(self.commit_index.min(self.flushed_index) + 1);
         if before <= self.log.start() {
             return;
         }

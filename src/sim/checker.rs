@@ -19,6 +19,9 @@ use crate::engine::{
 
 pub type Check = Result<(), String>;
 
+/// Finds an entry of one member's log, in its memory or on its disk.
+pub type Lookup<'a> = dyn Fn(Index) -> Option<Entry> + 'a;
+
 struct Request {
     records: Vec<Bytes>,
 }
@@ -50,6 +53,13 @@ impl Checker {
         self.requests.insert(request_id, Request { records });
     }
 
+    /// The last record of an append not yet answered.
+    pub fn last_record_of(&self, request_id: u64) -> Option<&Bytes> {
+        self.requests
+            .get(&request_id)
+            .and_then(|r| r.records.last())
+    }
+
     pub fn invoke_read(&mut self, request_id: u64) {
         self.reads.insert(request_id, self.acked_max_index);
     }
@@ -71,8 +81,14 @@ impl Checker {
     }
 
     pub fn on_append_log(&mut self, node: NodeId, entries: &[Entry], log: &Log) -> Check {
+        // The log is the member's state after its whole batch: the first entry's
+        // predecessor is known only while that entry is still there; the others'
+        // are the entries before them.
+        let first = entries.first().expect("appends carry entries");
+        let mut prev_term = (log.term_at(first.index) == Some(first.term))
+            .then(|| log.term_at(first.index - 1))
+            .flatten();
         for entry in entries {
-            let prev_term = log.term_at(entry.index - 1);
             let key = (entry.index, entry.term);
             match self.appended.get(&key) {
                 None => {
@@ -90,24 +106,31 @@ impl Checker {
                     }
                 }
             }
+            prev_term = Some(entry.term);
         }
         Ok(())
     }
 
-    pub fn on_commit(&mut self, node: NodeId, index: Index, log: &Log) -> Check {
-        let seen = self
-            .commit_seen
-            .get(&node)
-            .copied()
-            .unwrap_or(log.start() - 1);
+    /// `lookup` finds an entry of the member's log in memory or on its disk.
+    pub fn on_commit(
+        &mut self,
+        node: NodeId,
+        index: Index,
+        start: Index,
+        lookup: &Lookup,
+    ) -> Check {
+        // Commands are checked against the member's state after its whole batch,
+        // so a reset later in the batch may have moved `start` past this commit.
+        let seen = self.commit_seen.get(&node).copied().unwrap_or(0);
         if index < seen {
             return Err(format!(
                 "commit went backwards on member {node}: {seen} -> {index}"
             ));
         }
-        for i in (seen + 1).max(log.start())..=index {
-            let entry = log.get(i).expect("committed entry is in the log");
-            self.record_committed(node, entry)?;
+        for i in (seen + 1).max(start)..=index {
+            let entry = lookup(i)
+                .ok_or_else(|| format!("member {node} committed {i} but has no such entry"))?;
+            self.record_committed(node, &entry)?;
         }
         self.commit_seen.insert(node, index);
         Ok(())
@@ -222,10 +245,9 @@ impl Checker {
     }
 
     /// At the end: every member's log agrees with the committed log.
-    pub fn check_final(&self, node: NodeId, log: &Log, commit: Index) -> Check {
-        for i in log.start()..=commit {
-            let entry = log.get(i).expect("committed entry present");
-            if self.committed.get(&i) != Some(entry) {
+    pub fn check_final(&self, node: NodeId, start: Index, commit: Index, lookup: &Lookup) -> Check {
+        for i in start..=commit {
+            if self.committed.get(&i) != lookup(i).as_ref() {
                 return Err(format!(
                     "member {node} diverges from the committed log at {i}"
                 ));

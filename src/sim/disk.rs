@@ -117,14 +117,42 @@ impl Disk {
         }
     }
 
-    /// What a restarting member finds.
-    pub fn recover(&self) -> Recovered {
-        Recovered {
-            hard_state: self.hard,
-            log_start: self.start,
-            log_prev_term: self.prev_term,
-            entries: self.entries.clone(),
+    /// What a restarting member finds: the whole log, but in memory only a tail of
+    /// `tail_len` entries, as a runtime with a bounded cache would give it.
+    pub fn recover(&self, tail_len: usize) -> Recovered {
+        let mut recovered =
+            Recovered::from_entries(self.hard, self.start, self.prev_term, self.entries.clone());
+        let keep_from = recovered.tail.len().saturating_sub(tail_len);
+        recovered.tail.drain(..keep_from);
+        recovered
+    }
+
+    /// The first index the durable log holds.
+    pub fn start(&self) -> Index {
+        self.start
+    }
+
+    /// A durable entry, as a WAL read returns it.
+    pub fn durable_entry(&self, index: Index) -> Option<Entry> {
+        let offset = index.checked_sub(self.start)?;
+        self.entries.get(offset as usize).cloned()
+    }
+
+    /// Durable entries `first..=last`, at most `bytes_max` of them but at least one.
+    pub fn read_range(&self, first: Index, last: Index, bytes_max: u64) -> Vec<Entry> {
+        let mut out: Vec<Entry> = Vec::new();
+        let mut bytes = 0;
+        for index in first..=last {
+            let entry = self
+                .durable_entry(index)
+                .unwrap_or_else(|| panic!("entry {index} is not on disk"));
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > bytes_max {
+                break;
+            }
+            out.push(entry);
         }
+        out
     }
 }
 
@@ -147,8 +175,9 @@ mod tests {
             entries: vec![entry(2, 2)],
         });
         disk.crash(1);
-        let recovered = disk.recover();
-        assert_eq!(recovered.entries, vec![entry(1, 1)]);
+        let recovered = disk.recover(10);
+        assert_eq!(recovered.tail, vec![entry(1, 1)]);
+        assert_eq!(disk.read_range(1, 1, 0), vec![entry(1, 1)]);
         assert_eq!((disk.durable_op, disk.issued_op), (0, 0));
     }
 }

@@ -35,6 +35,11 @@ impl Sim {
             if self.nodes[k].engine.is_none() && self.nodes[k].down_until <= self.now {
                 self.start_node(k);
             }
+            if self.nodes[k].crash_at.is_some_and(|at| at <= self.now)
+                && self.nodes[k].engine.is_some()
+            {
+                self.crash(k);
+            }
         }
         match self.rng.range(0, 1000) {
             0..=14 => {
@@ -64,6 +69,7 @@ impl Sim {
         node.held.clear();
         node.flush_at = None;
         node.down_until = self.now + self.rng.range(5, 60);
+        node.crash_at = None;
         for request in std::mem::take(&mut node.requests) {
             self.checker.abandon(request);
         }

@@ -17,7 +17,9 @@ mod workload;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::engine::rng::Rng;
-use crate::engine::{Command, Condition, Config, Engine, Event, Message, NodeId};
+use crate::engine::{
+    Command, Condition, Config, Engine, Event, Message, MessageBody, NodeId, Role,
+};
 use checker::{Check, Checker};
 use disk::Disk;
 use network::Network;
@@ -56,6 +58,8 @@ pub struct SimReport {
     pub unknown: usize,
     pub reads_ok: u64,
     pub crashes: u32,
+    /// AppendEntries whose entries had to be read back from disk.
+    pub log_reads: u64,
 }
 
 struct Node {
@@ -65,6 +69,9 @@ struct Node {
     held: Vec<(u64, Message)>,
     flush_at: Option<u64>,
     down_until: u64,
+    /// A crash the nemesis has scheduled (a fresh leader dies before its no-op
+    /// spreads: the raw material of Raft's figure 8).
+    crash_at: Option<u64>,
     incarnation: u64,
     /// Client requests this incarnation holds.
     requests: Vec<u64>,
@@ -81,6 +88,7 @@ struct Sim {
     steps: u64,
     next_request: u64,
     crashes: u32,
+    log_reads: u64,
     healed: bool,
     /// Acknowledged records when the faults ended.
     heal_acked_base: u64,
@@ -119,6 +127,7 @@ impl Sim {
                 held: Vec::new(),
                 flush_at: None,
                 down_until: 0,
+                crash_at: None,
                 incarnation: 0,
                 requests: Vec::new(),
             })
@@ -134,6 +143,7 @@ impl Sim {
             steps: 0,
             next_request: 1,
             crashes: 0,
+            log_reads: 0,
             healed: false,
             heal_acked_base: 0,
             trace_from: std::env::var("RINGLOG_SIM_TRACE_FROM")
@@ -163,12 +173,20 @@ impl Sim {
             bytes_per_msg_max: limits.range(20, 200),
             inflight_bytes_max: limits.range(100, 2000),
             pending_appends_max: limits.range(4, 64) as usize,
-            planted_bug: self.config.planted_bug,
+            log_cache_bytes_max: limits.range(1, 2000),
             ..Config::default()
         };
         let seed = self.config.seed ^ ((k as u64) << 32) ^ (node.incarnation << 48);
-        let engine = Engine::new(k as NodeId + 1, &members, config, seed, node.disk.recover())
-            .expect("valid simulated member");
+        let tail_len = self.rng.range(0, 20) as usize;
+        let mut engine = Engine::new(
+            k as NodeId + 1,
+            &members,
+            config,
+            seed,
+            node.disk.recover(tail_len),
+        )
+        .expect("valid simulated member");
+        engine.plant_bug(self.config.planted_bug);
         node.engine = Some(engine);
         self.checker.restarted(k as NodeId + 1);
     }
@@ -199,6 +217,7 @@ impl Sim {
             unknown: self.checker.unknown,
             reads_ok: self.checker.reads_ok,
             crashes: self.crashes,
+            log_reads: self.log_reads,
         })
     }
 
@@ -293,6 +312,28 @@ impl Sim {
         Ok(())
     }
 
+    /// The promise itself: an acknowledged record is on disk on a majority. (An
+    /// entry a member has purged since counts: only committed entries on its disk
+    /// are ever purged.)
+    fn check_on_majority_disks(&self, request_id: u64, last_index: u64) -> Check {
+        let record = self.checker.last_record_of(request_id);
+        let holders = self
+            .nodes
+            .iter()
+            .filter(|node| match node.disk.durable_entry(last_index) {
+                Some(entry) => Some(&entry.payload) == record,
+                None => node.disk.start() > last_index,
+            });
+        let quorum = self.nodes.len() / 2 + 1;
+        let count = holders.count();
+        if count < quorum {
+            return Err(format!(
+                "append {request_id} acknowledged with index {last_index} on only {count} disks"
+            ));
+        }
+        Ok(())
+    }
+
     /// Does what the runtime would: storage to the disk, messages to the network
     /// (held until their condition holds), answers to the checker.
     fn carry_out(&mut self, k: usize, command: Command) -> Check {
@@ -315,9 +356,34 @@ impl Sim {
                 }
                 _ => self.network.send(msg, self.now, &mut self.rng),
             },
-            Command::Commit { index } => self.checker.on_commit(id, index, engine.log())?,
+            Command::SendLogRange {
+                mut msg,
+                last_index,
+                bytes_max,
+            } => {
+                if let MessageBody::AppendEntries {
+                    prev_log_index,
+                    entries,
+                    ..
+                } = &mut msg.body
+                {
+                    *entries = node
+                        .disk
+                        .read_range(*prev_log_index + 1, last_index, bytes_max);
+                }
+                self.log_reads += 1;
+                self.network.send(msg, self.now, &mut self.rng);
+            }
+            Command::Commit { index } => {
+                let (log, disk) = (engine.log(), &node.disk);
+                let lookup = |i| log.get(i).cloned().or_else(|| disk.durable_entry(i));
+                self.checker.on_commit(id, index, log.start(), &lookup)?
+            }
             Command::AppendResult { request_id, result } => {
                 node.requests.retain(|&r| r != request_id);
+                if let Ok(ok) = result {
+                    self.check_on_majority_disks(request_id, ok.last_index)?;
+                }
                 self.checker.on_append_result(request_id, result)?
             }
             Command::ReadResult { request_id, result } => {
@@ -325,7 +391,10 @@ impl Sim {
                 self.checker.on_read_result(request_id, result)?
             }
             Command::RoleChanged { role, term, .. } => {
-                self.checker.on_role(id, role, term, engine.log())?
+                self.checker.on_role(id, role, term, engine.log())?;
+                if role == Role::Leader && !self.healed && self.rng.chance(1, 4) {
+                    node.crash_at = Some(self.now + self.rng.range(0, 4));
+                }
             }
             storage => unreachable!("storage command not taken by the disk: {storage:?}"),
         }

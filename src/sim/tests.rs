@@ -51,14 +51,19 @@ fn many_seeds_three_and_five_members() {
     let crashes: u32 = reports.iter().map(|r| r.crashes).sum();
     let reads: u64 = reports.iter().map(|r| r.reads_ok).sum();
     let steps: u64 = reports.iter().map(|r| r.steps).sum();
+    let log_reads: u64 = reports.iter().map(|r| r.log_reads).sum();
     println!(
-        "{count} seeds in {seconds:.1} s ({:.0} seeds/s, {steps} steps): {acked} records acknowledged, {reads} reads, {crashes} crashes, all checks passed",
+        "{count} seeds in {seconds:.1} s ({:.0} seeds/s, {steps} steps): {acked} records acknowledged, {reads} reads, {crashes} crashes, {log_reads} messages read back from disk, all checks passed",
         count as f64 / seconds
     );
     // Faults must not have starved the workload: otherwise the checks prove little.
     assert!(acked > count * 20, "too few acknowledged records: {acked}");
     assert!(crashes as u64 > count, "too few crashes: {crashes}");
     assert!(reads > count, "too few reads: {reads}");
+    assert!(
+        log_reads > count,
+        "catch-up from disk hardly exercised: {log_reads}"
+    );
 }
 
 #[test]

@@ -147,8 +147,14 @@ impl Sim {
     pub(super) fn final_checks(&self) -> Check {
         for node in &self.nodes {
             let e = node.engine.as_ref().expect("all members up after healing");
+            let lookup = |i| {
+                e.log()
+                    .get(i)
+                    .cloned()
+                    .or_else(|| node.disk.durable_entry(i))
+            };
             self.checker
-                .check_final(e.id(), e.log(), e.commit_index())?;
+                .check_final(e.id(), e.log().start(), e.commit_index(), &lookup)?;
         }
         Ok(())
     }
