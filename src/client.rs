@@ -30,7 +30,7 @@ use thiserror::Error;
 
 use crate::transport::client_msg::{
     AppendOk, AppendRequest, ClientRequest, ClientResponse, Metadata, ReadOk, ReadRequest,
-    ServerError, decode_response, encode_request,
+    ServerError, decode_response, encode_request, request_body_bytes,
 };
 use crate::transport::conn::{FrameReader, Notify, OneShot, with_deadline, write_all_within};
 use crate::transport::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
@@ -100,6 +100,14 @@ pub enum ClientError {
     },
     #[error("no node address to try")]
     NoNodes,
+    /// Not sent: a server with the same frame limit would drop the connection.
+    #[error(
+        "request body of {body_bytes} bytes exceeds the {body_bytes_max}-byte frame limit; split it"
+    )]
+    RequestTooLarge {
+        body_bytes: usize,
+        body_bytes_max: u32,
+    },
 }
 
 /// A pipelined connection to one node.
@@ -328,6 +336,7 @@ impl Client {
         addr: &str,
         request: &ClientRequest,
     ) -> Result<Result<ClientResponse, ServerError>, ClientError> {
+        self.check_size(request)?;
         self.attempt(addr, request).await.map_err(|e| match e {
             CallError::Connect(source) => ClientError::Connect {
                 addr: addr.to_string(),
@@ -430,6 +439,7 @@ impl Client {
         partition: Option<u32>,
         request: &ClientRequest,
     ) -> Result<(String, ClientResponse), ClientError> {
+        self.check_size(request)?;
         let is_append = matches!(request, ClientRequest::Append(_));
         let mut addr = match partition.and_then(|p| self.leaders.borrow().get(&p).cloned()) {
             Some(a) => a,
@@ -540,6 +550,17 @@ impl Client {
                 None => self.next_bootstrap_addr().ok_or(ClientError::NoNodes)?,
             };
         }
+    }
+
+    fn check_size(&self, request: &ClientRequest) -> Result<(), ClientError> {
+        let body_bytes = request_body_bytes(request);
+        if body_bytes > self.config.frame_body_bytes_max as usize {
+            return Err(ClientError::RequestTooLarge {
+                body_bytes,
+                body_bytes_max: self.config.frame_body_bytes_max,
+            });
+        }
+        Ok(())
     }
 
     fn forget_leader(&self, partition: Option<u32>) {

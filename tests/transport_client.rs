@@ -326,3 +326,35 @@ fn oversize_answers_become_errors_instead_of_killing_the_connection() {
         );
     });
 }
+
+#[test]
+fn requests_over_the_frame_limit_are_not_sent() {
+    run(|| async {
+        let handler = Rc::new(FakeHandler::default());
+        let (addr, _) = start_listener(ServerConfig::default(), handler.clone());
+        let config = ClientConfig {
+            frame_body_bytes_max: 1000,
+            ..ClientConfig::new(vec![addr.to_string()])
+        };
+        let client = Client::new(config);
+        let err = client
+            .append(0, vec![Bytes::from(vec![0u8; 1000])])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::RequestTooLarge {
+                    body_bytes: 1012,
+                    body_bytes_max: 1000
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(handler.requests.get(), 0);
+        client
+            .append(0, vec![Bytes::from(vec![0u8; 988])])
+            .await
+            .unwrap();
+    });
+}

@@ -288,6 +288,7 @@ proptest! {
     fn client_requests_round_trip(req in arb_request(), id in any::<u64>()) {
         let mut buf = BytesMut::new();
         encode_request(&mut buf, id, &req);
+        prop_assert_eq!(buf.len(), FRAME_HEADER_BYTES + request_body_bytes(&req));
         let frame = one_frame(&buf);
         prop_assert_eq!(frame.request_id, id);
         prop_assert_eq!(decode_request(&frame).unwrap(), req);

@@ -486,3 +486,46 @@ fn queue_policy_drops_old_heartbeats_and_pushes_back_bulk() {
         assert_eq!(link.queued(Lane::Bulk).0, 2);
     });
 }
+
+/// A peer that reconnects (after a crash, say) replaces its old connection for the
+/// same shard and lane, so half-open connections do not pile up.
+#[test]
+fn a_new_handshake_replaces_the_old_connection() {
+    run(|| async {
+        let (addr, _, stats) = start_acceptor(PeerConfig::new(7, 2), "127.0.0.1:0");
+        let hello = Hello {
+            cluster_id: 7,
+            node_id: 1,
+            peer_node_id: 2,
+            shard_id: 0,
+            lane: Lane::Control,
+            protocol_version: 1,
+        };
+        let mut hello_bytes = BytesMut::new();
+        encode_hello(&mut hello_bytes, FrameKind::PeerHello, &hello);
+        let timeout = std::time::Duration::from_secs(5);
+        let handshake = async || {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            write_all_within(&mut s, &hello_bytes, timeout)
+                .await
+                .unwrap();
+            let mut reader = FrameReader::new(&mut s, 1 << 20);
+            let ack = reader.next_frame(None, timeout).await.unwrap().unwrap();
+            assert_eq!(ack.kind, FrameKind::PeerHelloAck);
+            drop(reader);
+            s
+        };
+        let mut old = handshake().await;
+        let _new = handshake().await;
+        // The acceptor closes the old connection: reading it ends.
+        let mut reader = FrameReader::new(&mut old, 1 << 20);
+        assert!(matches!(
+            reader.next_frame(None, timeout).await,
+            Ok(None) | Err(_)
+        ));
+        wait_until("one inbound connection left", || {
+            stats.connections_open.get() == 1
+        })
+        .await;
+    });
+}

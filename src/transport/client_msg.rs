@@ -138,6 +138,16 @@ impl ServerError {
 pub const NO_NODE: u32 = u32::MAX;
 const TEXT_BYTES_MAX: usize = u16::MAX as usize;
 
+/// Bytes of `request`'s body on the wire, so a client can check it against the
+/// server's frame limit before sending.
+pub fn request_body_bytes(request: &ClientRequest) -> usize {
+    match request {
+        ClientRequest::Append(a) => 8 + a.records.iter().map(|r| 4 + r.len()).sum::<usize>(),
+        ClientRequest::Read(_) => 24,
+        ClientRequest::Metadata => 0,
+    }
+}
+
 pub fn encode_request(dst: &mut BytesMut, request_id: u64, request: &ClientRequest) {
     match request {
         ClientRequest::Append(a) => {

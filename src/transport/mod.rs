@@ -8,6 +8,28 @@
 //! - [`server`]: the client listener and the [`server::RequestHandler`] trait.
 //! - [`peer`]: outbound peer links (two lanes, bounded queues, reconnect) and the
 //!   inbound peer acceptor.
+//!
+//! # For the runtime
+//!
+//! - Everything here is single-threaded (`Rc`, no `Send`): create listeners, links
+//!   and clients on the executor that uses them.
+//! - Peer traffic: one [`peer::PeerLink`] per (local shard, remote node), made on the
+//!   shard's executor; `send` never waits. [`peer::SendError::Full`] and `TooLarge`
+//!   hand the message back: treat it as lost (Raft retransmits) or hold it. Keep
+//!   AppendEntries batches under `PeerConfig::frame_body_bytes_max` (48 bytes plus 24
+//!   per entry plus payloads).
+//! - Inbound peer traffic: a [`peer::PeerAcceptor`] calls `PeerHandler::deliver(shard,
+//!   message)` on the executor that accepted the connection. With one peer port per
+//!   node, forward to the shard's executor (glommio shared channels); alternatively
+//!   bind one peer port per shard. `PeerHandler::accept` can refuse unknown shards.
+//! - Client traffic: a [`server::ClientListener`] calls `RequestHandler::handle`,
+//!   which may await (commit, long-poll). Only NotLeader, Overloaded and Unavailable
+//!   may be answered for requests that were not applied: the client library retries
+//!   appends on exactly those. Cap read answers by `max_bytes` and below the frame
+//!   limit (an answer over the limit is replaced with InvalidRequest).
+//! - Received payloads (`Entry::payload`, append records) are slices of the frame
+//!   they arrived in: keeping one alive keeps that frame's buffer alive. Copy records
+//!   that are retained for long (a cache) rather than pinning receive buffers.
 
 pub mod client_msg;
 pub mod conn;

@@ -22,7 +22,7 @@
 //! failed are lost (Raft retransmits).
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -507,6 +507,20 @@ pub struct PeerAcceptor<H: PeerHandler> {
     handler: Rc<H>,
     config: Rc<PeerConfig>,
     stats: Rc<AcceptorStats>,
+    active: Rc<ActiveLinks>,
+}
+
+type LinkKey = (NodeId, u32, Lane);
+
+/// The established inbound connection of each (node, shard, lane). A peer that
+/// reconnects has given up on its old connection (it crashed, or the network dropped
+/// it without telling us), so a new handshake closes the old one: half-open
+/// connections cannot pile up until `connections_max` refuses real peers.
+#[derive(Default)]
+struct ActiveLinks {
+    /// (peer node, shard, lane) -> (connection id, its "you are replaced" signal).
+    by_key: RefCell<HashMap<LinkKey, (u64, Rc<Notify>)>>,
+    next_id: Cell<u64>,
 }
 
 impl<H: PeerHandler> PeerAcceptor<H> {
@@ -520,6 +534,7 @@ impl<H: PeerHandler> PeerAcceptor<H> {
             handler,
             config,
             stats: Rc::new(AcceptorStats::default()),
+            active: Rc::new(ActiveLinks::default()),
         })
     }
 
@@ -550,13 +565,14 @@ impl<H: PeerHandler> PeerAcceptor<H> {
                 continue;
             }
             bump(&self.stats.connections_open, 1);
-            let (handler, config, stats) = (
+            let (handler, config, stats, active) = (
                 self.handler.clone(),
                 self.config.clone(),
                 self.stats.clone(),
+                self.active.clone(),
             );
             glommio::spawn_local(async move {
-                serve_peer(stream, &*handler, &config, &stats).await;
+                serve_peer(stream, &*handler, &config, &stats, &active).await;
                 stats.connections_open.set(stats.connections_open.get() - 1);
             })
             .detach();
@@ -569,6 +585,7 @@ async fn serve_peer<H: PeerHandler>(
     handler: &H,
     config: &PeerConfig,
     stats: &AcceptorStats,
+    active: &ActiveLinks,
 ) {
     let peer = stream
         .peer_addr()
@@ -648,10 +665,35 @@ async fn serve_peer<H: PeerHandler>(
         hello.lane
     );
 
+    let key = (hello.node_id, hello.shard_id, hello.lane);
+    let id = active.next_id.get();
+    active.next_id.set(id + 1);
+    let superseded = Rc::new(Notify::default());
+    if let Some((_, old)) = active
+        .by_key
+        .borrow_mut()
+        .insert(key, (id, superseded.clone()))
+    {
+        old.notify();
+    }
     let failure = loop {
-        let frame = match reader.next_frame(None, frame_timeout).await {
+        let next = futures_lite::future::or(reader.next_frame(None, frame_timeout), async {
+            superseded.notified().await;
+            Err(ConnError::Closed)
+        })
+        .await;
+        let frame = match next {
             Ok(Some(f)) => f,
             Ok(None) => break None,
+            Err(ConnError::Closed) => {
+                log::info!(
+                    "peer {peer} (node {} shard {} {:?} lane): replaced by a newer connection",
+                    hello.node_id,
+                    hello.shard_id,
+                    hello.lane
+                );
+                break None;
+            }
             Err(e) => break Some(e),
         };
         let message = match decode_message(&frame) {
@@ -667,6 +709,12 @@ async fn serve_peer<H: PeerHandler>(
         bump(&stats.messages_received_total, 1);
         handler.deliver(hello.shard_id, message);
     };
+    {
+        let mut by_key = active.by_key.borrow_mut();
+        if by_key.get(&key).is_some_and(|(owner, _)| *owner == id) {
+            by_key.remove(&key);
+        }
+    }
     bump(&stats.bytes_received_total, reader.bytes_read_total());
     if let Some(e) = failure {
         bump(&stats.connections_failed_total, 1);
