@@ -27,7 +27,9 @@ pub enum CliError {
     Dev(#[from] DevError),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("cannot start a client executor: {0} (glommio needs io_uring and enough locked memory; see `ulimit -l` in the README)")]
+    #[error(
+        "cannot start a client executor: {0} (glommio needs io_uring and enough locked memory; see `ulimit -l` in the README)"
+    )]
     Executor(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -88,7 +90,10 @@ pub fn dev(nodes: u32, dir: &Path, base_port: u16, shards: u32) -> Result<(), Cl
             config.node_id, config.listen.client, config.listen.metrics
         );
     }
-    println!("try: ringlog append --addr {} --partition 0 hello", configs[0].listen.client);
+    println!(
+        "try: ringlog append --addr {} --partition 0 hello",
+        configs[0].listen.client
+    );
     println!("Ctrl-C stops all nodes.");
     let exited = cluster.wait()?;
     cluster.stop(Duration::from_secs(10));
@@ -102,7 +107,10 @@ pub fn dev(nodes: u32, dir: &Path, base_port: u16, shards: u32) -> Result<(), Cl
 }
 
 /// Runs `work` with a client on a small glommio executor of its own.
-fn with_client<T>(addr: &str, work: impl AsyncFnOnce(&Client) -> Result<T, CliError>) -> Result<T, CliError> {
+fn with_client<T>(
+    addr: &str,
+    work: impl AsyncFnOnce(&Client) -> Result<T, CliError>,
+) -> Result<T, CliError> {
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(1 << 20)
         .make()
@@ -115,7 +123,10 @@ fn with_client<T>(addr: &str, work: impl AsyncFnOnce(&Client) -> Result<T, CliEr
 /// index, one per line.
 pub fn append(addr: &str, partition: u32, records: Vec<String>) -> Result<(), CliError> {
     let records: Vec<Bytes> = if records.is_empty() {
-        let lines = std::io::stdin().lock().lines().collect::<Result<Vec<_>, _>>()?;
+        let lines = std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<Vec<_>, _>>()?;
         lines.into_iter().map(Bytes::from).collect()
     } else {
         records.into_iter().map(Bytes::from).collect()
@@ -141,7 +152,13 @@ pub enum ReadFormat {
 
 /// Prints records from `from` on; with `follow`, keeps waiting for new ones until
 /// Ctrl-C, like `tail -f`.
-pub fn read(addr: &str, partition: u32, from: u64, follow: bool, format: ReadFormat) -> Result<(), CliError> {
+pub fn read(
+    addr: &str,
+    partition: u32,
+    from: u64,
+    follow: bool,
+    format: ReadFormat,
+) -> Result<(), CliError> {
     let stop = stop_on_signals()?;
     with_client(addr, async |client| {
         let mut next = from;
@@ -156,7 +173,11 @@ pub fn read(addr: &str, partition: u32, from: u64, follow: bool, format: ReadFor
             let ok = client.read(request).await?;
             let mut out = std::io::stdout().lock();
             for record in &ok.records {
-                writeln!(out, "{}", format_record(partition, record.index, &record.payload, format))?;
+                writeln!(
+                    out,
+                    "{}",
+                    format_record(partition, record.index, &record.payload, format)
+                )?;
             }
             out.flush()?;
             // Past the last record returned; when none came back, everything up to
@@ -224,8 +245,15 @@ mod tests {
         let json = format_record(2, 7, b"say \"hi\"", ReadFormat::Json);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["record"], "say \"hi\"");
-        assert_eq!((value["partition"].as_u64(), value["index"].as_u64()), (Some(2), Some(7)));
-        let binary: serde_json::Value = serde_json::from_str(&format_record(0, 1, &[0xff, 0], ReadFormat::Json)).unwrap();
-        assert_eq!((binary["encoding"].as_str(), binary["record"].as_str()), (Some("base64"), Some("/wA=")));
+        assert_eq!(
+            (value["partition"].as_u64(), value["index"].as_u64()),
+            (Some(2), Some(7))
+        );
+        let binary: serde_json::Value =
+            serde_json::from_str(&format_record(0, 1, &[0xff, 0], ReadFormat::Json)).unwrap();
+        assert_eq!(
+            (binary["encoding"].as_str(), binary["record"].as_str()),
+            (Some("base64"), Some("/wA="))
+        );
     }
 }

@@ -14,9 +14,17 @@ pub type Reply<T> = flume::Sender<Result<T, ServerError>>;
 /// Inputs a shard's event loop takes, from any executor.
 pub enum ShardInput {
     Peer(Message),
-    Append { records: Vec<Bytes>, reply: Reply<AppendOk> },
-    Read { request: ReadRequest, reply: Reply<ReadOk> },
-    Info { reply: flume::Sender<PartitionInfo> },
+    Append {
+        records: Vec<Bytes>,
+        reply: Reply<AppendOk>,
+    },
+    Read {
+        request: ReadRequest,
+        reply: Reply<ReadOk>,
+    },
+    Info {
+        reply: flume::Sender<PartitionInfo>,
+    },
 }
 
 /// Messages and requests queued per shard before senders feel back-pressure.

@@ -31,7 +31,11 @@ pub enum NodeError {
     #[error(transparent)]
     Preflight(#[from] PreflightError),
     #[error("cannot resolve the address {address:?} of node {node}: {reason}")]
-    Resolve { node: NodeId, address: String, reason: String },
+    Resolve {
+        node: NodeId,
+        address: String,
+        reason: String,
+    },
     #[error(
         "cannot start the executor of shard {shard}: {reason} (glommio needs io_uring and enough locked memory; see `ulimit -l` in the README)"
     )]
@@ -52,13 +56,17 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
     preflight::check_io_uring()?;
     preflight::check_memlock(shards as u64 * LOCKED_BYTES_PER_SHARD)?;
     preflight::check_data_dir(&config.data_dir, config.cluster_id, config.node_id)?;
+    let _lock = preflight::lock_data_dir(&config.data_dir)?;
     preflight::check_address_free("client", config.listen.client)?;
     preflight::check_address_free("peer", config.listen.peer)?;
     if config.wal.fsync == FsyncPolicy::Never {
-        log::warn!("fsync = \"never\": acknowledged records are NOT durable; use this for benchmarks only");
+        log::warn!(
+            "fsync = \"never\": acknowledged records are NOT durable; use this for benchmarks only"
+        );
     }
     let peer_addrs = resolve_peers(&config)?;
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(INBOX_CAPACITY)).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..shards).map(|_| flume::bounded(INBOX_CAPACITY)).unzip();
     let threads: Vec<_> = receivers
         .into_iter()
         .enumerate()
@@ -111,7 +119,10 @@ fn resolve_peers(config: &NodeConfig) -> Result<BTreeMap<NodeId, SocketAddr>, No
                 address: member.peer_address.clone(),
                 reason,
             };
-            let mut found = member.peer_address.to_socket_addrs().map_err(|e| fail(e.to_string()))?;
+            let mut found = member
+                .peer_address
+                .to_socket_addrs()
+                .map_err(|e| fail(e.to_string()))?;
             let address = found.next().ok_or_else(|| fail("no address".into()))?;
             Ok((member.node_id, address))
         })
@@ -143,7 +154,11 @@ fn shard_context(
         node_id: config.node_id,
         members: config.member_ids(),
         peer_addrs: peer_addrs.clone(),
-        client_addrs: config.nodes.iter().map(|m| (m.node_id, m.client_address.clone())).collect(),
+        client_addrs: config
+            .nodes
+            .iter()
+            .map(|m| (m.node_id, m.client_address.clone()))
+            .collect(),
         engine_config,
         wal_config,
         wal_dir: config.data_dir.join(format!("shard-{shard}")),
@@ -166,8 +181,11 @@ struct FrontDoors {
 
 impl FrontDoors {
     fn new(config: &NodeConfig, shards: Vec<flume::Sender<ShardInput>>) -> FrontDoors {
-        let members: Vec<(NodeId, String)> =
-            config.nodes.iter().map(|m| (m.node_id, m.client_address.clone())).collect();
+        let members: Vec<(NodeId, String)> = config
+            .nodes
+            .iter()
+            .map(|m| (m.node_id, m.client_address.clone()))
+            .collect();
         FrontDoors {
             client: config.listen.client,
             peer: config.listen.peer,
@@ -189,13 +207,25 @@ impl FrontDoors {
                 reason: e.to_string(),
             }
         };
-        let clients = ClientListener::bind(self.client, ServerConfig::default(), Rc::new(self.client_router))
-            .map_err(listen_error("client", self.client))?;
-        let peers = PeerAcceptor::bind(self.peer, Rc::new(self.peer_config), Rc::new(self.peer_router))
-            .map_err(listen_error("peer", self.peer))?;
+        let clients = ClientListener::bind(
+            self.client,
+            ServerConfig::default(),
+            Rc::new(self.client_router),
+        )
+        .map_err(listen_error("client", self.client))?;
+        let peers = PeerAcceptor::bind(
+            self.peer,
+            Rc::new(self.peer_config),
+            Rc::new(self.peer_router),
+        )
+        .map_err(listen_error("peer", self.peer))?;
         glommio::spawn_local(clients.run()).detach();
         glommio::spawn_local(peers.run()).detach();
-        log::info!("serving clients on {} and peers on {}", self.client, self.peer);
+        log::info!(
+            "serving clients on {} and peers on {}",
+            self.client,
+            self.peer
+        );
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -164,16 +165,59 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(probe)
 }
 
-/// Fails early, with the address named, when a listen address is taken.
+/// Fails early, with the address named, when a listen address is taken. A port
+/// the previous run of this node just released can stay unbindable for a moment
+/// after a kill, so the check tries again for up to `ADDRESS_WAIT_MS`.
 pub fn check_address_free(what: &'static str, address: SocketAddr) -> Result<(), PreflightError> {
-    TcpListener::bind(address)
-        .map(drop)
-        .map_err(|e| PreflightError::AddressUnavailable {
-            what,
-            address,
-            reason: e.to_string(),
-        })
+    let deadline = Instant::now() + Duration::from_millis(ADDRESS_WAIT_MS);
+    loop {
+        // Listeners bind with SO_REUSEADDR alone (`transport::conn::listen_exclusive`),
+        // as std does here: this fails when the real bind would.
+        match TcpListener::bind(address) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => {
+                return Err(PreflightError::AddressUnavailable {
+                    what,
+                    address,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
 }
+
+/// How long start-up waits for a listen address that is in use to come free.
+const ADDRESS_WAIT_MS: u64 = 5_000;
+
+/// Holds an exclusive lock on the data directory for as long as the returned file
+/// lives, so that two processes can never write one node's log.
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, PreflightError> {
+    let unusable = |reason: String| PreflightError::DataDirUnusable {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::create(dir.join(LOCK_FILE))
+        .map_err(|e| unusable(format!("cannot create {LOCK_FILE}: {e}")))?;
+    // SAFETY: flock on a valid, open file descriptor.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        return Err(unusable(
+            "another ringlog process is using it (it holds the lock)".into(),
+        ));
+    }
+    Ok(file)
+}
+
+/// The lock file in a data directory.
+pub const LOCK_FILE: &str = "ringlog.lock";
 
 #[cfg(test)]
 mod tests {
@@ -240,5 +284,18 @@ mod tests {
         assert!(error.to_string().contains(&address.to_string()), "{error}");
         drop(taken);
         check_address_free("client", address).expect("free again");
+    }
+
+    #[test]
+    fn data_dir_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(dir.path()).expect("first lock");
+        let second = lock_data_dir(dir.path()).unwrap_err();
+        assert!(
+            second.to_string().contains("another ringlog process"),
+            "{second}"
+        );
+        drop(held);
+        lock_data_dir(dir.path()).expect("free once released");
     }
 }

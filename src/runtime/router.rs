@@ -24,9 +24,14 @@ pub struct ClientRouter {
 
 impl ClientRouter {
     fn shard(&self, partition: u32) -> Result<&flume::Sender<ShardInput>, ServerError> {
-        self.shards.get(partition as usize).ok_or_else(|| ServerError::InvalidRequest {
-            reason: format!("no partition {partition}: this cluster has partitions 0..{}", self.shards.len()),
-        })
+        self.shards
+            .get(partition as usize)
+            .ok_or_else(|| ServerError::InvalidRequest {
+                reason: format!(
+                    "no partition {partition}: this cluster has partitions 0..{}",
+                    self.shards.len()
+                ),
+            })
     }
 
     /// Hands `input` to a shard and waits for its answer on `answer`.
@@ -43,7 +48,12 @@ impl ClientRouter {
             Err(flume::TrySendError::Disconnected(_)) => return Err(shutting_down()),
         }
         let timeout = Duration::from_millis(ANSWER_TIMEOUT_MS + extra_wait_ms);
-        let answer = async { answer.recv_async().await.unwrap_or_else(|_| Err(shutting_down())) };
+        let answer = async {
+            answer
+                .recv_async()
+                .await
+                .unwrap_or_else(|_| Err(shutting_down()))
+        };
         let late = async {
             glommio::timer::sleep(timeout).await;
             Err(ServerError::Timeout)
@@ -85,13 +95,20 @@ impl RequestHandler for ClientRouter {
                     records: append.records,
                     reply,
                 };
-                self.ask(append.partition, input, answer, 0).await.map(ClientResponse::Append)
+                self.ask(append.partition, input, answer, 0)
+                    .await
+                    .map(ClientResponse::Append)
             }
             ClientRequest::Read(read) => {
                 let (reply, answer) = reply_channel();
                 let wait = read.wait_timeout_ms as u64;
-                let input = ShardInput::Read { request: read, reply };
-                self.ask(read.partition, input, answer, wait).await.map(ClientResponse::Read)
+                let input = ShardInput::Read {
+                    request: read,
+                    reply,
+                };
+                self.ask(read.partition, input, answer, wait)
+                    .await
+                    .map(ClientResponse::Read)
             }
             ClientRequest::Metadata => self.metadata().await.map(ClientResponse::Metadata),
         }

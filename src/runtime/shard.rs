@@ -21,8 +21,8 @@ use thiserror::Error;
 
 use super::inbox::{Reply, ShardInput};
 use crate::engine::{
-    self, AppendError, Command, Engine, Entry, EntryKind, Event, Index, Message, MessageBody, NodeId, ReadError,
-    Role, Term,
+    self, AppendError, Command, Engine, Entry, EntryKind, Event, Index, Message, MessageBody,
+    NodeId, ReadError, Role, Term,
 };
 use crate::transport::peer::{PeerConfig, PeerLink, SendError};
 use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, Record, ServerError};
@@ -169,12 +169,16 @@ impl Shard {
             dir: parts.wal_dir.display().to_string(),
             source,
         };
-        let storage = DmaStorage::new(&parts.wal_dir).map_err(|e| open_error(WalError::Io {
-            context: "creating the WAL directory".into(),
-            source: e,
-        }))?;
+        let storage = DmaStorage::new(&parts.wal_dir).map_err(|e| {
+            open_error(WalError::Io {
+                context: "creating the WAL directory".into(),
+                source: e,
+            })
+        })?;
         let flushes_in_flight_max = parts.wal_config.flushes_in_flight_max;
-        let (wal, recovered) = Wal::open(storage, parts.wal_config).await.map_err(open_error)?;
+        let (wal, recovered) = Wal::open(storage, parts.wal_config)
+            .await
+            .map_err(open_error)?;
         for report in &recovered.reports {
             log::warn!("shard {shard}: WAL recovery: {report:?}");
         }
@@ -186,13 +190,24 @@ impl Shard {
             last_index: recovered.last_index,
             tail: Vec::new(),
         };
-        let engine = Engine::new(parts.node_id, &parts.members, parts.engine_config, parts.seed, engine_recovered)
-            .expect("the node config was validated before shards start");
+        let engine = Engine::new(
+            parts.node_id,
+            &parts.members,
+            parts.engine_config,
+            parts.seed,
+            engine_recovered,
+        )
+        .expect("the node config was validated before shards start");
         let peer_config = Rc::new(parts.peer_config);
         let links = parts
             .peer_addrs
             .iter()
-            .map(|(&node, &addr)| (node, Rc::new(PeerLink::spawn(peer_config.clone(), shard, node, addr))))
+            .map(|(&node, &addr)| {
+                (
+                    node,
+                    Rc::new(PeerLink::spawn(peer_config.clone(), shard, node, addr)),
+                )
+            })
             .collect();
         let (flushed_tx, flushed_rx) = flume::unbounded();
         Ok(Shard {
@@ -272,7 +287,10 @@ impl Shard {
             Wake::Input(Some(ShardInput::Append { records, reply })) => {
                 let request_id = self.next_request();
                 self.appends.insert(request_id, reply);
-                events.push(Event::ClientAppend { request_id, records });
+                events.push(Event::ClientAppend {
+                    request_id,
+                    records,
+                });
             }
             Wake::Input(Some(ShardInput::Read { request, reply })) => {
                 if self.role == Role::Leader {
@@ -294,7 +312,12 @@ impl Shard {
                     events.push(Event::Durable { op: durable.op });
                 }
             }
-            Wake::Flushed(Err(source)) => return Err(ShardError::Wal { shard: self.id, source }),
+            Wake::Flushed(Err(source)) => {
+                return Err(ShardError::Wal {
+                    shard: self.id,
+                    source,
+                });
+            }
         }
         Ok(())
     }
@@ -319,19 +342,34 @@ impl Shard {
         for command in commands {
             match command {
                 Command::PersistHardState { op, state } => {
-                    self.storage(|wal| wal.persist_hard_state(op, state)).await?
+                    self.storage(|wal| wal.persist_hard_state(op, state))
+                        .await?
                 }
-                Command::AppendLog { op, entries } => self.storage(|wal| wal.append(op, &entries)).await?,
-                Command::TruncateLog { op, from } => self.storage(|wal| wal.truncate(op, from)).await?,
-                Command::ResetLog { op, start, prev_term } => {
-                    self.storage(|wal| wal.reset(op, start, prev_term)).await?
+                Command::AppendLog { op, entries } => {
+                    self.storage(|wal| wal.append(op, &entries)).await?
                 }
-                Command::PurgeLog { op, before } => self.storage(|wal| wal.purge(op, before).map(drop)).await?,
+                Command::TruncateLog { op, from } => {
+                    self.storage(|wal| wal.truncate(op, from)).await?
+                }
+                Command::ResetLog {
+                    op,
+                    start,
+                    prev_term,
+                } => self.storage(|wal| wal.reset(op, start, prev_term)).await?,
+                Command::PurgeLog { op, before } => {
+                    self.storage(|wal| wal.purge(op, before).map(drop)).await?
+                }
                 Command::Send { msg, when } => match when {
-                    Some(engine::Condition::Durable { op }) if op > self.durable_op => self.held.push((op, msg)),
+                    Some(engine::Condition::Durable { op }) if op > self.durable_op => {
+                        self.held.push((op, msg))
+                    }
                     _ => self.send(msg),
                 },
-                Command::SendLogRange { msg, last_index, bytes_max } => self.send_from_wal(msg, last_index, bytes_max),
+                Command::SendLogRange {
+                    msg,
+                    last_index,
+                    bytes_max,
+                } => self.send_from_wal(msg, last_index, bytes_max),
                 Command::Commit { index } => {
                     self.commit = index;
                     self.serve_waiting_reads();
@@ -359,7 +397,10 @@ impl Shard {
                 }
                 Command::RoleChanged { role, term, leader } => {
                     if (role, leader) != (self.role, self.leader) {
-                        log::info!("shard {}: {role:?} in term {term}, leader {leader:?}", self.id);
+                        log::info!(
+                            "shard {}: {role:?} in term {term}, leader {leader:?}",
+                            self.id
+                        );
                     }
                     (self.role, self.term, self.leader) = (role, term, leader);
                 }
@@ -370,7 +411,10 @@ impl Shard {
 
     /// Submits one storage command; when the WAL's buffer is full, flushes first
     /// (back-pressure) and submits again.
-    async fn storage(&mut self, submit: impl Fn(&Wal<DmaStorage>) -> WalResult<()>) -> Result<(), ShardError> {
+    async fn storage(
+        &mut self,
+        submit: impl Fn(&Wal<DmaStorage>) -> WalResult<()>,
+    ) -> Result<(), ShardError> {
         loop {
             match submit(&self.wal) {
                 Ok(()) => return Ok(()),
@@ -379,7 +423,12 @@ impl Shard {
                     self.flushes_in_flight += 1;
                     let _ = self.flushed_tx.send(flushed);
                 }
-                Err(source) => return Err(ShardError::Wal { shard: self.id, source }),
+                Err(source) => {
+                    return Err(ShardError::Wal {
+                        shard: self.id,
+                        source,
+                    });
+                }
             }
         }
     }
@@ -401,7 +450,8 @@ impl Shard {
 
     fn release_held(&mut self) {
         let durable = self.durable_op;
-        let (ready, waiting): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|(op, _)| *op <= durable);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.held.drain(..).partition(|(op, _)| *op <= durable);
         self.held = waiting;
         for (_, msg) in ready {
             self.send(msg);
@@ -416,7 +466,10 @@ impl Shard {
             // A lost message is one Raft recovers from (retransmission, probing).
             Ok(()) | Err(SendError::Full(_)) | Err(SendError::Closed(_)) => {}
             Err(SendError::TooLarge { frame_bytes, .. }) => {
-                log::error!("shard {}: dropped a {frame_bytes}-byte message over the peer frame limit", self.id)
+                log::error!(
+                    "shard {}: dropped a {frame_bytes}-byte message over the peer frame limit",
+                    self.id
+                )
             }
         }
     }
@@ -426,8 +479,16 @@ impl Shard {
         let (wal, link, shard) = (self.wal.clone(), self.links.get(&msg.to).cloned(), self.id);
         glommio::spawn_local(async move {
             let Some(link) = link else { return };
-            if let MessageBody::AppendEntries { prev_log_index, entries, .. } = &mut msg.body {
-                match wal.read(*prev_log_index + 1, last_index + 1, bytes_max as usize).await {
+            if let MessageBody::AppendEntries {
+                prev_log_index,
+                entries,
+                ..
+            } = &mut msg.body
+            {
+                match wal
+                    .read(*prev_log_index + 1, last_index + 1, bytes_max as usize)
+                    .await
+                {
                     Ok(read) => *entries = read,
                     // Purged meanwhile: the leader's next probe finds the new log start.
                     Err(e) => return log::debug!("shard {shard}: catch-up read failed: {e}"),
@@ -442,13 +503,16 @@ impl Shard {
     /// reaches it (a long poll), or refuses it when out of range.
     fn serve_or_wait(&mut self, request: ReadRequest, reply: Reply<ReadOk>) {
         let (start, commit) = (self.engine.log().start(), self.commit);
-        if request.from_index < start || request.from_index > commit + 1 {
+        if request.from_index < start {
             let _ = reply.send(Err(ServerError::OutOfRange {
                 log_start: start,
                 log_end: commit,
             }));
             return;
         }
+        // Past the commit index (a follower may lag the leader by a heartbeat, and
+        // a `--follow` reader asks for what comes next): wait, or answer with no
+        // records and the commit index, so the client knows where things stand.
         if request.from_index <= commit || request.wait_timeout_ms == 0 {
             return self.serve(request, reply);
         }
@@ -457,7 +521,11 @@ impl Shard {
             return;
         }
         let deadline = Instant::now() + Duration::from_millis(request.wait_timeout_ms as u64);
-        self.waiting_reads.push(WaitingRead { deadline, request, reply });
+        self.waiting_reads.push(WaitingRead {
+            deadline,
+            request,
+            reply,
+        });
     }
 
     fn serve(&self, request: ReadRequest, reply: Reply<ReadOk>) {
@@ -473,16 +541,22 @@ impl Shard {
                 return;
             }
             let to = commit.min(request.from_index + request.max_records as u64 - 1) + 1;
-            let answer = match wal.read(request.from_index, to, request.max_bytes as usize).await {
-                Ok(entries) => Ok(ReadOk {
-                    records: records_of(entries),
-                    ..empty
-                }),
+            let answer = match read_records(
+                &wal,
+                request.from_index,
+                to,
+                request.max_bytes as usize,
+            )
+            .await
+            {
+                Ok(records) => Ok(ReadOk { records, ..empty }),
                 Err(WalError::OutOfRange { .. }) => Err(ServerError::OutOfRange {
                     log_start,
                     log_end: commit,
                 }),
-                Err(e) => Err(ServerError::Unavailable { reason: e.to_string() }),
+                Err(e) => Err(ServerError::Unavailable {
+                    reason: e.to_string(),
+                }),
             };
             let _ = reply.send(answer);
         })
@@ -491,8 +565,10 @@ impl Shard {
 
     fn serve_waiting_reads(&mut self) {
         let commit = self.commit;
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            self.waiting_reads.drain(..).partition(|w| w.request.from_index <= commit);
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .waiting_reads
+            .drain(..)
+            .partition(|w| w.request.from_index <= commit);
         self.waiting_reads = waiting;
         for read in ready {
             self.serve(read.request, read.reply);
@@ -501,7 +577,10 @@ impl Shard {
 
     /// A long poll that saw nothing new ends with no records, which is not an error.
     fn expire_waiting_reads(&mut self, now: Instant) {
-        let (expired, waiting): (Vec<_>, Vec<_>) = self.waiting_reads.drain(..).partition(|w| w.deadline <= now);
+        let (expired, waiting): (Vec<_>, Vec<_>) = self
+            .waiting_reads
+            .drain(..)
+            .partition(|w| w.deadline <= now);
         self.waiting_reads = waiting;
         for read in expired {
             self.serve(read.request, read.reply);
@@ -559,8 +638,31 @@ impl Shard {
             .flush()
             .await
             .map(drop)
-            .map_err(|source| ShardError::Wal { shard: self.id, source })
+            .map_err(|source| ShardError::Wal {
+                shard: self.id,
+                source,
+            })
     }
+}
+
+/// Client records from `from` up to `to` (exclusive). A WAL read may stop early
+/// (at a segment or cache boundary, or at `bytes_max`); reading on until some record
+/// is found keeps the promise clients rely on: no records means nothing but no-ops
+/// up to the commit index.
+async fn read_records(
+    wal: &Wal<DmaStorage>,
+    mut from: Index,
+    to: Index,
+    bytes_max: usize,
+) -> WalResult<Vec<Record>> {
+    let mut records = Vec::new();
+    while records.is_empty() && from < to {
+        let entries = wal.read(from, to, bytes_max).await?;
+        let Some(last) = entries.last() else { break };
+        from = last.index + 1;
+        records = records_of(entries);
+    }
+    Ok(records)
 }
 
 /// Client records of `entries`; leader no-ops leave gaps that reads skip.

@@ -268,6 +268,30 @@ impl<T> OneShot<T> {
     }
 }
 
+/// A listening socket that only this process may use: SO_REUSEADDR (so a restart
+/// can bind over the closing connections of the previous run) but not SO_REUSEPORT,
+/// which glommio's own `bind` sets and which would let a second process on the same
+/// port silently take half of the connections.
+pub fn listen_exclusive(addr: std::net::SocketAddr) -> io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket this function owns and
+    // hands over whole.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Connections the kernel may queue for accept on one listener.
+const LISTEN_BACKLOG: i32 = 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -530,7 +530,7 @@ impl<H: PeerHandler> PeerAcceptor<H> {
         handler: Rc<H>,
     ) -> io::Result<PeerAcceptor<H>> {
         Ok(PeerAcceptor {
-            listener: TcpListener::bind(addr).map_err(io::Error::from)?,
+            listener: super::conn::listen_exclusive(addr)?,
             handler,
             config,
             stats: Rc::new(AcceptorStats::default()),

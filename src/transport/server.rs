@@ -99,7 +99,7 @@ impl<H: RequestHandler> ClientListener<H> {
         config: ServerConfig,
         handler: Rc<H>,
     ) -> io::Result<ClientListener<H>> {
-        let listener = TcpListener::bind(addr).map_err(io::Error::from)?;
+        let listener = super::conn::listen_exclusive(addr)?;
         Ok(ClientListener {
             listener,
             handler,

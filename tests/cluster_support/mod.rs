@@ -1,0 +1,235 @@
+//! Real `ringlog serve` processes on loopback for the multi-process tests: free
+//! ports, a temporary directory removed afterwards, kill -9 and restart, and a
+//! client on a glommio executor of the test's own.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::{LocalExecutorBuilder, Placement};
+use ringlog::client::{Client, ClientConfig};
+use ringlog::runtime::config::{Listen, Member, NodeConfig, RaftSettings, WalSettings};
+use ringlog::transport::{Metadata, ReadRequest};
+
+/// A free port below the kernel's ephemeral range (32768 and up by default), so
+/// that no outgoing connection can take it while its node is down for a restart.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let salt = std::process::id() as u64 * 7919 + nanos as u64;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((salt + n * 104_729) % 12_000) as u16;
+        if TcpListener::bind(loopback(port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub configs: Vec<NodeConfig>,
+    paths: Vec<PathBuf>,
+    children: Vec<Option<Child>>,
+}
+
+impl TestCluster {
+    /// Starts `nodes` nodes with `shards` shards each.
+    pub fn start(nodes: u32, shards: u32) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<[u16; 3]> = (0..nodes)
+            .map(|_| [free_port(), free_port(), free_port()])
+            .collect();
+        let members: Vec<Member> = (0..nodes)
+            .map(|i| Member {
+                node_id: i + 1,
+                peer_address: loopback(ports[i as usize][1]).to_string(),
+                client_address: loopback(ports[i as usize][0]).to_string(),
+            })
+            .collect();
+        let configs: Vec<NodeConfig> = (0..nodes)
+            .map(|i| NodeConfig {
+                node_id: i + 1,
+                cluster_id: 42,
+                data_dir: dir.path().join(format!("node-{}", i + 1)),
+                shards,
+                pin: false,
+                listen: Listen {
+                    client: loopback(ports[i as usize][0]),
+                    peer: loopback(ports[i as usize][1]),
+                    metrics: loopback(ports[i as usize][2]),
+                },
+                nodes: members.clone(),
+                wal: WalSettings {
+                    segment_size_bytes: 4 << 20,
+                    flush_bytes_max: 1 << 20,
+                    ..WalSettings::default()
+                },
+                raft: RaftSettings {
+                    tick_ms: 10,
+                    election_timeout_min_ms: 150,
+                    election_timeout_max_ms: 300,
+                    heartbeat_interval_ms: 30,
+                    ..RaftSettings::default()
+                },
+            })
+            .collect();
+        let paths: Vec<PathBuf> = configs
+            .iter()
+            .map(|c| {
+                let path = dir.path().join(format!("node-{}.toml", c.node_id));
+                std::fs::write(&path, c.to_toml()).unwrap();
+                path
+            })
+            .collect();
+        let mut cluster = TestCluster {
+            dir,
+            configs,
+            paths,
+            children: (0..nodes).map(|_| None).collect(),
+        };
+        for k in 0..nodes as usize {
+            cluster.spawn(k);
+        }
+        cluster
+    }
+
+    pub fn spawn(&mut self, k: usize) {
+        let child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.paths[k])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start ringlog serve");
+        self.children[k] = Some(child);
+    }
+
+    /// kill -9: no chance to flush or say goodbye.
+    pub fn kill(&mut self, k: usize) {
+        if let Some(mut child) = self.children[k].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status of a graceful shutdown.
+    pub fn stop(&mut self, k: usize) -> std::process::ExitStatus {
+        let mut child = self.children[k].take().expect("node running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+
+    pub fn client_addrs(&self) -> Vec<String> {
+        self.configs
+            .iter()
+            .map(|c| c.listen.client.to_string())
+            .collect()
+    }
+
+    pub fn client_addr(&self, k: usize) -> String {
+        self.configs[k].listen.client.to_string()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for k in 0..self.children.len() {
+            self.kill(k);
+        }
+    }
+}
+
+/// Runs `work` on a fresh glommio executor (the client is not `Send`).
+pub fn on_executor<T: Send + 'static>(work: impl AsyncFnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .expect("test executor")
+            .run(async move { work().await })
+    })
+    .join()
+    .expect("test executor thread")
+}
+
+pub fn client(addrs: Vec<String>) -> Client {
+    let mut config = ClientConfig::new(addrs);
+    config.retries_max = 50;
+    config.retry_backoff_max_ms = 200;
+    config.request_timeout_ms = 3_000;
+    Client::new(config)
+}
+
+/// Polls metadata until every partition has a leader, or panics after `limit`.
+pub async fn await_leaders(client: &Client, partitions: usize, limit: Duration) -> Metadata {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(meta) = client.metadata().await
+            && meta.partitions.len() == partitions
+            && meta.partitions.iter().all(|p| p.leader.is_some())
+        {
+            return meta;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader for every partition within {limit:?}"
+        );
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every record of `partition` from one node, reading until its commit index
+/// reaches `until` (or panicking after `limit`).
+pub async fn read_all(
+    client: &Client,
+    addr: &str,
+    partition: u32,
+    until: u64,
+    limit: Duration,
+) -> Vec<(u64, Bytes)> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut next = 1;
+    loop {
+        let request = ReadRequest {
+            partition,
+            from_index: next,
+            max_records: 10_000,
+            max_bytes: 4 << 20,
+            wait_timeout_ms: 200,
+        };
+        let answer = client
+            .call(addr, &ringlog::transport::ClientRequest::Read(request))
+            .await;
+        if let Ok(Ok(ringlog::transport::ClientResponse::Read(ok))) = answer {
+            for record in &ok.records {
+                out.push((record.index, record.payload.clone()));
+            }
+            next = ok
+                .records
+                .last()
+                .map_or(next.max(ok.commit_index + 1), |r| r.index + 1);
+            if ok.commit_index >= until && next > ok.commit_index {
+                return out;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {addr} did not reach index {until} within {limit:?}"
+        );
+    }
+}
