@@ -161,6 +161,9 @@ pub fn read(
 ) -> Result<(), CliError> {
     let stop = stop_on_signals()?;
     with_client(addr, async |client| {
+        // Learn the leaders first: the leader's reads are linearizable and so see
+        // every append acknowledged before; a follower's may lag by a heartbeat.
+        let _ = client.metadata().await;
         let mut next = from;
         loop {
             let request = ReadRequest {

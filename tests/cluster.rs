@@ -232,3 +232,110 @@ fn invalid_config_is_refused_naming_the_key() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file"));
 }
+
+/// A base port whose dev-cluster ports (B .. B+22) are all free, below the kernel's
+/// ephemeral range.
+fn free_base_port() -> u16 {
+    loop {
+        let base = free_port();
+        let offsets = (0..3).flat_map(|i| (0..3).map(move |o| 10 * i + o));
+        let all_free = offsets
+            .map(|o| base.checked_add(o))
+            .all(|p| p.is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()));
+        if all_free && base < 32_000 {
+            return base;
+        }
+    }
+}
+
+fn ringlog(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn dev_cluster_answers_the_cli_and_stops_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let dev = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args([
+            "dev",
+            "--shards",
+            "1",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut dev = StopOnDrop(Some(dev));
+    let addr = format!("127.0.0.1:{base}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = ringlog(&["status", "--addr", &addr]);
+        let text = String::from_utf8_lossy(&status.stdout).to_string();
+        let has_leader = text
+            .lines()
+            .any(|l| l.trim_start().starts_with('0') && !l.contains(" - "));
+        if status.status.success() && has_leader {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev cluster never got a leader: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let appended = ringlog(&["append", "--addr", &addr, "--partition", "0", "one", "two"]);
+    assert!(
+        appended.status.success(),
+        "{}",
+        String::from_utf8_lossy(&appended.stderr)
+    );
+    let indexes = String::from_utf8_lossy(&appended.stdout).to_string();
+    assert_eq!(indexes.lines().count(), 2, "{indexes}");
+    let read = ringlog(&[
+        "read",
+        "--addr",
+        &addr,
+        "--partition",
+        "0",
+        "--format",
+        "json",
+    ]);
+    let lines = String::from_utf8_lossy(&read.stdout).to_string();
+    assert!(
+        lines.contains("\"record\":\"one\"") && lines.contains("\"record\":\"two\""),
+        "{lines}"
+    );
+    let mut dev = dev.0.take().unwrap();
+    unsafe { libc::kill(dev.id() as i32, libc::SIGINT) };
+    let status = dev.wait().unwrap();
+    assert!(status.success(), "dev exited with {status}");
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &dir.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "nodes left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
+/// Stops a dev cluster (gracefully, so it stops its nodes) if a test fails midway.
+struct StopOnDrop(Option<std::process::Child>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
