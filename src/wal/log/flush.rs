@@ -1,6 +1,9 @@
 //! Flushing: queued items become writes and syncs. Flushes overlap (bounded by
-//! `flushes_in_flight_max`) but complete strictly in order, each waiting for the
-//! previous one before it syncs.
+//! `flushes_in_flight_max`) but complete strictly in order. Each flush passes three
+//! points, each after the previous flush passed it: its writes are done (so its
+//! fdatasync, issued next, covers every earlier write too), its sync is done, and it
+//! is complete (hard state, removals). A flush that creates a segment or follows
+//! removals waits for the previous one to complete before it writes anything.
 
 use super::*;
 
@@ -24,10 +27,15 @@ impl<S: Storage> Wal<S> {
         };
         loop {
             let job = shared.inner.borrow_mut().take_job(target, shared);
-            let done = job.done.clone();
+            let (done, written) = (job.done.clone(), job.written.clone());
             let durable = job.durable;
             let flush_seq = job.flush_seq;
-            match self.run_job(job).await {
+            let result = self.run_job(&job).await;
+            shared
+                .inner
+                .borrow_mut()
+                .recycle(job.items, shared.config.flush_bytes_max);
+            match result {
                 Ok(()) => {
                     let mut inner = shared.inner.borrow_mut();
                     inner.durable = durable;
@@ -48,26 +56,28 @@ impl<S: Storage> Wal<S> {
                         inner.failed = Some(err.to_string());
                     }
                     done.close();
+                    written.close();
                     return Err(err);
                 }
             }
         }
     }
 
-    async fn run_job(&self, job: Job<S::File>) -> WalResult<()> {
+    async fn run_job(&self, job: &Job<S::File>) -> WalResult<()> {
         let shared = &self.shared;
-        let wait_previous = |job: &Job<S::File>| {
-            let wait_on = job.wait_on.clone();
+        let wait = |event: &Rc<Semaphore>| {
+            let event = event.clone();
             async move {
-                wait_on
+                event
                     .acquire(1)
                     .await
                     .map_err(|_| WalError::Failed("an earlier flush failed".into()))
             }
         };
+        let wait_previous = |job: &Job<S::File>| wait(&job.wait_on);
         let mut waited = false;
         if job.write_barrier {
-            wait_previous(&job).await?;
+            wait_previous(job).await?;
             waited = true;
         }
         let mut to_sync: Vec<FileSlot<S::File>> = Vec::new();
@@ -85,7 +95,7 @@ impl<S: Storage> Wal<S> {
                     // durable, so an older segment never has an unsynced tail when a
                     // newer one has data: recovery relies on that.
                     if !waited {
-                        wait_previous(&job).await?;
+                        wait_previous(job).await?;
                         waited = true;
                     }
                     let file = self.create_segment(info, name).await?;
@@ -97,7 +107,7 @@ impl<S: Storage> Wal<S> {
                 } => {
                     if slot.get().is_none() && !waited {
                         // The segment is created by an earlier flush still in flight.
-                        wait_previous(&job).await?;
+                        wait_previous(job).await?;
                         waited = true;
                     }
                     let file = slot.get().ok_or_else(|| {
@@ -121,9 +131,12 @@ impl<S: Storage> Wal<S> {
                 Item::Purge(names) => deletions.extend(names.iter().cloned()),
             }
         }
+        // Every earlier flush's writes must be done before this sync is issued, so
+        // that it covers them; then this flush's writes count as done for the next.
         if !waited {
-            wait_previous(&job).await?;
+            wait(&job.wait_written).await?;
         }
+        job.written.signal(1);
         if !shared.config.fsync_disabled {
             for slot in &to_sync {
                 if let Some(file) = slot.get() {
@@ -133,6 +146,10 @@ impl<S: Storage> Wal<S> {
                     shared.inner.borrow_mut().stats.syncs += 1;
                 }
             }
+        }
+        // Durability is reported in order: wait for the previous flush to complete.
+        if !waited {
+            wait_previous(job).await?;
         }
         if let Some(state) = hard_state {
             let mut file = shared
@@ -203,12 +220,28 @@ impl<S: Storage> Wal<S> {
 }
 
 impl<F: StorageFile> Inner<F> {
+    /// Keeps the record buffers of a finished flush for reuse, so that steady appends
+    /// do not allocate (and fault in) a new buffer per flush.
+    fn recycle(&mut self, items: Vec<Item<F>>, flush_bytes_max: usize) {
+        for item in items {
+            if let Item::Bytes { mut data, .. } = item
+                && self.buffer_pool.len() < BUFFER_POOL_MAX
+                && data.capacity() <= 2 * flush_bytes_max
+            {
+                data.clear();
+                self.buffer_pool.push(data);
+            }
+        }
+    }
+
     /// Takes the queued items up to op `target`, stopping before a second segment
     /// creation (which must wait for this job to be durable), and seals the last
     /// buffer of records with padding to the block end.
     fn take_job<S: Storage<File = F>>(&mut self, target: u64, shared: &Shared<S>) -> Job<F> {
         let done = Rc::new(Semaphore::new(0));
         let wait_on = std::mem::replace(&mut self.last_done, done.clone());
+        let written = Rc::new(Semaphore::new(0));
+        let wait_written = std::mem::replace(&mut self.last_written, written.clone());
         let mut items = Vec::new();
         let mut last_index = self.taken.last_index;
         let mut flush_seq = None;
@@ -286,6 +319,8 @@ impl<F: StorageFile> Inner<F> {
             items,
             wait_on,
             done,
+            wait_written,
+            written,
             durable,
             flush_seq,
             write_barrier,

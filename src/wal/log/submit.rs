@@ -112,7 +112,7 @@ impl<S: Storage> Wal<S> {
                     slot,
                     segment_seq,
                     pos: end_pos,
-                    data: Vec::new(),
+                    data: inner.buffer_pool.pop().unwrap_or_default(),
                     flush_seq,
                 },
                 first_op: op,
