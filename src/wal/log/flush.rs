@@ -6,6 +6,9 @@
 //! removals waits for the previous one to complete before it writes anything.
 
 use super::*;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 impl<S: Storage> Wal<S> {
     /// Makes every op submitted before this call durable: one write per
@@ -113,16 +116,23 @@ impl<S: Storage> Wal<S> {
                     let file = slot.get().ok_or_else(|| {
                         WalError::Failed("segment file missing for a write".into())
                     })?;
+                    // The chunks of one buffer go to the device together.
                     let chunk_bytes = shared.config.flush_bytes_max;
-                    for (i, chunk) in data.chunks(chunk_bytes).enumerate() {
-                        assert_eq!(chunk.len() % shared.block_bytes, 0);
-                        file.write_at(pos + (i * chunk_bytes) as u64, chunk)
-                            .await
-                            .map_err(io_err("writing a segment"))?;
-                        let mut inner = shared.inner.borrow_mut();
-                        inner.stats.writes += 1;
-                        inner.stats.bytes_written += chunk.len() as u64;
-                    }
+                    let writes: Vec<_> = data
+                        .chunks(chunk_bytes)
+                        .enumerate()
+                        .map(|(i, chunk)| {
+                            assert_eq!(chunk.len() % shared.block_bytes, 0);
+                            file.write_at(pos + (i * chunk_bytes) as u64, chunk)
+                        })
+                        .collect();
+                    let count = writes.len() as u64;
+                    join_all(writes)
+                        .await
+                        .map_err(io_err("writing a segment"))?;
+                    let mut inner = shared.inner.borrow_mut();
+                    inner.stats.writes += count;
+                    inner.stats.bytes_written += data.len() as u64;
                     if !to_sync.iter().any(|s| Rc::ptr_eq(s, slot)) {
                         to_sync.push(slot.clone());
                     }
@@ -384,4 +394,35 @@ pub(super) async fn prepare_spare<S: Storage>(
     }
     file.sync().await?;
     Ok(file)
+}
+
+/// Runs `futures` concurrently; the first error wins (the others still finish, since a
+/// buffer must not be freed while the device may read it).
+async fn join_all<F: Future<Output = io::Result<()>>>(futures: Vec<F>) -> io::Result<()> {
+    let mut pending: Vec<Option<Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut result = Ok(());
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for slot in pending.iter_mut() {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(r) => {
+                        if result.is_ok() {
+                            result = r;
+                        }
+                        *slot = None;
+                    }
+                    Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    result
 }
