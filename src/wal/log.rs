@@ -25,14 +25,14 @@ use glommio::sync::Semaphore;
 use glommio::{Task, spawn_local};
 use std::cell::{OnceCell, RefCell};
 use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
 
 mod flush;
 mod read;
 mod submit;
 
 use flush::{pad_to_block, prepare_spare};
-use std::io;
-use std::rc::Rc;
 
 /// What recovery found, returned by [`Wal::open`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,7 +5,10 @@
 //! One [`Wal`] per shard, driven by the runtime: it submits the engine's storage
 //! commands in op order (`append`, `truncate`, `reset`, `purge`,
 //! `persist_hard_state`), calls [`Wal::flush`] once per turn, and tells the engine
-//! the [`Durable`] op it returns.
+//! the [`Durable`] op it returns. Op numbers must strictly increase from 1 within one
+//! open WAL (0 means "nothing durable yet"). Submissions never block: when
+//! `buffered_bytes_max` is reached an append fails with `BufferFull` and nothing is
+//! applied; the runtime then awaits a flush and submits again.
 
 pub mod config;
 pub mod error;
