@@ -303,7 +303,12 @@ fn enumerate_cuts(preallocate: Preallocate, seed: u64, steps: usize) -> (usize, 
 
 #[test]
 fn every_cut_point_recovers_a_prefix_fallocated_segments() {
-    for seed in 1..=6 {
+    // More seeds for a deeper run: WAL_CRASH_SEEDS=100 cargo test --release --test wal_crash
+    let seeds: u64 = std::env::var("WAL_CRASH_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    for seed in 1..=seeds {
         let (events, images) = enumerate_cuts(Preallocate::Fallocate, seed, 300);
         assert!(events > 200, "workload too small: {events} events");
         eprintln!("seed {seed}: {events} cut points, {images} crash images recovered");
