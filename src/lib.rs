@@ -2,8 +2,16 @@
 //!
 //! The crate is split the way the design asks (see `docs/engine.md`):
 //! - [`engine`]: the sans-IO Raft state machine: events in, commands out.
+//! - [`runtime`]: node configuration, start-up checks, the dev cluster launcher.
+//! - [`history`]: the chaos tests' checker of client histories against final logs.
+//! - [`proxy`]: a TCP fault proxy (delay, jitter, stall, partition) for tests and benchmarks.
 //! - [`wal`]: the write-ahead log (segments, group commit, recovery, hard state).
-//! - `transport`, `runtime`: the parts that do I/O (added by later work).
 
 pub mod engine;
+pub mod history;
+pub mod proxy;
+pub mod runtime;
 pub mod wal;
+
+#[cfg(test)]
+mod sim;

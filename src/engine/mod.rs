@@ -1,5 +1,672 @@
 //! The sans-IO Raft engine: pure, deterministic, no clock, no I/O, no async.
+//!
+//! [`Engine::step`] takes one [`Event`] and appends [`Command`]s to an output buffer
+//! that the runtime drains with [`Engine::take_commands`] and carries out in order.
+//! Each concern lives in its own file: `election`, `replication`, `commit`, `append`,
+//! `read`, `transfer`. See `docs/engine.md`.
 
+mod append;
+mod commit;
+pub mod config;
+mod election;
+pub mod event;
+mod invariants;
+pub mod log;
+pub mod progress;
+mod read;
+mod replication;
+pub mod rng;
+mod storage;
+mod transfer;
 pub mod types;
 
+use std::collections::VecDeque;
+
+pub use config::{Config, ConfigError};
+pub use event::*;
+use log::Log;
+use progress::Progress;
+use rng::Rng;
 pub use types::*;
+
+/// What a member finds on its disk at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    /// The first index in the log (1 unless a prefix was purged or reset).
+    pub log_start: Index,
+    /// The term of the entry at `log_start - 1` (0 for a new log).
+    pub log_prev_term: Term,
+    /// (first index, term) of each run of entries of one term, from `log_start` on.
+    pub term_runs: Vec<(Index, Term)>,
+    pub last_index: Index,
+    /// The newest entries, ending at `last_index`: as many as the runtime cares to
+    /// keep in memory (none is fine; the leader reads older ones from the WAL).
+    pub tail: Vec<Entry>,
+}
+
+impl Recovered {
+    /// The state of a member that has never run.
+    pub fn empty() -> Recovered {
+        Recovered {
+            log_start: 1,
+            ..Recovered::default()
+        }
+    }
+
+    /// A recovered log given entry by entry (tests and the simulator).
+    pub fn from_entries(
+        hard_state: HardState,
+        log_start: Index,
+        log_prev_term: Term,
+        entries: Vec<Entry>,
+    ) -> Recovered {
+        let log = Log::new(log_start, log_prev_term, entries.clone());
+        Recovered {
+            hard_state,
+            log_start,
+            log_prev_term,
+            term_runs: log.runs(),
+            last_index: log.last_index(),
+            tail: entries,
+        }
+    }
+}
+
+/// A client append whose entries are in the log and whose outcome is not yet known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PendingAppend {
+    request_id: u64,
+    first_index: Index,
+    last_index: Index,
+    term: Term,
+    /// What its entries count against `uncommitted_bytes_max`.
+    bytes: u64,
+}
+
+/// A read barrier waiting for a heartbeat round (`seq`) and for `index` to commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PendingRead {
+    request_id: u64,
+    seq: u64,
+    index: Index,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Transfer {
+    target: NodeId,
+    elapsed_ticks: u32,
+    timeout_now_sent: bool,
+}
+
+/// One member of one Raft group.
+pub struct Engine {
+    id: NodeId,
+    /// Every voting member, this one included, sorted.
+    members: Vec<NodeId>,
+    config: Config,
+    rng: Rng,
+    /// Invariant: `voted_for`, when set, is a member.
+    hard: HardState,
+    log: Log,
+    role: Role,
+    /// Invariant: `Some(id)` exactly when this member is the leader… or a follower
+    /// that has heard from the leader of the current term.
+    leader: Option<NodeId>,
+    /// Invariant: `log.start() - 1 <= commit_index <= log.last_index()`.
+    commit_index: Index,
+    /// The last index known to be on disk in the current log.
+    /// Invariant: `flushed_index <= log.last_index()`.
+    flushed_index: Index,
+    /// Storage commands emitted so far, and how many are on disk.
+    /// Invariant: `durable_op <= last_op`.
+    last_op: u64,
+    durable_op: u64,
+    /// The storage command that wrote the current hard state.
+    hard_state_op: u64,
+    /// Storage commands not yet on disk, each with the last index of the current log
+    /// that will be on disk once it is (lowered when a later command truncates).
+    unflushed: VecDeque<(u64, Index)>,
+    election_elapsed_ticks: u32,
+    election_timeout_ticks: u32,
+    heartbeat_elapsed_ticks: u32,
+    /// Pre-vote or vote answers of the current campaign.
+    votes: Vec<(NodeId, bool)>,
+    /// Leader only: one entry per other member.
+    peers: Vec<(NodeId, Progress)>,
+    heartbeat_seq: u64,
+    /// Leader only: the index of this term's first entry (its no-op).
+    term_start_index: Index,
+    /// Bytes of the client appends waiting for an answer (the pending appends).
+    uncommitted_bytes: u64,
+    /// Invariant: ordered by index, each above the commit index, bounded by config.
+    pending_appends: VecDeque<PendingAppend>,
+    /// Invariant: empty unless leader; ordered by `seq`.
+    pending_reads: VecDeque<PendingRead>,
+    transfer: Option<Transfer>,
+    /// Client appends this turn that followers have not been sent yet.
+    replicate_pending: bool,
+    reported_role: Option<(Role, Term, Option<NodeId>)>,
+    output: Vec<Command>,
+    /// Test builds only: a deliberate bug the simulator must catch.
+    #[cfg(test)]
+    planted_bug: Option<config::PlantedBug>,
+}
+
+impl Engine {
+    /// A member `id` of a group of `members`, starting from what its disk holds.
+    /// `seed` is the only source of randomness (election timeouts).
+    pub fn new(
+        id: NodeId,
+        members: &[NodeId],
+        config: Config,
+        seed: u64,
+        recovered: Recovered,
+    ) -> Result<Engine, ConfigError> {
+        config.validate()?;
+        let mut members = members.to_vec();
+        members.sort_unstable();
+        members.dedup();
+        if !members.contains(&id) {
+            return Err(ConfigError {
+                key: "members",
+                reason: format!("this member ({id}) is not in the member list {members:?}"),
+            });
+        }
+        let log = Log::restore(
+            recovered.log_start,
+            recovered.log_prev_term,
+            recovered.term_runs,
+            recovered.last_index,
+            recovered.tail,
+        );
+        let mut engine = Engine {
+            id,
+            members,
+            config,
+            rng: Rng::new(seed),
+            hard: recovered.hard_state,
+            commit_index: log.start() - 1,
+            flushed_index: log.last_index(),
+            log,
+            role: Role::Follower,
+            leader: None,
+            last_op: 0,
+            durable_op: 0,
+            hard_state_op: 0,
+            unflushed: VecDeque::new(),
+            election_elapsed_ticks: 0,
+            election_timeout_ticks: 0,
+            heartbeat_elapsed_ticks: 0,
+            votes: Vec::new(),
+            peers: Vec::new(),
+            heartbeat_seq: 0,
+            term_start_index: 0,
+            uncommitted_bytes: 0,
+            pending_appends: VecDeque::new(),
+            pending_reads: VecDeque::new(),
+            transfer: None,
+            replicate_pending: false,
+            reported_role: None,
+            output: Vec::new(),
+            #[cfg(test)]
+            planted_bug: None,
+        };
+        engine.reset_election_timer();
+        engine.reported_role = Some((Role::Follower, engine.hard.term, None));
+        engine.check_invariants();
+        Ok(engine)
+    }
+
+    /// Feeds one event; the resulting commands wait in the output buffer.
+    pub fn step(&mut self, event: Event) {
+        self.step_batch([event]);
+    }
+
+    /// Feeds every event of one runtime turn, then sends what they appended in one
+    /// go: many client appends become one AppendEntries per follower.
+    pub fn step_batch(&mut self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            self.apply(event);
+            self.report_changes();
+            #[cfg(any(test, debug_assertions))]
+            self.check_invariants();
+        }
+        if std::mem::take(&mut self.replicate_pending) && self.role == Role::Leader {
+            self.broadcast_append();
+        }
+        #[cfg(any(test, debug_assertions))]
+        self.check_invariants();
+    }
+
+    fn apply(&mut self, event: Event) {
+        match event {
+            Event::Tick => self.on_tick(),
+            Event::Message(msg) => self.on_message(msg),
+            Event::Durable { op } => self.on_durable(op),
+            Event::ClientAppend {
+                request_id,
+                records,
+            } => self.on_client_append(request_id, records),
+            Event::ReadIndex { request_id } => self.on_read_index(request_id),
+            Event::TransferLeadership { to } => self.on_transfer_leadership(to),
+            Event::PurgeLog { before } => self.on_purge(before),
+        }
+    }
+
+    /// The commands produced since the last call, in the order to carry them out.
+    pub fn take_commands(&mut self) -> Vec<Command> {
+        std::mem::take(&mut self.output)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn term(&self) -> Term {
+        self.hard.term
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+    pub fn commit_index(&self) -> Index {
+        self.commit_index
+    }
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+    pub fn hard_state(&self) -> HardState {
+        self.hard
+    }
+
+    /// The leader's view of each follower, for diagnostics.
+    pub fn describe_progress(&self) -> String {
+        let parts: Vec<String> = self
+            .peers
+            .iter()
+            .map(|(peer, pr)| format!("{peer}: {pr:?}"))
+            .collect();
+        parts.join(", ")
+    }
+
+    fn on_tick(&mut self) {
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.tick_election();
+        }
+    }
+
+    fn on_message(&mut self, msg: Message) {
+        if msg.to != self.id || msg.from == self.id || !self.members.contains(&msg.from) {
+            return;
+        }
+        if msg.term > self.hard.term {
+            match &msg.body {
+                // A pre-vote never changes anybody's term.
+                MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true } => {}
+                // A leader is alive: an election timeout elsewhere must not depose it.
+                MessageBody::RequestVote {
+                    campaign: Campaign::Election,
+                    ..
+                } if self.in_leader_lease() => return,
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::LogStart { .. }
+                | MessageBody::TimeoutNow => self.become_follower(msg.term, Some(msg.from)),
+                _ => self.become_follower(msg.term, None),
+            }
+        } else if msg.term < self.hard.term {
+            self.on_stale_message(msg);
+            return;
+        }
+        let from = msg.from;
+        match msg.body {
+            MessageBody::PreVote {
+                last_log_index,
+                last_log_term,
+            } => self.on_pre_vote(from, msg.term, last_log_index, last_log_term),
+            MessageBody::PreVoteResponse { granted } => {
+                self.on_pre_vote_response(from, msg.term, granted)
+            }
+            MessageBody::RequestVote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => self.on_request_vote(from, last_log_index, last_log_term),
+            MessageBody::RequestVoteResponse { granted } => self.on_vote_response(from, granted),
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => {
+                self.on_append_entries(from, prev_log_index, prev_log_term, entries, leader_commit)
+            }
+            MessageBody::AppendEntriesResponse { result } => self.on_append_response(from, result),
+            MessageBody::Heartbeat { leader_commit, seq } => {
+                self.on_heartbeat(from, leader_commit, seq)
+            }
+            MessageBody::HeartbeatResponse {
+                seq,
+                last_log_index,
+            } => self.on_heartbeat_response(from, seq, last_log_index),
+            MessageBody::LogStart {
+                start_index,
+                prev_term,
+                leader_commit,
+            } => self.on_log_start(from, start_index, prev_term, leader_commit),
+            MessageBody::TimeoutNow => self.on_timeout_now(from),
+        }
+    }
+
+    /// A message from an older term: tell a stale leader or pre-candidate the current
+    /// term so that it steps down; drop everything else.
+    fn on_stale_message(&mut self, msg: Message) {
+        let body = match msg.body {
+            MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::LogStart { .. } => MessageBody::HeartbeatResponse {
+                seq: 0,
+                last_log_index: self.log.last_index(),
+            },
+            MessageBody::PreVote { .. } => MessageBody::PreVoteResponse { granted: false },
+            _ => return,
+        };
+        self.send(msg.from, body);
+    }
+
+    fn report_changes(&mut self) {
+        let now = (self.role, self.hard.term, self.leader);
+        if self.reported_role != Some(now) {
+            self.reported_role = Some(now);
+            self.output.push(Command::RoleChanged {
+                role: now.0,
+                term: now.1,
+                leader: now.2,
+            });
+        }
+    }
+
+    // ---- shared helpers -------------------------------------------------------
+
+    /// Test builds only: makes this member misbehave as `bug` says.
+    #[cfg(test)]
+    pub(crate) fn plant_bug(&mut self, bug: Option<config::PlantedBug>) {
+        self.planted_bug = bug;
+    }
+
+    /// Whether the test switch turned `bug` on; always false outside tests.
+    fn planted(&self, bug: config::PlantedBug) -> bool {
+        #[cfg(test)]
+        return self.planted_bug == Some(bug);
+        #[cfg(not(test))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    fn other_members(&self) -> Vec<NodeId> {
+        self.members
+            .iter()
+            .copied()
+            .filter(|&m| m != self.id)
+            .collect()
+    }
+
+    fn in_leader_lease(&self) -> bool {
+        self.leader.is_some()
+            && self.election_elapsed_ticks < self.config.election_timeout_min_ticks
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed_ticks = 0;
+        self.election_timeout_ticks = self.rng.range(
+            self.config.election_timeout_min_ticks as u64,
+            self.config.election_timeout_max_ticks as u64,
+        ) as u32;
+    }
+
+    /// Numbers the next storage command; call after changing the log.
+    fn next_op(&mut self) -> u64 {
+        self.last_op += 1;
+        self.unflushed
+            .push_back((self.last_op, self.log.last_index()));
+        self.last_op
+    }
+
+    fn durable_condition(&self, op: u64) -> Option<Condition> {
+        (op > self.durable_op).then_some(Condition::Durable { op })
+    }
+
+    /// Sends `body` in the current term, once the hard state behind it is on disk.
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.send_with_term(to, self.hard.term, body, self.hard_state_op);
+    }
+
+    fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody, after_op: u64) {
+        let when = self.durable_condition(after_op.max(self.hard_state_op));
+        let msg = Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        };
+        self.output.push(Command::Send { msg, when });
+    }
+
+    fn persist_hard_state(&mut self) {
+        let op = self.next_op();
+        self.hard_state_op = op;
+        self.output.push(Command::PersistHardState {
+            op,
+            state: self.hard,
+        });
+    }
+
+    /// Becomes a follower in `term` (persisting it if it is new) under `leader`.
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(
+            term >= self.hard.term,
+            "term {term} would go backwards from {}",
+            self.hard.term
+        );
+        if term > self.hard.term {
+            self.hard = HardState {
+                term,
+                voted_for: None,
+            };
+            self.persist_hard_state();
+        }
+        if self.role != Role::Follower || self.leader != leader {
+            self.reset_election_timer();
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.peers.clear();
+        self.transfer = None;
+        self.fail_pending_reads();
+    }
+}
+
+/// Builders shared by the handler tests beside each concern.
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    pub use bytes::Bytes;
+
+    /// A follower `id` in `term` whose log holds entries with `terms`, from index 1.
+    pub fn follower(id: NodeId, members: &[NodeId], term: Term, terms: &[Term]) -> Engine {
+        let entries = log::tests::entries_with_terms(terms);
+        let hard_state = HardState {
+            term,
+            voted_for: None,
+        };
+        let recovered = Recovered::from_entries(hard_state, 1, 0, entries);
+        Engine::new(id, members, Config::default(), 42, recovered).expect("valid test engine")
+    }
+
+    /// Member 1 as leader of term 2 over [1, 2, 3], with its no-op at index
+    /// `terms.len() + 1` on disk and every command so far taken.
+    pub fn leader(terms: &[Term]) -> Engine {
+        let mut e = leader_unflushed(1, terms);
+        e.step(Event::Durable { op: 2 });
+        e.take_commands();
+        e
+    }
+
+    /// Member 1 elected in term `term + 1` over [1, 2, 3]; its no-op (op 2) is not
+    /// on disk yet. Every command so far taken.
+    pub fn leader_unflushed(term: Term, terms: &[Term]) -> Engine {
+        let mut e = follower(1, &[1, 2, 3], term, terms);
+        tick_until_role(&mut e, Role::PreCandidate);
+        e.step(msg(
+            2,
+            1,
+            term + 1,
+            MessageBody::PreVoteResponse { granted: true },
+        ));
+        e.step(Event::Durable { op: 1 });
+        e.step(msg(
+            2,
+            1,
+            term + 1,
+            MessageBody::RequestVoteResponse { granted: true },
+        ));
+        e.take_commands();
+        assert_eq!(e.role(), Role::Leader);
+        e
+    }
+
+    pub fn tick_until_role(e: &mut Engine, role: Role) -> u32 {
+        for ticks in 1..1000 {
+            e.step(Event::Tick);
+            if e.role() == role {
+                return ticks;
+            }
+        }
+        panic!("never became {role:?}");
+    }
+
+    pub fn tick_n(e: &mut Engine, n: u32) {
+        for _ in 0..n {
+            e.step(Event::Tick);
+        }
+    }
+
+    pub fn msg(from: NodeId, to: NodeId, term: Term, body: MessageBody) -> Event {
+        Event::Message(Message {
+            from,
+            to,
+            term,
+            body,
+        })
+    }
+
+    pub fn send(
+        from: NodeId,
+        to: NodeId,
+        term: Term,
+        body: MessageBody,
+        when: Option<Condition>,
+    ) -> Command {
+        Command::Send {
+            msg: Message {
+                from,
+                to,
+                term,
+                body,
+            },
+            when,
+        }
+    }
+
+    pub fn durable(op: u64) -> Option<Condition> {
+        Some(Condition::Durable { op })
+    }
+
+    pub fn role_changed(role: Role, term: Term, leader: Option<NodeId>) -> Command {
+        Command::RoleChanged { role, term, leader }
+    }
+
+    pub fn pre_vote(last_log_index: Index, last_log_term: Term) -> MessageBody {
+        MessageBody::PreVote {
+            last_log_index,
+            last_log_term,
+        }
+    }
+
+    pub fn vote_request(last_log_index: Index, last_log_term: Term) -> MessageBody {
+        MessageBody::RequestVote {
+            last_log_index,
+            last_log_term,
+            campaign: Campaign::Election,
+        }
+    }
+
+    pub fn heartbeat(leader_commit: Index, seq: u64) -> MessageBody {
+        MessageBody::Heartbeat { leader_commit, seq }
+    }
+
+    pub fn record(index: Index, term: Term) -> Entry {
+        log::tests::entry(index, term)
+    }
+
+    /// AppendEntries after (`prev`, `prev_term`) with entries given as (index, term).
+    pub fn append_entries(
+        prev: Index,
+        prev_term: Term,
+        entries: &[(Index, Term)],
+        commit: Index,
+    ) -> MessageBody {
+        MessageBody::AppendEntries {
+            prev_log_index: prev,
+            prev_log_term: prev_term,
+            entries: entries.iter().map(|&(i, t)| record(i, t)).collect(),
+            leader_commit: commit,
+        }
+    }
+
+    pub fn success(match_index: Index) -> MessageBody {
+        MessageBody::AppendEntriesResponse {
+            result: AppendResponse::Success { match_index },
+        }
+    }
+
+    pub fn rejection(rejected_prev_index: Index, conflict_term: Term, index: Index) -> MessageBody {
+        MessageBody::AppendEntriesResponse {
+            result: AppendResponse::Reject {
+                rejected_prev_index,
+                hint: ConflictHint {
+                    index,
+                    conflict_term,
+                },
+            },
+        }
+    }
+
+    pub fn noop(index: Index, term: Term) -> Entry {
+        Entry {
+            term,
+            index,
+            kind: EntryKind::Noop,
+            payload: Bytes::new(),
+        }
+    }
+
+    pub fn client_append(request_id: u64, records: &[&str]) -> Event {
+        let records = records.iter().map(|r| Bytes::from(r.to_string())).collect();
+        Event::ClientAppend {
+            request_id,
+            records,
+        }
+    }
+}

@@ -34,7 +34,7 @@ impl EntryKind {
 
 /// One log entry. `payload` is reference-counted so that the engine, the WAL and the
 /// transport share one copy of a record's bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub term: Term,
     pub index: Index,
@@ -62,7 +62,7 @@ pub struct HardState {
 
 /// A message between two members of one group. `term` is the sender's current term,
 /// except for pre-votes, which carry the term the sender would campaign in.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Message {
     pub from: NodeId,
     pub to: NodeId,
@@ -79,7 +79,7 @@ pub enum Campaign {
     Transfer,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MessageBody {
     /// "Would you vote for me in `term`?" Changes nobody's term.
     PreVote {

@@ -1,0 +1,658 @@
+//! Log replication: the leader's AppendEntries pipeline and heartbeats, and the
+//! follower's side of both.
+//!
+//! The leader emits its own log append and the AppendEntries for it in the same step
+//! (replication runs in parallel with its flush). Per follower it keeps a bounded
+//! window in flight and advances `next_index` optimistically; a rejection drops the
+//! follower back to probing, one message at a time, guided by the conflict hint.
+
+use super::config::PlantedBug;
+use super::event::Command;
+use super::progress::ReplicationState;
+use super::types::{
+    AppendResponse, ConflictHint, Entry, Index, Message, MessageBody, NodeId, Term,
+};
+use super::{Engine, Role};
+
+impl Engine {
+    pub(super) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed_ticks += 1;
+        self.election_elapsed_ticks += 1;
+        if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed_ticks = 0;
+            self.restart_stalled_pipelines();
+            self.broadcast_heartbeat();
+        }
+        if self.election_elapsed_ticks >= self.config.election_timeout_min_ticks {
+            self.election_elapsed_ticks = 0;
+            if !self.quorum_was_active() {
+                return self.become_follower(self.hard.term, None);
+            }
+        }
+        self.tick_transfer();
+    }
+
+    /// Check-quorum: whether a majority (this leader included) was heard from since
+    /// the last check. Starts a new round either way.
+    fn quorum_was_active(&mut self) -> bool {
+        let mut active = 1;
+        for (_, pr) in &mut self.peers {
+            active += usize::from(pr.recent_active);
+            pr.recent_active = false;
+        }
+        active >= self.quorum()
+    }
+
+    /// A pipelined follower that acknowledged nothing for two heartbeat rounds while
+    /// messages were out has probably lost one: probe again from its match.
+    fn restart_stalled_pipelines(&mut self) {
+        for k in 0..self.peers.len() {
+            let pr = &mut self.peers[k].1;
+            if pr.state != ReplicationState::Pipeline || pr.inflight_msgs() == 0 {
+                continue;
+            }
+            pr.stalled_rounds += 1;
+            if pr.stalled_rounds >= 2 {
+                let next = pr.match_index + 1;
+                pr.become_probe(next);
+                let peer = self.peers[k].0;
+                while self.send_append(peer) {}
+            }
+        }
+    }
+
+    /// Sends a heartbeat round to every follower and returns its sequence number.
+    pub(super) fn broadcast_heartbeat(&mut self) -> u64 {
+        self.heartbeat_seq += 1;
+        let seq = self.heartbeat_seq;
+        for k in 0..self.peers.len() {
+            let (peer, ref pr) = self.peers[k];
+            // Only a commit index the follower is known to match is safe to pass on.
+            let leader_commit = self.commit_index.min(pr.match_index);
+            self.send(peer, MessageBody::Heartbeat { leader_commit, seq });
+        }
+        seq
+    }
+
+    pub(super) fn broadcast_append(&mut self) {
+        for k in 0..self.peers.len() {
+            let peer = self.peers[k].0;
+            while self.send_append(peer) {}
+        }
+    }
+
+    pub(super) fn peer_slot(&self, peer: NodeId) -> Option<usize> {
+        self.peers.iter().position(|&(id, _)| id == peer)
+    }
+
+    /// Sends the next AppendEntries (or LogStart) to `peer` if its window allows;
+    /// returns whether another may follow at once.
+    pub(super) fn send_append(&mut self, peer: NodeId) -> bool {
+        let Some(k) = self.peer_slot(peer) else {
+            return false;
+        };
+        let (msgs_max, bytes_max) = (
+            self.config.inflight_msgs_max,
+            self.config.inflight_bytes_max,
+        );
+        let pr = &mut self.peers[k].1;
+        if pr.is_paused(msgs_max, bytes_max) {
+            return false;
+        }
+        let next = pr.next_index;
+        let pipeline = pr.state == ReplicationState::Pipeline;
+        if pipeline && next > self.log.last_index() {
+            return false;
+        }
+        if next < self.log.start() {
+            pr.become_probe(next);
+            pr.probe_sent = true;
+            let start_index = self.log.start();
+            let body = MessageBody::LogStart {
+                start_index,
+                prev_term: self
+                    .log
+                    .term_at(start_index - 1)
+                    .expect("log knows its predecessor"),
+                leader_commit: self.commit_index,
+            };
+            self.send(peer, body);
+            return false;
+        }
+        let prev_log_index = next - 1;
+        let prev_log_term = self.log.term_at(prev_log_index).unwrap_or_else(|| {
+            panic!(
+                "leader {} lacks term at {prev_log_index} for peer {peer}",
+                self.id
+            )
+        });
+        if next < self.log.cache_start() {
+            self.send_from_disk(k, next);
+            return false;
+        }
+        let entries = self.log.slice(
+            next,
+            self.config.entries_per_msg_max,
+            self.config.bytes_per_msg_max,
+        );
+        let bytes = entries.iter().map(Entry::size_bytes).sum();
+        self.peers[k]
+            .1
+            .on_sent(prev_log_index + entries.len() as Index, bytes);
+        let body = MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.commit_index,
+        };
+        self.send(peer, body);
+        pipeline
+    }
+
+    /// A follower needs entries no longer in memory: probe it with entries the
+    /// runtime reads from the WAL, one message at a time until it reaches the cache.
+    fn send_from_disk(&mut self, k: usize, next: Index) {
+        let (peer, pr) = &mut self.peers[k];
+        pr.become_probe(next);
+        pr.probe_sent = true;
+        let to = *peer;
+        let last_index =
+            (self.log.cache_start() - 1).min(next + self.config.entries_per_msg_max as Index - 1);
+        let body = MessageBody::AppendEntries {
+            prev_log_index: next - 1,
+            prev_log_term: self.log.term_at(next - 1).expect("checked by the caller"),
+            entries: Vec::new(),
+            leader_commit: self.commit_index,
+        };
+        let msg = Message {
+            from: self.id,
+            to,
+            term: self.hard.term,
+            body,
+        };
+        let bytes_max = self.config.bytes_per_msg_max;
+        self.output.push(Command::SendLogRange {
+            msg,
+            last_index,
+            bytes_max,
+        });
+    }
+
+    pub(super) fn on_append_response(&mut self, from: NodeId, result: AppendResponse) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(k) = self.peer_slot(from) else {
+            return;
+        };
+        let last_index = self.log.last_index();
+        let pr = &mut self.peers[k].1;
+        pr.recent_active = true;
+        match result {
+            AppendResponse::Success { match_index } => {
+                assert!(
+                    match_index <= last_index,
+                    "follower {from} matched {match_index} beyond leader {}'s last index {last_index}",
+                    self.id
+                );
+                if pr.on_success(match_index) {
+                    self.maybe_commit();
+                    self.maybe_send_timeout_now();
+                }
+            }
+            AppendResponse::Reject {
+                rejected_prev_index,
+                hint,
+            } => {
+                let stale = match pr.state {
+                    ReplicationState::Pipeline => rejected_prev_index <= pr.match_index,
+                    ReplicationState::Probe => rejected_prev_index + 1 != pr.next_index,
+                };
+                if stale {
+                    return;
+                }
+                let next = self.next_after_reject(rejected_prev_index, hint);
+                self.peers[k].1.become_probe(next);
+            }
+        }
+        while self.send_append(from) {}
+    }
+
+    /// Where to probe next after a rejection: skip the follower's whole conflicting
+    /// term at once instead of one index per round trip.
+    fn next_after_reject(&self, rejected: Index, hint: ConflictHint) -> Index {
+        let next = if hint.conflict_term == 0 {
+            hint.index + 1
+        } else {
+            let last_of_term = self.log.last_index_with_term_at_most(hint.conflict_term);
+            if self.log.term_at(last_of_term) == Some(hint.conflict_term) {
+                last_of_term + 1
+            } else {
+                hint.index
+            }
+        };
+        next.clamp(1, rejected.max(1))
+    }
+
+    pub(super) fn on_heartbeat_response(&mut self, from: NodeId, seq: u64, _last_log_index: Index) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(k) = self.peer_slot(from) else {
+            return;
+        };
+        let pr = &mut self.peers[k].1;
+        pr.recent_active = true;
+        pr.heartbeat_acked_seq = pr.heartbeat_acked_seq.max(seq);
+        // An unanswered probe was probably lost: the follower is alive, so ask again.
+        pr.probe_sent = false;
+        while self.send_append(from) {}
+        self.check_pending_reads();
+    }
+
+    /// Accepts `from` as the leader of the current term.
+    fn accept_leader(&mut self, from: NodeId) {
+        assert!(
+            self.role != Role::Leader,
+            "two leaders in term {}: {} and {from}",
+            self.hard.term,
+            self.id
+        );
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(self.hard.term, Some(from));
+        }
+        self.election_elapsed_ticks = 0;
+    }
+
+    pub(super) fn on_heartbeat(&mut self, from: NodeId, leader_commit: Index, seq: u64) {
+        self.accept_leader(from);
+        self.advance_commit(leader_commit.min(self.log.last_index()));
+        let last_log_index = self.log.last_index();
+        self.send(
+            from,
+            MessageBody::HeartbeatResponse {
+                seq,
+                last_log_index,
+            },
+        );
+    }
+
+    pub(super) fn on_append_entries(
+        &mut self,
+        from: NodeId,
+        prev_log_index: Index,
+        prev_log_term: Term,
+        mut entries: Vec<Entry>,
+        leader_commit: Index,
+    ) {
+        self.accept_leader(from);
+        let (mut prev, mut prev_term) = (prev_log_index, prev_log_term);
+        // Entries before our log start are committed here, hence match the leader's.
+        if prev + 1 < self.log.start() {
+            entries.retain(|e| e.index >= self.log.start());
+            prev = self.log.start() - 1;
+            prev_term = self.log.term_at(prev).expect("log knows its predecessor");
+        }
+        let result = match self.log.term_at(prev) {
+            None => reject(prev, 0, self.log.last_index()),
+            Some(term) if term != prev_term => {
+                let first = self.log.first_index_with_term_at_least(term).min(prev);
+                reject(prev, term, first)
+            }
+            Some(_) => {
+                let match_index = prev + entries.len() as Index;
+                self.append_new_entries(entries);
+                self.advance_commit(leader_commit.min(match_index));
+                AppendResponse::Success { match_index }
+            }
+        };
+        // A success speaks for entries on disk: it waits for every write so far.
+        let after_op = match result {
+            AppendResponse::Success { .. } if !self.planted(PlantedBug::AckBeforeFlush) => {
+                self.last_op
+            }
+            _ => 0,
+        };
+        let body = MessageBody::AppendEntriesResponse { result };
+        self.send_with_term(from, self.hard.term, body, after_op);
+    }
+
+    /// Appends the entries the log does not have yet, truncating a conflicting suffix
+    /// first. Entries already present are left alone, so a duplicated or reordered
+    /// message never truncates anything.
+    fn append_new_entries(&mut self, mut entries: Vec<Entry>) {
+        let Some(k) = entries
+            .iter()
+            .position(|e| self.log.term_at(e.index) != Some(e.term))
+        else {
+            return;
+        };
+        let first_new = entries[k].index;
+        if first_new <= self.log.last_index() {
+            self.truncate_log(first_new);
+        }
+        self.append_to_log(entries.split_off(k));
+    }
+
+    pub(super) fn on_log_start(
+        &mut self,
+        from: NodeId,
+        start_index: Index,
+        prev_term: Term,
+        _leader_commit: Index,
+    ) {
+        self.accept_leader(from);
+        let prev = start_index - 1;
+        // Entries up to `prev` are committed on the leader; if ours match, keep them.
+        let matches = prev <= self.commit_index || self.log.term_at(prev) == Some(prev_term);
+        if !matches {
+            self.reset_log(start_index, prev_term);
+        }
+        self.advance_commit(prev);
+        let result = AppendResponse::Success { match_index: prev };
+        let body = MessageBody::AppendEntriesResponse { result };
+        self.send_with_term(from, self.hard.term, body, self.last_op);
+    }
+}
+
+fn reject(rejected_prev_index: Index, conflict_term: Term, index: Index) -> AppendResponse {
+    AppendResponse::Reject {
+        rejected_prev_index,
+        hint: ConflictHint {
+            index,
+            conflict_term,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::*;
+    use super::super::*;
+
+    fn records(from: Index, term: Term, payloads: &[&str]) -> Vec<Entry> {
+        let entries = payloads.iter().enumerate().map(|(k, p)| Entry {
+            term,
+            index: from + k as Index,
+            kind: EntryKind::Record,
+            payload: Bytes::from(p.to_string()),
+        });
+        entries.collect()
+    }
+
+    fn entries_msg(
+        prev: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) -> MessageBody {
+        MessageBody::AppendEntries {
+            prev_log_index: prev,
+            prev_log_term: prev_term,
+            entries,
+            leader_commit: commit,
+        }
+    }
+
+    #[test]
+    fn first_success_commits_and_switches_to_optimistic_pipelining() {
+        let mut e = leader(&[1]);
+        e.step(msg(2, 1, 2, success(2)));
+        assert_eq!(e.take_commands(), vec![Command::Commit { index: 2 }]);
+        e.step(client_append(7, &["a", "b"]));
+        let ab = records(3, 2, &["a", "b"]);
+        assert_eq!(
+            e.take_commands(),
+            vec![
+                Command::AppendLog {
+                    op: 3,
+                    entries: ab.clone()
+                },
+                send(1, 2, 2, entries_msg(2, 2, ab, 2), None),
+            ],
+            "member 3 is still being probed: nothing more goes to it"
+        );
+        e.step(client_append(8, &["c"]));
+        let c = records(5, 2, &["c"]);
+        assert_eq!(
+            e.take_commands(),
+            vec![
+                Command::AppendLog {
+                    op: 4,
+                    entries: c.clone()
+                },
+                send(1, 2, 2, entries_msg(4, 2, c, 2), None),
+            ],
+            "sent before the first batch is acknowledged"
+        );
+    }
+
+    #[test]
+    fn window_limits_messages_in_flight() {
+        let mut e = leader(&[1]);
+        e.config.inflight_msgs_max = 2;
+        e.step(msg(2, 1, 2, success(2)));
+        for id in 0..3 {
+            e.step(client_append(id, &["x"]));
+        }
+        let sent_to_2 = |out: &[Command]| {
+            out.iter()
+                .filter(|c| matches!(c, Command::Send { msg, .. } if msg.to == 2))
+                .count()
+        };
+        assert_eq!(
+            sent_to_2(&e.take_commands()),
+            2,
+            "third append waits for the window"
+        );
+        e.step(msg(2, 1, 2, success(3)));
+        let out = e.take_commands();
+        assert_eq!(
+            sent_to_2(&out),
+            1,
+            "an acknowledgement frees one slot: {out:?}"
+        );
+    }
+
+    #[test]
+    fn rejection_falls_back_to_probe_at_the_follower_end() {
+        let mut e = leader(&[1, 1, 1]);
+        e.step(msg(3, 1, 2, rejection(3, 0, 1)));
+        let entries = vec![record(2, 1), record(3, 1), noop(4, 2)];
+        assert_eq!(
+            e.take_commands(),
+            vec![send(1, 3, 2, entries_msg(1, 1, entries, 0), None)]
+        );
+        e.step(msg(3, 1, 2, rejection(3, 0, 1)));
+        assert_eq!(e.take_commands(), vec![], "a stale rejection is ignored");
+    }
+
+    #[test]
+    fn conflict_hint_skips_a_whole_term() {
+        let mut e = leader_unflushed(3, &[1, 2, 2, 3]);
+        e.step(Event::Durable { op: 2 });
+        e.take_commands();
+        // The follower has term 2 at index 4, starting at index 2; the leader's last
+        // term-2 entry is 3, so it probes right after it.
+        e.step(msg(2, 4, 4, rejection(4, 2, 2)));
+        assert_eq!(
+            e.take_commands(),
+            vec![],
+            "message to someone else is dropped"
+        );
+        e.step(msg(2, 1, 4, rejection(4, 2, 2)));
+        let entries = vec![record(4, 3), noop(5, 4)];
+        assert_eq!(
+            e.take_commands(),
+            vec![send(1, 2, 4, entries_msg(3, 2, entries, 0), None)]
+        );
+        // A term the leader never had: go to the follower's first index of it.
+        let mut e = leader_unflushed(3, &[1, 1, 3]);
+        e.step(Event::Durable { op: 2 });
+        e.take_commands();
+        e.step(msg(2, 1, 4, rejection(3, 2, 2)));
+        let entries = vec![record(2, 1), record(3, 3), noop(4, 4)];
+        assert_eq!(
+            e.take_commands(),
+            vec![send(1, 2, 4, entries_msg(1, 1, entries, 0), None)]
+        );
+    }
+
+    #[test]
+    fn follower_appends_commits_and_acks_only_after_flush() {
+        let mut e = follower(2, &[1, 2, 3], 2, &[1]);
+        e.step(msg(1, 2, 2, append_entries(1, 1, &[(2, 2)], 1)));
+        assert_eq!(
+            e.take_commands(),
+            vec![
+                Command::AppendLog {
+                    op: 1,
+                    entries: vec![record(2, 2)]
+                },
+                Command::Commit { index: 1 },
+                send(2, 1, 2, success(2), durable(1)),
+                role_changed(Role::Follower, 2, Some(1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn follower_truncates_only_a_conflicting_suffix() {
+        let mut e = follower(2, &[1, 2, 3], 2, &[1, 1, 1]);
+        e.step(msg(1, 2, 2, append_entries(1, 1, &[(2, 1), (3, 2)], 0)));
+        let out = e.take_commands();
+        assert_eq!(
+            out[..3],
+            [
+                Command::TruncateLog { op: 1, from: 3 },
+                Command::AppendLog {
+                    op: 2,
+                    entries: vec![record(3, 2)]
+                },
+                send(2, 1, 2, success(3), durable(2)),
+            ]
+        );
+        // A late duplicate of an older message truncates nothing.
+        e.step(msg(1, 2, 2, append_entries(1, 1, &[(2, 1)], 0)));
+        assert_eq!(
+            e.take_commands(),
+            vec![send(2, 1, 2, success(2), durable(2))]
+        );
+        assert_eq!(e.log().last_index(), 3);
+    }
+
+    #[test]
+    fn follower_rejects_with_conflict_hints() {
+        let mut e = follower(2, &[1, 2, 3], 3, &[1, 1, 2, 2]);
+        e.step(msg(1, 2, 3, append_entries(6, 3, &[], 0)));
+        let out = e.take_commands();
+        assert_eq!(out[0], send(2, 1, 3, rejection(6, 0, 4), None));
+        e.step(msg(1, 2, 3, append_entries(4, 3, &[], 0)));
+        assert_eq!(
+            e.take_commands(),
+            vec![send(2, 1, 3, rejection(4, 2, 3), None)]
+        );
+    }
+
+    #[test]
+    fn stale_leader_is_told_the_current_term() {
+        let mut e = follower(2, &[1, 2, 3], 5, &[1]);
+        e.step(msg(1, 2, 3, append_entries(1, 1, &[(2, 3)], 0)));
+        let reply = MessageBody::HeartbeatResponse {
+            seq: 0,
+            last_log_index: 1,
+        };
+        assert_eq!(e.take_commands(), vec![send(2, 1, 5, reply.clone(), None)]);
+        let mut old_leader = leader(&[1]);
+        old_leader.step(msg(2, 1, 5, reply));
+        assert_eq!((old_leader.role(), old_leader.term()), (Role::Follower, 5));
+    }
+
+    #[test]
+    fn heartbeats_pass_on_only_a_matched_commit_index() {
+        let mut e = leader(&[1]);
+        e.step(msg(2, 1, 2, success(2)));
+        e.take_commands();
+        tick_n(&mut e, 2);
+        let out = e.take_commands();
+        assert_eq!(
+            out,
+            vec![
+                send(1, 2, 2, heartbeat(2, 1), None),
+                send(1, 3, 2, heartbeat(0, 1), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn heartbeat_response_resends_an_unanswered_probe() {
+        let mut e = leader(&[1]);
+        let response = MessageBody::HeartbeatResponse {
+            seq: 1,
+            last_log_index: 1,
+        };
+        e.step(msg(3, 1, 2, response));
+        let probe = entries_msg(1, 1, vec![noop(2, 2)], 0);
+        assert_eq!(e.take_commands(), vec![send(1, 3, 2, probe, None)]);
+    }
+
+    #[test]
+    fn follower_behind_log_start_is_told_to_reset() {
+        let mut e = leader(&[1, 1, 1]);
+        e.step(msg(2, 1, 2, success(4)));
+        e.step(Event::PurgeLog { before: 4 });
+        e.take_commands();
+        e.step(msg(3, 1, 2, rejection(3, 0, 0)));
+        let reset = MessageBody::LogStart {
+            start_index: 4,
+            prev_term: 1,
+            leader_commit: 4,
+        };
+        assert_eq!(e.take_commands(), vec![send(1, 3, 2, reset.clone(), None)]);
+
+        let mut f = follower(3, &[1, 2, 3], 2, &[]);
+        f.step(msg(1, 3, 2, reset));
+        assert_eq!(
+            f.take_commands(),
+            vec![
+                Command::ResetLog {
+                    op: 1,
+                    start: 4,
+                    prev_term: 1
+                },
+                Command::Commit { index: 3 },
+                send(3, 1, 2, success(3), durable(1)),
+                role_changed(Role::Follower, 2, Some(1)),
+            ]
+        );
+        e.step(msg(3, 1, 2, success(3)));
+        let out = e.take_commands();
+        assert_eq!(
+            out,
+            vec![send(1, 3, 2, entries_msg(3, 1, vec![noop(4, 2)], 4), None)]
+        );
+    }
+
+    #[test]
+    fn leader_without_a_quorum_for_an_election_timeout_steps_down() {
+        let mut e = leader(&[1]);
+        tick_n(&mut e, 19);
+        assert_eq!(e.role(), Role::Leader, "peers count as heard at election");
+        e.step(Event::Tick);
+        assert_eq!((e.role(), e.leader()), (Role::Follower, None));
+    }
+
+    #[test]
+    fn stalled_pipeline_probes_again_from_its_match() {
+        let mut e = leader(&[1]);
+        e.step(msg(2, 1, 2, success(2)));
+        e.step(client_append(1, &["lost"]));
+        e.take_commands();
+        tick_n(&mut e, 2);
+        e.take_commands();
+        tick_n(&mut e, 2);
+        let resend = entries_msg(2, 2, records(3, 2, &["lost"]), 2);
+        let out = e.take_commands();
+        assert_eq!(out[0], send(1, 2, 2, resend, None), "{out:?}");
+    }
+}

@@ -1,0 +1,387 @@
+//! A node's configuration: read from TOML, overridden by flags, validated as a whole.
+//! Every key is documented in `docs/configuration.md`; `examples/node.toml` shows one.
+//! Errors name the key and the reason, so an operator never has to guess.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::engine::{self, NodeId};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("config file {path} is not valid: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Whether an acknowledged record must be on disk.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fdatasync before acknowledging: the durability promise holds.
+    #[default]
+    Always,
+    /// Never sync: for benchmarks only; a crash can lose acknowledged records.
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub cluster_id: u64,
+    pub data_dir: PathBuf,
+    /// Shards (partitions) per node; 0 means one per available core.
+    #[serde(default)]
+    pub shards: u32,
+    /// Pin each shard's executor to its own core.
+    #[serde(default)]
+    pub pin: bool,
+    pub listen: Listen,
+    /// Every member of the cluster, this node included.
+    pub nodes: Vec<Member>,
+    #[serde(default)]
+    pub wal: WalSettings,
+    #[serde(default)]
+    pub raft: RaftSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// How other nodes and clients reach a member.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub node_id: NodeId,
+    pub peer_address: String,
+    pub client_address: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalSettings {
+    pub segment_size_bytes: u64,
+    pub fsync: FsyncPolicy,
+    /// One flush writes at most this many bytes.
+    pub flush_bytes_max: u64,
+    /// At most this many flushes in flight at once.
+    pub flushes_inflight_max: u32,
+}
+
+impl Default for WalSettings {
+    fn default() -> WalSettings {
+        WalSettings {
+            segment_size_bytes: 64 << 20,
+            fsync: FsyncPolicy::Always,
+            flush_bytes_max: 4 << 20,
+            flushes_inflight_max: 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    /// The length of one engine tick; the timeouts below are rounded to ticks.
+    pub tick_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub inflight_msgs_max: usize,
+    pub inflight_bytes_max: u64,
+    pub entries_per_msg_max: usize,
+    pub bytes_per_msg_max: u64,
+    pub pending_appends_max: usize,
+    pub uncommitted_bytes_max: u64,
+    pub pending_reads_max: usize,
+    pub log_cache_bytes_max: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> RaftSettings {
+        let engine = engine::Config::default();
+        RaftSettings {
+            tick_ms: 10,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            heartbeat_interval_ms: 50,
+            inflight_msgs_max: engine.inflight_msgs_max,
+            inflight_bytes_max: engine.inflight_bytes_max,
+            entries_per_msg_max: engine.entries_per_msg_max,
+            bytes_per_msg_max: engine.bytes_per_msg_max,
+            pending_appends_max: engine.pending_appends_max,
+            uncommitted_bytes_max: engine.uncommitted_bytes_max,
+            pending_reads_max: engine.pending_reads_max,
+            log_cache_bytes_max: engine.log_cache_bytes_max,
+        }
+    }
+}
+
+/// The most shards a node may run: more would exceed any machine's cores and make
+/// per-partition memory (windows, buffers) add up past reason.
+pub const SHARDS_MAX: u32 = 256;
+/// Segments are written in whole 4 KiB blocks and must hold a few large batches.
+pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1 << 20;
+const BLOCK_BYTES: u64 = 4096;
+
+impl NodeConfig {
+    pub fn from_file(path: &std::path::Path) -> Result<NodeConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        NodeConfig::from_toml(&text, &shown)
+    }
+
+    /// Parses and validates; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_string(),
+            reason: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_members()?;
+        if self.shards > SHARDS_MAX {
+            return Err(invalid(
+                "shards",
+                format!("{} is more than {SHARDS_MAX}", self.shards),
+            ));
+        }
+        let segment = self.wal.segment_size_bytes;
+        if segment < SEGMENT_SIZE_BYTES_MIN || !segment.is_multiple_of(BLOCK_BYTES) {
+            return Err(invalid(
+                "wal.segment_size_bytes",
+                format!(
+                    "{segment} must be a multiple of {BLOCK_BYTES} and at least {SEGMENT_SIZE_BYTES_MIN}"
+                ),
+            ));
+        }
+        if self.wal.flush_bytes_max < BLOCK_BYTES || self.wal.flush_bytes_max > segment {
+            return Err(invalid(
+                "wal.flush_bytes_max",
+                format!("must be between {BLOCK_BYTES} and the segment size"),
+            ));
+        }
+        if self.wal.flushes_inflight_max == 0 {
+            return Err(invalid("wal.flushes_inflight_max", "must be at least 1"));
+        }
+        self.engine_config().map(|_| ())
+    }
+
+    fn validate_members(&self) -> Result<(), ConfigError> {
+        let ids: Vec<NodeId> = self.nodes.iter().map(|m| m.node_id).collect();
+        if !ids.contains(&self.node_id) {
+            let reason = format!(
+                "{} is not among the node ids in [[nodes]] ({ids:?})",
+                self.node_id
+            );
+            return Err(invalid("node_id", reason));
+        }
+        for (k, id) in ids.iter().enumerate() {
+            if ids[..k].contains(id) {
+                return Err(invalid("nodes", format!("node id {id} appears twice")));
+            }
+        }
+        for member in &self.nodes {
+            for (key, address) in [
+                ("peer_address", &member.peer_address),
+                ("client_address", &member.client_address),
+            ] {
+                if !address.contains(':')
+                    || address
+                        .rsplit(':')
+                        .next()
+                        .is_none_or(|p| p.parse::<u16>().is_err())
+                {
+                    let reason = format!("{address:?} of node {} is not HOST:PORT", member.node_id);
+                    return Err(invalid(&format!("nodes.{key}"), reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's settings, with times converted to ticks.
+    pub fn engine_config(&self) -> Result<engine::Config, ConfigError> {
+        let raft = &self.raft;
+        if raft.tick_ms == 0 {
+            return Err(invalid("raft.tick_ms", "must be at least 1"));
+        }
+        let ticks = |key: &str, ms: u64| -> Result<u32, ConfigError> {
+            if !ms.is_multiple_of(raft.tick_ms) {
+                return Err(invalid(
+                    key,
+                    format!("{ms} is not a multiple of raft.tick_ms ({})", raft.tick_ms),
+                ));
+            }
+            u32::try_from(ms / raft.tick_ms).map_err(|_| invalid(key, "too large"))
+        };
+        let (heartbeat, min, max) = (
+            raft.heartbeat_interval_ms,
+            raft.election_timeout_min_ms,
+            raft.election_timeout_max_ms,
+        );
+        if heartbeat < raft.tick_ms {
+            let reason = format!(
+                "{heartbeat} is shorter than raft.tick_ms ({})",
+                raft.tick_ms
+            );
+            return Err(invalid("raft.heartbeat_interval_ms", reason));
+        }
+        if min <= heartbeat {
+            let reason = format!(
+                "{min} must be larger than raft.heartbeat_interval_ms ({heartbeat}), or followers campaign between heartbeats"
+            );
+            return Err(invalid("raft.election_timeout_min_ms", reason));
+        }
+        if max <= min {
+            let reason = format!(
+                "{max} must be larger than raft.election_timeout_min_ms ({min}), so timeouts can be randomized"
+            );
+            return Err(invalid("raft.election_timeout_max_ms", reason));
+        }
+        let config = engine::Config {
+            election_timeout_min_ticks: ticks(
+                "raft.election_timeout_min_ms",
+                raft.election_timeout_min_ms,
+            )?,
+            election_timeout_max_ticks: ticks(
+                "raft.election_timeout_max_ms",
+                raft.election_timeout_max_ms,
+            )?,
+            heartbeat_interval_ticks: ticks(
+                "raft.heartbeat_interval_ms",
+                raft.heartbeat_interval_ms,
+            )?,
+            inflight_msgs_max: raft.inflight_msgs_max,
+            inflight_bytes_max: raft.inflight_bytes_max,
+            entries_per_msg_max: raft.entries_per_msg_max,
+            bytes_per_msg_max: raft.bytes_per_msg_max,
+            pending_appends_max: raft.pending_appends_max,
+            uncommitted_bytes_max: raft.uncommitted_bytes_max,
+            pending_reads_max: raft.pending_reads_max,
+            log_cache_bytes_max: raft.log_cache_bytes_max,
+        };
+        // The timing rules were checked above in milliseconds; what is left are limits
+        // whose names the engine shares with this section.
+        config
+            .validate()
+            .map_err(|e| invalid(&format!("raft.{}", e.key), e.reason))?;
+        Ok(config)
+    }
+
+    /// The config as TOML that [`NodeConfig::from_toml`] reads back unchanged.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a node config always serializes")
+    }
+
+    /// Member ids of the cluster, for the engine.
+    pub fn member_ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|m| m.node_id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/node.toml");
+
+    fn key_of(error: ConfigError) -> String {
+        match error {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("expected an invalid setting, got {other}"),
+        }
+    }
+
+    fn with(line_from: &str, line_to: &str) -> Result<NodeConfig, ConfigError> {
+        assert!(EXAMPLE.contains(line_from), "example lacks {line_from:?}");
+        NodeConfig::from_toml(&EXAMPLE.replacen(line_from, line_to, 1), "test.toml")
+    }
+
+    #[test]
+    fn example_file_is_valid_and_converts_to_ticks() {
+        let config =
+            NodeConfig::from_toml(EXAMPLE, "examples/node.toml").expect("example is valid");
+        assert_eq!(config.member_ids(), vec![1, 2, 3]);
+        let engine = config.engine_config().unwrap();
+        assert_eq!(engine.heartbeat_interval_ticks, 5);
+        assert_eq!(engine.election_timeout_min_ticks, 30);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(
+            key_of(with("node_id = 1", "node_id = 9").unwrap_err()),
+            "node_id"
+        );
+        assert_eq!(
+            key_of(with("heartbeat_interval_ms = 50", "heartbeat_interval_ms = 300").unwrap_err()),
+            "raft.election_timeout_min_ms"
+        );
+        assert_eq!(
+            key_of(with("heartbeat_interval_ms = 50", "heartbeat_interval_ms = 55").unwrap_err()),
+            "raft.heartbeat_interval_ms"
+        );
+        assert_eq!(
+            key_of(with("segment_size_bytes = 67108864", "segment_size_bytes = 1000").unwrap_err()),
+            "wal.segment_size_bytes"
+        );
+        assert_eq!(
+            key_of(with("shards = 2", "shards = 1000").unwrap_err()),
+            "shards"
+        );
+        assert_eq!(
+            key_of(
+                with(
+                    "client_address = \"127.0.0.1:7400\"",
+                    "client_address = \"nowhere\""
+                )
+                .unwrap_err()
+            ),
+            "nodes.client_address"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_keys_are_refused() {
+        assert!(matches!(
+            with("shards = 2", "shards = \"two\""),
+            Err(ConfigError::Syntax { .. })
+        ));
+        assert!(matches!(
+            with("shards = 2", "shards = 2\nshardz = 3"),
+            Err(ConfigError::Syntax { .. })
+        ));
+        assert!(matches!(
+            with("fsync = \"always\"", "fsync = \"sometimes\""),
+            Err(ConfigError::Syntax { .. })
+        ));
+        let missing = NodeConfig::from_toml("node_id = 1", "x.toml").unwrap_err();
+        assert!(missing.to_string().contains("missing field"), "{missing}");
+    }
+}

@@ -1,0 +1,262 @@
+//! Safety checks over everything the simulated cluster does, run after every step.
+//!
+//! - election safety: at most one leader per term;
+//! - log matching: an (index, term) pair names one entry with one predecessor term;
+//! - committed prefixes are identical on every member, and commit never moves back;
+//! - leader completeness: a new leader holds every entry committed so far;
+//! - every acknowledged append is committed exactly where it was acknowledged;
+//!   no record is committed twice; a refused append is never committed;
+//! - a linearizable read sees every append acknowledged before it started.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bytes::Bytes;
+
+use crate::engine::log::Log;
+use crate::engine::{
+    AppendError, AppendOk, Entry, EntryKind, Index, NodeId, ReadError, Role, Term,
+};
+
+pub type Check = Result<(), String>;
+
+/// Finds an entry of one member's log, in its memory or on its disk.
+pub type Lookup<'a> = dyn Fn(Index) -> Option<Entry> + 'a;
+
+struct Request {
+    records: Vec<Bytes>,
+}
+
+#[derive(Default)]
+pub struct Checker {
+    /// The committed log as observed, by index.
+    committed: BTreeMap<Index, Entry>,
+    committed_records: BTreeSet<Bytes>,
+    /// (index, term) -> (payload, predecessor's term).
+    appended: HashMap<(Index, Term), (Bytes, Option<Term>)>,
+    leaders: BTreeMap<Term, NodeId>,
+    /// Per member: the commit index last seen in its current incarnation.
+    commit_seen: BTreeMap<NodeId, Index>,
+    requests: BTreeMap<u64, Request>,
+    refused_records: BTreeSet<Bytes>,
+    /// Requests whose outcome is unknown (client-side timeout or Unknown).
+    pub unknown: usize,
+    pub acked_records: u64,
+    /// The highest index of any acknowledged append so far.
+    acked_max_index: Index,
+    /// Read request id -> `acked_max_index` when it was invoked.
+    reads: BTreeMap<u64, Index>,
+    pub reads_ok: u64,
+}
+
+impl Checker {
+    pub fn invoke_append(&mut self, request_id: u64, records: Vec<Bytes>) {
+        self.requests.insert(request_id, Request { records });
+    }
+
+    /// The last record of an append not yet answered.
+    pub fn last_record_of(&self, request_id: u64) -> Option<&Bytes> {
+        self.requests
+            .get(&request_id)
+            .and_then(|r| r.records.last())
+    }
+
+    pub fn invoke_read(&mut self, request_id: u64) {
+        self.reads.insert(request_id, self.acked_max_index);
+    }
+
+    /// The member holding the request crashed: the client never hears back.
+    pub fn abandon(&mut self, request_id: u64) {
+        if self.requests.remove(&request_id).is_some() {
+            self.unknown += 1;
+        }
+        self.reads.remove(&request_id);
+    }
+
+    pub fn restarted(&mut self, node: NodeId) {
+        self.commit_seen.remove(&node);
+    }
+
+    pub fn committed_len(&self) -> usize {
+        self.committed.len()
+    }
+
+    pub fn on_append_log(&mut self, node: NodeId, entries: &[Entry], log: &Log) -> Check {
+        // The log is the member's state after its whole batch: the first entry's
+        // predecessor is known only while that entry is still there; the others'
+        // are the entries before them.
+        let first = entries.first().expect("appends carry entries");
+        let mut prev_term = (log.term_at(first.index) == Some(first.term))
+            .then(|| log.term_at(first.index - 1))
+            .flatten();
+        for entry in entries {
+            let key = (entry.index, entry.term);
+            match self.appended.get(&key) {
+                None => {
+                    self.appended
+                        .insert(key, (entry.payload.clone(), prev_term));
+                }
+                Some((payload, known_prev)) => {
+                    let prev_differs =
+                        prev_term.is_some() && known_prev.is_some() && prev_term != *known_prev;
+                    if *payload != entry.payload || prev_differs {
+                        return Err(format!(
+                            "log matching: member {node} appended a different entry at index {} term {}",
+                            entry.index, entry.term
+                        ));
+                    }
+                }
+            }
+            prev_term = Some(entry.term);
+        }
+        Ok(())
+    }
+
+    /// `lookup` finds an entry of the member's log in memory or on its disk.
+    pub fn on_commit(
+        &mut self,
+        node: NodeId,
+        index: Index,
+        start: Index,
+        lookup: &Lookup,
+    ) -> Check {
+        // Commands are checked against the member's state after its whole batch,
+        // so a reset later in the batch may have moved `start` past this commit.
+        let seen = self.commit_seen.get(&node).copied().unwrap_or(0);
+        if index < seen {
+            return Err(format!(
+                "commit went backwards on member {node}: {seen} -> {index}"
+            ));
+        }
+        for i in (seen + 1).max(start)..=index {
+            let entry = lookup(i)
+                .ok_or_else(|| format!("member {node} committed {i} but has no such entry"))?;
+            self.record_committed(node, &entry)?;
+        }
+        self.commit_seen.insert(node, index);
+        Ok(())
+    }
+
+    fn record_committed(&mut self, node: NodeId, entry: &Entry) -> Check {
+        if let Some(known) = self.committed.get(&entry.index) {
+            if known != entry {
+                return Err(format!(
+                    "committed entries differ at index {}: member {node} has term {} where term {} was committed",
+                    entry.index, entry.term, known.term
+                ));
+            }
+            return Ok(());
+        }
+        if entry.kind == EntryKind::Record {
+            if !self.committed_records.insert(entry.payload.clone()) {
+                return Err(format!(
+                    "record {:?} committed twice (index {})",
+                    entry.payload, entry.index
+                ));
+            }
+            if self.refused_records.contains(&entry.payload) {
+                return Err(format!(
+                    "refused record {:?} was committed at {}",
+                    entry.payload, entry.index
+                ));
+            }
+        }
+        self.committed.insert(entry.index, entry.clone());
+        Ok(())
+    }
+
+    pub fn on_role(&mut self, node: NodeId, role: Role, term: Term, log: &Log) -> Check {
+        if role != Role::Leader {
+            return Ok(());
+        }
+        if let Some(&other) = self.leaders.get(&term)
+            && other != node
+        {
+            return Err(format!("two leaders in term {term}: {other} and {node}"));
+        }
+        self.leaders.insert(term, node);
+        for (&index, entry) in self.committed.range(log.start()..) {
+            if log.term_at(index) != Some(entry.term) {
+                return Err(format!(
+                    "leader completeness: new leader {node} of term {term} lacks committed index {index}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn on_append_result(
+        &mut self,
+        request_id: u64,
+        result: Result<AppendOk, AppendError>,
+    ) -> Check {
+        let Some(request) = self.requests.remove(&request_id) else {
+            return Err(format!("append {request_id} answered twice or never asked"));
+        };
+        match result {
+            Ok(ok) => {
+                let count = ok.last_index - ok.first_index + 1;
+                if count != request.records.len() as u64 {
+                    return Err(format!(
+                        "append {request_id} acknowledged {count} indexes for {} records",
+                        request.records.len()
+                    ));
+                }
+                for (k, record) in request.records.iter().enumerate() {
+                    let index = ok.first_index + k as Index;
+                    match self.committed.get(&index) {
+                        Some(entry)
+                            if entry.payload == *record && entry.kind == EntryKind::Record => {}
+                        _ => {
+                            return Err(format!(
+                                "acknowledged record {record:?} is not committed at {index}"
+                            ));
+                        }
+                    }
+                }
+                self.acked_records += count;
+                self.acked_max_index = self.acked_max_index.max(ok.last_index);
+            }
+            Err(AppendError::Unknown) => self.unknown += 1,
+            Err(_) => {
+                for record in request.records {
+                    if self.committed_records.contains(&record) {
+                        return Err(format!("refused record {record:?} was already committed"));
+                    }
+                    self.refused_records.insert(record);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn on_read_result(&mut self, request_id: u64, result: Result<Index, ReadError>) -> Check {
+        let Some(floor) = self.reads.remove(&request_id) else {
+            return Err(format!("read {request_id} answered twice or never asked"));
+        };
+        if let Ok(index) = result {
+            if index < floor {
+                return Err(format!(
+                    "stale read: index {index} misses an append acknowledged at {floor}"
+                ));
+            }
+            self.reads_ok += 1;
+        }
+        Ok(())
+    }
+
+    /// At the end: every member's log agrees with the committed log.
+    pub fn check_final(&self, node: NodeId, start: Index, commit: Index, lookup: &Lookup) -> Check {
+        for i in start..=commit {
+            if self.committed.get(&i) != lookup(i).as_ref() {
+                return Err(format!(
+                    "member {node} diverges from the committed log at {i}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.requests.len() + self.reads.len()
+    }
+}

@@ -1,0 +1,131 @@
+//! The nemesis of the simulation: crashes and restarts, partitions, message loss,
+//! duplication and delay, leader transfers and log purges, all drawn from the seed.
+
+use crate::engine::{Event, NodeId, Role};
+
+use super::{Check, Sim};
+
+impl Sim {
+    pub(super) fn leader_index(&self) -> Option<usize> {
+        let leaders = self.nodes.iter().enumerate().filter_map(|(k, node)| {
+            let engine = node.engine.as_ref()?;
+            (engine.role() == Role::Leader).then_some((engine.term(), k))
+        });
+        leaders.max().map(|(_, k)| k)
+    }
+
+    fn live_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&k| self.nodes[k].engine.is_some())
+            .collect()
+    }
+
+    fn random_live(&mut self) -> Option<usize> {
+        let live = self.live_nodes();
+        (!live.is_empty()).then(|| live[self.rng.range(0, live.len() as u64) as usize])
+    }
+
+    pub(super) fn inject_faults(&mut self) -> Check {
+        if self.now == 0 {
+            self.network.drop_percent = self.rng.range(0, 15);
+            self.network.duplicate_percent = self.rng.range(0, 10);
+            self.network.delay_ticks_max = self.rng.range(1, 6);
+        }
+        for k in 0..self.nodes.len() {
+            if self.nodes[k].engine.is_none() && self.nodes[k].down_until <= self.now {
+                self.start_node(k);
+            }
+            if self.nodes[k].crash_at.is_some_and(|at| at <= self.now)
+                && self.nodes[k].engine.is_some()
+            {
+                self.crash(k);
+            }
+        }
+        match self.rng.range(0, 1000) {
+            0..=14 => {
+                if let Some(k) = self.random_live() {
+                    self.crash(k);
+                }
+            }
+            15..=24 => {
+                if let Some(k) = self.leader_index() {
+                    self.crash(k);
+                }
+            }
+            25..=44 => self.partition(),
+            45..=69 => self.network.heal_partitions(),
+            70..=74 => self.transfer_leadership()?,
+            75..=84 => self.purge()?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn crash(&mut self, k: usize) {
+        let node = &mut self.nodes[k];
+        let kept = self.rng.range(0, node.disk.unflushed_len() as u64 + 1) as usize;
+        node.disk.crash(kept);
+        node.engine = None;
+        node.held.clear();
+        node.flush_at = None;
+        node.down_until = self.now + self.rng.range(5, 60);
+        node.crash_at = None;
+        for request in std::mem::take(&mut node.requests) {
+            self.checker.abandon(request);
+        }
+        self.crashes += 1;
+    }
+
+    fn partition(&mut self) {
+        self.network.heal_partitions();
+        let n = self.config.nodes;
+        let side: Vec<NodeId> = match self.rng.range(0, 3) {
+            // Cut the leader off (symmetric or one-way, below).
+            0 => match self.leader_index() {
+                Some(k) => vec![k as NodeId + 1],
+                None => return,
+            },
+            _ => (1..=n).filter(|_| self.rng.chance(1, 2)).collect(),
+        };
+        let one_way = self.rng.chance(1, 3);
+        self.network.partition(&side, one_way);
+    }
+
+    fn transfer_leadership(&mut self) -> Check {
+        match self.leader_index() {
+            Some(k) => {
+                let to = self.rng.range(1, self.config.nodes as u64 + 1) as NodeId;
+                self.step(k, Event::TransferLeadership { to })
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn purge(&mut self) -> Check {
+        match self.random_live() {
+            Some(k) => {
+                let commit = self.nodes[k].engine.as_ref().expect("live").commit_index();
+                let before = self.rng.range(1, commit + 2);
+                self.step(k, Event::PurgeLog { before })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Ends every fault: all members up, no partitions, no loss, and links that
+    /// deliver in order after one tick, as TCP does.
+    pub(super) fn heal(&mut self) {
+        self.healed = true;
+        self.heal_acked_base = self.checker.acked_records;
+        for k in 0..self.nodes.len() {
+            if self.nodes[k].engine.is_none() {
+                self.start_node(k);
+            }
+        }
+        self.network.heal_partitions();
+        self.network.drop_percent = 0;
+        self.network.duplicate_percent = 0;
+        self.network.delay_ticks_max = 1;
+        self.network.reorder = false;
+    }
+}

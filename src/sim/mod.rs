@@ -1,0 +1,409 @@
+//! A deterministic simulator of a whole Raft group, for tests: the real engine under
+//! a simulated network (loss, duplication, reordering, delay, partitions both ways),
+//! disk (crashes lose what was not flushed) and clock (jitter), seed by seed.
+//!
+//! Everything random comes from one seed, so a failing seed replays exactly:
+//! `RINGLOG_SIM_SEED=<seed> cargo test --release --lib sim::tests::replay_seed -- --nocapture`;
+//! add `RINGLOG_SIM_TRACE_FROM=<tick>` to print every event and command from that tick.
+
+mod checker;
+mod disk;
+mod faults;
+mod network;
+#[cfg(test)]
+mod tests;
+mod workload;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use crate::engine::rng::Rng;
+use crate::engine::{
+    Command, Condition, Config, Engine, Event, Message, MessageBody, NodeId, Role,
+};
+use checker::{Check, Checker};
+use disk::Disk;
+use network::Network;
+
+pub use crate::engine::config::PlantedBug;
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: u32,
+    /// Ticks with faults injected, then up to `heal_ticks` fault-free for liveness.
+    pub fault_ticks: u64,
+    pub heal_ticks: u64,
+    pub planted_bug: Option<PlantedBug>,
+}
+
+impl SimConfig {
+    /// The configuration a seed stands for: even seeds 3 members, odd seeds 5.
+    pub fn for_seed(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes: if seed.is_multiple_of(2) { 3 } else { 5 },
+            fault_ticks: 400,
+            heal_ticks: 600,
+            planted_bug: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimReport {
+    pub trace_hash: u64,
+    pub steps: u64,
+    pub committed: usize,
+    pub acked_records: u64,
+    pub unknown: usize,
+    pub reads_ok: u64,
+    pub crashes: u32,
+    /// AppendEntries whose entries had to be read back from disk.
+    pub log_reads: u64,
+}
+
+struct Node {
+    engine: Option<Engine>,
+    disk: Disk,
+    /// Messages waiting for their durability condition.
+    held: Vec<(u64, Message)>,
+    flush_at: Option<u64>,
+    down_until: u64,
+    /// A crash the nemesis has scheduled (a fresh leader dies before its no-op
+    /// spreads: the raw material of Raft's figure 8).
+    crash_at: Option<u64>,
+    incarnation: u64,
+    /// Client requests this incarnation holds.
+    requests: Vec<u64>,
+}
+
+struct Sim {
+    config: SimConfig,
+    rng: Rng,
+    now: u64,
+    nodes: Vec<Node>,
+    network: Network,
+    checker: Checker,
+    hasher: DefaultHasher,
+    steps: u64,
+    next_request: u64,
+    crashes: u32,
+    log_reads: u64,
+    healed: bool,
+    /// Acknowledged records when the faults ended.
+    heal_acked_base: u64,
+    /// `RINGLOG_SIM_TRACE_FROM=<tick>`: print every event and command from then on.
+    trace_from: Option<u64>,
+}
+
+/// Runs one seed; `Err` names the broken property, the tick and the seed.
+pub fn run(config: SimConfig) -> Result<SimReport, String> {
+    let seed = config.seed;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Sim::new(config).run()));
+    let result = match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("engine panicked: {text}"))
+        }
+    };
+    result.map_err(|violation| {
+        format!(
+            "seed {seed}: {violation}\nreplay: RINGLOG_SIM_SEED={seed} cargo test --release --lib sim::tests::replay_seed -- --nocapture"
+        )
+    })
+}
+
+impl Sim {
+    fn new(config: SimConfig) -> Sim {
+        let nodes = (0..config.nodes)
+            .map(|_| Node {
+                engine: None,
+                disk: Disk::new(),
+                held: Vec::new(),
+                flush_at: None,
+                down_until: 0,
+                crash_at: None,
+                incarnation: 0,
+                requests: Vec::new(),
+            })
+            .collect();
+        let mut sim = Sim {
+            rng: Rng::new(config.seed),
+            network: Network::new(config.nodes),
+            config,
+            now: 0,
+            nodes,
+            checker: Checker::default(),
+            hasher: DefaultHasher::new(),
+            steps: 0,
+            next_request: 1,
+            crashes: 0,
+            log_reads: 0,
+            healed: false,
+            heal_acked_base: 0,
+            trace_from: std::env::var("RINGLOG_SIM_TRACE_FROM")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        };
+        for k in 0..sim.nodes.len() {
+            sim.start_node(k);
+        }
+        sim
+    }
+
+    fn members(&self) -> Vec<NodeId> {
+        (1..=self.config.nodes).collect()
+    }
+
+    fn start_node(&mut self, k: usize) {
+        let members = self.members();
+        let node = &mut self.nodes[k];
+        node.incarnation += 1;
+        // Small, seed-chosen limits split batches across messages and fill windows,
+        // so that pipelining, probing and back-pressure all get exercised.
+        let mut limits = Rng::new(self.config.seed);
+        let config = Config {
+            entries_per_msg_max: limits.range(1, 9) as usize,
+            inflight_msgs_max: limits.range(1, 9) as usize,
+            bytes_per_msg_max: limits.range(20, 200),
+            inflight_bytes_max: limits.range(100, 2000),
+            pending_appends_max: limits.range(4, 64) as usize,
+            log_cache_bytes_max: limits.range(1, 2000),
+            ..Config::default()
+        };
+        let seed = self.config.seed ^ ((k as u64) << 32) ^ (node.incarnation << 48);
+        let tail_len = self.rng.range(0, 20) as usize;
+        let mut engine = Engine::new(
+            k as NodeId + 1,
+            &members,
+            config,
+            seed,
+            node.disk.recover(tail_len),
+        )
+        .expect("valid simulated member");
+        engine.plant_bug(self.config.planted_bug);
+        node.engine = Some(engine);
+        self.checker.restarted(k as NodeId + 1);
+    }
+
+    fn run(mut self) -> Result<SimReport, String> {
+        while self.now < self.config.fault_ticks {
+            self.inject_faults()?;
+            self.tick()?;
+        }
+        self.heal();
+        // Catching up is bounded by the smallest windows a seed may choose (one
+        // entry per round trip), so the bound grows with what is left to copy.
+        let deadline = self.now + self.config.heal_ticks + 4 * self.catch_up_entries();
+        let mut sentinel_acked = false;
+        while !(sentinel_acked && self.converged()) {
+            if self.now >= deadline {
+                return Err(self.liveness_report(deadline));
+            }
+            sentinel_acked |= self.drive_heal_workload()?;
+            self.tick()?;
+        }
+        self.final_checks()?;
+        Ok(SimReport {
+            trace_hash: self.hasher.finish(),
+            steps: self.steps,
+            committed: self.checker.committed_len(),
+            acked_records: self.checker.acked_records,
+            unknown: self.checker.unknown,
+            reads_ok: self.checker.reads_ok,
+            crashes: self.crashes,
+            log_reads: self.log_reads,
+        })
+    }
+
+    /// One unit of simulated time: clocks, clients, network, disks.
+    fn tick(&mut self) -> Check {
+        self.now += 1;
+        for k in 0..self.nodes.len() {
+            if self.nodes[k].engine.is_none() {
+                continue;
+            }
+            // Clock jitter: a member's clock sometimes skips or doubles a tick.
+            let ticks = match self.rng.range(0, 20) {
+                0 => 0,
+                1 => 2,
+                _ => 1,
+            };
+            for _ in 0..ticks {
+                self.step(k, Event::Tick)?;
+            }
+        }
+        if !self.healed {
+            self.client_workload()?;
+        }
+        self.deliver_messages()?;
+        for k in 0..self.nodes.len() {
+            if self.nodes[k].flush_at.is_some_and(|at| at <= self.now) {
+                self.nodes[k].flush_at = None;
+                let op = self.nodes[k].disk.flush();
+                self.step(k, Event::Durable { op })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers the messages due, one step each or, on some ticks, all of a
+    /// member's in one batch as a runtime turn would.
+    fn deliver_messages(&mut self) -> Check {
+        let due = self.network.due(self.now, &mut self.rng);
+        let batched = self.rng.chance(1, 2);
+        let mut per_member: Vec<Vec<Event>> = vec![Vec::new(); self.nodes.len()];
+        for msg in due {
+            let k = (msg.to - 1) as usize;
+            if batched {
+                per_member[k].push(Event::Message(msg));
+            } else if self.nodes[k].engine.is_some() {
+                self.step(k, Event::Message(msg))?;
+            }
+        }
+        for (k, events) in per_member.into_iter().enumerate() {
+            if !events.is_empty() && self.nodes[k].engine.is_some() {
+                self.step_batch(k, events)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, k: usize, event: Event) -> Check {
+        self.step_batch(k, vec![event])
+    }
+
+    /// Feeds a runtime turn's worth of events to member `k` and carries out what
+    /// it decides.
+    fn step_batch(&mut self, k: usize, events: Vec<Event>) -> Check {
+        self.steps += events.len() as u64;
+        (self.now, k, &events).hash(&mut self.hasher);
+        for event in &events {
+            if let Event::Durable { op } = *event {
+                for msg in extract_ready(&mut self.nodes[k].held, op) {
+                    self.network.send(msg, self.now, &mut self.rng);
+                }
+            }
+        }
+        let tracing =
+            self.trace_from.is_some_and(|from| self.now >= from) && events != [Event::Tick];
+        if tracing {
+            eprintln!("t={} member {} <- {events:?}", self.now, k + 1);
+        }
+        let engine = self.nodes[k]
+            .engine
+            .as_mut()
+            .expect("step on a live member");
+        engine.step_batch(events);
+        engine.check_invariants();
+        let commands = engine.take_commands();
+        commands.hash(&mut self.hasher);
+        for command in commands {
+            if tracing {
+                eprintln!("    -> {command:?}");
+            }
+            self.carry_out(k, command)?;
+        }
+        Ok(())
+    }
+
+    /// The promise itself: an acknowledged record is on disk on a majority. (An
+    /// entry a member has purged since counts: only committed entries on its disk
+    /// are ever purged.)
+    fn check_on_majority_disks(&self, request_id: u64, last_index: u64) -> Check {
+        let record = self.checker.last_record_of(request_id);
+        let holders = self
+            .nodes
+            .iter()
+            .filter(|node| match node.disk.durable_entry(last_index) {
+                Some(entry) => Some(&entry.payload) == record,
+                None => node.disk.start() > last_index,
+            });
+        let quorum = self.nodes.len() / 2 + 1;
+        let count = holders.count();
+        if count < quorum {
+            return Err(format!(
+                "append {request_id} acknowledged with index {last_index} on only {count} disks"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Does what the runtime would: storage to the disk, messages to the network
+    /// (held until their condition holds), answers to the checker.
+    fn carry_out(&mut self, k: usize, command: Command) -> Check {
+        let id = k as NodeId + 1;
+        let node = &mut self.nodes[k];
+        let engine = node.engine.as_ref().expect("live member");
+        if node.disk.submit(&command) {
+            if node.flush_at.is_none() {
+                node.flush_at = Some(self.now + self.rng.range(0, 4));
+            }
+            if let Command::AppendLog { entries, .. } = &command {
+                return self.checker.on_append_log(id, entries, engine.log());
+            }
+            return Ok(());
+        }
+        match command {
+            Command::Send { msg, when } => match when {
+                Some(Condition::Durable { op }) if op > node.disk.durable_op => {
+                    node.held.push((op, msg))
+                }
+                _ => self.network.send(msg, self.now, &mut self.rng),
+            },
+            Command::SendLogRange {
+                mut msg,
+                last_index,
+                bytes_max,
+            } => {
+                if let MessageBody::AppendEntries {
+                    prev_log_index,
+                    entries,
+                    ..
+                } = &mut msg.body
+                {
+                    *entries = node
+                        .disk
+                        .read_range(*prev_log_index + 1, last_index, bytes_max);
+                }
+                self.log_reads += 1;
+                self.network.send(msg, self.now, &mut self.rng);
+            }
+            Command::Commit { index } => {
+                let (log, disk) = (engine.log(), &node.disk);
+                let lookup = |i| log.get(i).cloned().or_else(|| disk.durable_entry(i));
+                self.checker.on_commit(id, index, log.start(), &lookup)?
+            }
+            Command::AppendResult { request_id, result } => {
+                node.requests.retain(|&r| r != request_id);
+                if let Ok(ok) = result {
+                    self.check_on_majority_disks(request_id, ok.last_index)?;
+                }
+                self.checker.on_append_result(request_id, result)?
+            }
+            Command::ReadResult { request_id, result } => {
+                node.requests.retain(|&r| r != request_id);
+                self.checker.on_read_result(request_id, result)?
+            }
+            Command::RoleChanged { role, term, .. } => {
+                self.checker.on_role(id, role, term, engine.log())?;
+                if role == Role::Leader && !self.healed && self.rng.chance(1, 4) {
+                    node.crash_at = Some(self.now + self.rng.range(0, 4));
+                }
+            }
+            storage => unreachable!("storage command not taken by the disk: {storage:?}"),
+        }
+        Ok(())
+    }
+}
+
+fn extract_ready(held: &mut Vec<(u64, Message)>, op: u64) -> Vec<Message> {
+    let (ready, waiting): (Vec<_>, Vec<_>) = held.drain(..).partition(|(after, _)| *after <= op);
+    *held = waiting;
+    ready.into_iter().map(|(_, msg)| msg).collect()
+}

@@ -1,0 +1,124 @@
+//! The simulation test families: many seeds, replay, determinism, planted bugs.
+
+use super::*;
+
+/// Seeds for the default run; `RINGLOG_SIM_SEEDS=N` runs more.
+fn seed_count() -> u64 {
+    std::env::var("RINGLOG_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+}
+
+/// Runs seeds `0..count` on every core; returns each seed's outcome, in seed order.
+fn run_seeds(count: u64, planted_bug: Option<PlantedBug>) -> Vec<Result<SimReport, String>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mut outcomes: Vec<(u64, Result<SimReport, String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let seeds = (t..count).step_by(threads as usize);
+                    let config = |seed| SimConfig {
+                        planted_bug,
+                        ..SimConfig::for_seed(seed)
+                    };
+                    seeds
+                        .map(|seed| (seed, run(config(seed))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let joined = handles
+            .into_iter()
+            .map(|h| h.join().expect("simulation thread"));
+        joined.flatten().collect()
+    });
+    outcomes.sort_by_key(|(seed, _)| *seed);
+    outcomes.into_iter().map(|(_, outcome)| outcome).collect()
+}
+
+#[test]
+fn many_seeds_three_and_five_members() {
+    let count = seed_count();
+    let started = std::time::Instant::now();
+    let outcomes = run_seeds(count, None);
+    let reports: Vec<SimReport> = outcomes
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let seconds = started.elapsed().as_secs_f64();
+    let acked: u64 = reports.iter().map(|r| r.acked_records).sum();
+    let crashes: u32 = reports.iter().map(|r| r.crashes).sum();
+    let reads: u64 = reports.iter().map(|r| r.reads_ok).sum();
+    let steps: u64 = reports.iter().map(|r| r.steps).sum();
+    let log_reads: u64 = reports.iter().map(|r| r.log_reads).sum();
+    println!(
+        "{count} seeds in {seconds:.1} s ({:.0} seeds/s, {steps} steps): {acked} records acknowledged, {reads} reads, {crashes} crashes, {log_reads} messages read back from disk, all checks passed",
+        count as f64 / seconds
+    );
+    // Faults must not have starved the workload: otherwise the checks prove little.
+    assert!(acked > count * 20, "too few acknowledged records: {acked}");
+    assert!(crashes as u64 > count, "too few crashes: {crashes}");
+    assert!(reads > count, "too few reads: {reads}");
+    assert!(
+        log_reads > count,
+        "catch-up from disk hardly exercised: {log_reads}"
+    );
+}
+
+#[test]
+fn replay_seed() {
+    let Some(seed) = std::env::var("RINGLOG_SIM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    else {
+        return;
+    };
+    match run(SimConfig::for_seed(seed)) {
+        Ok(report) => println!("seed {seed} passed: {report:?}"),
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+#[test]
+fn same_seed_same_trace() {
+    for seed in [3, 4] {
+        let a = run(SimConfig::for_seed(seed)).expect("seed passes");
+        let b = run(SimConfig::for_seed(seed)).expect("seed passes");
+        assert_eq!(a, b, "seed {seed} is not deterministic");
+    }
+    let c = run(SimConfig::for_seed(6)).expect("seed passes");
+    let d = run(SimConfig::for_seed(8)).expect("seed passes");
+    assert_ne!(c.trace_hash, d.trace_hash, "different seeds, same trace");
+}
+
+fn assert_caught(bug: PlantedBug) {
+    let outcomes = run_seeds(seed_count(), Some(bug));
+    let caught: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        !caught.is_empty(),
+        "planted bug {bug:?} went unnoticed in {} seeds",
+        seed_count()
+    );
+    println!(
+        "{bug:?} caught in {} of {} seeds; first: {}",
+        caught.len(),
+        outcomes.len(),
+        caught[0]
+    );
+}
+
+#[test]
+fn catches_ack_before_flush() {
+    assert_caught(PlantedBug::AckBeforeFlush);
+}
+
+#[test]
+fn catches_vote_for_shorter_log() {
+    assert_caught(PlantedBug::VoteForShorterLog);
+}
+
+#[test]
+fn catches_commit_of_previous_term_by_counting() {
+    assert_caught(PlantedBug::CommitPreviousTerm);
+}

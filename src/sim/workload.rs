@@ -1,0 +1,161 @@
+//! Simulated clients, and the end-of-run checks: liveness after healing, and every
+//! member's log against the committed log.
+
+use bytes::Bytes;
+
+use crate::engine::{Event, Role};
+
+use super::{Check, Sim};
+
+impl Sim {
+    /// During faults: appends of one to three unique records, mostly to the leader
+    /// (as a client following redirects would), sometimes to anyone; some reads.
+    pub(super) fn client_workload(&mut self) -> Check {
+        if self.rng.chance(1, 2) {
+            let k = self.client_target();
+            let count = self.rng.range(1, 4);
+            self.submit_append(k, count)?;
+        }
+        if self.rng.chance(1, 10) {
+            let k = self.client_target();
+            self.submit_read(k)?;
+        }
+        Ok(())
+    }
+
+    /// Mostly some member that believes it leads, even a deposed one cut off in a
+    /// minority (a client with stale metadata), so logs diverge; sometimes anyone.
+    fn client_target(&mut self) -> usize {
+        let leaders: Vec<usize> = (0..self.nodes.len())
+            .filter(|&k| {
+                self.nodes[k]
+                    .engine
+                    .as_ref()
+                    .is_some_and(|e| e.role() == Role::Leader)
+            })
+            .collect();
+        if !leaders.is_empty() && self.rng.chance(4, 5) {
+            return leaders[self.rng.range(0, leaders.len() as u64) as usize];
+        }
+        self.rng.range(0, self.nodes.len() as u64) as usize
+    }
+
+    fn submit_append(&mut self, k: usize, count: u64) -> Check {
+        if self.nodes[k].engine.is_none() {
+            return Ok(());
+        }
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let records: Vec<Bytes> = (0..count)
+            .map(|i| Bytes::from(format!("req{request_id}-{i}")))
+            .collect();
+        self.checker.invoke_append(request_id, records.clone());
+        self.nodes[k].requests.push(request_id);
+        self.step(
+            k,
+            Event::ClientAppend {
+                request_id,
+                records,
+            },
+        )
+    }
+
+    fn submit_read(&mut self, k: usize) -> Check {
+        if self.nodes[k].engine.is_none() {
+            return Ok(());
+        }
+        let request_id = self.next_request;
+        self.next_request += 1;
+        self.checker.invoke_read(request_id);
+        self.nodes[k].requests.push(request_id);
+        self.step(k, Event::ReadIndex { request_id })
+    }
+
+    /// After healing: keeps appending to the leader until its log reaches past every
+    /// member's (so stale suffixes get replaced); returns whether an append made
+    /// after healing was acknowledged.
+    pub(super) fn drive_heal_workload(&mut self) -> Result<bool, String> {
+        if let Some(k) = self.leader_index() {
+            let leader_last = self.nodes[k]
+                .engine
+                .as_ref()
+                .expect("live")
+                .log()
+                .last_index();
+            let longest = self.longest_follower_log(k);
+            let acked = self.checker.acked_records > self.heal_acked_base;
+            if !acked || leader_last < longest {
+                self.submit_append(k, 1)?;
+            }
+        }
+        Ok(self.checker.acked_records > self.heal_acked_base)
+    }
+
+    fn longest_follower_log(&self, leader: usize) -> u64 {
+        let followers = self.nodes.iter().enumerate().filter(|&(k, _)| k != leader);
+        let engines = followers.filter_map(|(_, n)| n.engine.as_ref());
+        engines.map(|e| e.log().last_index()).max().unwrap_or(0)
+    }
+
+    /// Every member up, one leader, all logs equal and fully committed, and every
+    /// request a live member holds answered.
+    pub(super) fn converged(&self) -> bool {
+        let Some(k) = self.leader_index() else {
+            return false;
+        };
+        let leader = self.nodes[k].engine.as_ref().expect("live");
+        let all_caught_up = self.nodes.iter().all(|node| {
+            node.engine.as_ref().is_some_and(|e| {
+                e.commit_index() == leader.log().last_index()
+                    && e.log().last_index() == leader.log().last_index()
+            })
+        });
+        all_caught_up && self.checker.outstanding() == 0
+    }
+
+    /// Entries between the shortest commit index and the longest log.
+    pub(super) fn catch_up_entries(&self) -> u64 {
+        let engines = || self.nodes.iter().filter_map(|n| n.engine.as_ref());
+        let longest = engines().map(|e| e.log().last_index()).max().unwrap_or(0);
+        let lowest_commit = engines().map(|e| e.commit_index()).min().unwrap_or(0);
+        longest - lowest_commit
+    }
+
+    pub(super) fn liveness_report(&self, deadline: u64) -> String {
+        let mut text = format!(
+            "liveness: not converged by tick {deadline}; {} requests outstanding;",
+            self.checker.outstanding()
+        );
+        for (k, node) in self.nodes.iter().enumerate() {
+            if let Some(e) = &node.engine {
+                text += &format!(
+                    " member {}: {:?} term {} commit {} last {};",
+                    k + 1,
+                    e.role(),
+                    e.term(),
+                    e.commit_index(),
+                    e.log().last_index()
+                );
+                if e.role() == crate::engine::Role::Leader {
+                    text += &format!(" progress {};", e.describe_progress());
+                }
+            }
+        }
+        text
+    }
+
+    pub(super) fn final_checks(&self) -> Check {
+        for node in &self.nodes {
+            let e = node.engine.as_ref().expect("all members up after healing");
+            let lookup = |i| {
+                e.log()
+                    .get(i)
+                    .cloned()
+                    .or_else(|| node.disk.durable_entry(i))
+            };
+            self.checker
+                .check_final(e.id(), e.log().start(), e.commit_index(), &lookup)?;
+        }
+        Ok(())
+    }
+}
