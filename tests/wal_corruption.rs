@@ -218,3 +218,59 @@ fn bit_flips_in_real_segment_files_are_detected() {
         eprintln!("{flips} bit flips in real segment files, all detected");
     });
 }
+
+#[test]
+fn corruption_refuses_to_start_and_the_truncate_option_cuts_there() {
+    run(|| async {
+        let config = config();
+        let disk = SimStorage::new(512);
+        let (original, _) = build_log(disk.clone(), &config, 120).await;
+        let first = disk
+            .names()
+            .into_iter()
+            .find(|n| n.ends_with(".wal"))
+            .expect("a segment");
+        let mut data = disk.file_contents(&first).expect("exists");
+        data[512 + 700] ^= 0x10;
+        disk.set_file_contents(&first, data);
+
+        let index = match Wal::open(disk.clone(), config.clone()).await {
+            Err(WalError::Corrupt {
+                file,
+                offset,
+                index,
+                ..
+            }) => {
+                assert_eq!(file, first);
+                assert!((512..=512 + 700).contains(&offset), "offset {offset}");
+                index
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a damaged record before valid ones must stop the start"),
+        };
+        // The error tells how to proceed; with the option, the log ends before the
+        // damage, and the member can append (what it re-fetches from peers) again.
+        let lenient = WalConfig {
+            truncate_corrupt_tail: true,
+            ..config.clone()
+        };
+        let (wal, rec) = Wal::open(disk.clone(), lenient)
+            .await
+            .expect("open with the option");
+        assert_eq!(rec.last_index, index - 1);
+        assert!(matches!(
+            rec.reports.as_slice(),
+            [ringlog::wal::RecoveryReport::TruncatedCorruption { .. }]
+        ));
+        assert_eq!(read_all(&wal).await, original[..(index - 1) as usize]);
+        let e = original[(index - 1) as usize].clone();
+        wal.append(1, std::slice::from_ref(&e)).expect("append");
+        wal.flush().await.expect("flush");
+        drop(wal);
+        let (wal, rec) = Wal::open(disk, config)
+            .await
+            .expect("normal open afterwards");
+        assert_eq!(rec.last_index, index);
+        assert_eq!(read_all(&wal).await, original[..index as usize]);
+    });
+}

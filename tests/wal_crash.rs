@@ -129,7 +129,7 @@ async fn script(disk: &SimStorage, config: &WalConfig, seed: u64, steps: usize) 
     states
 }
 
-fn choices(unsynced: usize, rng: &mut Lcg) -> Vec<CrashChoice> {
+fn choices(unsynced: usize, dir_ops: usize, rng: &mut Lcg) -> Vec<CrashChoice> {
     let mut fates: Vec<Vec<BlockFate>> = vec![vec![], vec![BlockFate::Written; unsynced]];
     for k in 0..unsynced {
         let mut prefix = vec![BlockFate::Written; k];
@@ -149,6 +149,16 @@ fn choices(unsynced: usize, rng: &mut Lcg) -> Vec<CrashChoice> {
         );
     }
     let mut out = Vec::new();
+    // Every prefix of the unsynced directory operations, with all or none of the
+    // unsynced blocks.
+    for n in 1..dir_ops {
+        for blocks in [vec![], vec![BlockFate::Written; unsynced]] {
+            out.push(CrashChoice {
+                dir_ops: DirOps::Prefix(n),
+                blocks,
+            });
+        }
+    }
     for blocks in fates {
         for dir_ops in [DirOps::None, DirOps::All] {
             out.push(CrashChoice {
@@ -281,10 +291,8 @@ fn enumerate_cuts(preallocate: Preallocate, seed: u64, steps: usize) -> (usize, 
         let mut images = 0;
         for cut in 0..=events {
             let durable_op = disk.durable_op_at(cut).unwrap_or(0);
-            for (i, choice) in choices(disk.unsynced_blocks_at(cut), &mut rng)
-                .into_iter()
-                .enumerate()
-            {
+            let (blocks, dir_ops) = (disk.unsynced_blocks_at(cut), disk.unsynced_dir_ops_at(cut));
+            for (i, choice) in choices(blocks, dir_ops, &mut rng).into_iter().enumerate() {
                 let what = format!("seed {seed} cut {cut}/{events} choice {i} {choice:?}");
                 check_image(
                     disk.crash_image(cut, &choice),
@@ -303,7 +311,12 @@ fn enumerate_cuts(preallocate: Preallocate, seed: u64, steps: usize) -> (usize, 
 
 #[test]
 fn every_cut_point_recovers_a_prefix_fallocated_segments() {
-    for seed in 1..=6 {
+    // More seeds for a deeper run: WAL_CRASH_SEEDS=100 cargo test --release --test wal_crash
+    let seeds: u64 = std::env::var("WAL_CRASH_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    for seed in 1..=seeds {
         let (events, images) = enumerate_cuts(Preallocate::Fallocate, seed, 300);
         assert!(events > 200, "workload too small: {events} events");
         eprintln!("seed {seed}: {events} cut points, {images} crash images recovered");

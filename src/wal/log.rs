@@ -25,14 +25,14 @@ use glommio::sync::Semaphore;
 use glommio::{Task, spawn_local};
 use std::cell::{OnceCell, RefCell};
 use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
 
 mod flush;
 mod read;
 mod submit;
 
 use flush::{pad_to_block, prepare_spare};
-use std::io;
-use std::rc::Rc;
 
 /// What recovery found, returned by [`Wal::open`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,15 +133,24 @@ struct Inner<F> {
     /// What the most recently started flush will make durable.
     taken: Durable,
     /// Completion signal of the most recently started flush: the next flush waits on
-    /// it before it syncs (or, when it creates a segment, before it writes).
+    /// it before it reports anything durable (or, when it creates a segment or
+    /// follows removals, before it writes).
     last_done: Rc<Semaphore>,
+    /// Signalled once the most recently started flush's writes (and all earlier
+    /// ones) are done: the next flush waits on it before it syncs.
+    last_written: Rc<Semaphore>,
     spare: Option<Spare<F>>,
     /// The newest flush taken removes files: the next one must not write before the
     /// removals are durable, or a crash could keep its records but not the removal
     /// (a purge undone while later appends survive).
     removal_pending: bool,
     stats: WalStats,
+    /// Emptied record buffers kept for reuse (at most `BUFFER_POOL_MAX`).
+    buffer_pool: Vec<Vec<u8>>,
 }
+
+/// Record buffers kept for reuse after their flush.
+const BUFFER_POOL_MAX: usize = 4;
 
 struct Shared<S: Storage> {
     storage: Rc<S>,
@@ -168,8 +177,12 @@ impl<S: Storage> Clone for Wal<S> {
 
 struct Job<F> {
     items: Vec<Item<F>>,
+    /// The previous flush's completion, and this one's.
     wait_on: Rc<Semaphore>,
     done: Rc<Semaphore>,
+    /// The previous flush's "writes done", and this one's.
+    wait_written: Rc<Semaphore>,
+    written: Rc<Semaphore>,
     durable: Durable,
     flush_seq: Option<u64>,
     /// Wait for the previous flush before writing anything (it removes files).
@@ -249,9 +262,11 @@ impl<S: Storage> Wal<S> {
             durable: Durable { op: 0, last_index },
             taken: Durable { op: 0, last_index },
             last_done: Rc::new(Semaphore::new(1)),
+            last_written: Rc::new(Semaphore::new(1)),
             spare: None,
             removal_pending: false,
             stats: WalStats::default(),
+            buffer_pool: Vec::new(),
         };
         let wal = Wal {
             shared: Rc::new(Shared {

@@ -5,7 +5,24 @@
 //! One [`Wal`] per shard, driven by the runtime: it submits the engine's storage
 //! commands in op order (`append`, `truncate`, `reset`, `purge`,
 //! `persist_hard_state`), calls [`Wal::flush`] once per turn, and tells the engine
-//! the [`Durable`] op it returns.
+//! the [`Durable`] op it returns. Op numbers must strictly increase from 1 within one
+//! open WAL (0 means "nothing durable yet"). Submissions never block: when
+//! `buffered_bytes_max` is reached an append fails with `BufferFull` and nothing is
+//! applied; the runtime then awaits a flush and submits again.
+//!
+//! ```text
+//! let (wal, recovered) = Wal::open(DmaStorage::new(dir)?, WalConfig::default()).await?;
+//! for report in &recovered.reports { log::warn!("{report}") }   // torn tail etc.
+//! // each turn, in command order:
+//! wal.append(op, &entries)?;            // AppendLog
+//! wal.truncate(op, from)?;              // TruncateLog
+//! wal.reset(op, start, prev_term)?;     // ResetLog
+//! wal.purge(op, before)?;               // PurgeLog (whole segments; returns the new start)
+//! wal.persist_hard_state(op, state)?;   // PersistHardState
+//! // then, without blocking the turn (at most flushes_in_flight_max at once):
+//! let w = wal.clone();
+//! spawn_local(async move { let durable = w.flush().await?; /* tell the engine durable.op */ });
+//! ```
 
 pub mod config;
 pub mod error;

@@ -239,6 +239,16 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
                 dead.push(rec.segments.pop().expect("checked").name);
             }
             let prev = rec.segments.last_mut().expect("a segment starts below");
+            // An older segment is sealed: damage where its scan stopped lies beyond its
+            // live entries now that this segment continues the log from there.
+            if let Some(stop) = stops.get(&prev.name).cloned().flatten()
+                && stop.reason != END_OF_RECORDS
+            {
+                rec.reports.push(RecoveryReport::IgnoredDamage {
+                    file: prev.name.clone(),
+                    offset: stop.offset,
+                });
+            }
             prev.truncate(info.first_index);
             prev.sealed = true;
             let expected_term = prev.term_at(info.first_index - 1);
@@ -249,18 +259,6 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
                     "segment's previous term does not match the preceding segment",
                 ));
             }
-        }
-        if let Some(stop) = scan
-            .stop
-            .as_ref()
-            .filter(|s| !newest && s.reason != END_OF_RECORDS)
-        {
-            // An older segment is sealed: its damage is either superseded by the next
-            // segment or shows up as a gap when the next segment is chained.
-            rec.reports.push(RecoveryReport::IgnoredDamage {
-                file: seg.name.clone(),
-                offset: stop.offset,
-            });
         }
         stops.insert(seg.name.clone(), scan.stop.clone());
         rec.segments.push(seg);

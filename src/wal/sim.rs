@@ -155,6 +155,11 @@ impl SimStorage {
         self.replay(cut).unsynced.len()
     }
 
+    /// The number of directory operations not yet made durable at cut `cut`.
+    pub fn unsynced_dir_ops_at(&self, cut: usize) -> usize {
+        self.replay(cut).ns_ops.len()
+    }
+
     /// The highest op noted durable before cut `cut`.
     pub fn durable_op_at(&self, cut: usize) -> Option<u64> {
         self.state.borrow().events[..cut]
@@ -214,6 +219,7 @@ impl SimStorage {
         let ns_keep = match choice.dir_ops {
             DirOps::None => 0,
             DirOps::All => r.ns_ops.len(),
+            DirOps::Prefix(n) => n.min(r.ns_ops.len()),
         };
         for op in &r.ns_ops[..ns_keep] {
             apply_ns(&mut r.names, op);
@@ -250,6 +256,8 @@ struct Replay {
 pub enum DirOps {
     None,
     All,
+    /// The first `n` of them.
+    Prefix(usize),
 }
 
 /// What became of one unsynced block.

@@ -61,8 +61,10 @@ impl DmaStorage {
     /// Uses directory `dir`, creating it if needed.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<DmaStorage> {
         std::fs::create_dir_all(dir.as_ref())?;
+        // glommio opens paths relative to no directory (fd -1), so a relative path
+        // fails with EBADF: keep the absolute one.
         Ok(DmaStorage {
-            dir: dir.as_ref().to_path_buf(),
+            dir: std::fs::canonicalize(dir.as_ref())?,
             block_bytes: DMA_BLOCK_BYTES,
             probed: Cell::new(false),
         })

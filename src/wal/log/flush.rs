@@ -1,8 +1,14 @@
 //! Flushing: queued items become writes and syncs. Flushes overlap (bounded by
-//! `flushes_in_flight_max`) but complete strictly in order, each waiting for the
-//! previous one before it syncs.
+//! `flushes_in_flight_max`) but complete strictly in order. Each flush passes three
+//! points, each after the previous flush passed it: its writes are done (so its
+//! fdatasync, issued next, covers every earlier write too), its sync is done, and it
+//! is complete (hard state, removals). A flush that creates a segment or follows
+//! removals waits for the previous one to complete before it writes anything.
 
 use super::*;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 impl<S: Storage> Wal<S> {
     /// Makes every op submitted before this call durable: one write per
@@ -24,10 +30,15 @@ impl<S: Storage> Wal<S> {
         };
         loop {
             let job = shared.inner.borrow_mut().take_job(target, shared);
-            let done = job.done.clone();
+            let (done, written) = (job.done.clone(), job.written.clone());
             let durable = job.durable;
             let flush_seq = job.flush_seq;
-            match self.run_job(job).await {
+            let result = self.run_job(&job).await;
+            shared
+                .inner
+                .borrow_mut()
+                .recycle(job.items, shared.config.flush_bytes_max);
+            match result {
                 Ok(()) => {
                     let mut inner = shared.inner.borrow_mut();
                     inner.durable = durable;
@@ -48,26 +59,28 @@ impl<S: Storage> Wal<S> {
                         inner.failed = Some(err.to_string());
                     }
                     done.close();
+                    written.close();
                     return Err(err);
                 }
             }
         }
     }
 
-    async fn run_job(&self, job: Job<S::File>) -> WalResult<()> {
+    async fn run_job(&self, job: &Job<S::File>) -> WalResult<()> {
         let shared = &self.shared;
-        let wait_previous = |job: &Job<S::File>| {
-            let wait_on = job.wait_on.clone();
+        let wait = |event: &Rc<Semaphore>| {
+            let event = event.clone();
             async move {
-                wait_on
+                event
                     .acquire(1)
                     .await
                     .map_err(|_| WalError::Failed("an earlier flush failed".into()))
             }
         };
+        let wait_previous = |job: &Job<S::File>| wait(&job.wait_on);
         let mut waited = false;
         if job.write_barrier {
-            wait_previous(&job).await?;
+            wait_previous(job).await?;
             waited = true;
         }
         let mut to_sync: Vec<FileSlot<S::File>> = Vec::new();
@@ -85,7 +98,7 @@ impl<S: Storage> Wal<S> {
                     // durable, so an older segment never has an unsynced tail when a
                     // newer one has data: recovery relies on that.
                     if !waited {
-                        wait_previous(&job).await?;
+                        wait_previous(job).await?;
                         waited = true;
                     }
                     let file = self.create_segment(info, name).await?;
@@ -97,22 +110,29 @@ impl<S: Storage> Wal<S> {
                 } => {
                     if slot.get().is_none() && !waited {
                         // The segment is created by an earlier flush still in flight.
-                        wait_previous(&job).await?;
+                        wait_previous(job).await?;
                         waited = true;
                     }
                     let file = slot.get().ok_or_else(|| {
                         WalError::Failed("segment file missing for a write".into())
                     })?;
+                    // The chunks of one buffer go to the device together.
                     let chunk_bytes = shared.config.flush_bytes_max;
-                    for (i, chunk) in data.chunks(chunk_bytes).enumerate() {
-                        assert_eq!(chunk.len() % shared.block_bytes, 0);
-                        file.write_at(pos + (i * chunk_bytes) as u64, chunk)
-                            .await
-                            .map_err(io_err("writing a segment"))?;
-                        let mut inner = shared.inner.borrow_mut();
-                        inner.stats.writes += 1;
-                        inner.stats.bytes_written += chunk.len() as u64;
-                    }
+                    let writes: Vec<_> = data
+                        .chunks(chunk_bytes)
+                        .enumerate()
+                        .map(|(i, chunk)| {
+                            assert_eq!(chunk.len() % shared.block_bytes, 0);
+                            file.write_at(pos + (i * chunk_bytes) as u64, chunk)
+                        })
+                        .collect();
+                    let count = writes.len() as u64;
+                    join_all(writes)
+                        .await
+                        .map_err(io_err("writing a segment"))?;
+                    let mut inner = shared.inner.borrow_mut();
+                    inner.stats.writes += count;
+                    inner.stats.bytes_written += data.len() as u64;
                     if !to_sync.iter().any(|s| Rc::ptr_eq(s, slot)) {
                         to_sync.push(slot.clone());
                     }
@@ -121,9 +141,12 @@ impl<S: Storage> Wal<S> {
                 Item::Purge(names) => deletions.extend(names.iter().cloned()),
             }
         }
+        // Every earlier flush's writes must be done before this sync is issued, so
+        // that it covers them; then this flush's writes count as done for the next.
         if !waited {
-            wait_previous(&job).await?;
+            wait(&job.wait_written).await?;
         }
+        job.written.signal(1);
         if !shared.config.fsync_disabled {
             for slot in &to_sync {
                 if let Some(file) = slot.get() {
@@ -133,6 +156,10 @@ impl<S: Storage> Wal<S> {
                     shared.inner.borrow_mut().stats.syncs += 1;
                 }
             }
+        }
+        // Durability is reported in order: wait for the previous flush to complete.
+        if !waited {
+            wait_previous(job).await?;
         }
         if let Some(state) = hard_state {
             let mut file = shared
@@ -203,12 +230,28 @@ impl<S: Storage> Wal<S> {
 }
 
 impl<F: StorageFile> Inner<F> {
+    /// Keeps the record buffers of a finished flush for reuse, so that steady appends
+    /// do not allocate (and fault in) a new buffer per flush.
+    fn recycle(&mut self, items: Vec<Item<F>>, flush_bytes_max: usize) {
+        for item in items {
+            if let Item::Bytes { mut data, .. } = item
+                && self.buffer_pool.len() < BUFFER_POOL_MAX
+                && data.capacity() <= 2 * flush_bytes_max
+            {
+                data.clear();
+                self.buffer_pool.push(data);
+            }
+        }
+    }
+
     /// Takes the queued items up to op `target`, stopping before a second segment
     /// creation (which must wait for this job to be durable), and seals the last
     /// buffer of records with padding to the block end.
     fn take_job<S: Storage<File = F>>(&mut self, target: u64, shared: &Shared<S>) -> Job<F> {
         let done = Rc::new(Semaphore::new(0));
         let wait_on = std::mem::replace(&mut self.last_done, done.clone());
+        let written = Rc::new(Semaphore::new(0));
+        let wait_written = std::mem::replace(&mut self.last_written, written.clone());
         let mut items = Vec::new();
         let mut last_index = self.taken.last_index;
         let mut flush_seq = None;
@@ -286,6 +329,8 @@ impl<F: StorageFile> Inner<F> {
             items,
             wait_on,
             done,
+            wait_written,
+            written,
             durable,
             flush_seq,
             write_barrier,
@@ -349,4 +394,35 @@ pub(super) async fn prepare_spare<S: Storage>(
     }
     file.sync().await?;
     Ok(file)
+}
+
+/// Runs `futures` concurrently; the first error wins (the others still finish, since a
+/// buffer must not be freed while the device may read it).
+async fn join_all<F: Future<Output = io::Result<()>>>(futures: Vec<F>) -> io::Result<()> {
+    let mut pending: Vec<Option<Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut result = Ok(());
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for slot in pending.iter_mut() {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(r) => {
+                        if result.is_ok() {
+                            result = r;
+                        }
+                        *slot = None;
+                    }
+                    Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    result
 }

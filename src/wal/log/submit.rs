@@ -44,6 +44,7 @@ impl<S: Storage> Wal<S> {
         for e in entries {
             self.encode_entry(&mut inner, op, e);
         }
+        inner.trim_cache(config.cache_bytes_max);
         inner.submitted_op = op;
         Ok(())
     }
@@ -64,7 +65,6 @@ impl<S: Storage> Wal<S> {
         let last_index = e.index;
         let seg_index = inner.segments.len() - 1;
         let segment_seq = inner.segments[seg_index].info.segment_seq;
-        let slot = inner.slots[seg_index].clone();
         let reuse = matches!(
             inner.queue.back(),
             Some(Queued { item: Item::Bytes { segment_seq: s, .. }, .. }) if *s == segment_seq
@@ -107,12 +107,13 @@ impl<S: Storage> Wal<S> {
             // with the same number, which recovery's torn-tail rule relies on.
             inner.open_flush_seq += 1;
             let flush_seq = inner.open_flush_seq;
+            let slot = inner.slots[seg_index].clone();
             inner.queue.push_back(Queued {
                 item: Item::Bytes {
                     slot,
                     segment_seq,
                     pos: end_pos,
-                    data: Vec::new(),
+                    data: inner.buffer_pool.pop().unwrap_or_default(),
                     flush_seq,
                 },
                 first_op: op,
@@ -159,7 +160,6 @@ impl<S: Storage> Wal<S> {
         inner.last_term = e.term;
         inner.cache_payload_bytes += e.payload.len();
         inner.cache.push_back((e.clone(), flush_seq));
-        inner.trim_cache(self.shared.config.cache_bytes_max);
     }
 
     /// Queues the creation of a new segment starting at `first_index` and makes it
