@@ -11,6 +11,7 @@ use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
+use crate::bench::BenchConfig;
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::runtime::config::{ConfigError, FsyncPolicy, NodeConfig};
 use crate::runtime::dev::{self, DevError};
@@ -35,6 +36,8 @@ pub enum CliError {
     Io(#[from] std::io::Error),
     #[error("node {node} exited on its own ({status}); the dev cluster stopped the others")]
     NodeExited { node: u32, status: String },
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Flags of `ringlog serve` that override the config file.
@@ -258,5 +261,124 @@ mod tests {
             (binary["encoding"].as_str(), binary["record"].as_str()),
             (Some("base64"), Some("/wA="))
         );
+    }
+}
+
+/// Parses a duration like `10`, `10s`, `500ms` or `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit in {text:?}: use ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `ringlog bench`: against running nodes, or (`local`) a local 3-node cluster it
+/// starts in a temporary directory, benchmarks and stops.
+pub fn bench(
+    addr: Option<String>,
+    local: Option<LocalBench>,
+    config: BenchConfig,
+    json: bool,
+) -> Result<(), CliError> {
+    let (cluster, addrs, dir) = match (addr, local) {
+        (_, Some(local)) => {
+            let (cluster, addrs, dir) = start_local(&local)?;
+            (Some(cluster), addrs, Some(dir))
+        }
+        (Some(addr), None) => (None, vec![addr], None),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "bench needs --addr HOST:PORT or --local".into(),
+            ));
+        }
+    };
+    let config = BenchConfig {
+        addrs: addrs.clone(),
+        ..config
+    };
+    let report = with_client(&addrs[0], async |client| {
+        if cluster.is_some() {
+            await_leaders(client).await?;
+        }
+        Ok(crate::bench::run(config).await?)
+    });
+    if let Some(mut cluster) = cluster {
+        cluster.stop(Duration::from_secs(10));
+    }
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let report = report?;
+    println!(
+        "{}",
+        if json {
+            report.to_json()
+        } else {
+            report.to_text()
+        }
+    );
+    Ok(())
+}
+
+/// How `bench --local` sets up its cluster.
+#[derive(Clone, Debug)]
+pub struct LocalBench {
+    pub nodes: u32,
+    pub shards: u32,
+    pub fsync: FsyncPolicy,
+}
+
+fn start_local(local: &LocalBench) -> Result<(dev::DevCluster, Vec<String>, PathBuf), CliError> {
+    let dir = std::env::temp_dir().join(format!("ringlog-bench-{}", std::process::id()));
+    let base = (17_400..30_000)
+        .step_by(40)
+        .find(|&base| {
+            (0..local.nodes as u16).all(|i| {
+                (0..3)
+                    .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + 10 * i + o)).is_ok())
+            })
+        })
+        .ok_or_else(|| CliError::Usage("no free ports for a local cluster".into()))?;
+    let mut configs = dev::configs(local.nodes, base, &dir, local.shards)?;
+    for config in &mut configs {
+        config.wal.fsync = local.fsync;
+    }
+    let paths = dev::write_configs(&dir, &configs)?;
+    // The benchmark's own output is what matters; nodes report only problems.
+    let cluster =
+        dev::DevCluster::start_with_log_filter(&std::env::current_exe()?, &paths, Some("warn"))?;
+    let addrs = configs
+        .iter()
+        .map(|c| c.listen.client.to_string())
+        .collect();
+    Ok((cluster, addrs, dir))
+}
+
+/// Waits (up to 30 s) until every partition has a leader.
+async fn await_leaders(client: &Client) -> Result<(), CliError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(meta) = client.metadata().await
+            && !meta.partitions.is_empty()
+            && meta.partitions.iter().all(|p| p.leader.is_some())
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(CliError::Usage(
+                "the local cluster elected no leader within 30 s".into(),
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
     }
 }

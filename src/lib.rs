@@ -9,6 +9,7 @@
 //! - [`client`]: the Rust client library used by the CLI and the benchmark.
 //! - [`wal`]: the write-ahead log (segments, group commit, recovery, hard state).
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod engine;

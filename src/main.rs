@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
-use ringlog::cli::{self, ReadFormat, ServeOverrides};
+use std::time::Duration;
+
+use ringlog::bench::BenchConfig;
+use ringlog::cli::{self, LocalBench, ReadFormat, ServeOverrides};
 use ringlog::runtime::config::FsyncPolicy;
 
 #[derive(Parser, Debug)]
@@ -87,11 +89,51 @@ enum Command {
     },
     /// Measure throughput and latency of a cluster.
     Bench {
-        #[arg(long)]
+        /// A node of the cluster to load.
+        #[arg(long, required_unless_present = "local")]
         addr: Option<String>,
+        /// Start a local cluster in a temporary directory, benchmark it, stop it.
         #[arg(long)]
         local: bool,
+        /// With --local: nodes and shards per node.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        /// With --local: `never` for benchmarks of everything but the disk.
+        #[arg(long, value_enum, default_value = "always")]
+        fsync: Fsync,
+        /// Partitions to spread appends over (default: all).
+        #[arg(long)]
+        partitions: Option<u32>,
+        #[arg(long, default_value_t = 64)]
+        clients: u32,
+        /// Appends each client keeps outstanding.
+        #[arg(long, default_value_t = 1)]
+        inflight: u32,
+        #[arg(long, default_value_t = 256)]
+        record_size: usize,
+        /// Records per append.
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
+        #[arg(long, default_value = "10s", value_parser = cli::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "2s", value_parser = cli::parse_duration)]
+        warmup: Duration,
+        /// Open loop at this many records per second (latency from the scheduled time).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
+}
+
+fn fsync_policy(fsync: Fsync) -> FsyncPolicy {
+    match fsync {
+        Fsync::Always => FsyncPolicy::Always,
+        Fsync::Never => FsyncPolicy::Never,
+    }
 }
 
 fn main() {
@@ -123,10 +165,7 @@ fn run() -> anyhow::Result<()> {
             pin,
             fsync,
         } => {
-            let fsync = fsync.map(|f| match f {
-                Fsync::Always => FsyncPolicy::Always,
-                Fsync::Never => FsyncPolicy::Never,
-            });
+            let fsync = fsync.map(fsync_policy);
             let overrides = ServeOverrides {
                 node_id,
                 data_dir,
@@ -155,7 +194,40 @@ fn run() -> anyhow::Result<()> {
             cli::read(&addr, partition, from, follow, format)?
         }
         Command::Status { addr } => cli::status(&addr)?,
-        Command::Bench { .. } => bail!("`ringlog bench` is not available yet (issue 6 builds it)"),
+        Command::Bench {
+            addr,
+            local,
+            nodes,
+            shards,
+            fsync,
+            partitions,
+            clients,
+            inflight,
+            record_size,
+            batch,
+            duration,
+            warmup,
+            rate,
+            json,
+        } => {
+            let local = local.then_some(LocalBench {
+                nodes,
+                shards,
+                fsync: fsync_policy(fsync),
+            });
+            let config = BenchConfig {
+                addrs: Vec::new(),
+                partitions,
+                clients,
+                inflight,
+                record_bytes: record_size,
+                batch,
+                duration,
+                warmup,
+                rate_records_per_sec: rate,
+            };
+            cli::bench(addr, local, config, json)?
+        }
     }
     Ok(())
 }

@@ -113,22 +113,34 @@ pub struct DevCluster {
 impl DevCluster {
     /// Starts `exe serve --config PATH` for each config path.
     pub fn start(exe: &Path, paths: &[PathBuf]) -> Result<DevCluster, DevError> {
+        DevCluster::start_with_log_filter(exe, paths, None)
+    }
+
+    /// Like [`DevCluster::start`], with the nodes' `RUST_LOG` set to `filter`.
+    pub fn start_with_log_filter(
+        exe: &Path,
+        paths: &[PathBuf],
+        filter: Option<&str>,
+    ) -> Result<DevCluster, DevError> {
         let mut cluster = DevCluster {
             children: Vec::new(),
         };
         for (k, path) in paths.iter().enumerate() {
             let node = k as NodeId + 1;
-            let child = Command::new(exe)
+            let mut command = Command::new(exe);
+            command
                 .arg("serve")
                 .arg("--config")
                 .arg(path)
-                .stdin(Stdio::null())
-                .spawn()
-                .map_err(|e| DevError::Spawn {
-                    node,
-                    exe: exe.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                .stdin(Stdio::null());
+            if let Some(filter) = filter {
+                command.env("RUST_LOG", filter);
+            }
+            let child = command.spawn().map_err(|e| DevError::Spawn {
+                node,
+                exe: exe.display().to_string(),
+                reason: e.to_string(),
+            })?;
             cluster.children.push((node, child));
         }
         Ok(cluster)
