@@ -16,7 +16,7 @@ use crate::client::{Client, ClientConfig, ClientError};
 use crate::runtime::config::{ConfigError, FsyncPolicy, NodeConfig};
 use crate::runtime::dev::{self, DevError};
 use crate::runtime::node::{self, NodeError};
-use crate::transport::{Metadata, ReadRequest};
+use crate::transport::{ClientRequest, ClientResponse, Metadata, PartitionInfo, ReadRequest};
 
 #[derive(Debug, Error)]
 pub enum CliError {
@@ -220,22 +220,78 @@ pub fn format_record(partition: u32, index: u64, payload: &[u8], format: ReadFor
 pub fn status(addr: &str) -> Result<(), CliError> {
     with_client(addr, async |client| {
         let metadata = client.metadata().await?;
-        print!("{}", format_status(&metadata));
+        // Each node reports its own view of each partition; asking all of them
+        // gives every member's last index, hence how far each follower lags.
+        let mut views = Vec::new();
+        for node in &metadata.nodes {
+            let answer = client
+                .call(&node.client_addr, &ClientRequest::Metadata)
+                .await;
+            let view = match answer {
+                Ok(Ok(ClientResponse::Metadata(m))) => Some(m.partitions),
+                _ => None,
+            };
+            views.push((node.node_id, view));
+        }
+        print!("{}", format_status(&metadata, &views));
         Ok(())
     })
 }
 
-pub fn format_status(metadata: &Metadata) -> String {
+/// Each node's own partition reports, `None` for a node that did not answer.
+pub type NodeViews = [(u32, Option<Vec<PartitionInfo>>)];
+
+pub fn format_status(metadata: &Metadata, views: &NodeViews) -> String {
     let mut text = format!("cluster {}\n", metadata.cluster_id);
     for node in &metadata.nodes {
-        text += &format!("  node {} at {}\n", node.node_id, node.client_addr);
+        let up = views
+            .iter()
+            .any(|(id, view)| *id == node.node_id && view.is_some());
+        let state = if up { "up" } else { "not answering" };
+        text += &format!(
+            "  node {} at {} ({state})\n",
+            node.node_id, node.client_addr
+        );
     }
-    text += "partition  leader  term  commit  last  start\n";
+    text += "partition  leader  term  commit  last  start  followers (last index, lag)\n";
     for p in &metadata.partitions {
         let leader = p.leader.map_or("-".to_string(), |l| l.to_string());
+        let leader_last = views
+            .iter()
+            .filter(|(id, _)| Some(*id) == p.leader)
+            .find_map(|(_, view)| {
+                view.as_ref()?
+                    .iter()
+                    .find(|q| q.partition == p.partition)
+                    .map(|q| q.last_index)
+            })
+            .unwrap_or(p.last_index);
+        let followers: Vec<String> = views
+            .iter()
+            .filter(|(id, _)| Some(*id) != p.leader)
+            .map(|(id, view)| {
+                match view
+                    .as_ref()
+                    .and_then(|v| v.iter().find(|q| q.partition == p.partition))
+                {
+                    Some(q) => format!(
+                        "node {id}: {} ({})",
+                        q.last_index,
+                        leader_last.saturating_sub(q.last_index)
+                    ),
+                    None => format!("node {id}: ?"),
+                }
+            })
+            .collect();
         text += &format!(
-            "{:>9}  {:>6}  {:>4}  {:>6}  {:>4}  {:>5}\n",
-            p.partition, leader, p.term, p.commit_index, p.last_index, p.log_start
+            "{:>9}  {:>6}  {:>4}  {:>6}  {:>4}  {:>5}  {}\n",
+            p.partition,
+            leader,
+            p.term,
+            p.commit_index,
+            p.last_index,
+            p.log_start,
+            followers.join(", ")
         );
     }
     text
@@ -244,6 +300,39 @@ pub fn format_status(metadata: &Metadata) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_each_followers_lag() {
+        let partition = |last_index| PartitionInfo {
+            partition: 0,
+            leader: Some(1),
+            term: 3,
+            commit_index: 90,
+            last_index,
+            log_start: 1,
+        };
+        let metadata = Metadata {
+            cluster_id: 7,
+            nodes: (1..=3)
+                .map(|id| crate::transport::NodeInfo {
+                    node_id: id,
+                    client_addr: format!("127.0.0.1:{}", 7390 + 10 * id),
+                })
+                .collect(),
+            partitions: vec![partition(100)],
+        };
+        let views = vec![
+            (1, Some(vec![partition(100)])),
+            (2, Some(vec![partition(96)])),
+            (3, None),
+        ];
+        let text = format_status(&metadata, &views);
+        assert!(text.contains("node 2: 96 (4), node 3: ?"), "{text}");
+        assert!(
+            text.contains("node 3 at 127.0.0.1:7420 (not answering)"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn records_print_as_text_or_json_with_encoding() {

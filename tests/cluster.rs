@@ -105,10 +105,10 @@ fn three_nodes_two_shards_serve_concurrent_appends_identically() {
     on_executor(async move || {
         let client = client(addrs.clone());
         await_leaders(&client, 2, Duration::from_secs(20)).await;
-        let acked = append_many(addrs.clone(), "a", 2, 8, 4_000, 10).await;
+        let acked = append_many(addrs.clone(), "a", 2, 8, 100_000, 20).await;
         assert!(
-            acked.len() >= 3_600,
-            "only {} of 4000 appends acknowledged",
+            acked.len() >= 90_000,
+            "only {} of 100,000 records acknowledged",
             acked.len()
         );
         check_everywhere(addrs, 2, &acked).await;
@@ -338,4 +338,37 @@ impl Drop for StopOnDrop {
             let _ = child.wait();
         }
     }
+}
+
+#[test]
+fn data_dir_of_another_node_is_refused_at_start() {
+    let cluster = TestCluster::start(1, 1);
+    let mut config = cluster.configs[0].clone();
+    // Node 2 of the same cluster pointed at node 1's data directory.
+    config.node_id = 2;
+    config.nodes.push(ringlog::runtime::config::Member {
+        node_id: 2,
+        peer_address: "127.0.0.1:1".into(),
+        client_address: "127.0.0.1:1".into(),
+    });
+    config.listen.client = "127.0.0.1:0".parse().unwrap();
+    config.listen.peer = "127.0.0.1:0".parse().unwrap();
+    let path = cluster.dir.path().join("intruder.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !config.data_dir.join("ringlog-node-id").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never claimed its data directory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("belongs to cluster 42 node 1"), "{stderr}");
 }
