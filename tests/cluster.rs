@@ -217,20 +217,10 @@ fn invalid_config_is_refused_naming_the_key() {
     let path = dir.path().join("bad.toml");
     let example = include_str!("../examples/node.toml");
     std::fs::write(&path, example.replacen("node_id = 1", "node_id = 9", 1)).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = serve_fails(&path);
     assert!(stderr.contains("invalid setting `node_id`"), "{stderr}");
-    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"))
-        .args(["serve", "--config", "/nonexistent/ringlog.toml"])
-        .output()
-        .unwrap();
-    assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file"));
+    let stderr = serve_fails(std::path::Path::new("/nonexistent/ringlog.toml"));
+    assert!(stderr.contains("cannot read config file"), "{stderr}");
 }
 
 /// A base port whose dev-cluster ports (B .. B+22) are all free, below the kernel's
@@ -363,12 +353,21 @@ fn data_dir_of_another_node_is_refused_at_start() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let stderr = serve_fails(&path);
+    assert!(stderr.contains("belongs to cluster 42 node 1"), "{stderr}");
+}
+
+/// Runs `ringlog serve --config path`, which must fail; returns what it said.
+fn serve_fails(path: &std::path::Path) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"))
         .args(["serve", "--config"])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("belongs to cluster 42 node 1"), "{stderr}");
+    assert!(
+        !output.status.success(),
+        "serve with {} did not fail",
+        path.display()
+    );
+    String::from_utf8_lossy(&output.stderr).to_string()
 }
