@@ -116,7 +116,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
     let end = started + config.warmup + config.duration;
     let senders = config.clients * config.inflight.max(1);
     let interval = config.rate_records_per_sec.map(|rate| {
-        Duration::from_secs_f64(senders as f64 * config.batch as f64 / rate.max(1) as f64)
+        Duration::from_secs_f64(senders as f64 * config.batch.max(1) as f64 / rate.max(1) as f64)
     });
     let tasks: Vec<_> = (0..senders)
         .map(|sender| {

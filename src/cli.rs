@@ -368,7 +368,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         _ => return Err(format!("unknown unit in {text:?}: use ms, s or m")),
     };
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
 }
 
 /// `ringlog bench`: against running nodes, or (`local`) a local 3-node cluster it

@@ -371,3 +371,56 @@ fn serve_fails(path: &std::path::Path) -> String {
     );
     String::from_utf8_lossy(&output.stderr).to_string()
 }
+
+#[test]
+fn oversized_records_and_batches_are_refused_and_the_node_keeps_serving() {
+    let cluster = TestCluster::start(3, 1);
+    let addrs = cluster.client_addrs();
+    on_executor(async move || {
+        let client = client(addrs.clone());
+        await_leaders(&client, 1, Duration::from_secs(20)).await;
+        let big = client
+            .append(0, vec![Bytes::from(vec![1u8; 2 << 20])])
+            .await;
+        let text = format!("{:?}", big.unwrap_err());
+        assert!(text.contains("exceeds the limit"), "{text}");
+        let many = client
+            .append(0, vec![Bytes::from_static(b"x"); 100_000])
+            .await;
+        let text = format!("{:?}", many.unwrap_err());
+        assert!(text.contains("send smaller batches"), "{text}");
+        let fine = client
+            .append(0, vec![Bytes::from_static(b"still serving")])
+            .await;
+        assert!(fine.is_ok(), "{fine:?}");
+    });
+}
+
+#[test]
+fn reads_of_one_record_at_a_time_step_over_leader_no_ops() {
+    let cluster = TestCluster::start(3, 1);
+    let addrs = cluster.client_addrs();
+    on_executor(async move || {
+        let client = client(addrs.clone());
+        await_leaders(&client, 1, Duration::from_secs(20)).await;
+        let records: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("r{i}"))).collect();
+        let ok = client.append(0, records.clone()).await.expect("append");
+        let mut seen = Vec::new();
+        let mut next = 1; // index 1 is the first leader's no-op
+        while next <= ok.last_index {
+            let request = ringlog::transport::ReadRequest {
+                partition: 0,
+                from_index: next,
+                max_records: 1,
+                max_bytes: 1 << 20,
+                wait_timeout_ms: 0,
+            };
+            let answer = client.read(request).await.expect("read");
+            let record = answer.records.first().expect("a record after the no-op");
+            assert_eq!(answer.records.len(), 1);
+            seen.push(record.payload.clone());
+            next = record.index + 1;
+        }
+        assert_eq!(seen, records);
+    });
+}

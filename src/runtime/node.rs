@@ -250,6 +250,12 @@ fn run_executor(
             stop.store(true, Ordering::Relaxed);
             return Err(e);
         }
-        run_shard(context).await.map_err(NodeError::from)
+        let result = run_shard(context).await.map_err(NodeError::from);
+        // Any shard failing stops the node: a node serving some partitions but not
+        // others would look alive while part of it is dead.
+        if result.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        result
     })
 }

@@ -48,11 +48,13 @@ impl ClientRouter {
             Err(flume::TrySendError::Disconnected(_)) => return Err(shutting_down()),
         }
         let timeout = Duration::from_millis(ANSWER_TIMEOUT_MS + extra_wait_ms);
+        // A shard that drops the reply has stopped mid-request: an append may have
+        // been applied, so this is Timeout (outcome open), never a refusal.
         let answer = async {
             answer
                 .recv_async()
                 .await
-                .unwrap_or_else(|_| Err(shutting_down()))
+                .unwrap_or(Err(ServerError::Timeout))
         };
         let late = async {
             glommio::timer::sleep(timeout).await;
@@ -66,11 +68,17 @@ impl ClientRouter {
         for partition in 0..self.shards.len() as u32 {
             let (reply, answer) = reply_channel();
             let input = ShardInput::Info { reply };
-            let wrapped = async { answer.recv_async().await.map_err(|_| shutting_down()) };
             match self.shard(partition)?.try_send(input) {
-                Ok(()) => partitions.push(wrapped.await?),
-                Err(_) => return Err(ServerError::Overloaded),
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(_)) => return Err(ServerError::Overloaded),
+                Err(flume::TrySendError::Disconnected(_)) => return Err(shutting_down()),
             }
+            let wrapped = async { answer.recv_async().await.map_err(|_| shutting_down()) };
+            let late = async {
+                glommio::timer::sleep(Duration::from_millis(ANSWER_TIMEOUT_MS)).await;
+                Err(ServerError::Timeout)
+            };
+            partitions.push(future::or(wrapped, late).await?);
         }
         Ok(Metadata {
             cluster_id: self.cluster_id,

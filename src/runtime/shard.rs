@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_lite::future;
 use thiserror::Error;
 
@@ -62,6 +63,10 @@ pub struct ShardContext {
     pub inbox: flume::Receiver<ShardInput>,
 }
 
+/// What one record costs in the WAL's buffer beyond its payload (its header, and
+/// the end of a block it may skip), as the WAL counts it.
+const WAL_RECORD_COST_BYTES: usize = 2 * crate::wal::format::RECORD_HEADER_BYTES;
+
 /// Events fed to the engine in one turn at most; the rest wait for the next turn,
 /// so that one turn's latency stays bounded under a flood.
 const TURN_EVENTS_MAX: usize = 4096;
@@ -84,6 +89,7 @@ enum Wake {
 
 struct Shard {
     id: u32,
+    wal_limits: WalConfig,
     client_addrs: BTreeMap<NodeId, String>,
     engine: Engine,
     wal: Rc<Wal<DmaStorage>>,
@@ -121,7 +127,15 @@ pub async fn run_shard(ctx: ShardContext) -> Result<(), ShardError> {
         shard.engine.term()
     );
     while !stop.load(Ordering::Relaxed) {
-        shard.turn().await?;
+        if let Err(error) = shard.turn().await {
+            // Fail-stop: nothing more is acknowledged, and appends in flight may
+            // or may not commit elsewhere, so their clients hear Timeout, not a
+            // refusal they would retry.
+            shard.answer_all_waiting(ServerError::Unavailable {
+                reason: format!("shard failed: {error}"),
+            });
+            return Err(error);
+        }
     }
     shard.shut_down().await
 }
@@ -176,6 +190,7 @@ impl Shard {
             })
         })?;
         let flushes_in_flight_max = parts.wal_config.flushes_in_flight_max;
+        let wal_limits = parts.wal_config.clone();
         let (wal, recovered) = Wal::open(storage, parts.wal_config)
             .await
             .map_err(open_error)?;
@@ -212,6 +227,7 @@ impl Shard {
         let (flushed_tx, flushed_rx) = flume::unbounded();
         Ok(Shard {
             id: shard,
+            wal_limits,
             client_addrs: parts.client_addrs,
             commit: engine.commit_index(),
             term: engine.term(),
@@ -266,7 +282,14 @@ impl Shard {
 
     async fn wait(&self) -> Wake {
         let until_tick = self.next_tick.saturating_duration_since(Instant::now());
-        let input = async { Wake::Input(self.inbox.recv_async().await.ok()) };
+        // With every sender gone (the node is stopping) there is nothing to wait for:
+        // stay pending rather than wake at once, round after round.
+        let input = async {
+            match self.inbox.recv_async().await {
+                Ok(input) => Wake::Input(Some(input)),
+                Err(_) => future::pending().await,
+            }
+        };
         let flushed = async {
             match self.flushed_rx.recv_async().await {
                 Ok(result) => Wake::Flushed(result),
@@ -285,6 +308,10 @@ impl Shard {
             Wake::Timer | Wake::Input(None) => {}
             Wake::Input(Some(ShardInput::Peer(msg))) => events.push(Event::Message(msg)),
             Wake::Input(Some(ShardInput::Append { records, reply })) => {
+                if let Err(refusal) = self.check_batch(&records) {
+                    let _ = reply.send(Err(refusal));
+                    return Ok(());
+                }
                 let request_id = self.next_request();
                 self.appends.insert(request_id, reply);
                 events.push(Event::ClientAppend {
@@ -318,6 +345,39 @@ impl Shard {
                     source,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses, before anything is appended, a batch the WAL could never take: a
+    /// record over its size limit, or a batch larger than half its buffer (so that
+    /// one batch always fits once earlier ones are flushed).
+    fn check_batch(&self, records: &[Bytes]) -> Result<(), ServerError> {
+        let config = &self.wal_limits;
+        if let Some(big) = records
+            .iter()
+            .find(|r| r.len() > config.record_size_bytes_max)
+        {
+            return Err(ServerError::InvalidRequest {
+                reason: format!(
+                    "a record of {} bytes exceeds the limit of {} bytes",
+                    big.len(),
+                    config.record_size_bytes_max
+                ),
+            });
+        }
+        let cost: usize = records
+            .iter()
+            .map(|r| r.len() + WAL_RECORD_COST_BYTES)
+            .sum();
+        if cost > config.buffered_bytes_max / 2 {
+            return Err(ServerError::InvalidRequest {
+                reason: format!(
+                    "a batch of {} records costs {cost} bytes in the log, more than {}; send smaller batches",
+                    records.len(),
+                    config.buffered_bytes_max / 2
+                ),
+            });
         }
         Ok(())
     }
@@ -418,6 +478,14 @@ impl Shard {
         loop {
             match submit(&self.wal) {
                 Ok(()) => return Ok(()),
+                // Nothing waits to be flushed, yet the buffer is full: this batch can
+                // never fit (admission should have refused it). Stop, don't spin.
+                Err(source @ WalError::BufferFull { .. }) if !self.wal.has_unflushed() => {
+                    return Err(ShardError::Wal {
+                        shard: self.id,
+                        source,
+                    });
+                }
                 Err(WalError::BufferFull { .. }) => {
                     let flushed = self.wal.flush().await;
                     self.flushes_in_flight += 1;
@@ -540,12 +608,13 @@ impl Shard {
                 let _ = reply.send(Ok(empty));
                 return;
             }
-            let to = commit.min(request.from_index + request.max_records as u64 - 1) + 1;
+            let to = commit + 1;
             let answer = match read_records(
                 &wal,
                 request.from_index,
                 to,
                 request.max_bytes as usize,
+                request.max_records as usize,
             )
             .await
             {
@@ -618,22 +687,26 @@ impl Shard {
         }
     }
 
-    /// Stops: answers everything still waiting, then makes the WAL durable.
-    async fn shut_down(mut self) -> Result<(), ShardError> {
-        let closing = || ServerError::Unavailable {
-            reason: "node shutting down".into(),
-        };
-        // Appends in flight may still commit: their outcome is unknown (Timeout),
-        // not refused (Unavailable would invite a blind retry and a duplicate).
+    /// Answers every client still waiting: appends with Timeout (their outcome is
+    /// open: they may commit elsewhere, and Unavailable would invite a blind retry
+    /// and a duplicate), reads with `refusal`.
+    fn answer_all_waiting(&mut self, refusal: ServerError) {
         for (_, reply) in self.appends.drain() {
             let _ = reply.send(Err(ServerError::Timeout));
         }
         for (_, (_, reply)) in self.barriers.drain() {
-            let _ = reply.send(Err(closing()));
+            let _ = reply.send(Err(refusal.clone()));
         }
         for read in self.waiting_reads.drain(..) {
-            let _ = read.reply.send(Err(closing()));
+            let _ = read.reply.send(Err(refusal.clone()));
         }
+    }
+
+    /// Stops: answers everything still waiting, then makes the WAL durable.
+    async fn shut_down(mut self) -> Result<(), ShardError> {
+        self.answer_all_waiting(ServerError::Unavailable {
+            reason: "node shutting down".into(),
+        });
         self.wal
             .flush()
             .await
@@ -654,6 +727,7 @@ async fn read_records(
     mut from: Index,
     to: Index,
     bytes_max: usize,
+    records_max: usize,
 ) -> WalResult<Vec<Record>> {
     let mut records = Vec::new();
     while records.is_empty() && from < to {
@@ -662,6 +736,9 @@ async fn read_records(
         from = last.index + 1;
         records = records_of(entries);
     }
+    // The scan runs to the commit index (so no-ops never hide later records); the
+    // answer keeps to the count the client asked for.
+    records.truncate(records_max);
     Ok(records)
 }
 
