@@ -186,12 +186,7 @@ pub fn read(
                 )?;
             }
             out.flush()?;
-            // Past the last record returned; when none came back, everything up to
-            // the commit index was no-ops (which reads skip) or nothing is new.
-            next = match ok.records.last() {
-                Some(last) => last.index + 1,
-                None => next.max(ok.commit_index + 1),
-            };
+            next = ok.next_from(next);
             let caught_up = next > ok.commit_index;
             if (caught_up && !follow) || stop.load(Ordering::Relaxed) {
                 return Ok(());

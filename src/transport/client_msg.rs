@@ -53,6 +53,17 @@ pub struct ReadOk {
     pub log_start: Index,
 }
 
+impl ReadOk {
+    /// Where a reader that asked from `from` continues: past the last record
+    /// returned or, when none came back, past the commit index (everything up to it
+    /// was leader no-ops, which reads skip, or nothing is new).
+    pub fn next_from(&self, from: Index) -> Index {
+        self.records
+            .last()
+            .map_or(from.max(self.commit_index + 1), |r| r.index + 1)
+    }
+}
+
 /// One node of the cluster as clients see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {

@@ -219,10 +219,7 @@ pub async fn read_all(
             for record in &ok.records {
                 out.push((record.index, record.payload.clone()));
             }
-            next = ok
-                .records
-                .last()
-                .map_or(next.max(ok.commit_index + 1), |r| r.index + 1);
+            next = ok.next_from(next);
             if ok.commit_index >= until && next > ok.commit_index {
                 return out;
             }
