@@ -268,6 +268,27 @@ impl<T> OneShot<T> {
     }
 }
 
+/// The next connection on `listener`. Accept errors (such as running out of file
+/// descriptors) are logged under `what` and retried after a short pause rather than
+/// ending the listener.
+pub async fn accept_retrying(
+    listener: &glommio::net::TcpListener,
+    what: &str,
+) -> glommio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => return stream,
+            Err(e) => {
+                log::warn!("{what}: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+            }
+        }
+    }
+}
+
+/// Pause after a failed accept.
+const ACCEPT_RETRY_MS: u64 = 10;
+
 /// A listening socket that only this process may use: SO_REUSEADDR (so a restart
 /// can bind over the closing connections of the previous run) but not SO_REUSEPORT,
 /// which glommio's own `bind` sets and which would let a second process on the same

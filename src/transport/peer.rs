@@ -549,14 +549,7 @@ impl<H: PeerHandler> PeerAcceptor<H> {
     /// Accepts connections forever, each served by its own task.
     pub async fn run(self) {
         loop {
-            let stream = match self.listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    log::warn!("peer acceptor: accept failed: {e}");
-                    glommio::timer::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
+            let stream = super::conn::accept_retrying(&self.listener, "peer acceptor").await;
             if self.stats.connections_open.get() as usize >= self.config.connections_max {
                 log::warn!(
                     "peer acceptor: refusing connection: {} open",

@@ -116,19 +116,10 @@ impl<H: RequestHandler> ClientListener<H> {
         self.stats.clone()
     }
 
-    /// Accepts connections forever, each served by its own task. Accept errors (such as
-    /// running out of file descriptors) are logged and retried after a short pause
-    /// rather than ending the listener.
+    /// Accepts connections forever, each served by its own task.
     pub async fn run(self) {
         loop {
-            let stream = match self.listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    log::warn!("client listener: accept failed: {e}");
-                    glommio::timer::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
+            let stream = super::conn::accept_retrying(&self.listener, "client listener").await;
             if self.stats.connections_open.get() as usize >= self.config.connections_max {
                 bump(&self.stats.connections_refused_total, 1);
                 log::warn!(
