@@ -3,6 +3,7 @@
 //! The crate is split the way the design asks (see `docs/engine.md`):
 //! - [`engine`]: the sans-IO Raft state machine: events in, commands out.
 //! - [`runtime`]: node configuration, start-up checks, the dev cluster launcher.
+//! - [`metrics`]: Prometheus metrics, the `/metrics` and `/health` endpoints.
 //! - [`history`]: the chaos tests' checker of client histories against final logs.
 //! - [`proxy`]: a TCP fault proxy (delay, jitter, stall, partition) for tests and benchmarks.
 //! - [`transport`]: frame codec, peer links and the client protocol's server side.
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod engine;
 pub mod history;
+pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod transport;

@@ -281,6 +281,11 @@ impl Engine {
         self.hard
     }
 
+    /// The leader's view of each follower (stale or empty on other roles).
+    pub fn replication_progress(&self) -> &[(NodeId, Progress)] {
+        &self.peers
+    }
+
     /// The leader's view of each follower, for diagnostics.
     pub fn describe_progress(&self) -> String {
         let parts: Vec<String> = self

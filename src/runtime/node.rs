@@ -17,6 +17,9 @@ use super::preflight::{self, PreflightError};
 use super::router::{ClientRouter, PeerRouter, node_infos};
 use super::shard::{ShardContext, ShardError, run_shard};
 use crate::engine::NodeId;
+use crate::metrics::health::HealthBoard;
+use crate::metrics::http::MetricsServer;
+use crate::metrics::{NodeMetrics, RouterMetrics};
 use crate::transport::peer::{PeerAcceptor, PeerConfig};
 use crate::transport::server::{ClientListener, ServerConfig};
 use crate::wal::config::WalConfig;
@@ -59,12 +62,17 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
     let _lock = preflight::lock_data_dir(&config.data_dir)?;
     preflight::check_address_free("client", config.listen.client)?;
     preflight::check_address_free("peer", config.listen.peer)?;
+    preflight::check_address_free("metrics", config.listen.metrics)?;
     if config.wal.fsync == FsyncPolicy::Never {
         log::warn!(
             "fsync = \"never\": acknowledged records are NOT durable; use this for benchmarks only"
         );
     }
     let peer_addrs = resolve_peers(&config)?;
+    let observe = Observe {
+        metrics: NodeMetrics::new(config.node_id),
+        health: HealthBoard::new(shards),
+    };
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..shards).map(|_| flume::bounded(INBOX_CAPACITY)).unzip();
     let threads: Vec<_> = receivers
@@ -72,8 +80,9 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
         .enumerate()
         .map(|(shard, inbox)| {
             let shard = shard as u32;
-            let context = shard_context(&config, shard, &peer_addrs, inbox, stop.clone());
-            let front = (shard == 0).then(|| FrontDoors::new(&config, senders.clone()));
+            let context = shard_context(&config, shard, &peer_addrs, inbox, stop.clone(), &observe);
+            let front =
+                (shard == 0).then(|| FrontDoors::new(&config, senders.clone(), observe.clone()));
             let placement = if config.pin {
                 Placement::Fixed(shard as usize)
             } else {
@@ -135,6 +144,7 @@ fn shard_context(
     peer_addrs: &BTreeMap<NodeId, SocketAddr>,
     inbox: flume::Receiver<ShardInput>,
     stop: Arc<AtomicBool>,
+    observe: &Observe,
 ) -> ShardContext {
     let engine_config = config.engine_config().expect("validated config");
     let wal_config = WalConfig {
@@ -167,35 +177,50 @@ fn shard_context(
         seed,
         stop,
         inbox,
+        metrics: observe.metrics.clone(),
+        health: observe.health.clone(),
     }
 }
 
-/// The client listener and peer acceptor, started on shard 0's executor.
+/// The node's metrics registry and health board, shared by all shards.
+#[derive(Clone)]
+struct Observe {
+    metrics: Arc<NodeMetrics>,
+    health: Arc<HealthBoard>,
+}
+
+/// The client listener, peer acceptor and metrics server, started on shard 0's
+/// executor. Their routers hold `Rc`s, so they are built there, from these parts.
 struct FrontDoors {
     client: SocketAddr,
     peer: SocketAddr,
-    client_router: ClientRouter,
-    peer_router: PeerRouter,
-    peer_config: PeerConfig,
+    metrics: SocketAddr,
+    cluster_id: u64,
+    node_id: NodeId,
+    members: Vec<(NodeId, String)>,
+    shards: Vec<flume::Sender<ShardInput>>,
+    observe: Observe,
 }
 
 impl FrontDoors {
-    fn new(config: &NodeConfig, shards: Vec<flume::Sender<ShardInput>>) -> FrontDoors {
-        let members: Vec<(NodeId, String)> = config
-            .nodes
-            .iter()
-            .map(|m| (m.node_id, m.client_address.clone()))
-            .collect();
+    fn new(
+        config: &NodeConfig,
+        shards: Vec<flume::Sender<ShardInput>>,
+        observe: Observe,
+    ) -> FrontDoors {
         FrontDoors {
             client: config.listen.client,
             peer: config.listen.peer,
-            client_router: ClientRouter {
-                cluster_id: config.cluster_id,
-                nodes: node_infos(&members),
-                shards: shards.clone(),
-            },
-            peer_router: PeerRouter { shards },
-            peer_config: PeerConfig::new(config.cluster_id, config.node_id),
+            metrics: config.listen.metrics,
+            cluster_id: config.cluster_id,
+            node_id: config.node_id,
+            members: config
+                .nodes
+                .iter()
+                .map(|m| (m.node_id, m.client_address.clone()))
+                .collect(),
+            shards,
+            observe,
         }
     }
 
@@ -207,24 +232,51 @@ impl FrontDoors {
                 reason: e.to_string(),
             }
         };
-        let clients = ClientListener::bind(
-            self.client,
-            ServerConfig::default(),
-            Rc::new(self.client_router),
+        let peers: Vec<NodeId> = self
+            .members
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.node_id)
+            .collect();
+        let router_metrics = Rc::new(RouterMetrics::new(
+            &self.observe.metrics,
+            self.shards.len() as u32,
+            &peers,
+        ));
+        let client_router = ClientRouter {
+            cluster_id: self.cluster_id,
+            nodes: node_infos(&self.members),
+            shards: self.shards.clone(),
+            metrics: router_metrics.clone(),
+        };
+        let peer_router = PeerRouter {
+            shards: self.shards,
+            peers,
+            metrics: router_metrics.clone(),
+        };
+        let clients =
+            ClientListener::bind(self.client, ServerConfig::default(), Rc::new(client_router))
+                .map_err(listen_error("client", self.client))?;
+        let peer_config = PeerConfig::new(self.cluster_id, self.node_id);
+        let peers = PeerAcceptor::bind(self.peer, Rc::new(peer_config), Rc::new(peer_router))
+            .map_err(listen_error("peer", self.peer))?;
+        let (client_stats, peer_stats) = (clients.stats(), peers.stats());
+        let collect = Rc::new(move || router_metrics.collect(&client_stats, &peer_stats));
+        let scrapes = MetricsServer::bind(
+            self.metrics,
+            self.observe.metrics.clone(),
+            self.observe.health.clone(),
+            collect,
         )
-        .map_err(listen_error("client", self.client))?;
-        let peers = PeerAcceptor::bind(
-            self.peer,
-            Rc::new(self.peer_config),
-            Rc::new(self.peer_router),
-        )
-        .map_err(listen_error("peer", self.peer))?;
+        .map_err(listen_error("metrics", self.metrics))?;
         glommio::spawn_local(clients.run()).detach();
         glommio::spawn_local(peers.run()).detach();
+        glommio::spawn_local(scrapes.run()).detach();
         log::info!(
-            "serving clients on {} and peers on {}",
+            "serving clients on {}, peers on {} and metrics on http://{}/metrics",
             self.client,
-            self.peer
+            self.peer,
+            self.metrics
         );
         Ok(())
     }

@@ -2,12 +2,15 @@
 //! acceptor's message handler. Both run on shard 0's executor and route by
 //! partition (= shard) to that shard's inbox, so clients never see cores.
 
-use std::time::Duration;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
 use super::inbox::{ShardInput, reply_channel};
 use crate::engine::{Message, NodeId};
+use crate::metrics::RouterMetrics;
+use crate::metrics::handles::Op;
 use crate::transport::peer::PeerHandler;
 use crate::transport::server::RequestHandler;
 use crate::transport::{ClientRequest, ClientResponse, Hello, Metadata, NodeInfo, ServerError};
@@ -20,6 +23,7 @@ pub struct ClientRouter {
     pub cluster_id: u64,
     pub nodes: Vec<NodeInfo>,
     pub shards: Vec<flume::Sender<ShardInput>>,
+    pub metrics: Rc<RouterMetrics>,
 }
 
 impl ClientRouter {
@@ -96,16 +100,24 @@ fn shutting_down() -> ServerError {
 
 impl RequestHandler for ClientRouter {
     async fn handle(&self, request: ClientRequest) -> Result<ClientResponse, ServerError> {
+        let arrived = Instant::now();
         match request {
             ClientRequest::Append(append) => {
+                let (partition, records) = (append.partition, append.records.len() as u64);
+                let bytes: u64 = append.records.iter().map(|r| r.len() as u64).sum();
                 let (reply, answer) = reply_channel();
                 let input = ShardInput::Append {
                     records: append.records,
                     reply,
                 };
-                self.ask(append.partition, input, answer, 0)
-                    .await
-                    .map(ClientResponse::Append)
+                let result = self.ask(partition, input, answer, 0).await;
+                let elapsed = arrived.elapsed();
+                self.metrics
+                    .request(Op::Append, result.as_ref().err(), elapsed);
+                if result.is_ok() {
+                    self.metrics.appended(partition, records, bytes, elapsed);
+                }
+                result.map(ClientResponse::Append)
             }
             ClientRequest::Read(read) => {
                 let (reply, answer) = reply_channel();
@@ -114,21 +126,36 @@ impl RequestHandler for ClientRouter {
                     request: read,
                     reply,
                 };
-                self.ask(read.partition, input, answer, wait)
-                    .await
-                    .map(ClientResponse::Read)
+                let result = self.ask(read.partition, input, answer, wait).await;
+                self.metrics
+                    .request(Op::Read, result.as_ref().err(), arrived.elapsed());
+                result.map(ClientResponse::Read)
             }
-            ClientRequest::Metadata => self.metadata().await.map(ClientResponse::Metadata),
+            ClientRequest::Metadata => {
+                let result = self.metadata().await;
+                self.metrics
+                    .request(Op::Metadata, result.as_ref().err(), arrived.elapsed());
+                result.map(ClientResponse::Metadata)
+            }
         }
     }
 }
 
 pub struct PeerRouter {
     pub shards: Vec<flume::Sender<ShardInput>>,
+    /// The other members: links from any other node id are refused.
+    pub peers: Vec<NodeId>,
+    pub metrics: Rc<RouterMetrics>,
 }
 
 impl PeerHandler for PeerRouter {
     fn accept(&self, hello: &Hello) -> Result<(), String> {
+        if !self.peers.contains(&hello.node_id) {
+            return Err(format!(
+                "node {} is not a member of this cluster (members here: {:?})",
+                hello.node_id, self.peers
+            ));
+        }
         if (hello.shard_id as usize) < self.shards.len() {
             Ok(())
         } else {
@@ -145,6 +172,10 @@ impl PeerHandler for PeerRouter {
         if let Some(shard) = self.shards.get(shard_id as usize) {
             let _ = shard.try_send(ShardInput::Peer(message));
         }
+    }
+
+    fn received_bytes(&self, shard_id: u32, from: NodeId, bytes: u64) {
+        self.metrics.peer_received(shard_id, from, bytes);
     }
 }
 

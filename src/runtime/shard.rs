@@ -25,6 +25,8 @@ use crate::engine::{
     self, AppendError, Command, Engine, Entry, EntryKind, Event, Index, Message, MessageBody,
     NodeId, ReadError, Role, Term,
 };
+use crate::metrics::health::HealthBoard;
+use crate::metrics::{NodeMetrics, ShardMetrics};
 use crate::transport::peer::{PeerConfig, PeerLink, SendError};
 use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, Record, ServerError};
 use crate::wal::config::WalConfig;
@@ -61,6 +63,8 @@ pub struct ShardContext {
     pub seed: u64,
     pub stop: Arc<AtomicBool>,
     pub inbox: flume::Receiver<ShardInput>,
+    pub metrics: Arc<NodeMetrics>,
+    pub health: Arc<HealthBoard>,
 }
 
 /// What one record costs in the WAL's buffer beyond its payload (its header, and
@@ -113,6 +117,12 @@ struct Shard {
     leader: Option<NodeId>,
     tick: Duration,
     next_tick: Instant,
+    metrics: ShardMetrics,
+    health: Arc<HealthBoard>,
+    /// Log entries and payload bytes submitted since the last flush started (the
+    /// next flush's batch size).
+    unflushed_entries: u64,
+    unflushed_bytes: u64,
 }
 
 /// Runs shard `ctx.shard_id` until `ctx.stop` is set or its WAL fails.
@@ -154,6 +164,8 @@ struct OpenParts {
     tick: Duration,
     seed: u64,
     inbox: flume::Receiver<ShardInput>,
+    metrics: Arc<NodeMetrics>,
+    health: Arc<HealthBoard>,
 }
 
 impl ShardContext {
@@ -171,6 +183,8 @@ impl ShardContext {
             tick: self.tick,
             seed: self.seed,
             inbox: self.inbox.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -197,6 +211,10 @@ impl Shard {
         for report in &recovered.reports {
             log::warn!("shard {shard}: WAL recovery: {report:?}");
         }
+        let peers: Vec<NodeId> = parts.peer_addrs.keys().copied().collect();
+        let metrics = ShardMetrics::new(&parts.metrics, shard, &peers);
+        let fsync_seconds = metrics.fsync_seconds.clone();
+        wal.observe_syncs(move |took| fsync_seconds.record(took.as_secs_f64()));
         let engine_recovered = engine::Recovered {
             hard_state: recovered.hard_state,
             log_start: recovered.log_start,
@@ -249,6 +267,10 @@ impl Shard {
             waiting_reads: Vec::new(),
             tick: parts.tick,
             next_tick: Instant::now() + parts.tick,
+            metrics,
+            health: parts.health,
+            unflushed_entries: 0,
+            unflushed_bytes: 0,
         })
     }
 
@@ -269,6 +291,7 @@ impl Shard {
         if now >= self.next_tick {
             events.push(Event::Tick);
             self.next_tick = (self.next_tick + self.tick).max(now);
+            self.publish();
         }
         if !events.is_empty() {
             self.engine.step_batch(events);
@@ -406,6 +429,9 @@ impl Shard {
                         .await?
                 }
                 Command::AppendLog { op, entries } => {
+                    self.unflushed_entries += entries.len() as u64;
+                    self.unflushed_bytes +=
+                        entries.iter().map(|e| e.payload.len() as u64).sum::<u64>();
                     self.storage(|wal| wal.append(op, &entries)).await?
                 }
                 Command::TruncateLog { op, from } => {
@@ -463,6 +489,8 @@ impl Shard {
                         );
                     }
                     (self.role, self.term, self.leader) = (role, term, leader);
+                    self.metrics.role_changed(role, term, leader);
+                    self.publish();
                 }
             }
         }
@@ -487,6 +515,7 @@ impl Shard {
                     });
                 }
                 Err(WalError::BufferFull { .. }) => {
+                    self.record_batch();
                     let flushed = self.wal.flush().await;
                     self.flushes_in_flight += 1;
                     let _ = self.flushed_tx.send(flushed);
@@ -508,12 +537,35 @@ impl Shard {
             return;
         }
         self.flushes_in_flight += 1;
+        self.record_batch();
         let wal = self.wal.clone();
         let done = self.flushed_tx.clone();
         glommio::spawn_local(async move {
             let _ = done.send(wal.flush().await);
         })
         .detach();
+    }
+
+    /// The batch the flush about to start covers.
+    fn record_batch(&mut self) {
+        if self.unflushed_entries > 0 {
+            self.metrics
+                .batch_records
+                .record(self.unflushed_entries as f64);
+            self.metrics.batch_bytes.record(self.unflushed_bytes as f64);
+        }
+        (self.unflushed_entries, self.unflushed_bytes) = (0, 0);
+    }
+
+    /// Publishes this shard's state to its metrics and the health board.
+    fn publish(&self) {
+        let pending = self.appends.len();
+        self.metrics
+            .publish(&self.engine, self.inbox.len(), pending);
+        let links = self.links.iter().map(|(node, link)| (*node, link.stats()));
+        self.metrics.collect(self.wal.stats(), links);
+        self.health
+            .publish(self.id, self.role, self.term, self.leader, self.commit);
     }
 
     fn release_held(&mut self) {

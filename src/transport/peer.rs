@@ -489,6 +489,13 @@ pub trait PeerHandler: 'static {
 
     /// One message for `shard_id` arrived on an accepted connection.
     fn deliver(&self, shard_id: u32, message: Message);
+
+    /// `bytes` (one frame, header included) arrived from node `from` for
+    /// `shard_id`, on a link whose handshake `accept` took. For metrics; by default
+    /// nothing.
+    fn received_bytes(&self, shard_id: u32, from: NodeId, bytes: u64) {
+        let _ = (shard_id, from, bytes);
+    }
 }
 
 /// Counters of a peer acceptor.
@@ -700,6 +707,8 @@ async fn serve_peer<H: PeerHandler>(
             }));
         }
         bump(&stats.messages_received_total, 1);
+        let frame_bytes = (FRAME_HEADER_BYTES + frame.body.len()) as u64;
+        handler.received_bytes(hello.shard_id, hello.node_id, frame_bytes);
         handler.deliver(hello.shard_id, message);
     };
     {

@@ -152,6 +152,9 @@ struct Inner<F> {
 /// Record buffers kept for reuse after their flush.
 const BUFFER_POOL_MAX: usize = 4;
 
+/// See [`Wal::observe_syncs`].
+type SyncObserver = Box<dyn Fn(std::time::Duration)>;
+
 struct Shared<S: Storage> {
     storage: Rc<S>,
     config: WalConfig,
@@ -159,6 +162,8 @@ struct Shared<S: Storage> {
     inner: RefCell<Inner<S::File>>,
     in_flight: Semaphore,
     hard_state_file: RefCell<Option<HardStateFile<S::File>>>,
+    /// Told the duration of each segment fdatasync (for metrics).
+    sync_observer: RefCell<Option<SyncObserver>>,
 }
 
 /// One shard's write-ahead log. Cloning gives another handle to the same log (so a
@@ -276,6 +281,7 @@ impl<S: Storage> Wal<S> {
                 block_bytes,
                 inner: RefCell::new(inner),
                 hard_state_file: RefCell::new(Some(hs_file)),
+                sync_observer: RefCell::new(None),
             }),
         };
         wal.start_spare();
@@ -320,6 +326,13 @@ impl<S: Storage> Wal<S> {
     /// Whether submitted ops are waiting for a flush.
     pub fn has_unflushed(&self) -> bool {
         !self.shared.inner.borrow().queue.is_empty()
+    }
+
+    /// Calls `observer` with the duration of every segment fdatasync from now on,
+    /// so that the runtime can keep a latency histogram without the WAL knowing
+    /// about metrics.
+    pub fn observe_syncs(&self, observer: impl Fn(std::time::Duration) + 'static) {
+        *self.shared.sync_observer.borrow_mut() = Some(Box::new(observer));
     }
 
     pub fn stats(&self) -> WalStats {

@@ -150,10 +150,14 @@ impl<S: Storage> Wal<S> {
         if !shared.config.fsync_disabled {
             for slot in &to_sync {
                 if let Some(file) = slot.get() {
+                    let started = std::time::Instant::now();
                     file.sync()
                         .await
                         .map_err(io_err("fdatasync of a segment"))?;
                     shared.inner.borrow_mut().stats.syncs += 1;
+                    if let Some(observe) = shared.sync_observer.borrow().as_ref() {
+                        observe(started.elapsed());
+                    }
                 }
             }
         }

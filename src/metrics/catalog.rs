@@ -1,0 +1,361 @@
+//! Every metric a node exports: name, kind, unit and help text, in one table, so
+//! that descriptions, the docs and the dashboard test all read the same list.
+
+use metrics::Unit;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<Unit>,
+    /// The labels each series has (beyond the node-wide `node`).
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const fn def(
+    name: &'static str,
+    kind: Kind,
+    unit: Option<Unit>,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> MetricDef {
+    MetricDef {
+        name,
+        kind,
+        unit,
+        labels,
+        help,
+    }
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+const P: &[&str] = &["partition"];
+const PP: &[&str] = &["partition", "peer"];
+const NONE: &[&str] = &[];
+
+pub const BUILD_INFO: &str = "ringlog_build_info";
+pub const CLIENT_CONNECTIONS: &str = "ringlog_client_connections";
+pub const CLIENT_CONNECTIONS_ACCEPTED: &str = "ringlog_client_connections_accepted_total";
+pub const CLIENT_CONNECTIONS_REFUSED: &str = "ringlog_client_connections_refused_total";
+pub const CLIENT_CONNECTIONS_FAILED: &str = "ringlog_client_connections_failed_total";
+pub const CLIENT_RECEIVED_BYTES: &str = "ringlog_client_received_bytes_total";
+pub const CLIENT_REQUESTS: &str = "ringlog_client_requests_total";
+pub const CLIENT_REQUEST_SECONDS: &str = "ringlog_client_request_duration_seconds";
+pub const PEER_CONNECTIONS: &str = "ringlog_peer_connections";
+pub const PEER_HANDSHAKES_REFUSED: &str = "ringlog_peer_handshakes_refused_total";
+pub const APPEND_RECORDS: &str = "ringlog_append_records_total";
+pub const APPEND_BYTES: &str = "ringlog_append_bytes_total";
+pub const COMMIT_LATENCY: &str = "ringlog_commit_latency_seconds";
+pub const WAL_FSYNC_SECONDS: &str = "ringlog_wal_fsync_duration_seconds";
+pub const WAL_BATCH_RECORDS: &str = "ringlog_wal_batch_records";
+pub const WAL_BATCH_BYTES: &str = "ringlog_wal_batch_bytes";
+pub const WAL_WRITTEN_BYTES: &str = "ringlog_wal_written_bytes_total";
+pub const WAL_FLUSHES: &str = "ringlog_wal_flushes_total";
+pub const RAFT_TERM: &str = "ringlog_raft_term";
+pub const RAFT_ROLE: &str = "ringlog_raft_role";
+pub const RAFT_HAS_LEADER: &str = "ringlog_raft_has_leader";
+pub const RAFT_COMMIT_INDEX: &str = "ringlog_raft_commit_index";
+pub const RAFT_LAST_INDEX: &str = "ringlog_raft_last_index";
+pub const RAFT_LOG_START_INDEX: &str = "ringlog_raft_log_start_index";
+pub const RAFT_ELECTIONS: &str = "ringlog_raft_elections_total";
+pub const RAFT_LEADER_CHANGES: &str = "ringlog_raft_leader_changes_total";
+pub const REPLICATION_LAG: &str = "ringlog_replication_lag_records";
+pub const REPLICATION_INFLIGHT_MESSAGES: &str = "ringlog_replication_inflight_messages";
+pub const REPLICATION_INFLIGHT_BYTES: &str = "ringlog_replication_inflight_bytes";
+pub const TRANSPORT_SENT_BYTES: &str = "ringlog_transport_sent_bytes_total";
+pub const TRANSPORT_RECEIVED_BYTES: &str = "ringlog_transport_received_bytes_total";
+pub const TRANSPORT_SENT_MESSAGES: &str = "ringlog_transport_sent_messages_total";
+pub const TRANSPORT_DROPPED_MESSAGES: &str = "ringlog_transport_dropped_messages_total";
+pub const SHARD_INBOX_DEPTH: &str = "ringlog_shard_inbox_depth";
+pub const SHARD_PENDING_APPENDS: &str = "ringlog_shard_pending_appends";
+
+/// The whole set. Histograms get buckets by unit (see `mod.rs`).
+pub const METRICS: &[MetricDef] = &[
+    def(
+        BUILD_INFO,
+        Gauge,
+        None,
+        &["version"],
+        "Always 1; the version label says which ringlog build runs.",
+    ),
+    def(
+        CLIENT_CONNECTIONS,
+        Gauge,
+        Some(Unit::Count),
+        NONE,
+        "Client connections open now.",
+    ),
+    def(
+        CLIENT_CONNECTIONS_ACCEPTED,
+        Counter,
+        Some(Unit::Count),
+        NONE,
+        "Client connections accepted.",
+    ),
+    def(
+        CLIENT_CONNECTIONS_REFUSED,
+        Counter,
+        Some(Unit::Count),
+        NONE,
+        "Client connections refused because the connection limit was reached.",
+    ),
+    def(
+        CLIENT_CONNECTIONS_FAILED,
+        Counter,
+        Some(Unit::Count),
+        NONE,
+        "Client connections closed because the client broke the protocol or timed out.",
+    ),
+    def(
+        CLIENT_RECEIVED_BYTES,
+        Counter,
+        Some(Unit::Bytes),
+        NONE,
+        "Bytes received from clients.",
+    ),
+    def(
+        CLIENT_REQUESTS,
+        Counter,
+        Some(Unit::Count),
+        &["op", "result"],
+        "Client requests answered, by operation (append, read, metadata) and result (ok or the error code).",
+    ),
+    def(
+        CLIENT_REQUEST_SECONDS,
+        Histogram,
+        Some(Unit::Seconds),
+        &["op"],
+        "Time from a request's arrival to its answer, by operation, whatever the result.",
+    ),
+    def(
+        PEER_CONNECTIONS,
+        Gauge,
+        Some(Unit::Count),
+        NONE,
+        "Inbound peer connections open now (two lanes per peer and shard).",
+    ),
+    def(
+        PEER_HANDSHAKES_REFUSED,
+        Counter,
+        Some(Unit::Count),
+        NONE,
+        "Inbound peer connections refused at the handshake (wrong cluster, node or shard).",
+    ),
+    def(
+        APPEND_RECORDS,
+        Counter,
+        Some(Unit::Count),
+        P,
+        "Records acknowledged to clients (committed on a majority) by this node as leader.",
+    ),
+    def(
+        APPEND_BYTES,
+        Counter,
+        Some(Unit::Bytes),
+        P,
+        "Payload bytes of the records counted by ringlog_append_records_total.",
+    ),
+    def(
+        COMMIT_LATENCY,
+        Histogram,
+        Some(Unit::Seconds),
+        P,
+        "Time from an append's arrival at the leader to its acknowledgement (on disk on a majority).",
+    ),
+    def(
+        WAL_FSYNC_SECONDS,
+        Histogram,
+        Some(Unit::Seconds),
+        P,
+        "Duration of one fdatasync of a WAL segment.",
+    ),
+    def(
+        WAL_BATCH_RECORDS,
+        Histogram,
+        Some(Unit::Count),
+        P,
+        "Log entries covered by one WAL flush (group commit batch size).",
+    ),
+    def(
+        WAL_BATCH_BYTES,
+        Histogram,
+        Some(Unit::Bytes),
+        P,
+        "Payload bytes covered by one WAL flush.",
+    ),
+    def(
+        WAL_WRITTEN_BYTES,
+        Counter,
+        Some(Unit::Bytes),
+        P,
+        "Bytes written to WAL segments, headers and padding included.",
+    ),
+    def(
+        WAL_FLUSHES,
+        Counter,
+        Some(Unit::Count),
+        P,
+        "WAL flushes completed (each one write round and one fdatasync).",
+    ),
+    def(
+        RAFT_TERM,
+        Gauge,
+        Some(Unit::Count),
+        P,
+        "Current Raft term of this node's member of the partition.",
+    ),
+    def(
+        RAFT_ROLE,
+        Gauge,
+        Some(Unit::Count),
+        &["partition", "role"],
+        "1 for the role this member has now (follower, pre_candidate, candidate, leader), 0 for the others.",
+    ),
+    def(
+        RAFT_HAS_LEADER,
+        Gauge,
+        Some(Unit::Count),
+        P,
+        "1 when this member knows a leader for the current term, else 0.",
+    ),
+    def(
+        RAFT_COMMIT_INDEX,
+        Gauge,
+        Some(Unit::Count),
+        P,
+        "Highest log index known committed.",
+    ),
+    def(
+        RAFT_LAST_INDEX,
+        Gauge,
+        Some(Unit::Count),
+        P,
+        "Last index in this member's log.",
+    ),
+    def(
+        RAFT_LOG_START_INDEX,
+        Gauge,
+        Some(Unit::Count),
+        P,
+        "First index still kept in this member's log (retention).",
+    ),
+    def(
+        RAFT_ELECTIONS,
+        Counter,
+        Some(Unit::Count),
+        P,
+        "Elections this member started as a candidate.",
+    ),
+    def(
+        RAFT_LEADER_CHANGES,
+        Counter,
+        Some(Unit::Count),
+        P,
+        "Times this member saw the partition's leader change.",
+    ),
+    def(
+        REPLICATION_LAG,
+        Gauge,
+        Some(Unit::Count),
+        PP,
+        "On the leader: entries the peer has yet to acknowledge (leader last index minus peer match index); 0 elsewhere.",
+    ),
+    def(
+        REPLICATION_INFLIGHT_MESSAGES,
+        Gauge,
+        Some(Unit::Count),
+        PP,
+        "On the leader: AppendEntries messages sent to the peer and not yet acknowledged.",
+    ),
+    def(
+        REPLICATION_INFLIGHT_BYTES,
+        Gauge,
+        Some(Unit::Bytes),
+        PP,
+        "On the leader: entry bytes sent to the peer and not yet acknowledged.",
+    ),
+    def(
+        TRANSPORT_SENT_BYTES,
+        Counter,
+        Some(Unit::Bytes),
+        PP,
+        "Bytes written to the peer's links by this shard, frame headers included.",
+    ),
+    def(
+        TRANSPORT_RECEIVED_BYTES,
+        Counter,
+        Some(Unit::Bytes),
+        PP,
+        "Bytes of messages received from the peer for this partition, frame headers included.",
+    ),
+    def(
+        TRANSPORT_SENT_MESSAGES,
+        Counter,
+        Some(Unit::Count),
+        PP,
+        "Raft messages written to the peer's links by this shard.",
+    ),
+    def(
+        TRANSPORT_DROPPED_MESSAGES,
+        Counter,
+        Some(Unit::Count),
+        PP,
+        "Raft messages to the peer dropped because its link queue was full or the message too large (Raft retransmits).",
+    ),
+    def(
+        SHARD_INBOX_DEPTH,
+        Gauge,
+        Some(Unit::Count),
+        P,
+        "Inputs (client requests, peer messages) queued for the shard.",
+    ),
+    def(
+        SHARD_PENDING_APPENDS,
+        Gauge,
+        Some(Unit::Count),
+        P,
+        "Append requests the shard holds until they commit or fail.",
+    ),
+];
+
+/// The definition of `name`; panics on a name not in the table (a programming error).
+pub fn find(name: &str) -> &'static MetricDef {
+    METRICS
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap_or_else(|| panic!("metric {name} is not in the catalog"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        for (i, d) in METRICS.iter().enumerate() {
+            assert!(d.name.starts_with("ringlog_"), "{}", d.name);
+            assert!(
+                METRICS[..i].iter().all(|o| o.name != d.name),
+                "{} twice",
+                d.name
+            );
+            let counter_suffix = d.name.ends_with("_total");
+            assert_eq!(counter_suffix, d.kind == Kind::Counter, "{}", d.name);
+            match d.unit {
+                Some(Unit::Seconds) => assert!(d.name.contains("_seconds"), "{}", d.name),
+                Some(Unit::Bytes) => assert!(d.name.contains("_bytes"), "{}", d.name),
+                _ => {}
+            }
+            assert!(d.help.ends_with('.'), "{}: help is a sentence", d.name);
+        }
+    }
+}
