@@ -193,6 +193,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "labels of ringlog_raft_term differ")]
     fn labels_must_match_the_catalog() {
-        NodeMetrics::new(1).gauge(catalog::RAFT_TERM, &[("peer", "2")]);
+        let _ = NodeMetrics::new(1).gauge(catalog::RAFT_TERM, &[("peer", "2")]);
     }
 }
