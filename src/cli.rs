@@ -175,6 +175,7 @@ pub fn read(
                 max_records: 1000,
                 max_bytes: 1 << 20,
                 wait_timeout_ms: if follow { 1000 } else { 0 },
+                any_replica: false,
             };
             let ok = client.read(request).await?;
             let mut out = std::io::stdout().lock();

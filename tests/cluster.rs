@@ -414,6 +414,7 @@ fn reads_of_one_record_at_a_time_step_over_leader_no_ops() {
                 max_records: 1,
                 max_bytes: 1 << 20,
                 wait_timeout_ms: 0,
+                any_replica: false,
             };
             let answer = client.read(request).await.expect("read");
             let record = answer.records.first().expect("a record after the no-op");

@@ -97,6 +97,7 @@ fn answers_out_of_order_reach_their_callers() {
                 max_records: 10,
                 max_bytes: 1 << 20,
                 wait_timeout_ms: 0,
+                any_replica: false,
             })
             .await
             .unwrap();
@@ -222,6 +223,7 @@ fn errors_that_retrying_cannot_fix_are_returned_at_once() {
                 max_records: 1,
                 max_bytes: 100,
                 wait_timeout_ms: 0,
+                any_replica: false,
             })
             .await
             .unwrap_err();
@@ -267,6 +269,7 @@ fn read_waits_for_new_records() {
                 max_records: 10,
                 max_bytes: 1 << 20,
                 wait_timeout_ms: 20_000,
+                any_replica: false,
             })
             .await
             .unwrap()
@@ -312,6 +315,7 @@ fn oversize_answers_become_errors_instead_of_killing_the_connection() {
             max_records,
             max_bytes: 1 << 20,
             wait_timeout_ms: 0,
+            any_replica: false,
         };
         let err = client.read(read(10)).await.unwrap_err();
         assert!(

@@ -137,15 +137,17 @@ fn arb_request() -> impl Strategy<Value = ClientRequest> {
             any::<u64>(),
             any::<u32>(),
             any::<u32>(),
-            any::<u32>()
+            any::<u32>(),
+            any::<bool>()
         )
-            .prop_map(|(p, f, r, b, w)| {
+            .prop_map(|(p, f, r, b, w, any)| {
                 ClientRequest::Read(ReadRequest {
                     partition: p,
                     from_index: f,
                     max_records: r,
                     max_bytes: b,
                     wait_timeout_ms: w,
+                    any_replica: any,
                 })
             }),
         Just(ClientRequest::Metadata),
@@ -549,6 +551,7 @@ fn golden_samples() -> Vec<(&'static str, BytesMut)> {
                 max_records: 100,
                 max_bytes: 65536,
                 wait_timeout_ms: 500,
+                any_replica: true,
             }),
         ),
         ("metadata_request", ClientRequest::Metadata),
@@ -689,4 +692,33 @@ fn fuzz_regressions() {
         n += 1;
     }
     assert!(n > 0);
+}
+
+#[test]
+fn unknown_read_flags_are_malformed() {
+    let request = ClientRequest::Read(ReadRequest {
+        partition: 0,
+        from_index: 1,
+        max_records: 10,
+        max_bytes: 1024,
+        wait_timeout_ms: 0,
+        any_replica: true,
+    });
+    let mut buf = BytesMut::new();
+    encode_request(&mut buf, 1, &request);
+    let mut frame = one_frame(&buf);
+    let mut body = frame.body.to_vec();
+    body[24] |= 0b10;
+    frame.body = Bytes::from(body);
+    assert!(
+        matches!(
+            decode_request(&frame),
+            Err(FrameError::Malformed {
+                reason: "unknown ReadRequest flags",
+                ..
+            })
+        ),
+        "{:?}",
+        decode_request(&frame)
+    );
 }

@@ -85,6 +85,7 @@ async fn check_healthy(client: &Client, round: u32) {
             max_records: 1,
             max_bytes: 1 << 20,
             wait_timeout_ms: 0,
+            any_replica: false,
         })
         .await
         .expect("read still served");

@@ -347,8 +347,10 @@ impl Shard {
                     let request_id = self.next_request();
                     self.barriers.insert(request_id, (request, reply));
                     events.push(Event::ReadIndex { request_id });
-                } else {
+                } else if request.any_replica {
                     self.serve_or_wait(request, reply);
+                } else {
+                    let _ = reply.send(Err(self.leader_error(self.leader)));
                 }
             }
             Wake::Input(Some(ShardInput::Info { reply })) => {

@@ -36,7 +36,14 @@ pub struct ReadRequest {
     /// When nothing is committed at `from_index` yet, wait up to this long for it;
     /// 0 answers at once (possibly with no records).
     pub wait_timeout_ms: u32,
+    /// Let any replica answer from its own committed log (it may lag the leader by
+    /// a heartbeat or more, so a reader switching nodes can see the commit index
+    /// fall). Off: only the leader answers, linearizably; others say NotLeader.
+    pub any_replica: bool,
 }
+
+/// Bit 0 of a ReadRequest's flags: see [`ReadRequest::any_replica`].
+pub const READ_FLAG_ANY_REPLICA: u32 = 1;
 
 /// One record read back, with its position. Positions may have gaps (leader no-ops).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,7 +161,7 @@ const TEXT_BYTES_MAX: usize = u16::MAX as usize;
 pub fn request_body_bytes(request: &ClientRequest) -> usize {
     match request {
         ClientRequest::Append(a) => 8 + a.records.iter().map(|r| 4 + r.len()).sum::<usize>(),
-        ClientRequest::Read(_) => 24,
+        ClientRequest::Read(_) => 28,
         ClientRequest::Metadata => 0,
     }
 }
@@ -178,6 +185,11 @@ pub fn encode_request(dst: &mut BytesMut, request_id: u64, request: &ClientReque
             b.put_u64_le(r.from_index);
             b.put_u32_le(r.max_bytes);
             b.put_u32_le(r.wait_timeout_ms);
+            b.put_u32_le(if r.any_replica {
+                READ_FLAG_ANY_REPLICA
+            } else {
+                0
+            });
         }),
         ClientRequest::Metadata => {
             encode_frame(dst, FrameKind::MetadataRequest, request_id, |_| {})
@@ -205,12 +217,20 @@ pub fn decode_request(frame: &Frame) -> Result<ClientRequest, FrameError> {
             let from_index = r.u64()?;
             let max_bytes = r.u32()?;
             let wait_timeout_ms = r.u32()?;
+            let flags = r.u32()?;
+            if flags & !READ_FLAG_ANY_REPLICA != 0 {
+                return Err(FrameError::Malformed {
+                    kind: frame.kind,
+                    reason: "unknown ReadRequest flags",
+                });
+            }
             ClientRequest::Read(ReadRequest {
                 partition,
                 from_index,
                 max_records,
                 max_bytes,
                 wait_timeout_ms,
+                any_replica: flags & READ_FLAG_ANY_REPLICA != 0,
             })
         }
         FrameKind::MetadataRequest => ClientRequest::Metadata,
