@@ -48,6 +48,16 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `nodes` nodes with `shards` shards each.
     pub fn start(nodes: u32, shards: u32) -> TestCluster {
+        TestCluster::start_routed(nodes, shards, |_, _, addr| addr)
+    }
+
+    /// Like `start`, but node `from` (0-based) reaches node `to`'s peer address
+    /// `addr` at `route(from, to, addr)`, for example through a fault proxy.
+    pub fn start_routed(
+        nodes: u32,
+        shards: u32,
+        mut route: impl FnMut(usize, usize, SocketAddr) -> SocketAddr,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<[u16; 3]> = (0..nodes)
             .map(|_| [free_port(), free_port(), free_port()])
@@ -71,7 +81,18 @@ impl TestCluster {
                     peer: loopback(ports[i as usize][1]),
                     metrics: loopback(ports[i as usize][2]),
                 },
-                nodes: members.clone(),
+                nodes: members
+                    .iter()
+                    .enumerate()
+                    .map(|(to, m)| Member {
+                        peer_address: if to == i as usize {
+                            m.peer_address.clone()
+                        } else {
+                            route(i as usize, to, m.peer_address.parse().unwrap()).to_string()
+                        },
+                        ..m.clone()
+                    })
+                    .collect(),
                 wal: WalSettings {
                     segment_size_bytes: 4 << 20,
                     flush_bytes_max: 1 << 20,
@@ -133,6 +154,26 @@ impl TestCluster {
         child.wait().unwrap()
     }
 
+    /// SIGSTOP: the process stays, silent, its sockets open.
+    pub fn pause(&mut self, k: usize) {
+        self.signal(k, libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&mut self, k: usize) {
+        self.signal(k, libc::SIGCONT);
+    }
+
+    fn signal(&self, k: usize, signal: i32) {
+        if let Some(child) = &self.children[k] {
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    pub fn is_running(&self, k: usize) -> bool {
+        self.children[k].is_some()
+    }
+
     pub fn client_addrs(&self) -> Vec<String> {
         self.configs
             .iter()
@@ -148,6 +189,8 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         for k in 0..self.children.len() {
+            // A paused process must be resumed to die of SIGKILL promptly.
+            self.resume(k);
             self.kill(k);
         }
     }
@@ -211,6 +254,7 @@ pub async fn read_all(
             max_records: 10_000,
             max_bytes: 4 << 20,
             wait_timeout_ms: 200,
+            any_replica: true,
         };
         let answer = client
             .call(addr, &ringlog::transport::ClientRequest::Read(request))

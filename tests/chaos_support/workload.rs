@@ -1,0 +1,204 @@
+//! The chaos workload: writers appending unique records (one operation at a time
+//! each, batches of one to three records) and one linearizable reader per
+//! partition following the log, all recording what they were told.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::{LocalExecutorBuilder, Placement};
+use ringlog::client::{Client, ClientConfig, ClientError};
+use ringlog::history::{AppendOp, AppendOutcome, History, ReadOp};
+use ringlog::transport::ReadRequest;
+
+/// Writers per partition.
+const WRITERS_PER_PARTITION: u32 = 3;
+
+/// When one append was invoked and answered, for unavailability figures.
+#[derive(Clone, Copy, Debug)]
+pub struct OpTiming {
+    pub partition: u32,
+    pub invoked: Instant,
+    pub completed: Instant,
+    pub acked: bool,
+}
+
+#[derive(Default)]
+struct Recorded {
+    history: History,
+    timings: Vec<OpTiming>,
+}
+
+pub struct Workload {
+    thread: JoinHandle<(History, Vec<OpTiming>)>,
+}
+
+impl Workload {
+    pub fn start(addrs: Vec<String>, partitions: u32, stop: Arc<AtomicBool>) -> Workload {
+        let thread = std::thread::spawn(move || {
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .io_memory(1 << 20)
+                .make()
+                .expect("workload executor")
+                .run(run(addrs, partitions, stop))
+        });
+        Workload { thread }
+    }
+
+    /// Waits for every client to finish its current operation (after `stop`).
+    pub fn join(self) -> (History, Vec<OpTiming>) {
+        self.thread.join().expect("workload thread")
+    }
+}
+
+async fn run(
+    addrs: Vec<String>,
+    partitions: u32,
+    stop: Arc<AtomicBool>,
+) -> (History, Vec<OpTiming>) {
+    let recorded = Rc::new(RefCell::new(Recorded::default()));
+    let mut tasks = Vec::new();
+    let mut client_id = 0;
+    for partition in 0..partitions {
+        for _ in 0..WRITERS_PER_PARTITION {
+            client_id += 1;
+            let task = writer(
+                client_id,
+                partition,
+                addrs.clone(),
+                stop.clone(),
+                recorded.clone(),
+            );
+            tasks.push(glommio::spawn_local(task));
+        }
+        client_id += 1;
+        let task = reader(
+            client_id,
+            partition,
+            addrs.clone(),
+            stop.clone(),
+            recorded.clone(),
+        );
+        tasks.push(glommio::spawn_local(task));
+    }
+    for task in tasks {
+        task.await;
+    }
+    let recorded = Rc::try_unwrap(recorded)
+        .ok()
+        .expect("every task done")
+        .into_inner();
+    (recorded.history, recorded.timings)
+}
+
+fn chaos_client(addrs: Vec<String>) -> Client {
+    let mut config = ClientConfig::new(addrs);
+    config.request_timeout_ms = 2_000;
+    config.connect_timeout_ms = 500;
+    config.retries_max = 20;
+    config.retry_backoff_initial_ms = 10;
+    config.retry_backoff_max_ms = 100;
+    Client::new(config)
+}
+
+/// What an append's failure says about its records: only an answer that leaves
+/// the outcome open is Unknown; everything else was refused before it was applied
+/// (the client library stops at the first ambiguous answer and retries only
+/// refusals).
+pub fn classify(error: &ClientError) -> AppendOutcome {
+    match error {
+        ClientError::AppendAmbiguous { .. }
+        | ClientError::Timeout { .. }
+        | ClientError::Protocol { .. } => AppendOutcome::Unknown,
+        ClientError::RetriesExhausted { last, .. } => classify(last),
+        _ => AppendOutcome::Refused,
+    }
+}
+
+async fn writer(
+    id: u32,
+    partition: u32,
+    addrs: Vec<String>,
+    stop: Arc<AtomicBool>,
+    recorded: Rc<RefCell<Recorded>>,
+) {
+    let client = chaos_client(addrs);
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let batch = 1 + seq % 3;
+        let records: Vec<Bytes> = (0..batch)
+            .map(|k| Bytes::from(format!("client {id} append {seq} record {k}")))
+            .collect();
+        seq += 1;
+        let invoked = Instant::now();
+        let result = client.append(partition, records.clone()).await;
+        let completed = Instant::now();
+        let outcome = match &result {
+            Ok(ok) => AppendOutcome::Acked {
+                first_index: ok.first_index,
+            },
+            Err(e) => classify(e),
+        };
+        let acked = matches!(outcome, AppendOutcome::Acked { .. });
+        {
+            let mut r = recorded.borrow_mut();
+            r.timings.push(OpTiming {
+                partition,
+                invoked,
+                completed,
+                acked,
+            });
+            r.history.appends.push(AppendOp {
+                client: id,
+                partition,
+                records,
+                outcome,
+            });
+        }
+        if !acked {
+            // A refused or open append usually means a fault is on: don't spin.
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn reader(
+    id: u32,
+    partition: u32,
+    addrs: Vec<String>,
+    stop: Arc<AtomicBool>,
+    recorded: Rc<RefCell<Recorded>>,
+) {
+    let client = chaos_client(addrs);
+    let mut next = 1;
+    while !stop.load(Ordering::Relaxed) {
+        let request = ReadRequest {
+            partition,
+            from_index: next,
+            max_records: 500,
+            max_bytes: 1 << 20,
+            wait_timeout_ms: 100,
+            any_replica: false,
+        };
+        match client.read(request).await {
+            Ok(ok) => {
+                next = ok.next_from(next);
+                recorded.borrow_mut().history.reads.push(ReadOp {
+                    client: id,
+                    partition,
+                    records: ok
+                        .records
+                        .iter()
+                        .map(|r| (r.index, r.payload.clone()))
+                        .collect(),
+                    commit_index: ok.commit_index,
+                });
+            }
+            Err(_) => glommio::timer::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
