@@ -48,6 +48,8 @@ pub struct ServeOverrides {
     pub shards: Option<u32>,
     pub pin: bool,
     pub fsync: Option<FsyncPolicy>,
+    /// See `WalSettings::truncate_corrupt_tail`.
+    pub truncate_corrupt_tail: bool,
 }
 
 /// A flag that turns true on SIGINT or SIGTERM.
@@ -71,6 +73,7 @@ pub fn serve(config_path: &Path, overrides: ServeOverrides) -> Result<(), CliErr
         config.shards = shards;
     }
     config.pin |= overrides.pin;
+    config.wal.truncate_corrupt_tail = overrides.truncate_corrupt_tail;
     if let Some(fsync) = overrides.fsync {
         config.wal.fsync = fsync;
     }

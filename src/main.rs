@@ -59,6 +59,11 @@ enum Command {
         /// `never` is for benchmarks only: acknowledged records are then not durable.
         #[arg(long, value_enum)]
         fsync: Option<Fsync>,
+        /// Recovery after a reported WAL corruption: cut the log before the damage and
+        /// rejoin; the node neither votes nor campaigns until it has caught up (see
+        /// docs/operations.md). Use once, for the restart that follows the error.
+        #[arg(long)]
+        truncate_corrupt_tail: bool,
     },
     /// Append records to a partition (arguments, or one record per stdin line); prints each index.
     Append {
@@ -164,6 +169,7 @@ fn run() -> anyhow::Result<()> {
             shards,
             pin,
             fsync,
+            truncate_corrupt_tail,
         } => {
             let fsync = fsync.map(fsync_policy);
             let overrides = ServeOverrides {
@@ -172,6 +178,7 @@ fn run() -> anyhow::Result<()> {
                 shards,
                 pin,
                 fsync,
+                truncate_corrupt_tail,
             };
             cli::serve(&config, overrides)?
         }

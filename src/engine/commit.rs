@@ -42,8 +42,35 @@ impl Engine {
         );
         self.commit_index = index;
         self.output.push(Command::Commit { index });
+        self.maybe_end_abstention();
         self.resolve_pending_appends();
         self.check_pending_reads();
+    }
+
+    /// Ends the abstention after a lost tail once this member holds, committed and
+    /// on its own disk, an entry of a later term than the loss (see `Recovered`). On
+    /// disk matters: were it to crash before, it would restart without that entry.
+    pub(super) fn maybe_end_abstention(&mut self) {
+        let Some(lost_in) = self.abstain_until_after_term else {
+            return;
+        };
+        let held = self.commit_index.min(self.flushed_index);
+        let newer_term = self.log.term_at(held).is_some_and(|t| t > lost_in);
+        let caught_up = self.abstain_catch_up_to.is_some_and(|c| held >= c);
+        if newer_term || caught_up {
+            self.abstain_until_after_term = None;
+            self.abstain_catch_up_to = None;
+        }
+    }
+
+    /// Remembers the first commit index an AppendEntries of the lost term's own
+    /// leader brings (heartbeats carry a commit capped per follower, so not those).
+    pub(super) fn note_leader_commit_while_abstaining(&mut self, leader_commit: Index) {
+        if self.abstain_until_after_term == Some(self.hard.term)
+            && self.abstain_catch_up_to.is_none()
+        {
+            self.abstain_catch_up_to = Some(leader_commit);
+        }
     }
 
     /// Answers appends whose last entry is now committed. The entry's term tells

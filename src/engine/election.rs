@@ -13,6 +13,9 @@ use super::{Engine, Role};
 impl Engine {
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed_ticks += 1;
+        if self.is_abstaining() {
+            return;
+        }
         if self.election_elapsed_ticks >= self.election_timeout_ticks {
             self.start_pre_vote();
         }
@@ -73,7 +76,9 @@ impl Engine {
         if self.in_leader_lease() {
             return;
         }
-        let granted = term > self.hard.term && self.log_is_behind(last_index, last_term);
+        let granted = term > self.hard.term
+            && self.log_is_behind(last_index, last_term)
+            && !self.is_abstaining();
         let reply_term = if granted { term } else { self.hard.term };
         self.send_with_term(
             from,
@@ -106,7 +111,7 @@ impl Engine {
         };
         let log_ok = self.log_is_behind(last_index, last_term)
             || self.planted(PlantedBug::VoteForShorterLog);
-        let granted = can_vote && log_ok;
+        let granted = can_vote && log_ok && !self.is_abstaining();
         if granted && self.hard.voted_for.is_none() {
             self.hard.voted_for = Some(from);
             self.persist_hard_state();
@@ -184,6 +189,85 @@ impl Engine {
 mod tests {
     use super::super::tests::*;
     use super::super::*;
+
+    /// Member 1 of [1, 2, 3] whose log (terms 1, 2) was cut at a corruption in term 2.
+    fn abstaining_follower() -> Engine {
+        let entries = log::tests::entries_with_terms(&[1, 2]);
+        let hard_state = HardState {
+            term: 2,
+            voted_for: None,
+        };
+        let mut recovered = Recovered::from_entries(hard_state, 1, 0, entries);
+        recovered.lost_tail_in_term = Some(2);
+        Engine::new(1, &[1, 2, 3], Config::default(), 42, recovered).expect("valid engine")
+    }
+
+    #[test]
+    fn member_that_lost_its_tail_abstains_until_it_holds_a_newer_committed_entry() {
+        let mut e = abstaining_follower();
+        assert!(e.is_abstaining());
+        tick_n(&mut e, 100);
+        assert_eq!(e.role(), Role::Follower, "no campaign while abstaining");
+        assert_eq!(e.take_commands(), vec![]);
+        // Candidates with longer logs get neither a pre-vote nor a vote.
+        e.step(msg(2, 1, 3, pre_vote(5, 2)));
+        assert_eq!(
+            e.take_commands(),
+            vec![send(
+                1,
+                2,
+                2,
+                MessageBody::PreVoteResponse { granted: false },
+                None
+            )]
+        );
+        e.step(msg(3, 1, 3, vote_request(5, 2)));
+        let out = e.take_commands();
+        assert!(
+            out.contains(&send(
+                1,
+                3,
+                3,
+                MessageBody::RequestVoteResponse { granted: false },
+                durable(1)
+            )),
+            "{out:?}"
+        );
+        assert_eq!(e.hard_state().voted_for, None);
+        // A leader of term 3 (elected without it) commits an entry of term 3 here.
+        e.step(msg(2, 1, 3, append_entries(2, 2, &[(3, 3)], 3)));
+        assert_eq!(e.commit_index(), 3);
+        assert!(e.is_abstaining(), "committed but not yet on this disk");
+        let op = e.take_commands().iter().find_map(|c| match c {
+            Command::AppendLog { op, .. } => Some(*op),
+            _ => None,
+        });
+        e.step(Event::Durable {
+            op: op.expect("the entry is appended"),
+        });
+        assert!(!e.is_abstaining());
+        // With the leader gone quiet, it campaigns again.
+        tick_until_role(&mut e, Role::PreCandidate);
+    }
+
+    #[test]
+    fn abstention_ends_on_reaching_the_commit_index_of_the_same_terms_leader() {
+        let mut e = abstaining_follower();
+        // Term 2's leader says it has committed up to 4: holding 1..=2 is not enough.
+        e.step(msg(2, 1, 2, append_entries(2, 2, &[], 4)));
+        assert!(e.is_abstaining());
+        e.take_commands();
+        e.step(msg(2, 1, 2, append_entries(2, 2, &[(3, 2), (4, 2)], 4)));
+        assert!(e.is_abstaining(), "not on this disk yet");
+        let op = e.take_commands().iter().find_map(|c| match c {
+            Command::AppendLog { op, .. } => Some(*op),
+            _ => None,
+        });
+        e.step(Event::Durable {
+            op: op.expect("the entries are appended"),
+        });
+        assert!(!e.is_abstaining());
+    }
 
     #[test]
     fn follower_pre_votes_after_its_timeout_without_changing_term() {

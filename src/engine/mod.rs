@@ -43,6 +43,10 @@ pub struct Recovered {
     /// The newest entries, ending at `last_index`: as many as the runtime cares to
     /// keep in memory (none is fine; the leader reads older ones from the WAL).
     pub tail: Vec<Entry>,
+    /// Set when recovery cut the log at a corruption while the member was in this
+    /// term: it may have lost entries it had acknowledged, so it must not help elect
+    /// a leader that lacks them. See [`Engine::is_abstaining`].
+    pub lost_tail_in_term: Option<Term>,
 }
 
 impl Recovered {
@@ -69,6 +73,7 @@ impl Recovered {
             term_runs: log.runs(),
             last_index: log.last_index(),
             tail: entries,
+            lost_tail_in_term: None,
         }
     }
 }
@@ -147,6 +152,17 @@ pub struct Engine {
     /// Client appends this turn that followers have not been sent yet.
     replicate_pending: bool,
     reported_role: Option<(Role, Term, Option<NodeId>)>,
+    /// Some(t): the log lost acknowledged entries in term t (see `Recovered`). The
+    /// member neither votes nor campaigns until its log, on disk and committed,
+    /// holds everything it may have acknowledged. Two ways to know: an entry of a
+    /// later term (it comes from a leader elected without this member, which holds
+    /// every entry committed before, by leader completeness, and log matching gives
+    /// this member all of them too); or reaching `abstain_catch_up_to`.
+    abstain_until_after_term: Option<Term>,
+    /// The commit index that term t's own leader sent after the restart: at least
+    /// everything committed in term t or before (a leader's commit only grows, and
+    /// it holds all of it), so holding the log up to it is enough.
+    abstain_catch_up_to: Option<Index>,
     output: Vec<Command>,
     /// Test builds only: a deliberate bug the simulator must catch.
     #[cfg(test)]
@@ -173,6 +189,8 @@ impl Engine {
                 reason: format!("this member ({id}) is not in the member list {members:?}"),
             });
         }
+        // A lone member has nobody to catch up from: what it lost is lost.
+        let alone = members.len() == 1;
         let log = Log::restore(
             recovered.log_start,
             recovered.log_prev_term,
@@ -208,6 +226,8 @@ impl Engine {
             transfer: None,
             replicate_pending: false,
             reported_role: None,
+            abstain_until_after_term: recovered.lost_tail_in_term.filter(|_| !alone),
+            abstain_catch_up_to: None,
             output: Vec::new(),
             #[cfg(test)]
             planted_bug: None,
@@ -279,6 +299,12 @@ impl Engine {
     }
     pub fn hard_state(&self) -> HardState {
         self.hard
+    }
+
+    /// True while the member withholds votes and campaigns after losing part of its
+    /// log to a corruption (until it holds a committed entry of a later term).
+    pub fn is_abstaining(&self) -> bool {
+        self.abstain_until_after_term.is_some()
     }
 
     /// The leader's view of each follower (stale or empty on other roles).

@@ -84,6 +84,12 @@ impl Progress {
         true
     }
 
+    /// The follower's log now ends at `last_index`, below its match index: it lost
+    /// entries, which must be sent again.
+    pub fn forget_match_above(&mut self, last_index: Index) {
+        self.match_index = self.match_index.min(last_index);
+    }
+
     /// Falls back to probing at `next_index`.
     pub fn become_probe(&mut self, next_index: Index) {
         self.state = ReplicationState::Probe;

@@ -211,6 +211,16 @@ impl Engine {
                 if stale {
                     return;
                 }
+                // A current probe answered "my log ends at hint.index", below what
+                // this follower once matched: it lost entries (recovery cut its log
+                // at a corruption), so match from what it has now. Commit is not
+                // affected: it never goes back.
+                let lost_tail = pr.state == ReplicationState::Probe
+                    && hint.conflict_term == 0
+                    && hint.index < pr.match_index;
+                if lost_tail {
+                    pr.forget_match_above(hint.index);
+                }
                 let next = self.next_after_reject(rejected_prev_index, hint);
                 self.peers[k].1.become_probe(next);
             }
@@ -286,6 +296,7 @@ impl Engine {
         leader_commit: Index,
     ) {
         self.accept_leader(from);
+        self.note_leader_commit_while_abstaining(leader_commit);
         let (mut prev, mut prev_term) = (prev_log_index, prev_log_term);
         // Entries before our log start are committed here, hence match the leader's.
         if prev + 1 < self.log.start() {
@@ -452,6 +463,33 @@ mod tests {
             1,
             "an acknowledgement frees one slot: {out:?}"
         );
+    }
+
+    #[test]
+    fn follower_that_lost_its_tail_is_sent_it_again() {
+        let mut e = leader(&[1, 1, 1]);
+        e.step(msg(3, 1, 2, success(4)));
+        e.take_commands();
+        e.step(client_append(1, &["x"]));
+        e.take_commands();
+        // Follower 3 restarted with its log cut at 2: a pipelined append after 5
+        // is rejected, so the leader probes after its match index (4)…
+        e.step(msg(3, 1, 2, rejection(5, 0, 2)));
+        let probe = e.take_commands();
+        assert!(
+            matches!(&probe[..], [Command::Send { msg, .. }] if matches!(msg.body, MessageBody::AppendEntries { prev_log_index: 4, .. })),
+            "{probe:?}"
+        );
+        // …and that probe is rejected too, with the follower's real end.
+        e.step(msg(3, 1, 2, rejection(4, 0, 2)));
+        let mut appended = record(5, 2);
+        appended.payload = Bytes::from_static(b"x");
+        let entries = vec![record(3, 1), noop(4, 2), appended];
+        assert_eq!(
+            e.take_commands(),
+            vec![send(1, 3, 2, entries_msg(2, 1, entries, 4), None)]
+        );
+        assert_eq!(e.replication_progress()[1].1.match_index, 2);
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl Engine {
             self.unflushed.pop_front();
             self.flushed_index = self.flushed_index.max(mark);
         }
+        self.maybe_end_abstention();
         self.evict_cache();
         if self.role == Role::Leader {
             self.maybe_commit();

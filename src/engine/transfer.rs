@@ -46,7 +46,7 @@ impl Engine {
     }
 
     pub(super) fn on_timeout_now(&mut self, from: NodeId) {
-        if self.role == Role::Follower && self.leader == Some(from) {
+        if self.role == Role::Follower && self.leader == Some(from) && !self.is_abstaining() {
             self.start_election(Campaign::Transfer);
         }
     }

@@ -85,6 +85,11 @@ pub struct WalSettings {
     pub flush_bytes_max: u64,
     /// At most this many flushes in flight at once.
     pub flushes_inflight_max: u32,
+    /// Start even though a segment is corrupt, cutting the log before the damage
+    /// (`ringlog serve --truncate-corrupt-tail`). Never read from a config file: a
+    /// node must not cut its log silently on every restart.
+    #[serde(skip)]
+    pub truncate_corrupt_tail: bool,
 }
 
 impl Default for WalSettings {
@@ -94,6 +99,7 @@ impl Default for WalSettings {
             fsync: FsyncPolicy::Always,
             flush_bytes_max: 4 << 20,
             flushes_inflight_max: 2,
+            truncate_corrupt_tail: false,
         }
     }
 }

@@ -152,6 +152,7 @@ fn shard_context(
         flush_bytes_max: config.wal.flush_bytes_max as usize,
         flushes_in_flight_max: config.wal.flushes_inflight_max as usize,
         fsync_disabled: config.wal.fsync == FsyncPolicy::Never,
+        truncate_corrupt_tail: config.wal.truncate_corrupt_tail,
         ..WalConfig::default()
     };
     let seed = std::time::SystemTime::now()

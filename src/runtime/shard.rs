@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,7 @@ use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, Record, Ser
 use crate::wal::config::WalConfig;
 use crate::wal::error::{WalError, WalResult};
 use crate::wal::log::{Durable, Wal};
+use crate::wal::recovery::RecoveryReport;
 use crate::wal::storage::DmaStorage;
 
 #[derive(Debug, Error)]
@@ -123,6 +124,8 @@ struct Shard {
     /// next flush's batch size).
     unflushed_entries: u64,
     unflushed_bytes: u64,
+    /// The abstention marker, while the engine abstains (see [`abstention`]).
+    abstain_marker: Option<PathBuf>,
 }
 
 /// Runs shard `ctx.shard_id` until `ctx.stop` is set or its WAL fails.
@@ -203,6 +206,16 @@ impl Shard {
                 source: e,
             })
         })?;
+        let abstain_marker = parts.wal_dir.join(ABSTAIN_MARKER_FILE);
+        let marker_error = |e| {
+            open_error(WalError::Io {
+                context: format!("recording the abstention in {ABSTAIN_MARKER_FILE}"),
+                source: e,
+            })
+        };
+        if parts.wal_config.truncate_corrupt_tail {
+            mark_abstention_pending(&abstain_marker).map_err(marker_error)?;
+        }
         let flushes_in_flight_max = parts.wal_config.flushes_in_flight_max;
         let wal_limits = parts.wal_config.clone();
         let (wal, recovered) = Wal::open(storage, parts.wal_config)
@@ -222,7 +235,22 @@ impl Shard {
             term_runs: term_runs(&wal, recovered.log_start, recovered.last_index),
             last_index: recovered.last_index,
             tail: Vec::new(),
+            lost_tail_in_term: None,
         };
+        let truncated = recovered
+            .reports
+            .iter()
+            .any(|r| matches!(r, RecoveryReport::TruncatedCorruption { .. }));
+        let engine_recovered = engine::Recovered {
+            lost_tail_in_term: abstention(&abstain_marker, truncated, recovered.hard_state.term)
+                .map_err(marker_error)?,
+            ..engine_recovered
+        };
+        if engine_recovered.lost_tail_in_term.is_some() {
+            log::warn!(
+                "shard {shard}: the log lost entries to a corruption; this member will not vote or campaign until it has caught up with a newer leader"
+            );
+        }
         let engine = Engine::new(
             parts.node_id,
             &parts.members,
@@ -271,6 +299,7 @@ impl Shard {
             health: parts.health,
             unflushed_entries: 0,
             unflushed_bytes: 0,
+            abstain_marker: Some(abstain_marker),
         })
     }
 
@@ -300,7 +329,26 @@ impl Shard {
         }
         self.start_flush_if_needed();
         self.expire_waiting_reads(now);
+        self.end_abstention_if_caught_up();
         Ok(())
+    }
+
+    /// Once the engine votes again, the marker that made it abstain goes.
+    fn end_abstention_if_caught_up(&mut self) {
+        if self.engine.is_abstaining() {
+            return;
+        }
+        if let Some(marker) = self.abstain_marker.take()
+            && marker.exists()
+        {
+            match std::fs::remove_file(&marker) {
+                Ok(()) => log::info!(
+                    "shard {}: caught up after the lost tail; votes and campaigns again",
+                    self.id
+                ),
+                Err(e) => log::warn!("shard {}: cannot remove {}: {e}", self.id, marker.display()),
+            }
+        }
     }
 
     async fn wait(&self) -> Wake {
@@ -772,6 +820,67 @@ impl Shard {
     }
 }
 
+/// The file in a shard's WAL directory that says the member abstains (holds the
+/// term in which its log lost entries), so that a crash before it catches up does
+/// not make it forget.
+pub const ABSTAIN_MARKER_FILE: &str = "abstain-until-after-term";
+
+/// What the marker holds before the WAL is opened with `truncate_corrupt_tail`: the
+/// cut may happen during the open, before the term is known, so the marker goes
+/// first and means "the term recovered at the next start".
+const ABSTAIN_PENDING: &str = "pending";
+
+/// Before a WAL open that may cut the log: makes sure a marker exists, durably.
+fn mark_abstention_pending(marker: &Path) -> std::io::Result<()> {
+    if marker.exists() {
+        return Ok(());
+    }
+    write_durably(marker, ABSTAIN_PENDING)
+}
+
+/// The term after which the member may vote again, if it must abstain: from the
+/// marker (a pending one, or a cut in this start's recovery, means the recovered
+/// term), which is then rewritten to hold that term.
+fn abstention(marker: &Path, truncated: bool, term: Term) -> std::io::Result<Option<Term>> {
+    let text = match std::fs::read_to_string(marker) {
+        Ok(text) => Some(text.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let recorded = match text.as_deref() {
+        None => None,
+        Some(ABSTAIN_PENDING) => Some(term),
+        Some(number) => Some(number.parse::<Term>().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} does not hold a term: {e}", marker.display()),
+            )
+        })?),
+    };
+    let abstain = match (recorded, truncated) {
+        (None, false) => return Ok(None),
+        (None, true) => term,
+        (Some(r), _) => r.max(if truncated { term } else { 0 }),
+    };
+    if text.as_deref() != Some(abstain.to_string().as_str()) {
+        write_durably(marker, &abstain.to_string())?;
+    }
+    Ok(Some(abstain))
+}
+
+/// Replaces `path` with `text`: temporary file, fsync, rename, directory fsync.
+fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
+    let temporary = path.with_extension("new");
+    let mut file = std::fs::File::create(&temporary)?;
+    std::io::Write::write_all(&mut file, format!("{text}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Client records from `from` up to `to` (exclusive). A WAL read may stop early
 /// (at a segment or cache boundary, or at `bytes_max`); reading on until some record
 /// is found keeps the promise clients rely on: no records means nothing but no-ops
@@ -827,4 +936,29 @@ fn term_runs(wal: &Wal<DmaStorage>, start: Index, last: Index) -> Vec<(Index, Te
         first = low + 1;
     }
     runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abstention_marker_survives_restarts_until_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join(ABSTAIN_MARKER_FILE);
+        assert_eq!(abstention(&marker, false, 7).unwrap(), None);
+        assert!(!marker.exists());
+        // A cut in this recovery: abstain until after the recovered term.
+        assert_eq!(abstention(&marker, true, 7).unwrap(), Some(7));
+        // Restarts before catching up keep abstaining, at the recorded term.
+        assert_eq!(abstention(&marker, false, 9).unwrap(), Some(7));
+        std::fs::remove_file(&marker).unwrap();
+        // Pending (the cut may have happened in an open that then crashed): the
+        // term recovered at this start.
+        mark_abstention_pending(&marker).unwrap();
+        assert_eq!(abstention(&marker, false, 11).unwrap(), Some(11));
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "11\n");
+        std::fs::write(&marker, "garbage").unwrap();
+        assert!(abstention(&marker, false, 11).is_err());
+    }
 }

@@ -19,8 +19,9 @@ pub enum WalError {
     /// torn write. Nothing is dropped; the node must not start on this log as is.
     #[error(
         "WAL corruption in {file} at offset {offset} (entry index {index}): {reason}; \
-         refusing to start. To rejoin as a non-voting catch-up, restart with the WAL \
-         option `truncate_corrupt_tail` (drops entries >= {index} so peers resend them)"
+         refusing to start. To recover, restart once with `ringlog serve \
+         --truncate-corrupt-tail`: entries >= {index} are dropped, peers resend them, and \
+         the node neither votes nor campaigns until it has caught up (docs/operations.md)"
     )]
     Corrupt {
         file: String,
