@@ -418,13 +418,14 @@ impl Progress {
             ProgressStyle::Off => None,
             ProgressStyle::Lines => {
                 let elapsed = s.measuring?;
-                let (records, at) = std::mem::replace(&mut self.last, (s.records, elapsed));
-                let span = (elapsed - at).as_secs_f64();
-                let rate = if span > 0.0 {
-                    (s.records - records) as f64 / span
-                } else {
-                    0.0
-                };
+                let (records, at) = self.last;
+                let span = elapsed.saturating_sub(at).as_secs_f64();
+                // A tick just after the warmup ended would report a rate over nothing.
+                if span < 0.1 {
+                    return None;
+                }
+                self.last = (s.records, elapsed);
+                let rate = (s.records - records) as f64 / span;
                 let target = match self.limit {
                     Limit::Records(n) => format!(", {}/{} records", s.records, n),
                     Limit::Duration(_) => String::new(),
@@ -666,6 +667,8 @@ mod tests {
             None,
             "silent in the warmup"
         );
+        let early = p.update(&snapshot(Some(5), 10, 0));
+        assert_eq!(early, None, "too early for a rate");
         let first = p.update(&snapshot(Some(500), 1_000, 0)).unwrap();
         assert_eq!(
             first,
