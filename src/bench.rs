@@ -350,7 +350,6 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
     let latency = tally.latency.borrow();
     let per_second = |amount: f64| if seconds > 0.0 { amount / seconds } else { 0.0 };
     Ok(BenchReport {
-        config: config.clone(),
         partitions,
         records,
         errors: tally.errors.get(),
@@ -364,6 +363,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
             p999: latency.value_at_quantile(0.999),
             max: latency.max(),
         },
+        config,
     })
 }
 
