@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 
-use ringlog::bench::BenchConfig;
+use ringlog::bench::{BenchConfig, Limit, ProgressStyle};
 use ringlog::cli::{self, LocalBench, ReadFormat, ServeOverrides};
 use ringlog::runtime::config::FsyncPolicy;
 
@@ -111,22 +111,30 @@ enum Command {
         /// Partitions to spread appends over (default: all).
         #[arg(long)]
         partitions: Option<u32>,
-        #[arg(long, default_value_t = 64)]
+        /// Concurrent clients; in a closed loop each keeps --inflight appends outstanding.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
         clients: u32,
         /// Appends each client keeps outstanding.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         inflight: u32,
         #[arg(long, default_value_t = 256)]
         record_size: usize,
         /// Records per append.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         batch: u32,
+        /// How long to measure after the warmup.
         #[arg(long, default_value = "10s", value_parser = cli::parse_duration)]
         duration: Duration,
+        /// Stop after N measured records instead of a duration: ceil(N / batch) appends are
+        /// measured, so N records when the batch divides N, fewer than one batch more
+        /// otherwise, and fewer when appends fail (failed appends are not retried).
+        #[arg(long, value_name = "N", conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+        /// Appends sent (open loop: scheduled) within this long of the start are not measured.
         #[arg(long, default_value = "2s", value_parser = cli::parse_duration)]
         warmup: Duration,
         /// Open loop at this many records per second (latency from the scheduled time).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         rate: Option<u64>,
         /// One JSON object instead of text.
         #[arg(long)]
@@ -213,6 +221,7 @@ fn run() -> anyhow::Result<()> {
             record_size,
             batch,
             duration,
+            count,
             warmup,
             rate,
             json,
@@ -229,9 +238,10 @@ fn run() -> anyhow::Result<()> {
                 inflight,
                 record_bytes: record_size,
                 batch,
-                duration,
+                limit: count.map_or(Limit::Duration(duration), Limit::Records),
                 warmup,
                 rate_records_per_sec: rate,
+                progress: ProgressStyle::for_stderr(),
             };
             cli::bench(addr, local, config, json)?
         }
