@@ -641,10 +641,7 @@ const MOVING_UNDER_LOAD: &[&str] = &[
 
 /// Known to stay flat under load (see the note in each case); the test fails
 /// once one moves, so that this list cannot outlive the bug.
-const KNOWN_FLAT: &[(&str, &str)] = &[(
-    "ringlog_client_received_bytes_total",
-    "src/transport/server.rs adds a connection's bytes only when it closes",
-)];
+const KNOWN_FLAT: &[(&str, &str)] = &[];
 
 #[test]
 fn every_dashboard_query_returns_data_from_a_loaded_cluster() {

@@ -204,7 +204,7 @@ pub const METRICS: &[MetricDef] = &[
         Counter,
         Some(Unit::Count),
         P,
-        "WAL flushes completed (each one write round and one fdatasync).",
+        "WAL flushes completed (group commits: a write round and its syncs, including flushes that only persist the term and vote).",
     ),
     def(
         RAFT_TERM,

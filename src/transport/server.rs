@@ -211,6 +211,9 @@ async fn serve_connection<H: RequestHandler>(
     );
     let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
     let frame_timeout = Duration::from_millis(config.frame_timeout_ms);
+    // Bytes already added to `stats.bytes_received_total`, which grows per frame so
+    // that long-lived connections show up while they live.
+    let mut counted_bytes = 0;
     let failure: Option<ConnError> = loop {
         if shared.closing.get() {
             break None;
@@ -231,6 +234,11 @@ async fn serve_connection<H: RequestHandler>(
             }
         })
         .await;
+        bump(
+            &stats.bytes_received_total,
+            reader.bytes_read_total() - counted_bytes,
+        );
+        counted_bytes = reader.bytes_read_total();
         let frame = match next {
             Ok(Some(frame)) => frame,
             Ok(None) => break None,
@@ -289,7 +297,10 @@ async fn serve_connection<H: RequestHandler>(
         })
         .detach();
     };
-    bump(&stats.bytes_received_total, reader.bytes_read_total());
+    bump(
+        &stats.bytes_received_total,
+        reader.bytes_read_total() - counted_bytes,
+    );
 
     if let Some(e) = &failure {
         bump(&stats.connections_failed_total, 1);
