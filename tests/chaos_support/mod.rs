@@ -166,7 +166,7 @@ pub fn run_chaos(plan: &ChaosPlan) -> Outcome {
 }
 
 /// Reads every partition from every node once all agree on commit and last index.
-fn final_logs(cluster: &TestCluster) -> FinalLogs {
+pub fn final_logs(cluster: &TestCluster) -> FinalLogs {
     let addrs = cluster.client_addrs();
     on_executor(async move || {
         let c = client(addrs.clone());

@@ -45,6 +45,7 @@ pub struct TestCluster {
     pub configs: Vec<NodeConfig>,
     paths: Vec<PathBuf>,
     children: Vec<Option<Child>>,
+    envs: Vec<Vec<(String, String)>>,
 }
 
 impl TestCluster {
@@ -56,6 +57,17 @@ impl TestCluster {
     /// Like `start`, but node `from` (0-based) reaches node `to`'s peer address
     /// `addr` at `route(from, to, addr)`, for example through a fault proxy.
     pub fn start_routed(
+        nodes: u32,
+        shards: u32,
+        route: impl FnMut(usize, usize, SocketAddr) -> SocketAddr,
+    ) -> TestCluster {
+        let mut cluster = TestCluster::configure_routed(nodes, shards, route);
+        cluster.spawn_all();
+        cluster
+    }
+
+    /// The cluster's configuration, written out, with no node started yet.
+    pub fn configure_routed(
         nodes: u32,
         shards: u32,
         mut route: impl FnMut(usize, usize, SocketAddr) -> SocketAddr,
@@ -117,16 +129,24 @@ impl TestCluster {
                 path
             })
             .collect();
-        let mut cluster = TestCluster {
+        TestCluster {
             dir,
             configs,
             paths,
             children: (0..nodes).map(|_| None).collect(),
-        };
-        for k in 0..nodes as usize {
-            cluster.spawn(k);
+            envs: (0..nodes).map(|_| Vec::new()).collect(),
         }
-        cluster
+    }
+
+    pub fn spawn_all(&mut self) {
+        for k in 0..self.children.len() {
+            self.spawn(k);
+        }
+    }
+
+    /// An environment variable for node `k`'s process from its next start on.
+    pub fn set_env(&mut self, k: usize, key: &str, value: &str) {
+        self.envs[k].push((key.to_string(), value.to_string()));
     }
 
     pub fn spawn(&mut self, k: usize) {
@@ -140,6 +160,7 @@ impl TestCluster {
             .arg("--config")
             .arg(&self.paths[k])
             .args(args)
+            .envs(self.envs[k].iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
