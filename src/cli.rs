@@ -424,9 +424,24 @@ pub struct LocalBench {
     pub nodes: u32,
     pub shards: u32,
     pub fsync: FsyncPolicy,
+    /// One-way delay added to every peer link by a fault proxy (`src/proxy.rs`),
+    /// to see how much of the latency the pipelined replication hides.
+    pub peer_delay: Option<Duration>,
 }
 
-fn start_local(local: &LocalBench) -> Result<(dev::DevCluster, Vec<String>, PathBuf), CliError> {
+/// A local cluster and what keeps it running: its proxies live as long as it does.
+struct LocalCluster {
+    nodes: dev::DevCluster,
+    _proxies: Vec<crate::proxy::FaultProxy>,
+}
+
+impl LocalCluster {
+    fn stop(&mut self, grace: Duration) {
+        self.nodes.stop(grace);
+    }
+}
+
+fn start_local(local: &LocalBench) -> Result<(LocalCluster, Vec<String>, PathBuf), CliError> {
     let dir = std::env::temp_dir().join(format!("ringlog-bench-{}", std::process::id()));
     let base = (17_400..30_000)
         .step_by(40)
@@ -438,17 +453,40 @@ fn start_local(local: &LocalBench) -> Result<(dev::DevCluster, Vec<String>, Path
         })
         .ok_or_else(|| CliError::Usage("no free ports for a local cluster".into()))?;
     let mut configs = dev::configs(local.nodes, base, &dir, local.shards)?;
+    let mut proxies = Vec::new();
     for config in &mut configs {
         config.wal.fsync = local.fsync;
+        let Some(delay) = local.peer_delay else {
+            continue;
+        };
+        // This node reaches each other node through a proxy of its own, so every
+        // directed link gets the delay once.
+        for member in config
+            .nodes
+            .iter_mut()
+            .filter(|m| m.node_id != config.node_id)
+        {
+            let target = member.peer_address.parse().map_err(|e| {
+                CliError::Usage(format!("peer address {}: {e}", member.peer_address))
+            })?;
+            let proxy = crate::proxy::FaultProxy::start(target)?;
+            proxy.set_delay(delay, Duration::ZERO);
+            member.peer_address = proxy.local_addr().to_string();
+            proxies.push(proxy);
+        }
     }
     let paths = dev::write_configs(&dir, &configs)?;
     // The benchmark's own output is what matters; nodes report only problems.
-    let cluster =
+    let nodes =
         dev::DevCluster::start_with_log_filter(&std::env::current_exe()?, &paths, Some("warn"))?;
     let addrs = configs
         .iter()
         .map(|c| c.listen.client.to_string())
         .collect();
+    let cluster = LocalCluster {
+        nodes,
+        _proxies: proxies,
+    };
     Ok((cluster, addrs, dir))
 }
 

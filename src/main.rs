@@ -108,6 +108,10 @@ enum Command {
         /// With --local: `never` for benchmarks of everything but the disk.
         #[arg(long, value_enum, default_value = "always")]
         fsync: Fsync,
+        /// With --local: add this one-way delay to every peer link (through a TCP
+        /// fault proxy per directed link), e.g. `1ms`.
+        #[arg(long, value_parser = cli::parse_duration, requires = "local")]
+        peer_delay: Option<Duration>,
         /// Partitions to spread appends over (default: all).
         #[arg(long)]
         partitions: Option<u32>,
@@ -215,6 +219,7 @@ fn run() -> anyhow::Result<()> {
             nodes,
             shards,
             fsync,
+            peer_delay,
             partitions,
             clients,
             inflight,
@@ -230,6 +235,7 @@ fn run() -> anyhow::Result<()> {
                 nodes,
                 shards,
                 fsync: fsync_policy(fsync),
+                peer_delay,
             });
             let config = BenchConfig {
                 addrs: Vec::new(),

@@ -216,3 +216,24 @@ fn duration_and_count_together_are_refused() {
     );
     assert!(run.stdout.is_empty(), "stdout:\n{}", run.stdout);
 }
+
+#[test]
+fn peer_delay_puts_a_proxy_on_every_peer_link() {
+    let args = [
+        "--count",
+        "300",
+        "--warmup",
+        "200ms",
+        "--clients",
+        "2",
+        "--peer-delay",
+        "2ms",
+    ];
+    let report = bench_json(&args);
+    check_report(&report, 256);
+    assert_eq!(u64_field(&report, "records"), 300, "{report}");
+    // A commit needs the leader's message to reach a follower and the answer to
+    // come back: at least two delayed trips, whatever the machine's speed.
+    let p50 = u64_field(&report["latency_us"], "p50");
+    assert!(p50 >= 4_000, "p50 {p50} µs with 2 ms each way: {report}");
+}
