@@ -228,6 +228,17 @@ impl Shard {
         let metrics = ShardMetrics::new(&parts.metrics, shard, &peers);
         let fsync_seconds = metrics.fsync_seconds.clone();
         wal.observe_syncs(move |took| fsync_seconds.record(took.as_secs_f64()));
+        let truncated = recovered
+            .reports
+            .iter()
+            .any(|r| matches!(r, RecoveryReport::TruncatedCorruption { .. }));
+        let lost_tail_in_term = abstention(&abstain_marker, truncated, recovered.hard_state.term)
+            .map_err(marker_error)?;
+        if lost_tail_in_term.is_some() {
+            log::warn!(
+                "shard {shard}: the log lost entries to a corruption; this member will not vote or campaign until it has caught up"
+            );
+        }
         let engine_recovered = engine::Recovered {
             hard_state: recovered.hard_state,
             log_start: recovered.log_start,
@@ -235,22 +246,8 @@ impl Shard {
             term_runs: term_runs(&wal, recovered.log_start, recovered.last_index),
             last_index: recovered.last_index,
             tail: Vec::new(),
-            lost_tail_in_term: None,
+            lost_tail_in_term,
         };
-        let truncated = recovered
-            .reports
-            .iter()
-            .any(|r| matches!(r, RecoveryReport::TruncatedCorruption { .. }));
-        let engine_recovered = engine::Recovered {
-            lost_tail_in_term: abstention(&abstain_marker, truncated, recovered.hard_state.term)
-                .map_err(marker_error)?,
-            ..engine_recovered
-        };
-        if engine_recovered.lost_tail_in_term.is_some() {
-            log::warn!(
-                "shard {shard}: the log lost entries to a corruption; this member will not vote or campaign until it has caught up with a newer leader"
-            );
-        }
         let engine = Engine::new(
             parts.node_id,
             &parts.members,
