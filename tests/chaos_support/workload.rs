@@ -62,28 +62,22 @@ async fn run(
 ) -> (History, Vec<OpTiming>) {
     let recorded = Rc::new(RefCell::new(Recorded::default()));
     let mut tasks = Vec::new();
-    let mut client_id = 0;
+    let mut next_id = 0;
+    let mut worker = |partition| {
+        next_id += 1;
+        Worker {
+            id: next_id,
+            partition,
+            client: chaos_client(addrs.clone()),
+            stop: stop.clone(),
+            recorded: recorded.clone(),
+        }
+    };
     for partition in 0..partitions {
         for _ in 0..WRITERS_PER_PARTITION {
-            client_id += 1;
-            let task = writer(
-                client_id,
-                partition,
-                addrs.clone(),
-                stop.clone(),
-                recorded.clone(),
-            );
-            tasks.push(glommio::spawn_local(task));
+            tasks.push(glommio::spawn_local(writer(worker(partition))));
         }
-        client_id += 1;
-        let task = reader(
-            client_id,
-            partition,
-            addrs.clone(),
-            stop.clone(),
-            recorded.clone(),
-        );
-        tasks.push(glommio::spawn_local(task));
+        tasks.push(glommio::spawn_local(reader(worker(partition))));
     }
     for task in tasks {
         task.await;
@@ -119,23 +113,25 @@ pub fn classify(error: &ClientError) -> AppendOutcome {
     }
 }
 
-async fn writer(
+/// One client of the workload and where it records what it was told.
+struct Worker {
     id: u32,
     partition: u32,
-    addrs: Vec<String>,
+    client: Client,
     stop: Arc<AtomicBool>,
     recorded: Rc<RefCell<Recorded>>,
-) {
-    let client = chaos_client(addrs);
+}
+
+async fn writer(w: Worker) {
     let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !w.stop.load(Ordering::Relaxed) {
         let batch = 1 + seq % 3;
         let records: Vec<Bytes> = (0..batch)
-            .map(|k| Bytes::from(format!("client {id} append {seq} record {k}")))
+            .map(|k| Bytes::from(format!("client {} append {seq} record {k}", w.id)))
             .collect();
         seq += 1;
         let invoked = Instant::now();
-        let result = client.append(partition, records.clone()).await;
+        let result = w.client.append(w.partition, records.clone()).await;
         let completed = Instant::now();
         let outcome = match &result {
             Ok(ok) => AppendOutcome::Acked {
@@ -145,16 +141,16 @@ async fn writer(
         };
         let acked = matches!(outcome, AppendOutcome::Acked { .. });
         {
-            let mut r = recorded.borrow_mut();
+            let mut r = w.recorded.borrow_mut();
             r.timings.push(OpTiming {
-                partition,
+                partition: w.partition,
                 invoked,
                 completed,
                 acked,
             });
             r.history.appends.push(AppendOp {
-                client: id,
-                partition,
+                client: w.id,
+                partition: w.partition,
                 records,
                 outcome,
             });
@@ -166,30 +162,23 @@ async fn writer(
     }
 }
 
-async fn reader(
-    id: u32,
-    partition: u32,
-    addrs: Vec<String>,
-    stop: Arc<AtomicBool>,
-    recorded: Rc<RefCell<Recorded>>,
-) {
-    let client = chaos_client(addrs);
+async fn reader(w: Worker) {
     let mut next = 1;
-    while !stop.load(Ordering::Relaxed) {
+    while !w.stop.load(Ordering::Relaxed) {
         let request = ReadRequest {
-            partition,
+            partition: w.partition,
             from_index: next,
             max_records: 500,
             max_bytes: 1 << 20,
             wait_timeout_ms: 100,
             any_replica: false,
         };
-        match client.read(request).await {
+        match w.client.read(request).await {
             Ok(ok) => {
                 next = ok.next_from(next);
-                recorded.borrow_mut().history.reads.push(ReadOp {
-                    client: id,
-                    partition,
+                w.recorded.borrow_mut().history.reads.push(ReadOp {
+                    client: w.id,
+                    partition: w.partition,
                     records: ok
                         .records
                         .iter()
