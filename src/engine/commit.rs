@@ -55,9 +55,12 @@ impl Engine {
             return;
         };
         let held = self.commit_index.min(self.flushed_index);
-        let newer_term = self.log.term_at(held).is_some_and(|t| t > lost_in);
-        let caught_up = self.abstain_catch_up_to.is_some_and(|c| held >= c);
-        if newer_term || caught_up {
+        let held_term = self.log.term_at(held).unwrap_or(0);
+        // An entry of term t committed by t's leader comes after everything committed
+        // before that leader's election; reaching its post-restart commit index too
+        // covers what it committed itself before the cut.
+        let caught_up = held_term == lost_in && self.abstain_catch_up_to.is_some_and(|c| held >= c);
+        if held_term > lost_in || caught_up {
             self.abstain_until_after_term = None;
             self.abstain_catch_up_to = None;
         }

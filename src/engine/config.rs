@@ -40,6 +40,8 @@ pub enum PlantedBug {
     VoteForShorterLog,
     /// A leader commits an older term's entry by counting replicas.
     CommitPreviousTerm,
+    /// A member whose log was cut at a corruption votes and campaigns at once.
+    IgnoreLostTail,
 }
 
 impl Default for Config {

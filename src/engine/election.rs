@@ -253,8 +253,10 @@ mod tests {
     #[test]
     fn abstention_ends_on_reaching_the_commit_index_of_the_same_terms_leader() {
         let mut e = abstaining_follower();
-        // Term 2's leader says it has committed up to 4: holding 1..=2 is not enough.
+        // Term 2's leader reports commit 4 after the restart: everything it had
+        // committed before the cut is at or below 4. Holding 1..=2 is not enough.
         e.step(msg(2, 1, 2, append_entries(2, 2, &[], 4)));
+        assert_eq!(e.commit_index(), 2);
         assert!(e.is_abstaining());
         e.take_commands();
         e.step(msg(2, 1, 2, append_entries(2, 2, &[(3, 2), (4, 2)], 4)));
@@ -266,6 +268,22 @@ mod tests {
         e.step(Event::Durable {
             op: op.expect("the entries are appended"),
         });
+        assert!(!e.is_abstaining());
+    }
+
+    #[test]
+    fn abstention_needs_a_committed_entry_of_the_lost_term_itself() {
+        let mut e = abstaining_follower();
+        // Commit 1 (of term 1): term 2's leader has not committed an entry of its
+        // own term, so entries committed before its election may lie beyond 1.
+        e.step(msg(2, 1, 2, append_entries(2, 2, &[], 1)));
+        assert_eq!(e.commit_index(), 1);
+        assert!(e.is_abstaining());
+        // Its entry 2 (term 2) committed: everything committed before its election
+        // precedes it, and its commit after the restart (1) covered all it had
+        // committed itself.
+        e.step(msg(2, 1, 2, append_entries(2, 2, &[], 2)));
+        assert_eq!(e.commit_index(), 2);
         assert!(!e.is_abstaining());
     }
 

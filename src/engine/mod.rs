@@ -154,14 +154,17 @@ pub struct Engine {
     reported_role: Option<(Role, Term, Option<NodeId>)>,
     /// Some(t): the log lost acknowledged entries in term t (see `Recovered`). The
     /// member neither votes nor campaigns until its log, on disk and committed,
-    /// holds everything it may have acknowledged. Two ways to know: an entry of a
-    /// later term (it comes from a leader elected without this member, which holds
-    /// every entry committed before, by leader completeness, and log matching gives
-    /// this member all of them too); or reaching `abstain_catch_up_to`.
+    /// holds everything it may have acknowledged. Two ways to know: a committed entry
+    /// of a later term (it comes from a leader elected without this member, which
+    /// holds every entry committed before, by leader completeness, and log matching
+    /// gives this member all of them too); or a committed entry of term t itself at
+    /// or past `abstain_catch_up_to`.
     abstain_until_after_term: Option<Term>,
-    /// The commit index that term t's own leader sent after the restart: at least
-    /// everything committed in term t or before (a leader's commit only grows, and
-    /// it holds all of it), so holding the log up to it is enough.
+    /// The commit index that term t's own leader sent first after the restart: at
+    /// least everything that leader had committed before the cut (its commit index
+    /// only grows). Entries committed by earlier leaders may lie above it while that
+    /// leader has not yet committed an entry of its own term, hence the term
+    /// condition above.
     abstain_catch_up_to: Option<Index>,
     output: Vec<Command>,
     /// Test builds only: a deliberate bug the simulator must catch.
@@ -304,7 +307,7 @@ impl Engine {
     /// True while the member withholds votes and campaigns after losing part of its
     /// log to a corruption (until it holds a committed entry of a later term).
     pub fn is_abstaining(&self) -> bool {
-        self.abstain_until_after_term.is_some()
+        self.abstain_until_after_term.is_some() && !self.planted(config::PlantedBug::IgnoreLostTail)
     }
 
     /// The leader's view of each follower (stale or empty on other roles).

@@ -16,6 +16,9 @@ pub struct Disk {
     /// Every storage command through this number is durable.
     pub durable_op: u64,
     pub issued_op: u64,
+    /// Set when a corruption cut this log: the runtime's abstention marker, which
+    /// survives crashes until the member has caught up.
+    pub lost_tail_in_term: Option<Term>,
 }
 
 impl Disk {
@@ -28,7 +31,26 @@ impl Disk {
             unflushed: Vec::new(),
             durable_op: 0,
             issued_op: 0,
+            lost_tail_in_term: None,
         }
+    }
+
+    /// A corruption found at recovery, cut as `truncate_corrupt_tail` does: only
+    /// the first `keep` durable entries survive (the hard state is a separate file
+    /// and does).
+    pub fn lose_tail(&mut self, keep: usize) {
+        if keep >= self.entries.len() {
+            return;
+        }
+        self.entries.truncate(keep);
+        let term = self
+            .lost_tail_in_term
+            .map_or(self.hard.term, |t| t.max(self.hard.term));
+        self.lost_tail_in_term = Some(term);
+    }
+
+    pub fn entries_len(&self) -> usize {
+        self.entries.len()
     }
 
     /// Queues a storage command; returns false for commands that are not storage.
@@ -124,6 +146,7 @@ impl Disk {
             Recovered::from_entries(self.hard, self.start, self.prev_term, self.entries.clone());
         let keep_from = recovered.tail.len().saturating_sub(tail_len);
         recovered.tail.drain(..keep_from);
+        recovered.lost_tail_in_term = self.lost_tail_in_term;
         recovered
     }
 

@@ -56,6 +56,7 @@ impl Sim {
             45..=69 => self.network.heal_partitions(),
             70..=74 => self.transfer_leadership()?,
             75..=84 => self.purge()?,
+            85..=89 => self.corrupt_disk(),
             _ => {}
         }
         Ok(())
@@ -74,6 +75,38 @@ impl Sim {
             self.checker.abandon(request);
         }
         self.crashes += 1;
+    }
+
+    /// A crash whose recovery finds a corruption and cuts the log before it, on one
+    /// member at a time (damage on two disks at once can lose records; that is the
+    /// operator's rule, not the engine's).
+    fn corrupt_disk(&mut self) {
+        if self
+            .nodes
+            .iter()
+            .any(|n| n.disk.lost_tail_in_term.is_some())
+        {
+            return;
+        }
+        let Some(k) = self.random_live() else {
+            return;
+        };
+        self.crash(k);
+        let disk = &mut self.nodes[k].disk;
+        let keep = self.rng.range(0, disk.entries_len() as u64 + 1) as usize;
+        disk.lose_tail(keep);
+        if self.trace_from.is_some_and(|from| self.now >= from) {
+            eprintln!(
+                "t={} member {} restarts with its log cut to {} entries, lost in term {:?}",
+                self.now,
+                k + 1,
+                keep,
+                disk.lost_tail_in_term
+            );
+        }
+        if disk.lost_tail_in_term.is_some() {
+            self.lost_tails += 1;
+        }
     }
 
     fn partition(&mut self) {

@@ -58,6 +58,9 @@ pub struct SimReport {
     pub unknown: usize,
     pub reads_ok: u64,
     pub crashes: u32,
+    /// Crashes whose recovery cut the log at a corruption (the member then abstains
+    /// from elections until it has caught up).
+    pub lost_tails: u32,
     /// AppendEntries whose entries had to be read back from disk.
     pub log_reads: u64,
 }
@@ -88,6 +91,7 @@ struct Sim {
     steps: u64,
     next_request: u64,
     crashes: u32,
+    lost_tails: u32,
     log_reads: u64,
     healed: bool,
     /// Acknowledged records when the faults ended.
@@ -143,6 +147,7 @@ impl Sim {
             steps: 0,
             next_request: 1,
             crashes: 0,
+            lost_tails: 0,
             log_reads: 0,
             healed: false,
             heal_acked_base: 0,
@@ -217,6 +222,7 @@ impl Sim {
             unknown: self.checker.unknown,
             reads_ok: self.checker.reads_ok,
             crashes: self.crashes,
+            lost_tails: self.lost_tails,
             log_reads: self.log_reads,
         })
     }
@@ -247,6 +253,16 @@ impl Sim {
                 self.nodes[k].flush_at = None;
                 let op = self.nodes[k].disk.flush();
                 self.step(k, Event::Durable { op })?;
+            }
+            // The runtime removes its abstention marker once the member votes again.
+            let node = &mut self.nodes[k];
+            if node.engine.as_ref().is_some_and(|e| !e.is_abstaining()) {
+                if node.disk.lost_tail_in_term.is_some()
+                    && self.trace_from.is_some_and(|from| self.now >= from)
+                {
+                    eprintln!("t={} member {} ends its abstention", self.now, k + 1);
+                }
+                node.disk.lost_tail_in_term = None;
             }
         }
         Ok(())
@@ -314,16 +330,19 @@ impl Sim {
 
     /// The promise itself: an acknowledged record is on disk on a majority. (An
     /// entry a member has purged since counts: only committed entries on its disk
-    /// are ever purged.)
+    /// are ever purged. So does a member abstaining after a corruption cut its log:
+    /// the leader may have counted its acknowledgement from before the cut, and until
+    /// it has the entries back it refuses to vote for any log without them, which is
+    /// what keeps them safe.)
     fn check_on_majority_disks(&self, request_id: u64, last_index: u64) -> Check {
         let record = self.checker.last_record_of(request_id);
-        let holders = self
-            .nodes
-            .iter()
-            .filter(|node| match node.disk.durable_entry(last_index) {
-                Some(entry) => Some(&entry.payload) == record,
-                None => node.disk.start() > last_index,
-            });
+        let holders = self.nodes.iter().filter(|node| {
+            node.disk.lost_tail_in_term.is_some()
+                || match node.disk.durable_entry(last_index) {
+                    Some(entry) => Some(&entry.payload) == record,
+                    None => node.disk.start() > last_index,
+                }
+        });
         let quorum = self.nodes.len() / 2 + 1;
         let count = holders.count();
         if count < quorum {

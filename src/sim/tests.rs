@@ -49,11 +49,12 @@ fn many_seeds_three_and_five_members() {
     let seconds = started.elapsed().as_secs_f64();
     let acked: u64 = reports.iter().map(|r| r.acked_records).sum();
     let crashes: u32 = reports.iter().map(|r| r.crashes).sum();
+    let lost_tails: u32 = reports.iter().map(|r| r.lost_tails).sum();
     let reads: u64 = reports.iter().map(|r| r.reads_ok).sum();
     let steps: u64 = reports.iter().map(|r| r.steps).sum();
     let log_reads: u64 = reports.iter().map(|r| r.log_reads).sum();
     println!(
-        "{count} seeds in {seconds:.1} s ({:.0} seeds/s, {steps} steps): {acked} records acknowledged, {reads} reads, {crashes} crashes, {log_reads} messages read back from disk, all checks passed",
+        "{count} seeds in {seconds:.1} s ({:.0} seeds/s, {steps} steps): {acked} records acknowledged, {reads} reads, {crashes} crashes ({lost_tails} cutting a corrupt log), {log_reads} messages read back from disk, all checks passed",
         count as f64 / seconds
     );
     // Faults must not have starved the workload: otherwise the checks prove little.
@@ -121,4 +122,9 @@ fn catches_vote_for_shorter_log() {
 #[test]
 fn catches_commit_of_previous_term_by_counting() {
     assert_caught(PlantedBug::CommitPreviousTerm);
+}
+
+#[test]
+fn catches_a_member_voting_right_after_losing_its_tail() {
+    assert_caught(PlantedBug::IgnoreLostTail);
 }
