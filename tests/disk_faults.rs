@@ -40,6 +40,33 @@ fn corrupt_middle(segment: &Path) -> usize {
     offset
 }
 
+/// Runs `ringlog serve --config path`, which must exit by itself within `limit`
+/// (it is killed, and the test fails, otherwise); returns its status and stderr.
+fn serve_within(path: &Path, limit: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(["serve", "--config"])
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve on a corrupt log was still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
 fn leader_of_partition_0(cluster: &TestCluster) -> usize {
     let addrs = cluster.client_addrs();
     let leader = on_executor(async move || {
@@ -67,13 +94,8 @@ fn corrupt_follower_segment_is_refused_then_recovered_from_peers() {
     let segment = fullest_segment(&shard_dir);
     let offset = corrupt_middle(&segment);
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"))
-        .args(["serve", "--config"])
-        .arg(cluster.config_path(follower))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "a corrupt log must not start");
+    let (status, stderr) = serve_within(cluster.config_path(follower), Duration::from_secs(20));
+    assert!(!status.success(), "a corrupt log must not start");
     let name = segment.file_name().unwrap().to_string_lossy();
     assert!(
         stderr.contains("WAL corruption in") && stderr.contains(&*name),
@@ -83,7 +105,16 @@ fn corrupt_follower_segment_is_refused_then_recovered_from_peers() {
         stderr.contains("--truncate-corrupt-tail"),
         "the error says how to recover: {stderr}"
     );
-    let _ = offset;
+    let reported: usize = stderr
+        .split("at offset ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no offset in: {stderr}"));
+    assert!(
+        reported <= offset && offset - reported < 1 << 20,
+        "the damaged record starts at {reported}, the flipped byte is at {offset}"
+    );
 
     // The other two keep serving meanwhile.
     acked.extend(on_executor({
