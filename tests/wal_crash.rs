@@ -243,6 +243,24 @@ async fn check_image(
         "{what}: hard state {:?} matches no state after op {durable_op}",
         rec.hard_state
     );
+    // The hard state is never older than the log: entries written after a term
+    // change must not survive a crash that loses the term change (a member would
+    // restart with entries of a term it has not recorded, or without its vote).
+    let log_op = allowed()
+        .filter(|(_, s)| matches(s))
+        .map(|(label, _)| *label)
+        .min()
+        .expect("matched above");
+    let hs_op = allowed()
+        .filter(|(_, s)| s.hard_state == rec.hard_state)
+        .map(|(label, _)| *label)
+        .max()
+        .expect("matched above");
+    assert!(
+        hs_op >= log_op,
+        "{what}: hard state {:?} (as of op {hs_op}) is older than the log (as of op {log_op})",
+        rec.hard_state
+    );
 
     // The recovered WAL must take new appends that survive a reopen.
     let next: Index = rec.last_index + 1;

@@ -43,6 +43,17 @@ pub enum ShardError {
         dir: String,
         source: WalError,
     },
+    /// The recovered hard state is older than the log: the log holds entries of a
+    /// term the member never recorded, so its vote in that term is unknown.
+    #[error(
+        "shard {shard}: the WAL in {dir} holds entries of term {log_term} but its hard state says term {hard_term}: the term change (and any vote in it) was lost in a crash by a ringlog older than this one. Starting could vote twice in one term; treat this shard's disk as lost (docs/operations.md, \"A failed or replaced disk\")"
+    )]
+    HardStateBehindLog {
+        shard: u32,
+        dir: String,
+        log_term: Term,
+        hard_term: Term,
+    },
     /// A write or sync failed: the shard stops rather than acknowledge anything
     /// that might not be on disk (fail-stop).
     #[error("shard {shard}: WAL failure, stopping: {source}")]
@@ -239,11 +250,21 @@ impl Shard {
                 "shard {shard}: the log lost entries to a corruption; this member will not vote or campaign until it has caught up"
             );
         }
+        let runs = term_runs(&wal, recovered.log_start, recovered.last_index);
+        let log_term = runs.last().map_or(recovered.start_prev_term, |&(_, t)| t);
+        if log_term > recovered.hard_state.term {
+            return Err(ShardError::HardStateBehindLog {
+                shard,
+                dir: parts.wal_dir.display().to_string(),
+                log_term,
+                hard_term: recovered.hard_state.term,
+            });
+        }
         let engine_recovered = engine::Recovered {
             hard_state: recovered.hard_state,
             log_start: recovered.log_start,
             log_prev_term: recovered.start_prev_term,
-            term_runs: term_runs(&wal, recovered.log_start, recovered.last_index),
+            term_runs: runs,
             last_index: recovered.last_index,
             tail: Vec::new(),
             lost_tail_in_term,

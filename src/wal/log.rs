@@ -140,10 +140,11 @@ struct Inner<F> {
     /// ones) are done: the next flush waits on it before it syncs.
     last_written: Rc<Semaphore>,
     spare: Option<Spare<F>>,
-    /// The newest flush taken removes files: the next one must not write before the
-    /// removals are durable, or a crash could keep its records but not the removal
-    /// (a purge undone while later appends survive).
-    removal_pending: bool,
+    /// The newest flush taken removes files or writes the hard state: the next one
+    /// must not write before that is durable, or a crash could keep its records but
+    /// not the removal (a purge undone while later appends survive) or not the hard
+    /// state (entries of a term the member has not recorded, or a lost vote).
+    barrier_pending: bool,
     stats: WalStats,
     /// Emptied record buffers kept for reuse (at most `BUFFER_POOL_MAX`).
     buffer_pool: Vec<Vec<u8>>,
@@ -190,7 +191,8 @@ struct Job<F> {
     written: Rc<Semaphore>,
     durable: Durable,
     flush_seq: Option<u64>,
-    /// Wait for the previous flush before writing anything (it removes files).
+    /// Wait for the previous flush before writing anything (it removes files or
+    /// writes the hard state).
     write_barrier: bool,
 }
 
@@ -269,7 +271,7 @@ impl<S: Storage> Wal<S> {
             last_done: Rc::new(Semaphore::new(1)),
             last_written: Rc::new(Semaphore::new(1)),
             spare: None,
-            removal_pending: false,
+            barrier_pending: false,
             stats: WalStats::default(),
             buffer_pool: Vec::new(),
         };

@@ -83,8 +83,23 @@ impl<S: Storage> Wal<S> {
             wait_previous(job).await?;
             waited = true;
         }
+        // The hard state goes first, durably, before any record of this flush is
+        // written: records after a term change must never survive a crash that loses
+        // the change. (Records before it gain nothing from waiting, and lose nothing:
+        // a newer term is always safe to have recorded.) The previous flush's hard
+        // state must be written before this one's, hence the wait.
+        let hard_state = job.items.iter().rev().find_map(|item| match item {
+            Item::HardState(state) => Some(*state),
+            _ => None,
+        });
+        if let Some(state) = hard_state {
+            if !waited {
+                wait_previous(job).await?;
+                waited = true;
+            }
+            self.write_hard_state(&state).await?;
+        }
         let mut to_sync: Vec<FileSlot<S::File>> = Vec::new();
-        let mut hard_state = None;
         let mut deletions: Vec<String> = Vec::new();
         for item in &job.items {
             match item {
@@ -137,7 +152,7 @@ impl<S: Storage> Wal<S> {
                         to_sync.push(slot.clone());
                     }
                 }
-                Item::HardState(state) => hard_state = Some(*state),
+                Item::HardState(_) => {}
                 Item::Purge(names) => deletions.extend(names.iter().cloned()),
             }
         }
@@ -165,17 +180,6 @@ impl<S: Storage> Wal<S> {
         if !waited {
             wait_previous(job).await?;
         }
-        if let Some(state) = hard_state {
-            let mut file = shared
-                .hard_state_file
-                .borrow_mut()
-                .take()
-                .ok_or_else(|| WalError::Failed("hard-state file in use".into()))?;
-            let result = file.write(&state).await;
-            shared.inner.borrow_mut().stats.syncs += 1;
-            *shared.hard_state_file.borrow_mut() = Some(file);
-            result?;
-        }
         for name in deletions {
             match shared.storage.remove(&name).await {
                 Ok(()) => {}
@@ -191,6 +195,20 @@ impl<S: Storage> Wal<S> {
                 .map_err(io_err("syncing the WAL directory"))?;
         }
         Ok(())
+    }
+
+    /// Writes `state` to the hard-state file and syncs it.
+    async fn write_hard_state(&self, state: &HardState) -> WalResult<()> {
+        let shared = &self.shared;
+        let mut file = shared
+            .hard_state_file
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| WalError::Failed("hard-state file in use".into()))?;
+        let result = file.write(state).await;
+        shared.inner.borrow_mut().stats.syncs += 1;
+        *shared.hard_state_file.borrow_mut() = Some(file);
+        result
     }
 
     /// Turns the prepared spare file into segment `name`: header written and synced
@@ -323,12 +341,12 @@ impl<F: StorageFile> Inner<F> {
             },
         };
         self.taken = durable;
-        let removes = items.iter().any(|item| match item {
-            Item::Purge(_) => true,
+        let barrier_next = items.iter().any(|item| match item {
+            Item::Purge(_) | Item::HardState(_) => true,
             Item::NewSegment { superseded, .. } => !superseded.is_empty(),
             _ => false,
         });
-        let write_barrier = std::mem::replace(&mut self.removal_pending, removes);
+        let write_barrier = std::mem::replace(&mut self.barrier_pending, barrier_next);
         Job {
             items,
             wait_on,
