@@ -90,7 +90,23 @@ impl Nemesis {
                 1 => self.pause(),
                 _ => self.partition(),
             }
+            self.assert_nodes_alive(started);
             self.sleep_between(300, 800);
+        }
+    }
+
+    /// A node process that ended on its own (a panic, a refused restart) fails the
+    /// run at once, saying which and when, rather than as a convergence timeout.
+    fn assert_nodes_alive(&mut self, started: Instant) {
+        for k in 0..NODES {
+            if let Some(status) = self.cluster.exited_by_itself(k) {
+                panic!(
+                    "node {} exited by itself ({status}) {:.0} s into the faults, after {}; its stderr is above",
+                    k + 1,
+                    started.elapsed().as_secs_f64(),
+                    self.record.counts
+                );
+            }
         }
     }
 

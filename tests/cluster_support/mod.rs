@@ -199,6 +199,13 @@ impl TestCluster {
         }
     }
 
+    /// The exit status of node `k` if its process ended without being told to.
+    pub fn exited_by_itself(&mut self, k: usize) -> Option<std::process::ExitStatus> {
+        self.children[k]
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn is_running(&self, k: usize) -> bool {
         self.children[k].is_some()
     }
