@@ -50,6 +50,9 @@ pub struct BenchConfig {
     pub rate_records_per_sec: Option<u64>,
     /// How progress is shown on stderr while the benchmark runs.
     pub progress: ProgressStyle,
+    /// Server processes on this machine whose CPU time (user + system, from
+    /// `/proc`) is charged to the measured records (`bench --local` sets them).
+    pub server_pids: Vec<u32>,
 }
 
 /// When a benchmark stops measuring (see the module documentation).
@@ -98,6 +101,8 @@ pub struct BenchReport {
     pub mb_per_sec: f64,
     /// Microseconds per successful measured append.
     pub latency_us: Percentiles,
+    /// CPU seconds the server processes used while measuring, when known.
+    pub server_cpu_seconds: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -139,8 +144,16 @@ impl BenchReport {
                 "p999": self.latency_us.p999,
                 "max": self.latency_us.max,
             },
+            "server_cpu_seconds": self.server_cpu_seconds,
+            "server_cpu_us_per_record": self.server_cpu_us_per_record(),
         })
         .to_string()
+    }
+
+    /// Server CPU time per acknowledged record, in microseconds, when known.
+    pub fn server_cpu_us_per_record(&self) -> Option<f64> {
+        let seconds = self.server_cpu_seconds?;
+        (self.records > 0).then(|| seconds * 1e6 / self.records as f64)
     }
 
     pub fn to_text(&self) -> String {
@@ -175,7 +188,17 @@ impl BenchReport {
             l.p99,
             l.p999,
             l.max
-        )
+        ) + &self.cpu_text()
+    }
+
+    /// The server CPU line, when the servers' CPU time is known.
+    fn cpu_text(&self) -> String {
+        match (self.server_cpu_seconds, self.server_cpu_us_per_record()) {
+            (Some(seconds), Some(per_record)) => format!(
+                "\nserver CPU (all nodes, user + system): {seconds:.2} s, {per_record:.1} µs per record"
+            ),
+            _ => String::new(),
+        }
     }
 
     fn mode(&self) -> &'static str {
@@ -314,9 +337,11 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
             })
         })
         .collect();
+    let cpu_at_start = Cell::new(None);
     let measure = async {
         glommio::timer::sleep(config.warmup).await;
         tally.measuring_since.set(Some(Instant::now()));
+        cpu_at_start.set(cpu_seconds(&config.server_pids));
         for task in tasks {
             task.await;
         }
@@ -346,6 +371,10 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
         write_stderr(&text);
     }
     let seconds = tally.seconds(Instant::now());
+    let server_cpu_seconds = cpu_at_start
+        .get()
+        .zip(cpu_seconds(&config.server_pids))
+        .map(|(start, end)| end - start);
     let records = tally.records.get();
     let latency = tally.latency.borrow();
     let per_second = |amount: f64| if seconds > 0.0 { amount / seconds } else { 0.0 };
@@ -363,8 +392,36 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
             p999: latency.value_at_quantile(0.999),
             max: latency.max(),
         },
+        server_cpu_seconds,
         config,
     })
+}
+
+/// User plus system CPU seconds used so far by `pids` (all their threads), from
+/// `/proc/PID/stat`; None without pids or when one cannot be read.
+fn cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        ticks += process_cpu_ticks(&stat)?;
+    }
+    Some(ticks as f64 / ticks_per_second)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name
+/// (field 2) is in parentheses and may hold spaces, so fields count from the last ')'.
+fn process_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // After the name come state (field 3) onwards: utime is field 14, index 11 here.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 fn write_stderr(text: &str) {
@@ -527,7 +584,18 @@ mod tests {
             warmup: Duration::from_millis(500),
             rate_records_per_sec: None,
             progress: ProgressStyle::Off,
+            server_pids: Vec::new(),
         }
+    }
+
+    #[test]
+    fn cpu_ticks_come_from_after_the_command_name() {
+        let stat = "4242 (ringlog (x) y) S 1 4242 4242 0 -1 4194560 500 0 0 0 1234 567 0 0 20 0 3 0 100 0 0";
+        assert_eq!(process_cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(process_cpu_ticks("garbage"), None);
+        let own = cpu_seconds(&[std::process::id()]).expect("this process has a stat");
+        assert!(own >= 0.0);
+        assert_eq!(cpu_seconds(&[]), None);
     }
 
     /// Claims turns from many interleaved senders until each is told to stop.
@@ -703,6 +771,7 @@ mod tests {
                 p999: 1500,
                 max: 2000,
             },
+            server_cpu_seconds: None,
         }
     }
 

@@ -392,6 +392,7 @@ pub fn bench(
     };
     let config = BenchConfig {
         addrs: addrs.clone(),
+        server_pids: cluster.as_ref().map_or(Vec::new(), |c| c.nodes.pids()),
         ..config
     };
     let report = with_client(&addrs[0], async |client| {

@@ -248,6 +248,7 @@ fn run() -> anyhow::Result<()> {
                 warmup,
                 rate_records_per_sec: rate,
                 progress: ProgressStyle::for_stderr(),
+                server_pids: Vec::new(),
             };
             cli::bench(addr, local, config, json)?
         }

@@ -159,6 +159,9 @@ fn a_timed_local_benchmark_reports_throughput_and_latency() {
     assert!(report["count"].is_null(), "{report}");
     // The whole duration is measured, plus the answers still awaited at its end.
     assert!(f64_field(&report, "seconds") >= 2.0, "{report}");
+    // --local knows its servers, so it charges their CPU time to the records.
+    assert!(f64_field(&report, "server_cpu_seconds") > 0.0, "{report}");
+    assert!(f64_field(&report, "server_cpu_us_per_record") > 0.0, "{report}");
 }
 
 #[test]

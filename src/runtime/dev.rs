@@ -111,6 +111,11 @@ pub struct DevCluster {
 }
 
 impl DevCluster {
+    /// The process ids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, child)| child.id()).collect()
+    }
+
     /// Starts `exe serve --config PATH` for each config path.
     pub fn start(exe: &Path, paths: &[PathBuf]) -> Result<DevCluster, DevError> {
         DevCluster::start_with_log_filter(exe, paths, None)
