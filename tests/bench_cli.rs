@@ -161,7 +161,10 @@ fn a_timed_local_benchmark_reports_throughput_and_latency() {
     assert!(f64_field(&report, "seconds") >= 2.0, "{report}");
     // --local knows its servers, so it charges their CPU time to the records.
     assert!(f64_field(&report, "server_cpu_seconds") > 0.0, "{report}");
-    assert!(f64_field(&report, "server_cpu_us_per_record") > 0.0, "{report}");
+    assert!(
+        f64_field(&report, "server_cpu_us_per_record") > 0.0,
+        "{report}"
+    );
 }
 
 #[test]
