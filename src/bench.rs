@@ -291,7 +291,12 @@ impl Tally {
 
 /// Runs the benchmark on the current glommio executor.
 pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::ClientError> {
-    let client = Rc::new(Client::new(ClientConfig::new(config.addrs.clone())));
+    // Every sender shares one connection per node: let all of them be outstanding
+    // on it, so that the benchmark's own client is not what limits the load.
+    let senders = config.clients * config.inflight.max(1);
+    let mut client_config = ClientConfig::new(config.addrs.clone());
+    client_config.inflight_requests_max = client_config.inflight_requests_max.max(senders as usize);
+    let client = Rc::new(Client::new(client_config));
     let partitions = match config.partitions {
         Some(p) => p.max(1),
         None => (client.metadata().await?.partitions.len() as u32).max(1),
@@ -299,7 +304,6 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
     let tally = Rc::new(Tally::new(config.limit));
     let payload = Bytes::from(vec![b'x'; config.record_bytes]);
     let started = Instant::now();
-    let senders = config.clients * config.inflight.max(1);
     let batch = config.batch.max(1);
     let interval = config
         .rate_records_per_sec
