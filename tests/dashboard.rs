@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cluster_support::*;
 use dashboard_support::*;
-use glommio::{LocalExecutorBuilder, Placement};
 use ringlog::client::{Client, ClientConfig};
 use ringlog::metrics::catalog::{Kind, METRICS};
 use ringlog::transport::{AppendRequest, ClientRequest, ReadRequest, ServerError};
@@ -381,13 +380,7 @@ impl Load {
     fn start(addrs: Vec<String>, partitions: u32) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            LocalExecutorBuilder::new(Placement::Unbound)
-                .io_memory(1 << 20)
-                .make()
-                .expect("load executor")
-                .run(run_load(addrs, partitions, flag))
-        });
+        let thread = spawn_on_executor(async move || run_load(addrs, partitions, flag).await);
         Load {
             stop,
             thread: Some(thread),

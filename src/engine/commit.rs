@@ -48,8 +48,9 @@ impl Engine {
     }
 
     /// Ends the abstention after a lost tail once this member holds, committed and
-    /// on its own disk, an entry of a later term than the loss (see `Recovered`). On
-    /// disk matters: were it to crash before, it would restart without that entry.
+    /// on its own disk, an entry of a later term than the loss, or one of the lost
+    /// term at or past `abstain_catch_up_to` (see the fields' comments). On disk
+    /// matters: were it to crash before, it would restart without that entry.
     pub(super) fn maybe_end_abstention(&mut self) {
         let Some(lost_in) = self.abstain_until_after_term else {
             return;

@@ -202,6 +202,17 @@ mod tests {
         Engine::new(1, &[1, 2, 3], Config::default(), 42, recovered).expect("valid engine")
     }
 
+    /// Reports the log append among the pending commands as on disk.
+    fn make_appends_durable(e: &mut Engine) {
+        let op = e.take_commands().iter().find_map(|c| match c {
+            Command::AppendLog { op, .. } => Some(*op),
+            _ => None,
+        });
+        e.step(Event::Durable {
+            op: op.expect("an append is pending"),
+        });
+    }
+
     #[test]
     fn member_that_lost_its_tail_abstains_until_it_holds_a_newer_committed_entry() {
         let mut e = abstaining_follower();
@@ -238,13 +249,7 @@ mod tests {
         e.step(msg(2, 1, 3, append_entries(2, 2, &[(3, 3)], 3)));
         assert_eq!(e.commit_index(), 3);
         assert!(e.is_abstaining(), "committed but not yet on this disk");
-        let op = e.take_commands().iter().find_map(|c| match c {
-            Command::AppendLog { op, .. } => Some(*op),
-            _ => None,
-        });
-        e.step(Event::Durable {
-            op: op.expect("the entry is appended"),
-        });
+        make_appends_durable(&mut e);
         assert!(!e.is_abstaining());
         // With the leader gone quiet, it campaigns again.
         tick_until_role(&mut e, Role::PreCandidate);
@@ -261,13 +266,7 @@ mod tests {
         e.take_commands();
         e.step(msg(2, 1, 2, append_entries(2, 2, &[(3, 2), (4, 2)], 4)));
         assert!(e.is_abstaining(), "not on this disk yet");
-        let op = e.take_commands().iter().find_map(|c| match c {
-            Command::AppendLog { op, .. } => Some(*op),
-            _ => None,
-        });
-        e.step(Event::Durable {
-            op: op.expect("the entries are appended"),
-        });
+        make_appends_durable(&mut e);
         assert!(!e.is_abstaining());
     }
 

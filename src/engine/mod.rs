@@ -305,7 +305,7 @@ impl Engine {
     }
 
     /// True while the member withholds votes and campaigns after losing part of its
-    /// log to a corruption (until it holds a committed entry of a later term).
+    /// log to a corruption (until it has caught up: see `abstain_until_after_term`).
     pub fn is_abstaining(&self) -> bool {
         self.abstain_until_after_term.is_some() && !self.planted(config::PlantedBug::IgnoreLostTail)
     }

@@ -92,19 +92,19 @@ impl Sim {
             return;
         };
         self.crash(k);
-        let disk = &mut self.nodes[k].disk;
-        let keep = self.rng.range(0, disk.entries_len() as u64 + 1) as usize;
-        disk.lose_tail(keep);
-        if self.trace_from.is_some_and(|from| self.now >= from) {
+        let keep = self
+            .rng
+            .range(0, self.nodes[k].disk.entries_len() as u64 + 1) as usize;
+        self.nodes[k].disk.lose_tail(keep);
+        let lost_in = self.nodes[k].disk.lost_tail_in_term;
+        if self.tracing() {
             eprintln!(
-                "t={} member {} restarts with its log cut to {} entries, lost in term {:?}",
+                "t={} member {} restarts with its log cut to {keep} entries, lost in term {lost_in:?}",
                 self.now,
                 k + 1,
-                keep,
-                disk.lost_tail_in_term
             );
         }
-        if disk.lost_tail_in_term.is_some() {
+        if lost_in.is_some() {
             self.lost_tails += 1;
         }
     }

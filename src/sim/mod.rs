@@ -255,14 +255,14 @@ impl Sim {
                 self.step(k, Event::Durable { op })?;
             }
             // The runtime removes its abstention marker once the member votes again.
-            let node = &mut self.nodes[k];
-            if node.engine.as_ref().is_some_and(|e| !e.is_abstaining()) {
-                if node.disk.lost_tail_in_term.is_some()
-                    && self.trace_from.is_some_and(|from| self.now >= from)
-                {
+            let node = &self.nodes[k];
+            if node.engine.as_ref().is_some_and(|e| !e.is_abstaining())
+                && node.disk.lost_tail_in_term.is_some()
+            {
+                if self.tracing() {
                     eprintln!("t={} member {} ends its abstention", self.now, k + 1);
                 }
-                node.disk.lost_tail_in_term = None;
+                self.nodes[k].disk.lost_tail_in_term = None;
             }
         }
         Ok(())
@@ -290,6 +290,11 @@ impl Sim {
         Ok(())
     }
 
+    /// Whether `RINGLOG_SIM_TRACE_FROM` asks for a trace at this tick.
+    fn tracing(&self) -> bool {
+        self.trace_from.is_some_and(|from| self.now >= from)
+    }
+
     fn step(&mut self, k: usize, event: Event) -> Check {
         self.step_batch(k, vec![event])
     }
@@ -306,8 +311,7 @@ impl Sim {
                 }
             }
         }
-        let tracing =
-            self.trace_from.is_some_and(|from| self.now >= from) && events != [Event::Tick];
+        let tracing = self.tracing() && events != [Event::Tick];
         if tracing {
             eprintln!("t={} member {} <- {events:?}", self.now, k + 1);
         }

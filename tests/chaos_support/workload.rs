@@ -10,10 +10,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glommio::{LocalExecutorBuilder, Placement};
 use ringlog::client::{Client, ClientConfig, ClientError};
 use ringlog::history::{AppendOp, AppendOutcome, History, ReadOp};
 use ringlog::transport::ReadRequest;
+
+use crate::cluster_support::spawn_on_executor;
 
 /// Writers per partition.
 const WRITERS_PER_PARTITION: u32 = 3;
@@ -39,13 +40,7 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(addrs: Vec<String>, partitions: u32, stop: Arc<AtomicBool>) -> Workload {
-        let thread = std::thread::spawn(move || {
-            LocalExecutorBuilder::new(Placement::Unbound)
-                .io_memory(1 << 20)
-                .make()
-                .expect("workload executor")
-                .run(run(addrs, partitions, stop))
-        });
+        let thread = spawn_on_executor(async move || run(addrs, partitions, stop).await);
         Workload { thread }
     }
 

@@ -238,6 +238,15 @@ impl Drop for TestCluster {
 
 /// Runs `work` on a fresh glommio executor (the client is not `Send`).
 pub fn on_executor<T: Send + 'static>(work: impl AsyncFnOnce() -> T + Send + 'static) -> T {
+    spawn_on_executor(work)
+        .join()
+        .expect("test executor thread")
+}
+
+/// Starts `work` on a fresh glommio executor in a thread of its own.
+pub fn spawn_on_executor<T: Send + 'static>(
+    work: impl AsyncFnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
         LocalExecutorBuilder::new(Placement::Unbound)
             .io_memory(1 << 20)
@@ -245,8 +254,6 @@ pub fn on_executor<T: Send + 'static>(work: impl AsyncFnOnce() -> T + Send + 'st
             .expect("test executor")
             .run(async move { work().await })
     })
-    .join()
-    .expect("test executor thread")
 }
 
 pub fn client(addrs: Vec<String>) -> Client {
