@@ -41,6 +41,8 @@ pub struct BenchConfig {
     pub clients: u32,
     /// Appends each client keeps outstanding (pipelined on its connection).
     pub inflight: u32,
+    /// Connections (one `Client` each) the clients share round robin; at most `clients`.
+    pub connections: u32,
     pub record_bytes: usize,
     pub batch: u32,
     /// When the measurement stops.
@@ -125,6 +127,7 @@ impl BenchReport {
             "mode": self.mode(),
             "clients": c.clients,
             "inflight": c.inflight,
+            "connections": c.connections.clamp(1, c.clients.max(1)),
             "record_size": c.record_bytes,
             "batch": c.batch,
             "partitions": self.partitions,
@@ -162,17 +165,20 @@ impl BenchReport {
         let rate = c
             .rate_records_per_sec
             .map_or(String::new(), |r| format!(" at {} records/s", group(r)));
+        let connections = c.connections.clamp(1, c.clients.max(1));
         let limit = match c.limit {
             Limit::Duration(d) => format!("{:.1} s", d.as_secs_f64()),
             Limit::Records(n) => format!("{} records", group(n)),
         };
         format!(
-            "{} loop{rate}: {} clients x {} in flight, {} partition{}, {}-byte records, {} per append, {limit} after {:.1} s warmup\n\
+            "{} loop{rate}: {} clients x {} in flight on {} connection{}, {} partition{}, {}-byte records, {} per append, {limit} after {:.1} s warmup\n\
              {} records in {:.1} s: {:.0} records/s, {:.1} MB/s, {} errors\n\
              latency per append (µs): p50 {} p90 {} p99 {} p99.9 {} max {}",
             self.mode(),
             c.clients,
             c.inflight,
+            connections,
+            if connections == 1 { "" } else { "s" },
             self.partitions,
             if self.partitions == 1 { "" } else { "s" },
             c.record_bytes,
@@ -291,15 +297,21 @@ impl Tally {
 
 /// Runs the benchmark on the current glommio executor.
 pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::ClientError> {
-    // Every sender shares one connection per node: let all of them be outstanding
-    // on it, so that the benchmark's own client is not what limits the load.
+    // The clients share `connections` `Client`s round robin (etcd's benchmark has the
+    // same split); every sender of a connection may be outstanding on it, so that the
+    // benchmark's own client is not what limits the load.
     let senders = config.clients * config.inflight.max(1);
+    let connections = config.connections.clamp(1, config.clients.max(1));
     let mut client_config = ClientConfig::new(config.addrs.clone());
-    client_config.inflight_requests_max = client_config.inflight_requests_max.max(senders as usize);
-    let client = Rc::new(Client::new(client_config));
+    client_config.inflight_requests_max = client_config
+        .inflight_requests_max
+        .max(senders.div_ceil(connections) as usize);
+    let clients: Vec<Rc<Client>> = (0..connections)
+        .map(|_| Rc::new(Client::new(client_config.clone())))
+        .collect();
     let partitions = match config.partitions {
         Some(p) => p.max(1),
-        None => (client.metadata().await?.partitions.len() as u32).max(1),
+        None => (clients[0].metadata().await?.partitions.len() as u32).max(1),
     };
     let tally = Rc::new(Tally::new(config.limit));
     let payload = Bytes::from(vec![b'x'; config.record_bytes]);
@@ -310,7 +322,8 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
         .map(|rate| Duration::from_secs_f64(senders as f64 * batch as f64 / rate.max(1) as f64));
     let tasks: Vec<_> = (0..senders)
         .map(|sender| {
-            let (client, tally, payload) = (client.clone(), tally.clone(), payload.clone());
+            let client = clients[(sender % config.clients % connections) as usize].clone();
+            let (tally, payload) = (tally.clone(), payload.clone());
             let partition = sender % partitions;
             // Open-loop senders start staggered so that sends spread evenly.
             let mut scheduled =
@@ -582,6 +595,7 @@ mod tests {
             partitions: None,
             clients: 4,
             inflight: 2,
+            connections: 1,
             record_bytes: 128,
             batch: 3,
             limit,
@@ -816,7 +830,7 @@ mod tests {
     fn text_says_how_it_ran_and_what_it_measured() {
         let text = report(Limit::Records(6000), Some(5000)).to_text();
         assert!(
-            text.starts_with("open loop at 5,000 records/s: 4 clients x 2 in flight, 2 partitions, 128-byte records, 3 per append, 6,000 records after 0.5 s warmup\n"),
+            text.starts_with("open loop at 5,000 records/s: 4 clients x 2 in flight on 1 connection, 2 partitions, 128-byte records, 3 per append, 6,000 records after 0.5 s warmup\n"),
             "{text}"
         );
         assert!(

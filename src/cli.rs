@@ -48,6 +48,8 @@ pub struct ServeOverrides {
     pub shards: Option<u32>,
     pub pin: bool,
     pub fsync: Option<FsyncPolicy>,
+    /// See `WalSettings::write_through`.
+    pub write_through: Option<bool>,
     /// See `WalSettings::truncate_corrupt_tail`.
     pub truncate_corrupt_tail: bool,
 }
@@ -76,6 +78,9 @@ pub fn serve(config_path: &Path, overrides: ServeOverrides) -> Result<(), CliErr
     config.wal.truncate_corrupt_tail = overrides.truncate_corrupt_tail;
     if let Some(fsync) = overrides.fsync {
         config.wal.fsync = fsync;
+    }
+    if let Some(write_through) = overrides.write_through {
+        config.wal.write_through = write_through;
     }
     config.validate()?;
     let stop = stop_on_signals()?;
@@ -425,6 +430,8 @@ pub struct LocalBench {
     pub nodes: u32,
     pub shards: u32,
     pub fsync: FsyncPolicy,
+    /// See `WalSettings::write_through`.
+    pub write_through: bool,
     /// One-way delay added to every peer link by a fault proxy (`src/proxy.rs`),
     /// to see how much of the latency the pipelined replication hides.
     pub peer_delay: Option<Duration>,
@@ -457,6 +464,7 @@ fn start_local(local: &LocalBench) -> Result<(LocalCluster, Vec<String>, PathBuf
     let mut proxies = Vec::new();
     for config in &mut configs {
         config.wal.fsync = local.fsync;
+        config.wal.write_through = local.write_through;
         let Some(delay) = local.peer_delay else {
             continue;
         };

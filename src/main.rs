@@ -18,7 +18,11 @@ struct Cli {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Fsync {
+    /// Durable before acknowledging, the way `wal.write_through` says (default: O_DSYNC writes).
     Always,
+    /// Durable before acknowledging, by write + fdatasync (`wal.write_through = false`).
+    Fdatasync,
+    /// Never sync: benchmarks only.
     Never,
 }
 
@@ -105,7 +109,8 @@ enum Command {
         nodes: u32,
         #[arg(long, default_value_t = 1)]
         shards: u32,
-        /// With --local: `never` for benchmarks of everything but the disk.
+        /// With --local: `fdatasync` makes records durable by write + fdatasync instead of
+        /// O_DSYNC writes; `never` is for benchmarks of everything but the disk.
         #[arg(long, value_enum, default_value = "always")]
         fsync: Fsync,
         /// With --local: add this one-way delay to every peer link (through a TCP
@@ -121,6 +126,10 @@ enum Command {
         /// Appends each client keeps outstanding.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         inflight: u32,
+        /// Client connections (to each node) the clients share, round robin, as etcd's
+        /// benchmark does; at most --clients.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        connections: u32,
         #[arg(long, default_value_t = 256)]
         record_size: usize,
         /// Records per append.
@@ -148,9 +157,14 @@ enum Command {
 
 fn fsync_policy(fsync: Fsync) -> FsyncPolicy {
     match fsync {
-        Fsync::Always => FsyncPolicy::Always,
+        Fsync::Always | Fsync::Fdatasync => FsyncPolicy::Always,
         Fsync::Never => FsyncPolicy::Never,
     }
+}
+
+/// The `wal.write_through` a `--fsync` choice sets, if any.
+fn write_through(fsync: Fsync) -> Option<bool> {
+    matches!(fsync, Fsync::Fdatasync).then_some(false)
 }
 
 fn main() {
@@ -183,13 +197,13 @@ fn run() -> anyhow::Result<()> {
             fsync,
             truncate_corrupt_tail,
         } => {
-            let fsync = fsync.map(fsync_policy);
             let overrides = ServeOverrides {
                 node_id,
                 data_dir,
                 shards,
                 pin,
-                fsync,
+                fsync: fsync.map(fsync_policy),
+                write_through: fsync.and_then(write_through),
                 truncate_corrupt_tail,
             };
             cli::serve(&config, overrides)?
@@ -223,6 +237,7 @@ fn run() -> anyhow::Result<()> {
             partitions,
             clients,
             inflight,
+            connections,
             record_size,
             batch,
             duration,
@@ -235,6 +250,7 @@ fn run() -> anyhow::Result<()> {
                 nodes,
                 shards,
                 fsync: fsync_policy(fsync),
+                write_through: write_through(fsync).unwrap_or(true),
                 peer_delay,
             });
             let config = BenchConfig {
@@ -242,6 +258,7 @@ fn run() -> anyhow::Result<()> {
                 partitions,
                 clients,
                 inflight,
+                connections,
                 record_bytes: record_size,
                 batch,
                 limit: count.map_or(Limit::Duration(duration), Limit::Records),

@@ -153,6 +153,7 @@ fn a_timed_local_benchmark_reports_throughput_and_latency() {
     check_report(&report, 256);
     assert_eq!(u64_field(&report, "clients"), 4, "{report}");
     assert_eq!(u64_field(&report, "inflight"), 1, "{report}");
+    assert_eq!(u64_field(&report, "connections"), 1, "{report}");
     assert_eq!(u64_field(&report, "batch"), 1, "{report}");
     assert_eq!(f64_field(&report, "duration_s"), 2.0, "{report}");
     assert_eq!(f64_field(&report, "warmup_s"), 0.5, "{report}");
@@ -169,7 +170,17 @@ fn a_timed_local_benchmark_reports_throughput_and_latency() {
 
 #[test]
 fn a_counted_local_benchmark_measures_exactly_the_count() {
-    let args = ["--count", "2000", "--warmup", "500ms", "--clients", "4"];
+    // Also the fdatasync path of the WAL (write, then sync) rather than O_DSYNC writes.
+    let args = [
+        "--count",
+        "2000",
+        "--warmup",
+        "500ms",
+        "--clients",
+        "4",
+        "--fsync",
+        "fdatasync",
+    ];
     let report = bench_json(&args);
     check_report(&report, 256);
     assert_eq!(u64_field(&report, "count"), 2000, "{report}");
@@ -189,6 +200,8 @@ fn a_counted_benchmark_with_batches_and_pipelining_rounds_up_to_a_whole_batch() 
         "4",
         "--inflight",
         "4",
+        "--connections",
+        "3",
         "--batch",
         "3",
         "--record-size",
@@ -197,6 +210,7 @@ fn a_counted_benchmark_with_batches_and_pipelining_rounds_up_to_a_whole_batch() 
     let report = bench_json(&args);
     check_report(&report, 100);
     assert_eq!(u64_field(&report, "inflight"), 4, "{report}");
+    assert_eq!(u64_field(&report, "connections"), 3, "{report}");
     assert_eq!(u64_field(&report, "batch"), 3, "{report}");
     // 667 appends of 3 records, however many are in flight when the count is reached.
     assert_eq!(u64_field(&report, "records"), 2001, "{report}");

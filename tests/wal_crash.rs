@@ -278,6 +278,15 @@ async fn check_image(
     assert_eq!(read_all(&wal).await, expected, "{what}");
 }
 
+/// How the simulated disk makes writes durable.
+#[derive(Clone, Copy)]
+enum Disk {
+    /// Writes are durable after a later fdatasync of their file.
+    SyncAfterWrites,
+    /// Every write is durable when it completes (O_DSYNC); the WAL does not sync.
+    WriteThrough,
+}
+
 fn crash_config(preallocate: Preallocate) -> WalConfig {
     WalConfig {
         segment_size_bytes: 8 << 10,
@@ -288,10 +297,13 @@ fn crash_config(preallocate: Preallocate) -> WalConfig {
     }
 }
 
-fn enumerate_cuts(preallocate: Preallocate, seed: u64, steps: usize) -> (usize, usize) {
+fn enumerate_cuts(disk: Disk, preallocate: Preallocate, seed: u64, steps: usize) -> (usize, usize) {
     run(move || async move {
         let config = crash_config(preallocate);
-        let disk = SimStorage::new(512);
+        let disk = match disk {
+            Disk::SyncAfterWrites => SimStorage::new(512),
+            Disk::WriteThrough => SimStorage::new_write_through(512),
+        };
         let states = script(&disk, &config, seed, steps).await;
         if std::env::var("WAL_CRASH_DEBUG").is_ok() {
             for (i, e) in disk.events().iter().enumerate() {
@@ -335,7 +347,8 @@ fn every_cut_point_recovers_a_prefix_fallocated_segments() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
     for seed in 1..=seeds {
-        let (events, images) = enumerate_cuts(Preallocate::Fallocate, seed, 300);
+        let (events, images) =
+            enumerate_cuts(Disk::SyncAfterWrites, Preallocate::Fallocate, seed, 300);
         assert!(events > 200, "workload too small: {events} events");
         eprintln!("seed {seed}: {events} cut points, {images} crash images recovered");
     }
@@ -344,7 +357,19 @@ fn every_cut_point_recovers_a_prefix_fallocated_segments() {
 #[test]
 fn every_cut_point_recovers_a_prefix_zero_filled_segments() {
     for seed in [7, 8] {
-        let (events, images) = enumerate_cuts(Preallocate::ZeroFill, seed, 150);
+        let (events, images) =
+            enumerate_cuts(Disk::SyncAfterWrites, Preallocate::ZeroFill, seed, 150);
         eprintln!("zero-fill seed {seed}: {events} cut points, {images} crash images recovered");
+    }
+}
+
+#[test]
+fn every_cut_point_recovers_a_prefix_write_through() {
+    for seed in [3, 4, 5] {
+        let (events, images) = enumerate_cuts(Disk::WriteThrough, Preallocate::ZeroFill, seed, 200);
+        assert!(events > 150, "workload too small: {events} events");
+        eprintln!(
+            "write-through seed {seed}: {events} cut points, {images} crash images recovered"
+        );
     }
 }

@@ -131,6 +131,15 @@ fn real_files_round_trip_tiny_and_large_records() {
         let sizes: Vec<usize> = (0..60)
             .map(|i| [0, 5, 4096, 150_000, 70_001][i % 5])
             .collect();
-        workload(|| DmaStorage::new(&path).expect("dir"), config, &sizes).await;
+        workload(
+            || DmaStorage::new(&path).expect("dir"),
+            config.clone(),
+            &sizes,
+        )
+        .await;
+        // The same with O_DSYNC files, where the WAL does not sync the segments.
+        let path = dir.path().join("write-through");
+        let storage = || DmaStorage::new(&path).expect("dir").write_through(true);
+        workload(storage, config, &sizes).await;
     });
 }

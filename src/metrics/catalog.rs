@@ -176,7 +176,7 @@ pub const METRICS: &[MetricDef] = &[
         Histogram,
         Some(Unit::Seconds),
         P,
-        "Duration of one fdatasync of a WAL segment.",
+        "Duration of one fdatasync of a WAL segment (write-through: of one flush's durable writes).",
     ),
     def(
         WAL_BATCH_RECORDS,

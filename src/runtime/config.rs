@@ -85,6 +85,9 @@ pub struct WalSettings {
     pub flush_bytes_max: u64,
     /// At most this many flushes in flight at once.
     pub flushes_inflight_max: u32,
+    /// With `fsync = "always"`: open segments with O_DSYNC so that each write is
+    /// durable when it completes, instead of following the writes with fdatasync.
+    pub write_through: bool,
     /// Start even though a segment is corrupt, cutting the log before the damage
     /// (`ringlog serve --truncate-corrupt-tail`). Never read from a config file: a
     /// node must not cut its log silently on every restart.
@@ -99,6 +102,7 @@ impl Default for WalSettings {
             fsync: FsyncPolicy::Always,
             flush_bytes_max: 4 << 20,
             flushes_inflight_max: 2,
+            write_through: true,
             truncate_corrupt_tail: false,
         }
     }

@@ -173,6 +173,7 @@ fn shard_context(
         engine_config,
         wal_config,
         wal_dir: config.data_dir.join(format!("shard-{shard}")),
+        write_through: config.wal.write_through && config.wal.fsync == FsyncPolicy::Always,
         peer_config: PeerConfig::new(config.cluster_id, config.node_id),
         tick: Duration::from_millis(config.raft.tick_ms),
         seed,

@@ -70,6 +70,8 @@ pub struct ShardContext {
     pub engine_config: engine::Config,
     pub wal_config: WalConfig,
     pub wal_dir: PathBuf,
+    /// Segment files opened with O_DSYNC (see `DmaStorage::write_through`).
+    pub write_through: bool,
     pub peer_config: PeerConfig,
     pub tick: Duration,
     pub seed: u64,
@@ -174,6 +176,7 @@ struct OpenParts {
     engine_config: engine::Config,
     wal_config: WalConfig,
     wal_dir: PathBuf,
+    write_through: bool,
     peer_config: PeerConfig,
     tick: Duration,
     seed: u64,
@@ -193,6 +196,7 @@ impl ShardContext {
             engine_config: self.engine_config.clone(),
             wal_config: self.wal_config.clone(),
             wal_dir: self.wal_dir.clone(),
+            write_through: self.write_through,
             peer_config: self.peer_config.clone(),
             tick: self.tick,
             seed: self.seed,
@@ -211,12 +215,14 @@ impl Shard {
             dir: parts.wal_dir.display().to_string(),
             source,
         };
-        let storage = DmaStorage::new(&parts.wal_dir).map_err(|e| {
-            open_error(WalError::Io {
-                context: "creating the WAL directory".into(),
-                source: e,
-            })
-        })?;
+        let storage = DmaStorage::new(&parts.wal_dir)
+            .map_err(|e| {
+                open_error(WalError::Io {
+                    context: "creating the WAL directory".into(),
+                    source: e,
+                })
+            })?
+            .write_through(parts.write_through);
         let abstain_marker = parts.wal_dir.join(ABSTAIN_MARKER_FILE);
         let marker_error = |e| {
             open_error(WalError::Io {

@@ -330,9 +330,9 @@ impl<S: Storage> Wal<S> {
         !self.shared.inner.borrow().queue.is_empty()
     }
 
-    /// Calls `observer` with the duration of every segment fdatasync from now on,
-    /// so that the runtime can keep a latency histogram without the WAL knowing
-    /// about metrics.
+    /// Calls `observer` with the duration of every segment fdatasync from now on (with
+    /// write-through storage: of every flush's durable writes), so that the runtime
+    /// can keep a latency histogram without the WAL knowing about metrics.
     pub fn observe_syncs(&self, observer: impl Fn(std::time::Duration) + 'static) {
         *self.shared.sync_observer.borrow_mut() = Some(Box::new(observer));
     }

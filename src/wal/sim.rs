@@ -61,12 +61,14 @@ struct SimState {
 pub struct SimStorage {
     state: Rc<RefCell<SimState>>,
     block_bytes: usize,
+    write_through: bool,
 }
 
 /// One open simulated file.
 pub struct SimFile {
     state: Rc<RefCell<SimState>>,
     ino: usize,
+    write_through: bool,
 }
 
 /// Completes on its second poll, so that every simulated I/O lets other tasks run
@@ -100,6 +102,18 @@ impl SimStorage {
         SimStorage {
             state: Rc::new(RefCell::new(SimState::default())),
             block_bytes,
+            write_through: false,
+        }
+    }
+
+    /// A simulated directory whose files behave as if opened with O_DSYNC: each write
+    /// is durable once it completes. The recording shows it as the write followed by
+    /// a sync of its file, so a crash between the two may keep any subset of the
+    /// write's blocks (the write was still in flight), and one after keeps them all.
+    pub fn new_write_through(block_bytes: usize) -> SimStorage {
+        SimStorage {
+            write_through: true,
+            ..SimStorage::new(block_bytes)
         }
     }
 
@@ -239,6 +253,7 @@ impl SimStorage {
                 ..SimState::default()
             })),
             block_bytes: self.block_bytes,
+            write_through: self.write_through,
         }
     }
 }
@@ -318,6 +333,10 @@ impl Storage for SimStorage {
         self.block_bytes
     }
 
+    fn writes_durable(&self) -> bool {
+        self.write_through
+    }
+
     async fn list(&self) -> io::Result<Vec<String>> {
         Ok(self.names())
     }
@@ -342,6 +361,7 @@ impl Storage for SimStorage {
         Ok(SimFile {
             state: self.state.clone(),
             ino,
+            write_through: self.write_through,
         })
     }
 
@@ -395,6 +415,11 @@ impl StorageFile for SimFile {
             pos,
             data: data.to_vec(),
         });
+        if self.write_through {
+            // Every earlier write to this file completed durably already, so this
+            // sync makes exactly this write durable.
+            s.events.push(SimEvent::Sync { ino: self.ino });
+        }
         Ok(())
     }
 

@@ -100,6 +100,7 @@ impl<S: Storage> Wal<S> {
             self.write_hard_state(&state).await?;
         }
         let mut to_sync: Vec<FileSlot<S::File>> = Vec::new();
+        let mut writes_started = None;
         let mut deletions: Vec<String> = Vec::new();
         for item in &job.items {
             match item {
@@ -132,6 +133,7 @@ impl<S: Storage> Wal<S> {
                         WalError::Failed("segment file missing for a write".into())
                     })?;
                     // The chunks of one buffer go to the device together.
+                    writes_started.get_or_insert_with(std::time::Instant::now);
                     let chunk_bytes = shared.config.flush_bytes_max;
                     let writes: Vec<_> = data
                         .chunks(chunk_bytes)
@@ -162,7 +164,16 @@ impl<S: Storage> Wal<S> {
             wait(&job.wait_written).await?;
         }
         job.written.signal(1);
-        if !shared.config.fsync_disabled {
+        // With write-through storage the writes above were durable when they
+        // completed; their time, from the first write to the last completion, is the
+        // flush's sync time.
+        if shared.storage.writes_durable() {
+            if let (Some(started), Some(observe)) =
+                (writes_started, shared.sync_observer.borrow().as_ref())
+            {
+                observe(started.elapsed());
+            }
+        } else if !shared.config.fsync_disabled {
             for slot in &to_sync {
                 if let Some(file) = slot.get() {
                     let started = std::time::Instant::now();
