@@ -4,8 +4,9 @@
 mod wal_support;
 
 use ringlog::engine::HardState;
-use ringlog::wal::sim::SimStorage;
-use ringlog::wal::{DmaStorage, Storage, Wal, WalConfig};
+use ringlog::wal::recovery::SPARE_FILE_NAME;
+use ringlog::wal::sim::{SimEvent, SimStorage};
+use ringlog::wal::{DmaStorage, Preallocate, Storage, Wal, WalConfig};
 use wal_support::*;
 
 /// Drives one scripted workload against `storage`, reopening it several times, and
@@ -141,5 +142,63 @@ fn real_files_round_trip_tiny_and_large_records() {
         let path = dir.path().join("write-through");
         let storage = || DmaStorage::new(&path).expect("dir").write_through(true);
         workload(storage, config, &sizes).await;
+    });
+}
+
+/// For every spare segment the recording shows, in order: whether it was zero-filled
+/// (written before it was renamed into a segment) rather than only allocated.
+fn spares_zero_filled(disk: &SimStorage) -> Vec<bool> {
+    let mut spares: Vec<(usize, bool)> = Vec::new();
+    for event in disk.events() {
+        match event {
+            SimEvent::Create { name, ino } if name == SPARE_FILE_NAME => spares.push((ino, false)),
+            SimEvent::Write { ino, data, .. } => {
+                if let Some(spare) = spares.iter_mut().find(|(i, _)| *i == ino) {
+                    spare.1 |= data.iter().all(|b| *b == 0);
+                }
+            }
+            _ => {}
+        }
+    }
+    spares.into_iter().map(|(_, zeroed)| zeroed).collect()
+}
+
+/// Appends `count` flushes of `per_flush` entries of `len` bytes each.
+async fn fill(wal: &Wal<SimStorage>, count: u64, per_flush: u64, len: usize) {
+    let mut op = 0;
+    for _ in 0..count {
+        let first = wal.last_index() + 1;
+        let entries: Vec<_> = (0..per_flush).map(|i| entry(first + i, 1, len)).collect();
+        op += 1;
+        wal.append(op, &entries).expect("append");
+        wal.flush().await.expect("flush");
+    }
+}
+
+#[test]
+fn auto_preallocation_zero_fills_after_small_writes_and_not_after_large_ones() {
+    run(|| async {
+        let config = WalConfig {
+            preallocate: Preallocate::Auto,
+            zero_fill_write_bytes_max: 1536,
+            ..small_config()
+        };
+        // One small record per flush: single-block writes, so every spare is zeroed.
+        let disk = SimStorage::new(512);
+        let (wal, _) = Wal::open(disk.clone(), config.clone()).await.expect("open");
+        fill(&wal, 120, 1, 100).await;
+        let zeroed = spares_zero_filled(&disk);
+        assert!(zeroed.len() >= 3, "too few segments: {zeroed:?}");
+        assert!(zeroed.iter().all(|z| *z), "{zeroed:?}");
+        // Four large records per flush: 2 KiB writes (flush_bytes_max). The first
+        // spare is prepared before anything is written, so it is zeroed; the ones
+        // after a segment of large writes are only allocated.
+        let disk = SimStorage::new(512);
+        let (wal, _) = Wal::open(disk.clone(), config).await.expect("open");
+        fill(&wal, 30, 4, 1000).await;
+        let zeroed = spares_zero_filled(&disk);
+        assert!(zeroed.len() >= 3, "too few segments: {zeroed:?}");
+        assert!(zeroed[0], "{zeroed:?}");
+        assert!(zeroed[2..].iter().all(|z| !*z), "{zeroed:?}");
     });
 }

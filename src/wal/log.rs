@@ -146,6 +146,8 @@ struct Inner<F> {
     /// state (entries of a term the member has not recorded, or a lost vote).
     barrier_pending: bool,
     stats: WalStats,
+    /// `stats` when the newest segment was created: the writes since went to it.
+    stats_at_segment_start: WalStats,
     /// Emptied record buffers kept for reuse (at most `BUFFER_POOL_MAX`).
     buffer_pool: Vec<Vec<u8>>,
 }
@@ -273,6 +275,7 @@ impl<S: Storage> Wal<S> {
             spare: None,
             barrier_pending: false,
             stats: WalStats::default(),
+            stats_at_segment_start: WalStats::default(),
             buffer_pool: Vec::new(),
         };
         let wal = Wal {
@@ -293,9 +296,29 @@ impl<S: Storage> Wal<S> {
     fn start_spare(&self) {
         let storage = self.shared.storage.clone();
         let size = self.shared.config.segment_size_bytes;
-        let mode = self.shared.config.preallocate;
-        let task = spawn_local(prepare_spare(storage, size, mode));
-        self.shared.inner.borrow_mut().spare = Some(task);
+        let zero_fill = self.zero_fill_next();
+        let task = spawn_local(prepare_spare(storage, size, zero_fill));
+        let mut inner = self.shared.inner.borrow_mut();
+        inner.spare = Some(task);
+        inner.stats_at_segment_start = inner.stats;
+    }
+
+    /// Whether to zero-fill the next segment (see [`Preallocate::Auto`]): by the mean
+    /// size of the writes since the newest segment was created.
+    fn zero_fill_next(&self) -> bool {
+        let config = &self.shared.config;
+        let inner = self.shared.inner.borrow();
+        let (now, start) = (inner.stats, inner.stats_at_segment_start);
+        let writes = now.writes - start.writes;
+        match config.preallocate {
+            Preallocate::ZeroFill => true,
+            Preallocate::Fallocate => false,
+            Preallocate::Auto => {
+                writes == 0
+                    || (now.bytes_written - start.bytes_written) / writes
+                        < config.zero_fill_write_bytes_max as u64
+            }
+        }
     }
 
     pub fn log_start(&self) -> Index {

@@ -57,6 +57,7 @@ pub fn small_config() -> WalConfig {
         flushes_in_flight_max: 2,
         cache_bytes_max: 1 << 10,
         preallocate: Preallocate::Fallocate,
+        zero_fill_write_bytes_max: 256 << 10,
         fsync_disabled: false,
         truncate_corrupt_tail: false,
     }

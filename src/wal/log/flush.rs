@@ -233,7 +233,7 @@ impl<S: Storage> Wal<S> {
             None => prepare_spare(
                 shared.storage.clone(),
                 shared.config.segment_size_bytes,
-                shared.config.preallocate,
+                self.zero_fill_next(),
             )
             .await
             .map_err(io_err("preparing a segment"))?,
@@ -405,25 +405,24 @@ pub(super) fn pad_to_block(
 }
 
 /// Creates the spare segment file and prepares all of it: zero-filled and synced, or
-/// only allocated, as configured.
+/// only allocated.
 pub(super) async fn prepare_spare<S: Storage>(
     storage: Rc<S>,
     size: u64,
-    mode: Preallocate,
+    zero_fill: bool,
 ) -> io::Result<S::File> {
     let file = storage.open(SPARE_FILE_NAME, true).await?;
-    match mode {
-        Preallocate::ZeroFill => {
-            let chunk = (ZERO_FILL_CHUNK_BYTES as u64).min(size) as usize;
-            let zeros = vec![0u8; chunk];
-            let mut pos = 0u64;
-            while pos < size {
-                let n = ((size - pos) as usize).min(chunk);
-                file.write_at(pos, &zeros[..n]).await?;
-                pos += n as u64;
-            }
+    if zero_fill {
+        let chunk = (ZERO_FILL_CHUNK_BYTES as u64).min(size) as usize;
+        let zeros = vec![0u8; chunk];
+        let mut pos = 0u64;
+        while pos < size {
+            let n = ((size - pos) as usize).min(chunk);
+            file.write_at(pos, &zeros[..n]).await?;
+            pos += n as u64;
         }
-        Preallocate::Fallocate => file.allocate(size).await?,
+    } else {
+        file.allocate(size).await?;
     }
     file.sync().await?;
     Ok(file)
