@@ -1,14 +1,16 @@
 //! WAL throughput on the real disk, next to the raw device at equal write sizes.
 //!
 //! For 128-byte and 4 KiB records at several batch sizes (records per flush), the WAL
-//! appends a batch and flushes it (one write per `flush_bytes_max` and one fdatasync),
-//! with up to two flushes in flight (the next batch is appended while the previous
-//! flush runs). The raw run writes the same number of bytes per round with one
-//! O_DIRECT write + fdatasync through glommio, no WAL logic, into a file zero-filled
-//! beforehand. `WAL/raw` is WAL flushes/s over raw rounds/s; `falloc/raw` the same
-//! with fallocate-only WAL segments; `raw2` is the raw loop with two rounds in flight
-//! (unordered syncs, which the WAL may not use), a stricter reference.
-//! A second table compares segments zero-filled ahead with fallocate-only ones.
+//! appends a batch and flushes it, with up to two flushes in flight (the next batch
+//! is appended while the previous flush runs), configured as the runtime does by
+//! default: O_DSYNC segment writes (`write_through`) and `Preallocate::Auto`. The raw
+//! run writes the same number of bytes per round with one O_DIRECT | O_DSYNC write
+//! through glommio, no WAL logic, into a file zero-filled beforehand (the fastest
+//! durable write the device offers). `WAL/raw` is WAL flushes/s over raw rounds/s;
+//! `raw2` is the raw loop with two rounds in flight (unordered completions, which the
+//! WAL may not report), a stricter reference. `fsync WAL/raw` compares the other
+//! mechanism: the WAL writing then fdatasyncing, over raw write + fdatasync rounds.
+//! A second table compares the ways of preparing segments.
 //!
 //! Run: `cargo bench --bench wal` (directory: `WAL_BENCH_DIR`, default
 //! `target/wal-bench`, on the disk to measure; seconds per case: `WAL_BENCH_SECONDS`).
@@ -42,11 +44,24 @@ impl Run {
     fn per_sec(&self, n: u64) -> f64 {
         n as f64 / self.elapsed.as_secs_f64()
     }
+
+    fn round_rate(&self) -> f64 {
+        self.per_sec(self.rounds)
+    }
+}
+
+/// How a run makes its writes durable.
+#[derive(Clone, Copy)]
+enum Sync {
+    /// O_DSYNC writes.
+    WriteThrough,
+    /// Write, then fdatasync.
+    Fdatasync,
 }
 
 async fn run_wal(
     dir: &Path,
-    mode: Preallocate,
+    (sync, mode): (Sync, Preallocate),
     record_bytes: usize,
     batch: usize,
     secs: f64,
@@ -56,7 +71,9 @@ async fn run_wal(
         preallocate: mode,
         ..WalConfig::default()
     };
-    let storage = DmaStorage::new(dir).expect("bench dir");
+    let storage = DmaStorage::new(dir)
+        .expect("bench dir")
+        .write_through(matches!(sync, Sync::WriteThrough));
     let (wal, _) = Wal::open(storage, config).await.expect("open");
     let payload = bytes::Bytes::from(vec![0x5au8; record_bytes]);
     let (mut index, mut op) = (1u64, 0u64);
@@ -111,12 +128,17 @@ async fn run_wal(
     }
 }
 
-async fn raw_file(path: &Path, zero_fill: bool) -> DmaFile {
+async fn raw_file(path: &Path, zero_fill: bool, sync: Sync) -> DmaFile {
     let _ = std::fs::remove_file(path);
+    let dsync = match sync {
+        Sync::WriteThrough => libc::O_DSYNC,
+        Sync::Fdatasync => 0,
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
+        .custom_flags(dsync)
         .dma_open(path)
         .await
         .expect("raw file");
@@ -140,19 +162,19 @@ async fn raw_file(path: &Path, zero_fill: bool) -> DmaFile {
 
 async fn run_raw(
     path: &Path,
-    zero_fill: bool,
+    (sync, zero_fill): (Sync, bool),
     bytes_per_round: u64,
     secs: f64,
     depth: usize,
 ) -> Run {
-    let file = Rc::new(raw_file(path, zero_fill).await);
+    let file = Rc::new(raw_file(path, zero_fill, sync).await);
     let size = (bytes_per_round as usize).next_multiple_of(BLOCK_BYTES);
     let mut pos = 0u64;
     let start = Instant::now();
     let mut rounds = 0;
-    // A round is one write then one fdatasync; up to `depth` rounds overlap (1: the
-    // plain write + fdatasync loop; FLUSHES_IN_FLIGHT: the WAL run's pipelining,
-    // without the WAL's ordering of syncs).
+    // A round is one durable write (O_DSYNC, or a write then an fdatasync); up to
+    // `depth` rounds overlap (1: the plain loop; FLUSHES_IN_FLIGHT: the WAL run's
+    // pipelining, without the WAL's ordering of completions).
     let mut in_flight = VecDeque::new();
     while start.elapsed().as_secs_f64() < secs {
         if pos + size as u64 > RAW_FILE_BYTES {
@@ -163,7 +185,9 @@ async fn run_raw(
         let (file2, at) = (file.clone(), pos);
         in_flight.push_back(spawn_local(async move {
             file2.write_at(buf, at).await.expect("write");
-            file2.fdatasync().await.expect("sync");
+            if matches!(sync, Sync::Fdatasync) {
+                file2.fdatasync().await.expect("sync");
+            }
         }));
         if in_flight.len() >= depth {
             in_flight.pop_front().expect("not empty").await;
@@ -198,68 +222,72 @@ fn main() {
         .io_memory(2 << 20)
         .spawn(move || async move {
             println!(
-                "WAL (group commit) vs raw O_DIRECT write + fdatasync at equal write size, both with \
-                 {FLUSHES_IN_FLIGHT} in flight; median of {REPEATS} runs of {secs} s; dir {}",
+                "WAL (group commit, O_DSYNC writes, auto preallocation) vs raw O_DIRECT | O_DSYNC \
+                 writes at equal write size, {FLUSHES_IN_FLIGHT} WAL flushes in flight; median of \
+                 {REPEATS} runs of {secs} s; dir {}",
                 dir.display()
             );
             println!(
-                "{:>7} {:>6} {:>12} {:>9} {:>10} {:>11} {:>11} {:>9} {:>12} {:>11} {:>9}",
-                "record", "batch", "records/s", "MB/s", "flushes/s", "write B", "raw rnd/s", "WAL/raw", "falloc/raw", "raw2 rnd/s", "WAL/raw2"
+                "{:>7} {:>6} {:>12} {:>9} {:>10} {:>11} {:>11} {:>9} {:>11} {:>9} {:>14}",
+                "record", "batch", "records/s", "MB/s", "flushes/s", "write B", "raw rnd/s", "WAL/raw", "raw2 rnd/s", "WAL/raw2", "fsync WAL/raw"
             );
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[REPEATS / 2]
+            };
+            let default = (Sync::WriteThrough, Preallocate::Auto);
             for (record, batches) in [(128usize, [1usize, 16, 256, 4096]), (4096, [1, 16, 64, 256])] {
                 for batch in batches {
-                    let mut pairs = Vec::new();
-                    let mut fallocated = Vec::new();
-                    let mut raw_deep = Vec::new();
+                    let mut wals = Vec::new();
+                    let (mut raws, mut raws_deep) = (Vec::new(), Vec::new());
+                    let (mut fsync_wals, mut fsync_raws) = (Vec::new(), Vec::new());
                     for _ in 0..REPEATS {
-                        let wal = run_wal(&dir.join("wal"), Preallocate::ZeroFill, record, batch, secs).await;
-                        let raw = run_raw(&dir.join("raw"), true, wal.bytes_per_round, secs, 1).await;
-                        let deep = run_raw(&dir.join("raw"), true, wal.bytes_per_round, secs, FLUSHES_IN_FLIGHT).await;
-                        raw_deep.push(deep.per_sec(deep.rounds));
-                        pairs.push((wal, raw));
-                        let wal = run_wal(&dir.join("wal"), Preallocate::Fallocate, record, batch, secs).await;
-                        fallocated.push(wal.per_sec(wal.rounds));
+                        let wal = run_wal(&dir.join("wal"), default, record, batch, secs).await;
+                        let size = wal.bytes_per_round;
+                        let raw_path = dir.join("raw");
+                        let raw_at = |sync, depth| run_raw(&raw_path, (sync, true), size, secs, depth);
+                        raws.push(raw_at(Sync::WriteThrough, 1).await.round_rate());
+                        raws_deep.push(raw_at(Sync::WriteThrough, FLUSHES_IN_FLIGHT).await.round_rate());
+                        fsync_raws.push(raw_at(Sync::Fdatasync, 1).await.round_rate());
+                        let fsync_mode = (Sync::Fdatasync, Preallocate::Auto);
+                        fsync_wals.push(run_wal(&dir.join("wal"), fsync_mode, record, batch, secs).await.round_rate());
+                        wals.push(wal);
                     }
-                    fallocated.sort_by(f64::total_cmp);
-                    raw_deep.sort_by(f64::total_cmp);
-                    pairs.sort_by(|a, b| a.0.per_sec(a.0.rounds).total_cmp(&b.0.per_sec(b.0.rounds)));
-                    let (wal, _) = &pairs[REPEATS / 2];
-                    let mut raws: Vec<f64> = pairs.iter().map(|(_, r)| r.per_sec(r.rounds)).collect();
-                    raws.sort_by(f64::total_cmp);
-                    let raw_rate = raws[REPEATS / 2];
+                    wals.sort_by(|a, b| a.round_rate().total_cmp(&b.round_rate()));
+                    let wal = &wals[REPEATS / 2];
+                    let (raw, raw_deep) = (median(raws), median(raws_deep));
                     println!(
-                        "{:>7} {:>6} {:>12.0} {:>9.1} {:>10.0} {:>11} {:>11.0} {:>9.2} {:>12.2} {:>11.0} {:>9.2}",
+                        "{:>7} {:>6} {:>12.0} {:>9.1} {:>10.0} {:>11} {:>11.0} {:>9.2} {:>11.0} {:>9.2} {:>14.2}",
                         record,
                         batch,
                         wal.per_sec(wal.records),
                         wal.per_sec(wal.payload_bytes) / 1e6,
-                        wal.per_sec(wal.rounds),
+                        wal.round_rate(),
                         wal.bytes_per_round,
-                        raw_rate,
-                        wal.per_sec(wal.rounds) / raw_rate,
-                        fallocated[REPEATS / 2] / raw_rate,
-                        raw_deep[REPEATS / 2],
-                        wal.per_sec(wal.rounds) / raw_deep[REPEATS / 2],
+                        raw,
+                        wal.round_rate() / raw,
+                        raw_deep,
+                        wal.round_rate() / raw_deep,
+                        median(fsync_wals) / median(fsync_raws),
                     );
                 }
             }
             println!();
-            println!("Segment preparation: zero-filled ahead vs fallocate-only (128-byte records, batch 1)");
-            println!("{:>22} {:>10} {:>16}", "mode", "WAL fsync/s", "raw 4 KiB fsync/s");
+            println!("Segment preparation (O_DSYNC writes, 128-byte records, batch 1), next to raw 4 KiB O_DSYNC writes");
+            println!("{:>22} {:>10} {:>16}", "mode", "WAL flushes/s", "raw writes/s");
             for (name, mode, zero) in [
                 ("zero-filled ahead", Preallocate::ZeroFill, true),
                 ("fallocate only", Preallocate::Fallocate, false),
+                ("auto", Preallocate::Auto, true),
             ] {
                 let (mut wals, mut raws) = (Vec::new(), Vec::new());
                 for _ in 0..REPEATS {
-                    let wal = run_wal(&dir.join("wal"), mode, 128, 1, secs).await;
-                    wals.push(wal.per_sec(wal.rounds));
-                    let raw = run_raw(&dir.join("raw"), zero, 4096, secs, 1).await;
-                    raws.push(raw.per_sec(raw.rounds));
+                    let wal = run_wal(&dir.join("wal"), (Sync::WriteThrough, mode), 128, 1, secs).await;
+                    wals.push(wal.round_rate());
+                    let raw = run_raw(&dir.join("raw"), (Sync::WriteThrough, zero), 4096, secs, 1).await;
+                    raws.push(raw.round_rate());
                 }
-                wals.sort_by(f64::total_cmp);
-                raws.sort_by(f64::total_cmp);
-                println!("{:>22} {:>10.0} {:>16.0}", name, wals[REPEATS / 2], raws[REPEATS / 2]);
+                println!("{:>22} {:>10.0} {:>16.0}", name, median(wals), median(raws));
             }
         })
         .expect("executor")
