@@ -5,11 +5,12 @@
 
 use bytes::Bytes;
 
+use super::oneshot;
 use crate::engine::Message;
 use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError};
 
 /// Where a shard sends one answer.
-pub type Reply<T> = flume::Sender<Result<T, ServerError>>;
+pub type Reply<T> = oneshot::Sender<Result<T, ServerError>>;
 
 /// Inputs a shard's event loop takes, from any executor.
 pub enum ShardInput {
@@ -23,7 +24,7 @@ pub enum ShardInput {
         reply: Reply<ReadOk>,
     },
     Info {
-        reply: flume::Sender<PartitionInfo>,
+        reply: oneshot::Sender<PartitionInfo>,
     },
 }
 
@@ -31,6 +32,6 @@ pub enum ShardInput {
 pub const INBOX_CAPACITY: usize = 16 * 1024;
 
 /// A one-answer channel.
-pub fn reply_channel<T>() -> (flume::Sender<T>, flume::Receiver<T>) {
-    flume::bounded(1)
+pub fn reply_channel<T>() -> (oneshot::Sender<T>, oneshot::Receiver<T>) {
+    oneshot::channel()
 }

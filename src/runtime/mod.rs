@@ -7,6 +7,7 @@ pub mod config;
 pub mod dev;
 pub mod inbox;
 pub mod node;
+pub mod oneshot;
 pub mod preflight;
 pub mod router;
 pub mod shard;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 
 use super::inbox::{ShardInput, reply_channel};
+use super::oneshot;
 use crate::engine::{Message, NodeId};
 use crate::metrics::RouterMetrics;
 use crate::metrics::handles::Op;
@@ -43,7 +44,7 @@ impl ClientRouter {
         &self,
         partition: u32,
         input: ShardInput,
-        answer: flume::Receiver<Result<T, ServerError>>,
+        answer: oneshot::Receiver<Result<T, ServerError>>,
         extra_wait_ms: u64,
     ) -> Result<T, ServerError> {
         match self.shard(partition)?.try_send(input) {
@@ -54,12 +55,7 @@ impl ClientRouter {
         let timeout = Duration::from_millis(ANSWER_TIMEOUT_MS + extra_wait_ms);
         // A shard that drops the reply has stopped mid-request: an append may have
         // been applied, so this is Timeout (outcome open), never a refusal.
-        let answer = async {
-            answer
-                .recv_async()
-                .await
-                .unwrap_or(Err(ServerError::Timeout))
-        };
+        let answer = async { answer.await.unwrap_or(Err(ServerError::Timeout)) };
         let late = async {
             glommio::timer::sleep(timeout).await;
             Err(ServerError::Timeout)
@@ -77,7 +73,7 @@ impl ClientRouter {
                 Err(flume::TrySendError::Full(_)) => return Err(ServerError::Overloaded),
                 Err(flume::TrySendError::Disconnected(_)) => return Err(shutting_down()),
             }
-            let wrapped = async { answer.recv_async().await.map_err(|_| shutting_down()) };
+            let wrapped = async { answer.await.map_err(|_| shutting_down()) };
             let late = async {
                 glommio::timer::sleep(Duration::from_millis(ANSWER_TIMEOUT_MS)).await;
                 Err(ServerError::Timeout)

@@ -404,7 +404,7 @@ impl Shard {
             Wake::Input(Some(ShardInput::Peer(msg))) => events.push(Event::Message(msg)),
             Wake::Input(Some(ShardInput::Append { records, reply })) => {
                 if let Err(refusal) = self.check_batch(&records) {
-                    let _ = reply.send(Err(refusal));
+                    reply.send(Err(refusal));
                     return Ok(());
                 }
                 let request_id = self.next_request();
@@ -422,11 +422,11 @@ impl Shard {
                 } else if request.any_replica {
                     self.serve_or_wait(request, reply);
                 } else {
-                    let _ = reply.send(Err(self.leader_error(self.leader)));
+                    reply.send(Err(self.leader_error(self.leader)));
                 }
             }
             Wake::Input(Some(ShardInput::Info { reply })) => {
-                let _ = reply.send(self.info());
+                reply.send(self.info());
             }
             Wake::Flushed(Ok(durable)) => {
                 self.flushes_in_flight = self.flushes_in_flight.saturating_sub(1);
@@ -542,7 +542,7 @@ impl Shard {
                                 last_index: ok.last_index,
                             })
                             .map_err(|e| self.append_error(e));
-                        let _ = reply.send(answer);
+                        reply.send(answer);
                     }
                 }
                 Command::ReadResult { request_id, result } => {
@@ -550,7 +550,7 @@ impl Shard {
                         match result {
                             Ok(_) => self.serve_or_wait(request, reply),
                             Err(e) => {
-                                let _ = reply.send(Err(self.read_error(e)));
+                                reply.send(Err(self.read_error(e)));
                             }
                         }
                     }
@@ -698,7 +698,7 @@ impl Shard {
     fn serve_or_wait(&mut self, request: ReadRequest, reply: Reply<ReadOk>) {
         let (start, commit) = (self.engine.log().start(), self.commit);
         if request.from_index < start {
-            let _ = reply.send(Err(ServerError::OutOfRange {
+            reply.send(Err(ServerError::OutOfRange {
                 log_start: start,
                 log_end: commit,
             }));
@@ -711,7 +711,7 @@ impl Shard {
             return self.serve(request, reply);
         }
         if self.waiting_reads.len() >= WAITING_READS_MAX {
-            let _ = reply.send(Err(ServerError::Overloaded));
+            reply.send(Err(ServerError::Overloaded));
             return;
         }
         let deadline = Instant::now() + Duration::from_millis(request.wait_timeout_ms as u64);
@@ -731,7 +731,7 @@ impl Shard {
                 log_start,
             };
             if request.from_index > commit || request.max_records == 0 {
-                let _ = reply.send(Ok(empty));
+                reply.send(Ok(empty));
                 return;
             }
             let to = commit + 1;
@@ -753,7 +753,7 @@ impl Shard {
                     reason: e.to_string(),
                 }),
             };
-            let _ = reply.send(answer);
+            reply.send(answer);
         })
         .detach();
     }
@@ -818,13 +818,13 @@ impl Shard {
     /// and a duplicate), reads with `refusal`.
     fn answer_all_waiting(&mut self, refusal: ServerError) {
         for (_, reply) in self.appends.drain() {
-            let _ = reply.send(Err(ServerError::Timeout));
+            reply.send(Err(ServerError::Timeout));
         }
         for (_, (_, reply)) in self.barriers.drain() {
-            let _ = reply.send(Err(refusal.clone()));
+            reply.send(Err(refusal.clone()));
         }
         for read in self.waiting_reads.drain(..) {
-            let _ = read.reply.send(Err(refusal.clone()));
+            read.reply.send(Err(refusal.clone()));
         }
     }
 
