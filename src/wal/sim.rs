@@ -159,6 +159,35 @@ impl SimStorage {
         s.files[ino] = data;
     }
 
+    async fn open_with(
+        &self,
+        name: &str,
+        create: bool,
+        write_through: bool,
+    ) -> io::Result<SimFile> {
+        yield_now().await;
+        let mut s = self.state.borrow_mut();
+        let ino = match s.names.get(name) {
+            Some(ino) => *ino,
+            None if create => {
+                let ino = s.files.len();
+                s.files.push(Vec::new());
+                s.names.insert(name.to_string(), ino);
+                s.events.push(SimEvent::Create {
+                    name: name.to_string(),
+                    ino,
+                });
+                ino
+            }
+            None => return Err(not_found(name)),
+        };
+        Ok(SimFile {
+            state: self.state.clone(),
+            ino,
+            write_through,
+        })
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.state.borrow().names.keys().cloned().collect()
     }
@@ -342,27 +371,11 @@ impl Storage for SimStorage {
     }
 
     async fn open(&self, name: &str, create: bool) -> io::Result<SimFile> {
-        yield_now().await;
-        let mut s = self.state.borrow_mut();
-        let ino = match s.names.get(name) {
-            Some(ino) => *ino,
-            None if create => {
-                let ino = s.files.len();
-                s.files.push(Vec::new());
-                s.names.insert(name.to_string(), ino);
-                s.events.push(SimEvent::Create {
-                    name: name.to_string(),
-                    ino,
-                });
-                ino
-            }
-            None => return Err(not_found(name)),
-        };
-        Ok(SimFile {
-            state: self.state.clone(),
-            ino,
-            write_through: self.write_through,
-        })
+        self.open_with(name, create, self.write_through).await
+    }
+
+    async fn open_for_preparation(&self, name: &str, create: bool) -> io::Result<SimFile> {
+        self.open_with(name, create, false).await
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {

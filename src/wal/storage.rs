@@ -27,6 +27,11 @@ pub trait Storage: 'static {
     async fn list(&self) -> io::Result<Vec<String>>;
     /// Opens `name` for reading and writing, creating it (empty) when `create`.
     async fn open(&self, name: &str, create: bool) -> io::Result<Self::File>;
+    /// Opens `name` like `open`, but never write-through: for preparing a file with
+    /// many writes that one sync at the end makes durable.
+    async fn open_for_preparation(&self, name: &str, create: bool) -> io::Result<Self::File> {
+        self.open(name, create).await
+    }
     async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     async fn remove(&self, name: &str) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, removals) durable.
@@ -106,6 +111,18 @@ impl DmaStorage {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    async fn open_with(&self, name: &str, create: bool, dsync: bool) -> io::Result<DmaStorageFile> {
+        self.probe_iopoll().await?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .custom_flags(if dsync { libc::O_DSYNC } else { 0 })
+            .dma_open(self.dir.join(name))
+            .await?;
+        Ok(DmaStorageFile { file })
+    }
 }
 
 impl Storage for DmaStorage {
@@ -132,15 +149,11 @@ impl Storage for DmaStorage {
     }
 
     async fn open(&self, name: &str, create: bool) -> io::Result<DmaStorageFile> {
-        self.probe_iopoll().await?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .custom_flags(if self.write_through { libc::O_DSYNC } else { 0 })
-            .dma_open(self.dir.join(name))
-            .await?;
-        Ok(DmaStorageFile { file })
+        self.open_with(name, create, self.write_through).await
+    }
+
+    async fn open_for_preparation(&self, name: &str, create: bool) -> io::Result<DmaStorageFile> {
+        self.open_with(name, create, false).await
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {

@@ -411,8 +411,11 @@ pub(super) async fn prepare_spare<S: Storage>(
     size: u64,
     zero_fill: bool,
 ) -> io::Result<S::File> {
-    let file = storage.open(SPARE_FILE_NAME, true).await?;
     if zero_fill {
+        // Written through a plain handle and synced once: on write-through storage
+        // every 1 MiB of zeros would otherwise carry a device cache flush, and the
+        // log's own writes would queue behind them.
+        let file = storage.open_for_preparation(SPARE_FILE_NAME, true).await?;
         let chunk = (ZERO_FILL_CHUNK_BYTES as u64).min(size) as usize;
         let zeros = vec![0u8; chunk];
         let mut pos = 0u64;
@@ -421,11 +424,16 @@ pub(super) async fn prepare_spare<S: Storage>(
             file.write_at(pos, &zeros[..n]).await?;
             pos += n as u64;
         }
+        file.sync().await?;
+        drop(file);
+        // The segment's own writes go through a handle opened the normal way.
+        storage.open(SPARE_FILE_NAME, false).await
     } else {
+        let file = storage.open(SPARE_FILE_NAME, true).await?;
         file.allocate(size).await?;
+        file.sync().await?;
+        Ok(file)
     }
-    file.sync().await?;
-    Ok(file)
 }
 
 /// Runs `futures` concurrently; the first error wins (the others still finish, since a
