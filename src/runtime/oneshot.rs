@@ -35,8 +35,8 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
     (Sender(slot.clone()), Receiver(slot))
 }
 
-/// The slot holds plain data and no code runs under its lock, so a panic cannot leave
-/// it half-updated: a poisoned lock is still usable.
+/// Every update under the lock is a single assignment, so a panic elsewhere while it
+/// was held cannot have left the slot half-updated: a poisoned lock is still usable.
 fn lock<T>(slot: &Mutex<Slot<T>>) -> MutexGuard<'_, Slot<T>> {
     slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
