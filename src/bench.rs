@@ -303,9 +303,12 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
     let senders = config.clients * config.inflight.max(1);
     let connections = config.connections.clamp(1, config.clients.max(1));
     let mut client_config = ClientConfig::new(config.addrs.clone());
+    // Client i uses connection i mod N, so the busiest connection carries
+    // ⌈C / N⌉ clients' senders.
+    let senders_per_connection = config.clients.div_ceil(connections) * config.inflight.max(1);
     client_config.inflight_requests_max = client_config
         .inflight_requests_max
-        .max(senders.div_ceil(connections) as usize);
+        .max(senders_per_connection as usize);
     let clients: Vec<Rc<Client>> = (0..connections)
         .map(|_| Rc::new(Client::new(client_config.clone())))
         .collect();

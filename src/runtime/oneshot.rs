@@ -88,6 +88,15 @@ impl<T> Future for Receiver<T> {
     }
 }
 
+impl<T> Drop for Receiver<T> {
+    /// An asker that gave up (its deadline passed) takes its waker back, so that a late
+    /// answer neither keeps the asking task's memory alive nor wakes it for nothing.
+    fn drop(&mut self) {
+        let waker = lock(&self.0).waker.take();
+        drop(waker);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
