@@ -308,7 +308,7 @@ fn enumerate_cuts(disk: Disk, preallocate: Preallocate, seed: u64, steps: usize)
         if std::env::var("WAL_CRASH_DEBUG").is_ok() {
             for (i, e) in disk.events().iter().enumerate() {
                 let short = match e {
-                    ringlog::wal::sim::SimEvent::Write { ino, pos, data } => {
+                    ringlog::wal::sim::SimEvent::Write { ino, pos, data, .. } => {
                         format!("write ino {ino} pos {pos} len {}", data.len())
                     }
                     other => format!("{other:?}"),

@@ -2,10 +2,12 @@
 //! failures, and builds the disk image a crash would leave at any point of the
 //! recording. Used by the crash-consistency and fault tests.
 //!
-//! Crash model: data written to a file is durable once a later sync of that file
-//! completed; unsynced writes may survive in any subset of their blocks, and one block
-//! may be torn (its first half new, the rest old). Directory operations since the last
-//! directory sync survive as a prefix, the way a journaling file system orders them.
+//! Crash model: a write may reach the disk from the moment it is submitted, in any
+//! subset of its blocks, and one block may be torn (its first half new, the rest old);
+//! it is durable once a sync of its file completed that was issued after the write
+//! completed (or, on write-through storage, once the write itself completed).
+//! Directory operations since the last directory sync survive as a prefix, the way a
+//! journaling file system orders them.
 
 use super::storage::{Storage, StorageFile};
 use std::cell::RefCell;
@@ -19,13 +21,26 @@ use std::task::{Context, Poll};
 /// One recorded operation.
 #[derive(Clone, Debug)]
 pub enum SimEvent {
+    /// A write was submitted: from here on any of its blocks may be on the disk.
     Write {
+        id: u64,
         ino: usize,
         pos: u64,
         data: Vec<u8>,
     },
-    Sync {
+    /// Write `id` completed; with `durable` (write-through storage) it is on the disk.
+    WriteDone {
+        id: u64,
+        durable: bool,
+    },
+    /// An fdatasync of `ino` was issued: it covers the writes completed before this.
+    SyncStart {
+        id: u64,
         ino: usize,
+    },
+    /// Sync `id` completed.
+    Sync {
+        id: u64,
     },
     Create {
         name: String,
@@ -52,6 +67,8 @@ struct SimState {
     events: Vec<SimEvent>,
     writes: u64,
     syncs: u64,
+    /// Identifies writes and syncs in the recording.
+    next_event_id: u64,
     fail_write_number: Option<u64>,
     fail_sync_number: Option<u64>,
 }
@@ -107,9 +124,8 @@ impl SimStorage {
     }
 
     /// A simulated directory whose files behave as if opened with O_DSYNC: each write
-    /// is durable once it completes. The recording shows it as the write followed by
-    /// a sync of its file, so a crash between the two may keep any subset of the
-    /// write's blocks (the write was still in flight), and one after keeps them all.
+    /// is durable once it completes, so a crash while it is in flight may keep any
+    /// subset of its blocks, and one after keeps them all.
     pub fn new_write_through(block_bytes: usize) -> SimStorage {
         SimStorage {
             write_through: true,
@@ -218,20 +234,37 @@ impl SimStorage {
         let s = self.state.borrow();
         let mut r = Replay {
             durable: vec![Vec::new(); s.files.len()],
-            pending: vec![Vec::new(); s.files.len()],
             names: BTreeMap::new(),
             ns_ops: Vec::new(),
             unsynced: Vec::new(),
         };
+        // Writes not yet durable, in submission order.
+        let mut pending: Vec<PendingWrite> = Vec::new();
+        // The writes each sync in flight covers.
+        let mut covers: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for event in &s.events[..cut] {
             match event {
-                SimEvent::Write { ino, pos, data } => {
-                    r.pending[*ino].push((*pos, data.clone()));
-                }
-                SimEvent::Sync { ino } => {
-                    for (pos, data) in std::mem::take(&mut r.pending[*ino]) {
-                        apply(&mut r.durable[*ino], pos, &data);
+                SimEvent::Write { id, ino, pos, data } => pending.push(PendingWrite {
+                    id: *id,
+                    ino: *ino,
+                    pos: *pos,
+                    data,
+                    completed: false,
+                }),
+                SimEvent::WriteDone { id, durable } => {
+                    if *durable {
+                        make_durable(&mut r.durable, &mut pending, &[*id]);
+                    } else if let Some(w) = pending.iter_mut().find(|w| w.id == *id) {
+                        w.completed = true;
                     }
+                }
+                SimEvent::SyncStart { id, ino } => {
+                    let done = pending.iter().filter(|w| w.ino == *ino && w.completed);
+                    covers.insert(*id, done.map(|w| w.id).collect());
+                }
+                SimEvent::Sync { id } => {
+                    let ids = covers.remove(id).unwrap_or_default();
+                    make_durable(&mut r.durable, &mut pending, &ids);
                 }
                 SimEvent::Create { .. } | SimEvent::Rename { .. } | SimEvent::Remove { .. } => {
                     r.ns_ops.push(event.clone());
@@ -244,12 +277,10 @@ impl SimStorage {
                 SimEvent::Durable { .. } => {}
             }
         }
-        for (ino, writes) in r.pending.iter().enumerate() {
-            for (pos, data) in writes {
-                for (i, block) in data.chunks(self.block_bytes).enumerate() {
-                    r.unsynced
-                        .push((ino, pos + (i * self.block_bytes) as u64, block.to_vec()));
-                }
+        for w in pending {
+            for (i, block) in w.data.chunks(self.block_bytes).enumerate() {
+                r.unsynced
+                    .push((w.ino, w.pos + (i * self.block_bytes) as u64, block.to_vec()));
             }
         }
         r
@@ -287,9 +318,29 @@ impl SimStorage {
     }
 }
 
+/// A write of the recording that is not durable yet.
+struct PendingWrite<'a> {
+    id: u64,
+    ino: usize,
+    pos: u64,
+    data: &'a [u8],
+    /// Completed: a sync issued from now on covers it.
+    completed: bool,
+}
+
+/// Moves the writes `ids` from `pending` onto the durable file images.
+fn make_durable(durable: &mut [Vec<u8>], pending: &mut Vec<PendingWrite>, ids: &[u64]) {
+    pending.retain(|w| {
+        let hit = ids.contains(&w.id);
+        if hit {
+            apply(&mut durable[w.ino], w.pos, w.data);
+        }
+        !hit
+    });
+}
+
 struct Replay {
     durable: Vec<Vec<u8>>,
-    pending: Vec<Vec<(u64, Vec<u8>)>>,
     names: BTreeMap<String, usize>,
     ns_ops: Vec<SimEvent>,
     unsynced: Vec<(usize, u64, Vec<u8>)>,
@@ -416,23 +467,31 @@ impl StorageFile for SimFile {
     type Read = Vec<u8>;
 
     async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
+        let id = {
+            let mut s = self.state.borrow_mut();
+            let id = s.next_event_id;
+            s.next_event_id += 1;
+            s.events.push(SimEvent::Write {
+                id,
+                ino: self.ino,
+                pos,
+                data: data.to_vec(),
+            });
+            id
+        };
         yield_now().await;
         let mut s = self.state.borrow_mut();
         s.writes += 1;
         if s.fail_write_number.is_some_and(|n| s.writes > n) {
+            // A failed write may still have reached the disk in part: it stays
+            // pending (never durable) in the recording.
             return Err(injected("write"));
         }
         apply(&mut s.files[self.ino], pos, data);
-        s.events.push(SimEvent::Write {
-            ino: self.ino,
-            pos,
-            data: data.to_vec(),
+        s.events.push(SimEvent::WriteDone {
+            id,
+            durable: self.write_through,
         });
-        if self.write_through {
-            // Every earlier write to this file completed durably already, so this
-            // sync makes exactly this write durable.
-            s.events.push(SimEvent::Sync { ino: self.ino });
-        }
         Ok(())
     }
 
@@ -446,13 +505,20 @@ impl StorageFile for SimFile {
     }
 
     async fn sync(&self) -> io::Result<()> {
+        let id = {
+            let mut s = self.state.borrow_mut();
+            let id = s.next_event_id;
+            s.next_event_id += 1;
+            s.events.push(SimEvent::SyncStart { id, ino: self.ino });
+            id
+        };
         yield_now().await;
         let mut s = self.state.borrow_mut();
         s.syncs += 1;
         if s.fail_sync_number.is_some_and(|n| s.syncs > n) {
             return Err(injected("fdatasync"));
         }
-        s.events.push(SimEvent::Sync { ino: self.ino });
+        s.events.push(SimEvent::Sync { id });
         Ok(())
     }
 
