@@ -57,6 +57,13 @@ pub struct BenchConfig {
     pub server_pids: Vec<u32>,
 }
 
+impl BenchConfig {
+    /// The connections the clients actually share: at least one, at most one per client.
+    pub fn connections_used(&self) -> u32 {
+        self.connections.clamp(1, self.clients.max(1))
+    }
+}
+
 /// When a benchmark stops measuring (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
@@ -127,7 +134,7 @@ impl BenchReport {
             "mode": self.mode(),
             "clients": c.clients,
             "inflight": c.inflight,
-            "connections": c.connections.clamp(1, c.clients.max(1)),
+            "connections": c.connections_used(),
             "record_size": c.record_bytes,
             "batch": c.batch,
             "partitions": self.partitions,
@@ -165,7 +172,7 @@ impl BenchReport {
         let rate = c
             .rate_records_per_sec
             .map_or(String::new(), |r| format!(" at {} records/s", group(r)));
-        let connections = c.connections.clamp(1, c.clients.max(1));
+        let connections = c.connections_used();
         let limit = match c.limit {
             Limit::Duration(d) => format!("{:.1} s", d.as_secs_f64()),
             Limit::Records(n) => format!("{} records", group(n)),
@@ -301,7 +308,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
     // same split); every sender of a connection may be outstanding on it, so that the
     // benchmark's own client is not what limits the load.
     let senders = config.clients * config.inflight.max(1);
-    let connections = config.connections.clamp(1, config.clients.max(1));
+    let connections = config.connections_used();
     let mut client_config = ClientConfig::new(config.addrs.clone());
     // Client i uses connection i mod N, so the busiest connection carries
     // ⌈C / N⌉ clients' senders.

@@ -463,22 +463,28 @@ impl Storage for SimStorage {
     }
 }
 
+impl SimFile {
+    /// Records the start of a write or sync under a new id, which its completion
+    /// event names.
+    fn record_start(&self, event: impl FnOnce(u64) -> SimEvent) -> u64 {
+        let mut s = self.state.borrow_mut();
+        let id = s.next_event_id;
+        s.next_event_id += 1;
+        s.events.push(event(id));
+        id
+    }
+}
+
 impl StorageFile for SimFile {
     type Read = Vec<u8>;
 
     async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
-        let id = {
-            let mut s = self.state.borrow_mut();
-            let id = s.next_event_id;
-            s.next_event_id += 1;
-            s.events.push(SimEvent::Write {
-                id,
-                ino: self.ino,
-                pos,
-                data: data.to_vec(),
-            });
-            id
-        };
+        let id = self.record_start(|id| SimEvent::Write {
+            id,
+            ino: self.ino,
+            pos,
+            data: data.to_vec(),
+        });
         yield_now().await;
         let mut s = self.state.borrow_mut();
         s.writes += 1;
@@ -505,13 +511,7 @@ impl StorageFile for SimFile {
     }
 
     async fn sync(&self) -> io::Result<()> {
-        let id = {
-            let mut s = self.state.borrow_mut();
-            let id = s.next_event_id;
-            s.next_event_id += 1;
-            s.events.push(SimEvent::SyncStart { id, ino: self.ino });
-            id
-        };
+        let id = self.record_start(|id| SimEvent::SyncStart { id, ino: self.ino });
         yield_now().await;
         let mut s = self.state.borrow_mut();
         s.syncs += 1;
