@@ -2,6 +2,11 @@
 //! in flight.
 //!
 //! Invariant: `match_index < next_index`.
+//! Invariant: `match_index` is an index the follower proved it holds, but not a
+//! promise that it still does: a follower whose log was cut at a corruption may end
+//! below it. Each heartbeat response carries the follower's last index, and one from
+//! the newest round that is below `match_index` lowers it and restarts probing there,
+//! so a lost tail is resent within a heartbeat interval even when nothing is in flight.
 //! Invariant: in `Probe`, the window is empty; in `Pipeline`, window entries are
 //! increasing, above `match_index` and below `next_index`, at most `msgs_max` long,
 //! and below `bytes_max` without its newest message.

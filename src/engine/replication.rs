@@ -244,7 +244,7 @@ impl Engine {
         next.clamp(1, rejected.max(1))
     }
 
-    pub(super) fn on_heartbeat_response(&mut self, from: NodeId, seq: u64, _last_log_index: Index) {
+    pub(super) fn on_heartbeat_response(&mut self, from: NodeId, seq: u64, last_log_index: Index) {
         if self.role != Role::Leader {
             return;
         }
@@ -253,9 +253,19 @@ impl Engine {
         };
         let pr = &mut self.peers[k].1;
         pr.recent_active = true;
+        let newest_round = seq >= pr.heartbeat_acked_seq;
         pr.heartbeat_acked_seq = pr.heartbeat_acked_seq.max(seq);
+        if newest_round && last_log_index < pr.match_index {
+            // The follower's log now ends below what it once matched: it lost its
+            // tail (recovery cut it at a corruption) after acknowledging it. A
+            // pipeline with nothing in flight would otherwise wait forever for
+            // entries it believes the follower has, so match from what it has now.
+            // A response that overtook a later success only costs one probe.
+            pr.forget_match_above(last_log_index);
+            pr.become_probe(last_log_index + 1);
+        }
         // An unanswered probe was probably lost: the follower is alive, so ask again.
-        pr.probe_sent = false;
+        self.peers[k].1.probe_sent = false;
         while self.send_append(from) {}
         self.check_pending_reads();
     }
@@ -632,6 +642,46 @@ mod tests {
         e.step(msg(3, 1, 2, response));
         let probe = entries_msg(1, 1, vec![noop(2, 2)], 0);
         assert_eq!(e.take_commands(), vec![send(1, 3, 2, probe, None)]);
+    }
+
+    #[test]
+    fn heartbeat_response_below_match_rewinds_an_idle_pipeline() {
+        // Seed 24447: follower 2 acknowledged 5, then restarted with its log cut at
+        // 3. With nothing in flight the pipeline sent nothing more, and heartbeats
+        // alone never told the leader; now their responses do.
+        let mut e = leader(&[1, 1, 1]);
+        e.step(msg(2, 1, 2, success(4)));
+        e.step(client_append(1, &["x"]));
+        e.step(msg(2, 1, 2, success(5)));
+        e.take_commands();
+        let answer = |seq, last_log_index| {
+            msg(
+                2,
+                1,
+                2,
+                MessageBody::HeartbeatResponse {
+                    seq,
+                    last_log_index,
+                },
+            )
+        };
+        e.step(answer(3, 5));
+        assert_eq!(e.take_commands(), vec![], "nothing lost, nothing to send");
+        e.step(answer(4, 3));
+        let mut appended = record(5, 2);
+        appended.payload = Bytes::from_static(b"x");
+        let resend = entries_msg(3, 1, vec![noop(4, 2), appended], 4);
+        assert_eq!(e.take_commands(), vec![send(1, 2, 2, resend, None)]);
+        let pr = &e.replication_progress()[0].1;
+        assert_eq!(
+            (pr.match_index, pr.state),
+            (3, progress::ReplicationState::Probe)
+        );
+        // A response from an older round proves nothing about the log now.
+        e.step(msg(2, 1, 2, success(5)));
+        e.take_commands();
+        e.step(answer(2, 1));
+        assert_eq!(e.replication_progress()[0].1.match_index, 5);
     }
 
     #[test]
