@@ -168,6 +168,7 @@ fn write_through(fsync: Fsync) -> Option<bool> {
 }
 
 fn main() {
+    ringlog::runtime::node::abort_on_panic();
     if let Err(error) = run() {
         eprintln!("error: {error:#}");
         std::process::exit(1);

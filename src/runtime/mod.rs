@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dev;
+pub mod failpoint;
 pub mod inbox;
 pub mod node;
 pub mod oneshot;

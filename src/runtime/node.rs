@@ -51,11 +51,14 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Shard(#[from] ShardError),
+    #[error(transparent)]
+    Failpoint(#[from] super::failpoint::FailpointError),
 }
 
 /// Runs the node until `stop` is set (then shuts down gracefully) or a shard fails.
 pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
     let shards = shard_count(&config);
+    super::failpoint::init_from_env()?;
     preflight::check_io_uring()?;
     preflight::check_memlock(shards as u64 * LOCKED_BYTES_PER_SHARD)?;
     preflight::check_data_dir(&config.data_dir, config.cluster_id, config.node_id)?;
@@ -96,11 +99,11 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
         .collect();
     drop(senders);
     let mut first_error = None;
-    for thread in threads {
+    for (shard, thread) in threads.into_iter().enumerate() {
         let result = thread.join().unwrap_or_else(|_| {
             Err(NodeError::Executor {
-                shard: u32::MAX,
-                reason: "a shard thread panicked".into(),
+                shard: shard as u32,
+                reason: "its thread panicked".into(),
             })
         });
         if let Err(e) = result {
@@ -299,6 +302,7 @@ fn run_executor(
             reason: e.to_string(),
         })?;
     let stop = context.stop.clone();
+    let _stop_on_panic = StopOnPanic(stop.clone());
     executor.run(async move {
         if let Some(Err(e)) = front.map(FrontDoors::open) {
             stop.store(true, Ordering::Relaxed);
@@ -312,4 +316,34 @@ fn run_executor(
         }
         result
     })
+}
+
+/// Makes any panic, on any thread, end the whole process with SIGABRT once the panic
+/// message is printed. A panic is a bug whose consequences are unknown; unwinding
+/// one shard's thread would leave a node that answers for some partitions but not
+/// others and that no supervisor restarts. The `ringlog` binary calls this first.
+/// (A hook rather than `panic = "abort"` in Cargo.toml: that profile setting would
+/// make `cargo test` build every dependency twice, once for the binary and once for
+/// the unwinding test harnesses, for the same effect.)
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("ringlog: a thread panicked; aborting the whole process (fail-stop)");
+        std::process::abort();
+    }));
+}
+
+/// Sets the node's stop flag when a shard thread unwinds: the `ringlog` binary
+/// aborts instead ([`abort_on_panic`]), but a library user or an in-process test
+/// that unwinds would otherwise keep the other shards serving beside a dead one,
+/// and `run` would wait for them forever.
+struct StopOnPanic(Arc<AtomicBool>);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }

@@ -403,6 +403,7 @@ impl Shard {
             Wake::Timer | Wake::Input(None) => {}
             Wake::Input(Some(ShardInput::Peer(msg))) => events.push(Event::Message(msg)),
             Wake::Input(Some(ShardInput::Append { records, reply })) => {
+                super::failpoint::on_append(self.id);
                 if let Err(refusal) = self.check_batch(&records) {
                     reply.send(Err(refusal));
                     return Ok(());
