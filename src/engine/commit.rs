@@ -48,32 +48,16 @@ impl Engine {
     }
 
     /// Ends the abstention after a lost tail once this member holds, committed and
-    /// on its own disk, an entry of a later term than the loss, or one of the lost
-    /// term at or past `abstain_catch_up_to` (see the fields' comments). On disk
-    /// matters: were it to crash before, it would restart without that entry.
+    /// on its own disk, an entry of a later term than the loss (see the field's
+    /// comment). On disk matters: were it to crash before, it would restart without
+    /// that entry.
     pub(super) fn maybe_end_abstention(&mut self) {
         let Some(lost_in) = self.abstain_until_after_term else {
             return;
         };
         let held = self.commit_index.min(self.flushed_index);
-        let held_term = self.log.term_at(held).unwrap_or(0);
-        // An entry of term t committed by t's leader comes after everything committed
-        // before that leader's election; reaching its post-restart commit index too
-        // covers what it committed itself before the cut.
-        let caught_up = held_term == lost_in && self.abstain_catch_up_to.is_some_and(|c| held >= c);
-        if held_term > lost_in || caught_up {
+        if self.log.term_at(held).unwrap_or(0) > lost_in {
             self.abstain_until_after_term = None;
-            self.abstain_catch_up_to = None;
-        }
-    }
-
-    /// Remembers the first commit index an AppendEntries of the lost term's own
-    /// leader brings (heartbeats carry a commit capped per follower, so not those).
-    pub(super) fn note_leader_commit_while_abstaining(&mut self, leader_commit: Index) {
-        if self.abstain_until_after_term == Some(self.hard.term)
-            && self.abstain_catch_up_to.is_none()
-        {
-            self.abstain_catch_up_to = Some(leader_commit);
         }
     }
 

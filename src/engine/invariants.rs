@@ -35,6 +35,13 @@ impl Engine {
                 .all(|&(op, mark)| op > self.durable_op && op <= self.last_op && mark <= last),
             "member {id}: unflushed marks out of range"
         );
+        if let Some(lost_in) = self.abstain_until_after_term {
+            assert!(
+                self.hard.term > lost_in,
+                "member {id}: abstaining after a loss in term {lost_in} while still in term {}",
+                self.hard.term
+            );
+        }
         assert!(
             self.log.last_term() <= self.hard.term,
             "member {id}: log term beyond current term"

@@ -306,7 +306,6 @@ impl Engine {
         leader_commit: Index,
     ) {
         self.accept_leader(from);
-        self.note_leader_commit_while_abstaining(leader_commit);
         let (mut prev, mut prev_term) = (prev_log_index, prev_log_term);
         // Entries before our log start are committed here, hence match the leader's.
         if prev + 1 < self.log.start() {

@@ -140,3 +140,18 @@ fn regression_seed_24447_follower_that_lost_its_tail_converges() {
         "the seed no longer cuts a log: {report:?}"
     );
 }
+
+/// Seed 43626: member 3 acknowledged entry 18, then restarted with its log cut at
+/// 14. Its acknowledgement, still in flight, made the leader commit 18 after the
+/// leader had sent the commit index (17) that ended the restarted member's
+/// abstention, so member 3 voted again without 18 and a leader lacking it was
+/// elected. A member that lost its tail now starts in a term of its own and
+/// abstains until it holds a committed entry of a later term.
+#[test]
+fn regression_seed_43626_lost_tail_abstains_until_a_newer_term_commits() {
+    let report = run(SimConfig::for_seed(43626)).unwrap_or_else(|failure| panic!("{failure}"));
+    assert!(
+        report.lost_tails > 0,
+        "the seed no longer cuts a log: {report:?}"
+    );
+}
