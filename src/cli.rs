@@ -28,6 +28,8 @@ pub enum CliError {
     Dev(#[from] DevError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("cannot pick ports for a local cluster: {0}")]
+    Ports(#[from] crate::ports::PortError),
     #[error(
         "cannot start a client executor: {0} (glommio needs io_uring and enough locked memory; see `ulimit -l` in the README)"
     )]
@@ -451,15 +453,9 @@ impl LocalCluster {
 
 fn start_local(local: &LocalBench) -> Result<(LocalCluster, Vec<String>, PathBuf), CliError> {
     let dir = std::env::temp_dir().join(format!("ringlog-bench-{}", std::process::id()));
-    let base = (17_400..30_000)
-        .step_by(40)
-        .find(|&base| {
-            (0..local.nodes as u16).all(|i| {
-                (0..3)
-                    .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + 10 * i + o)).is_ok())
-            })
-        })
-        .ok_or_else(|| CliError::Usage("no free ports for a local cluster".into()))?;
+    // The same allocator as the tests', so that a benchmark started from a test
+    // never shares a port with another node of that test.
+    let base = crate::ports::free_port_run(dev::ports_spanned(local.nodes))?;
     let mut configs = dev::configs(local.nodes, base, &dir, local.shards)?;
     let mut proxies = Vec::new();
     for config in &mut configs {

@@ -133,19 +133,11 @@ fn invalid_config_is_refused_naming_the_key() {
     assert!(stderr.contains("cannot read config file"), "{stderr}");
 }
 
-/// A base port whose dev-cluster ports (B .. B+22) are all free, below the kernel's
-/// ephemeral range.
+/// A base port whose 3-node dev-cluster ports are all free, from the same
+/// allocator as every other port of the tests.
 fn free_base_port() -> u16 {
-    loop {
-        let base = free_port();
-        let offsets = (0..3).flat_map(|i| (0..3).map(move |o| 10 * i + o));
-        let all_free = offsets
-            .map(|o| base.checked_add(o))
-            .all(|p| p.is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()));
-        if all_free && base < 32_000 {
-            return base;
-        }
-    }
+    ringlog::ports::free_port_run(ringlog::runtime::dev::ports_spanned(3))
+        .expect("consecutive free ports for a dev cluster")
 }
 
 fn ringlog(args: &[&str]) -> std::process::Output {
