@@ -122,19 +122,27 @@ pub fn dev(nodes: u32, dir: &Path, base_port: u16, shards: u32) -> Result<(), Cl
 /// Runs `work` with a client on a small glommio executor of its own.
 fn with_client<T>(
     addr: &str,
+    timeout: Duration,
     work: impl AsyncFnOnce(&Client) -> Result<T, CliError>,
 ) -> Result<T, CliError> {
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(1 << 20)
         .make()
         .map_err(|e| CliError::Executor(e.to_string()))?;
-    let client = Client::new(ClientConfig::new(vec![addr.to_string()]));
+    let mut config = ClientConfig::new(vec![addr.to_string()]);
+    config.retry_deadline_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
+    let client = Client::new(config);
     executor.run(async move { work(&client).await })
 }
 
 /// Appends each record (the arguments, or else each line of stdin) and prints its
 /// index, one per line.
-pub fn append(addr: &str, partition: u32, records: Vec<String>) -> Result<(), CliError> {
+pub fn append(
+    addr: &str,
+    partition: u32,
+    records: Vec<String>,
+    timeout: Duration,
+) -> Result<(), CliError> {
     let records: Vec<Bytes> = if records.is_empty() {
         let lines = std::io::stdin()
             .lock()
@@ -147,7 +155,7 @@ pub fn append(addr: &str, partition: u32, records: Vec<String>) -> Result<(), Cl
     if records.is_empty() {
         return Ok(());
     }
-    with_client(addr, async |client| {
+    with_client(addr, timeout, async |client| {
         let ok = client.append(partition, records).await?;
         let mut out = std::io::stdout().lock();
         for index in ok.first_index..=ok.last_index {
@@ -171,9 +179,10 @@ pub fn read(
     from: u64,
     follow: bool,
     format: ReadFormat,
+    timeout: Duration,
 ) -> Result<(), CliError> {
     let stop = stop_on_signals()?;
-    with_client(addr, async |client| {
+    with_client(addr, timeout, async |client| {
         // Learn the leaders first: the leader's reads are linearizable and so see
         // every append acknowledged before; a follower's may lag by a heartbeat.
         let _ = client.metadata().await;
@@ -223,8 +232,8 @@ pub fn format_record(partition: u32, index: u64, payload: &[u8], format: ReadFor
     }
 }
 
-pub fn status(addr: &str) -> Result<(), CliError> {
-    with_client(addr, async |client| {
+pub fn status(addr: &str, timeout: Duration) -> Result<(), CliError> {
+    with_client(addr, timeout, async |client| {
         let metadata = client.metadata().await?;
         // Each node reports its own view of each partition; asking all of them
         // gives every member's last index, hence how far each follower lags.
@@ -377,6 +386,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
 }
 
+/// Parses `--timeout`: a duration like `30s`, `500ms` or `2m`, or a plain number of
+/// milliseconds (the unit of the client's `retry_deadline_ms`).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(_) => parse_duration(text),
+    }
+}
+
 /// `ringlog bench`: against running nodes, or (`local`) a local 3-node cluster it
 /// starts in a temporary directory, benchmarks and stops.
 pub fn bench(
@@ -402,7 +420,7 @@ pub fn bench(
         server_pids: cluster.as_ref().map_or(Vec::new(), |c| c.nodes.pids()),
         ..config
     };
-    let report = with_client(&addrs[0], async |client| {
+    let report = with_client(&addrs[0], Duration::from_secs(30), async |client| {
         if cluster.is_some() {
             await_leaders(client).await?;
         }

@@ -200,7 +200,7 @@ fn unreachable_nodes_fail_after_bounded_retries() {
         let client = Client::new(fast_retries(vec![format!("127.0.0.1:{port}")]));
         let err = client.metadata().await.unwrap_err();
         assert!(
-            matches!(&err, ClientError::RetriesExhausted { attempts: 4, last } if matches!(**last, ClientError::Connect { .. })),
+            matches!(&err, ClientError::RetriesExhausted { attempts: 4, last, .. } if matches!(**last, ClientError::Connect { .. })),
             "{err}"
         );
     });
