@@ -590,7 +590,7 @@ impl Client {
 fn describe_ms(ms: u64) -> String {
     if ms < 1_000 {
         format!("{ms} ms")
-    } else if ms % 1_000 == 0 || ms >= 10_000 {
+    } else if ms.is_multiple_of(1_000) || ms >= 10_000 {
         format!("{} s", (ms + 500) / 1_000)
     } else {
         format!("{:.1} s", ms as f64 / 1_000.0)
