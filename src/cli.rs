@@ -28,6 +28,8 @@ pub enum CliError {
     Dev(#[from] DevError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("cannot pick ports for a local cluster: {0}")]
+    Ports(#[from] crate::ports::PortError),
     #[error(
         "cannot start a client executor: {0} (glommio needs io_uring and enough locked memory; see `ulimit -l` in the README)"
     )]
@@ -120,19 +122,27 @@ pub fn dev(nodes: u32, dir: &Path, base_port: u16, shards: u32) -> Result<(), Cl
 /// Runs `work` with a client on a small glommio executor of its own.
 fn with_client<T>(
     addr: &str,
+    timeout: Duration,
     work: impl AsyncFnOnce(&Client) -> Result<T, CliError>,
 ) -> Result<T, CliError> {
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(1 << 20)
         .make()
         .map_err(|e| CliError::Executor(e.to_string()))?;
-    let client = Client::new(ClientConfig::new(vec![addr.to_string()]));
+    let mut config = ClientConfig::new(vec![addr.to_string()]);
+    config.retry_deadline_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
+    let client = Client::new(config);
     executor.run(async move { work(&client).await })
 }
 
 /// Appends each record (the arguments, or else each line of stdin) and prints its
 /// index, one per line.
-pub fn append(addr: &str, partition: u32, records: Vec<String>) -> Result<(), CliError> {
+pub fn append(
+    addr: &str,
+    partition: u32,
+    records: Vec<String>,
+    timeout: Duration,
+) -> Result<(), CliError> {
     let records: Vec<Bytes> = if records.is_empty() {
         let lines = std::io::stdin()
             .lock()
@@ -145,7 +155,7 @@ pub fn append(addr: &str, partition: u32, records: Vec<String>) -> Result<(), Cl
     if records.is_empty() {
         return Ok(());
     }
-    with_client(addr, async |client| {
+    with_client(addr, timeout, async |client| {
         let ok = client.append(partition, records).await?;
         let mut out = std::io::stdout().lock();
         for index in ok.first_index..=ok.last_index {
@@ -169,9 +179,10 @@ pub fn read(
     from: u64,
     follow: bool,
     format: ReadFormat,
+    timeout: Duration,
 ) -> Result<(), CliError> {
     let stop = stop_on_signals()?;
-    with_client(addr, async |client| {
+    with_client(addr, timeout, async |client| {
         // Learn the leaders first: the leader's reads are linearizable and so see
         // every append acknowledged before; a follower's may lag by a heartbeat.
         let _ = client.metadata().await;
@@ -221,8 +232,8 @@ pub fn format_record(partition: u32, index: u64, payload: &[u8], format: ReadFor
     }
 }
 
-pub fn status(addr: &str) -> Result<(), CliError> {
-    with_client(addr, async |client| {
+pub fn status(addr: &str, timeout: Duration) -> Result<(), CliError> {
+    with_client(addr, timeout, async |client| {
         let metadata = client.metadata().await?;
         // Each node reports its own view of each partition; asking all of them
         // gives every member's last index, hence how far each follower lags.
@@ -375,6 +386,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
 }
 
+/// Parses `--timeout`: a duration like `30s`, `500ms` or `2m`, or a plain number of
+/// milliseconds (the unit of the client's `retry_deadline_ms`).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(_) => parse_duration(text),
+    }
+}
+
 /// `ringlog bench`: against running nodes, or (`local`) a local 3-node cluster it
 /// starts in a temporary directory, benchmarks and stops.
 pub fn bench(
@@ -400,7 +420,7 @@ pub fn bench(
         server_pids: cluster.as_ref().map_or(Vec::new(), |c| c.nodes.pids()),
         ..config
     };
-    let report = with_client(&addrs[0], async |client| {
+    let report = with_client(&addrs[0], Duration::from_secs(30), async |client| {
         if cluster.is_some() {
             await_leaders(client).await?;
         }
@@ -451,15 +471,9 @@ impl LocalCluster {
 
 fn start_local(local: &LocalBench) -> Result<(LocalCluster, Vec<String>, PathBuf), CliError> {
     let dir = std::env::temp_dir().join(format!("ringlog-bench-{}", std::process::id()));
-    let base = (17_400..30_000)
-        .step_by(40)
-        .find(|&base| {
-            (0..local.nodes as u16).all(|i| {
-                (0..3)
-                    .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + 10 * i + o)).is_ok())
-            })
-        })
-        .ok_or_else(|| CliError::Usage("no free ports for a local cluster".into()))?;
+    // The same allocator as the tests', so that a benchmark started from a test
+    // never shares a port with another node of that test.
+    let base = crate::ports::free_port_run(dev::ports_spanned(local.nodes))?;
     let mut configs = dev::configs(local.nodes, base, &dir, local.shards)?;
     let mut proxies = Vec::new();
     for config in &mut configs {

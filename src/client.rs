@@ -44,7 +44,14 @@ pub struct ClientConfig {
     /// How long one attempt waits for its answer (a read's own wait is added).
     pub request_timeout_ms: u64,
     pub write_timeout_ms: u64,
-    /// Attempts after the first that a request may make on retryable failures.
+    /// How long a request keeps retrying retryable failures (connection refused,
+    /// no leader yet, ...) before giving up, like Kafka's `delivery.timeout.ms`. No
+    /// attempt starts after it; an attempt already sent may still take up to
+    /// `request_timeout_ms`, because cutting it short would make an append's outcome
+    /// unknown.
+    pub retry_deadline_ms: u64,
+    /// Attempts after the first that a request may make on retryable failures; by
+    /// default unlimited, so that `retry_deadline_ms` is the bound.
     pub retries_max: u32,
     /// NotLeader redirects one request may follow.
     pub redirects_max: u32,
@@ -64,7 +71,8 @@ impl ClientConfig {
             connect_timeout_ms: 1_000,
             request_timeout_ms: 5_000,
             write_timeout_ms: 5_000,
-            retries_max: 5,
+            retry_deadline_ms: 30_000,
+            retries_max: u32::MAX,
             redirects_max: 5,
             retry_backoff_initial_ms: 20,
             retry_backoff_max_ms: 1_000,
@@ -93,9 +101,13 @@ pub enum ClientError {
     AppendAmbiguous { addr: String, reason: String },
     #[error("{addr} sent a response that does not fit the request: {reason}")]
     Protocol { addr: String, reason: String },
-    #[error("gave up after {attempts} attempts; last error: {last}")]
+    #[error(
+        "gave up after {} ({attempts} attempts); last error: {last}",
+        describe_ms(*elapsed_ms)
+    )]
     RetriesExhausted {
         attempts: u32,
+        elapsed_ms: u64,
         last: Box<ClientError>,
     },
     #[error("no node address to try")]
@@ -445,6 +457,8 @@ impl Client {
             Some(a) => a,
             None => self.next_bootstrap_addr().ok_or(ClientError::NoNodes)?,
         };
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(self.config.retry_deadline_ms);
         let (mut retries, mut redirects) = (0u32, 0u32);
         loop {
             let result = self.attempt(&addr, request).await;
@@ -536,14 +550,16 @@ impl Client {
                     None,
                 ),
             };
-            if retries >= self.config.retries_max {
+            let backoff = Duration::from_millis(self.backoff_ms(retries));
+            if retries >= self.config.retries_max || Instant::now() + backoff >= deadline {
                 return Err(ClientError::RetriesExhausted {
                     attempts: retries + 1,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
                     last: Box::new(failure),
                 });
             }
             log::debug!("retrying after: {failure}");
-            glommio::timer::sleep(Duration::from_millis(self.backoff_ms(retries))).await;
+            glommio::timer::sleep(backoff).await;
             retries += 1;
             addr = match next_addr {
                 Some(a) => a,
@@ -567,6 +583,17 @@ impl Client {
         if let Some(p) = partition {
             self.leaders.borrow_mut().remove(&p);
         }
+    }
+}
+
+/// A duration for people: "800 ms", "1.5 s", "30 s".
+fn describe_ms(ms: u64) -> String {
+    if ms < 1_000 {
+        format!("{ms} ms")
+    } else if ms.is_multiple_of(1_000) || ms >= 10_000 {
+        format!("{} s", (ms + 500) / 1_000)
+    } else {
+        format!("{:.1} s", ms as f64 / 1_000.0)
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`runtime`]: node configuration, start-up checks, the dev cluster launcher.
 //! - [`metrics`]: Prometheus metrics, the `/metrics` and `/health` endpoints.
 //! - [`history`]: the chaos tests' checker of client histories against final logs.
+//! - [`ports`]: free loopback ports for tests and local clusters, never one twice.
 //! - [`proxy`]: a TCP fault proxy (delay, jitter, stall, partition) for tests and benchmarks.
 //! - [`transport`]: frame codec, peer links and the client protocol's server side.
 //! - [`client`]: the Rust client library used by the CLI and the benchmark.
@@ -16,6 +17,7 @@ pub mod client;
 pub mod engine;
 pub mod history;
 pub mod metrics;
+pub mod ports;
 pub mod proxy;
 pub mod runtime;
 pub mod transport;

@@ -76,6 +76,10 @@ enum Command {
         #[arg(long)]
         partition: u32,
         records: Vec<String>,
+        /// How long to keep retrying while no node answers or no leader is elected,
+        /// e.g. `30s`, `500ms`, `2m`; a plain number is milliseconds.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_timeout)]
+        timeout: Duration,
     },
     /// Read records of a partition in order.
     Read {
@@ -90,11 +94,19 @@ enum Command {
         follow: bool,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+        /// How long to keep retrying while no node answers or no leader is elected,
+        /// e.g. `30s`, `500ms`, `2m`; a plain number is milliseconds.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_timeout)]
+        timeout: Duration,
     },
     /// Show nodes, partitions, leaders and indexes.
     Status {
         #[arg(long)]
         addr: String,
+        /// How long to keep retrying while no node answers or no leader is elected,
+        /// e.g. `30s`, `500ms`, `2m`; a plain number is milliseconds.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_timeout)]
+        timeout: Duration,
     },
     /// Measure throughput and latency of a cluster.
     Bench {
@@ -213,21 +225,23 @@ fn run() -> anyhow::Result<()> {
             addr,
             partition,
             records,
-        } => cli::append(&addr, partition, records)?,
+            timeout,
+        } => cli::append(&addr, partition, records, timeout)?,
         Command::Read {
             addr,
             partition,
             from,
             follow,
             format,
+            timeout,
         } => {
             let format = match format {
                 Format::Text => ReadFormat::Text,
                 Format::Json => ReadFormat::Json,
             };
-            cli::read(&addr, partition, from, follow, format)?
+            cli::read(&addr, partition, from, follow, format, timeout)?
         }
-        Command::Status { addr } => cli::status(&addr)?,
+        Command::Status { addr, timeout } => cli::status(&addr, timeout)?,
         Command::Bench {
             addr,
             local,

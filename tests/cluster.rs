@@ -133,19 +133,11 @@ fn invalid_config_is_refused_naming_the_key() {
     assert!(stderr.contains("cannot read config file"), "{stderr}");
 }
 
-/// A base port whose dev-cluster ports (B .. B+22) are all free, below the kernel's
-/// ephemeral range.
+/// A base port whose 3-node dev-cluster ports are all free, from the same
+/// allocator as every other port of the tests.
 fn free_base_port() -> u16 {
-    loop {
-        let base = free_port();
-        let offsets = (0..3).flat_map(|i| (0..3).map(move |o| 10 * i + o));
-        let all_free = offsets
-            .map(|o| base.checked_add(o))
-            .all(|p| p.is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()));
-        if all_free && base < 32_000 {
-            return base;
-        }
-    }
+    ringlog::ports::free_port_run(ringlog::runtime::dev::ports_spanned(3))
+        .expect("consecutive free ports for a dev cluster")
 }
 
 fn ringlog(args: &[&str]) -> std::process::Output {
@@ -334,4 +326,73 @@ fn reads_of_one_record_at_a_time_step_over_leader_no_ops() {
         }
         assert_eq!(seen, records);
     });
+}
+
+/// Right after `ringlog dev` starts, nothing listens yet and then no leader is
+/// elected: the CLI keeps retrying until its deadline instead of giving up after a
+/// fixed number of attempts.
+#[test]
+fn append_started_before_the_cluster_succeeds_once_it_is_up() {
+    let mut cluster = TestCluster::configure_routed(3, 1, |_, _, addr| addr);
+    let addr = cluster.client_addr(0);
+    let append = std::process::Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(["append", "--addr", &addr, "--partition", "0", "early"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The delay is the scenario, not synchronisation: the client must outlast
+    // seconds of refused connections (the old 6 attempts lasted about 1 s).
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.spawn_all();
+    let out = append.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(index.parse::<u64>().is_ok_and(|i| i >= 1), "{index}");
+}
+
+#[test]
+fn append_with_a_short_timeout_gives_up_in_words() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let out = ringlog(&[
+        "append",
+        "--addr",
+        &addr,
+        "--partition",
+        "0",
+        "--timeout",
+        "1s",
+        "x",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(stderr.contains("gave up after"), "{stderr}");
+    assert!(stderr.contains("last error: cannot connect to"), "{stderr}");
+    let garbage = ringlog(&[
+        "append",
+        "--addr",
+        &addr,
+        "--partition",
+        "0",
+        "--timeout",
+        "soon",
+        "x",
+    ]);
+    assert!(!garbage.status.success());
+    assert!(
+        String::from_utf8_lossy(&garbage.stderr).contains("not a duration"),
+        "{}",
+        String::from_utf8_lossy(&garbage.stderr)
+    );
 }

@@ -196,15 +196,11 @@ fn overloaded_is_retried_within_limits() {
 #[test]
 fn unreachable_nodes_fail_after_bounded_retries() {
     run(|| async {
-        let port = glommio::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = ringlog::ports::free_port().unwrap();
         let client = Client::new(fast_retries(vec![format!("127.0.0.1:{port}")]));
         let err = client.metadata().await.unwrap_err();
         assert!(
-            matches!(&err, ClientError::RetriesExhausted { attempts: 4, last } if matches!(**last, ClientError::Connect { .. })),
+            matches!(&err, ClientError::RetriesExhausted { attempts: 4, last, .. } if matches!(**last, ClientError::Connect { .. })),
             "{err}"
         );
     });

@@ -299,11 +299,7 @@ fn heartbeats_pass_a_stalled_bulk_lane() {
 fn link_reconnects_with_backoff_when_the_peer_appears() {
     run(|| async {
         // Find a free port, then leave it closed so the link's first connects fail.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = ringlog::ports::free_port().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let config = PeerConfig {
             backoff_initial_ms: 5,
@@ -427,11 +423,7 @@ fn wrong_cluster_is_refused_on_both_sides() {
 #[test]
 fn queue_policy_drops_old_heartbeats_and_pushes_back_bulk() {
     run(|| async {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = ringlog::ports::free_port().unwrap();
         let config = PeerConfig {
             control_queue_messages_max: 4,
             bulk_queue_messages_max: 2,

@@ -98,7 +98,7 @@ pub struct AppendOk {
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq, Hash)]
 pub enum AppendError {
     /// Nothing was appended; `leader` is who the engine believes leads.
-    #[error("not the leader (leader hint: {leader:?})")]
+    #[error("not the leader; {}", leader.map_or("no leader known".to_string(), |l| format!("the leader is node {l}")))]
     NotLeader { leader: Option<NodeId> },
     /// Nothing was appended: too much is waiting to commit.
     #[error("overloaded: too many appends waiting to commit")]
@@ -117,7 +117,7 @@ pub enum AppendError {
 
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq, Hash)]
 pub enum ReadError {
-    #[error("not the leader (leader hint: {leader:?})")]
+    #[error("not the leader; {}", leader.map_or("no leader known".to_string(), |l| format!("the leader is node {l}")))]
     NotLeader { leader: Option<NodeId> },
     #[error("overloaded: too many reads waiting")]
     Overloaded,

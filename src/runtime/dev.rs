@@ -35,6 +35,13 @@ pub enum DevError {
     Signal(String),
 }
 
+/// How many consecutive ports from the base port a dev cluster of `nodes` nodes
+/// spans: node i listens on BASE+10i (clients), BASE+10i+1 (peers) and BASE+10i+2
+/// (metrics).
+pub fn ports_spanned(nodes: u32) -> u16 {
+    (10 * nodes.clamp(1, 9) - 7) as u16
+}
+
 /// The configs of a dev cluster of `nodes` nodes under `dir`.
 pub fn configs(
     nodes: u32,

@@ -120,7 +120,7 @@ pub enum ClientResponse {
 pub enum ServerError {
     /// This node does not lead the partition. `leader_addr` is the leader's client
     /// address when known; a client retries there.
-    #[error("not the leader (leader: {leader:?} at {leader_addr:?})")]
+    #[error("not the leader; {}", describe_leader(*leader, leader_addr.as_deref()))]
     NotLeader {
         leader: Option<NodeId>,
         leader_addr: Option<String>,
@@ -136,6 +136,17 @@ pub enum ServerError {
     InvalidRequest { reason: String },
     #[error("unavailable: {reason}")]
     Unavailable { reason: String },
+}
+
+/// Who leads, in words, for `NotLeader` messages: Option debug output means nothing
+/// to someone reading a CLI error.
+fn describe_leader(leader: Option<NodeId>, leader_addr: Option<&str>) -> String {
+    match (leader, leader_addr) {
+        (Some(node), Some(addr)) => format!("the leader is node {node} at {addr}"),
+        (Some(node), None) => format!("the leader is node {node}, address unknown"),
+        (None, Some(addr)) => format!("the leader is at {addr}"),
+        (None, None) => "no leader elected yet".to_string(),
+    }
 }
 
 impl ServerError {
@@ -452,4 +463,26 @@ pub fn decode_response(frame: &Frame) -> Result<Result<ClientResponse, ServerErr
     };
     r.finish()?;
     Ok(response)
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::*;
+
+    #[test]
+    fn not_leader_says_in_words_who_leads() {
+        let none = ServerError::NotLeader {
+            leader: None,
+            leader_addr: None,
+        };
+        assert_eq!(none.to_string(), "not the leader; no leader elected yet");
+        let known = ServerError::NotLeader {
+            leader: Some(2),
+            leader_addr: Some("127.0.0.1:5010".into()),
+        };
+        assert_eq!(
+            known.to_string(),
+            "not the leader; the leader is node 2 at 127.0.0.1:5010"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
@@ -17,23 +17,11 @@ use ringlog::client::{Client, ClientConfig};
 use ringlog::runtime::config::{Listen, Member, NodeConfig, RaftSettings, WalSettings};
 use ringlog::transport::{Metadata, ReadRequest};
 
-/// A free port below the kernel's ephemeral range (32768 and up by default), so
-/// that no outgoing connection can take it while its node is down for a restart.
+/// A free port from the project's allocator (`ringlog::ports`): never one handed
+/// to another test of this binary, and below the ephemeral range so that no
+/// outgoing connection can take it while its node is down for a restart.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let salt = std::process::id() as u64 * 7919 + nanos as u64;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + ((salt + n * 104_729) % 12_000) as u16;
-        if TcpListener::bind(loopback(port)).is_ok() {
-            return port;
-        }
-    }
+    ringlog::ports::free_port().expect("a free loopback port")
 }
 
 fn loopback(port: u16) -> SocketAddr {
