@@ -386,15 +386,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
 }
 
-/// Parses `--timeout`: a duration like `30s`, `500ms` or `2m`, or a plain number of
-/// milliseconds (the unit of the client's `retry_deadline_ms`).
-pub fn parse_timeout(text: &str) -> Result<Duration, String> {
-    match text.parse::<u64>() {
-        Ok(ms) => Ok(Duration::from_millis(ms)),
-        Err(_) => parse_duration(text),
-    }
-}
-
 /// `ringlog bench`: against running nodes, or (`local`) a local 3-node cluster it
 /// starts in a temporary directory, benchmarks and stops.
 pub fn bench(

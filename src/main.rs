@@ -77,8 +77,8 @@ enum Command {
         partition: u32,
         records: Vec<String>,
         /// How long to keep retrying while no node answers or no leader is elected,
-        /// e.g. `30s`, `500ms`, `2m`; a plain number is milliseconds.
-        #[arg(long, default_value = "30s", value_parser = cli::parse_timeout)]
+        /// e.g. `30s`, `500ms`, `2m`; a plain number is seconds, as for `bench --duration`.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
         timeout: Duration,
     },
     /// Read records of a partition in order.
@@ -95,8 +95,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
         /// How long to keep retrying while no node answers or no leader is elected,
-        /// e.g. `30s`, `500ms`, `2m`; a plain number is milliseconds.
-        #[arg(long, default_value = "30s", value_parser = cli::parse_timeout)]
+        /// e.g. `30s`, `500ms`, `2m`; a plain number is seconds, as for `bench --duration`.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
         timeout: Duration,
     },
     /// Show nodes, partitions, leaders and indexes.
@@ -104,8 +104,8 @@ enum Command {
         #[arg(long)]
         addr: String,
         /// How long to keep retrying while no node answers or no leader is elected,
-        /// e.g. `30s`, `500ms`, `2m`; a plain number is milliseconds.
-        #[arg(long, default_value = "30s", value_parser = cli::parse_timeout)]
+        /// e.g. `30s`, `500ms`, `2m`; a plain number is seconds, as for `bench --duration`.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
         timeout: Duration,
     },
     /// Measure throughput and latency of a cluster.

@@ -372,8 +372,9 @@ fn append_with_a_short_timeout_gives_up_in_words() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
+    // Far below the 30 s default, with room for a loaded machine: the flag counts.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(15),
         "{:?}",
         started.elapsed()
     );
