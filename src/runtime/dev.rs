@@ -105,7 +105,7 @@ pub fn write_configs(dir: &Path, configs: &[NodeConfig]) -> Result<Vec<PathBuf>,
                 path: path.clone(),
                 reason: e.to_string(),
             };
-            std::fs::create_dir_all(&node_dir).map_err(fail)?;
+            crate::wal::dir::create_dir_durably(&node_dir).map_err(fail)?;
             std::fs::write(&path, config.to_toml()).map_err(fail)?;
             Ok(path)
         })

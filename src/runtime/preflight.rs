@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::engine::NodeId;
+use crate::wal::dir::{DirSyncer, create_dir_durably_with, sync_dir};
 
 #[derive(Debug, Error)]
 pub enum PreflightError {
@@ -108,11 +109,23 @@ pub const IDENTITY_FILE: &str = "ringlog-node-id";
 /// Creates `dir` if needed, proves it writable, and checks (or, the first time,
 /// records durably) that it belongs to this cluster and node.
 pub fn check_data_dir(dir: &Path, cluster: u64, node: NodeId) -> Result<(), PreflightError> {
+    check_data_dir_with(dir, cluster, node, &mut sync_dir)
+}
+
+/// `check_data_dir` with the syncs of the directory's creation going to `sync`.
+fn check_data_dir_with(
+    dir: &Path,
+    cluster: u64,
+    node: NodeId,
+    sync: DirSyncer,
+) -> Result<(), PreflightError> {
     let unusable = |reason: String| PreflightError::DataDirUnusable {
         path: dir.to_path_buf(),
         reason,
     };
-    std::fs::create_dir_all(dir).map_err(|e| unusable(format!("cannot create it: {e}")))?;
+    // The identity file and every shard's WAL live below: the directory's own
+    // entry must survive a power loss as surely as they do.
+    create_dir_durably_with(dir, sync).map_err(|e| unusable(format!("cannot create it: {e}")))?;
     let identity_path = dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&identity_path) {
         Ok(text) => {
@@ -156,7 +169,7 @@ fn write_identity(dir: &Path, cluster: u64, node: NodeId) -> std::io::Result<()>
     writeln!(file, "cluster_id={cluster}\nnode_id={node}")?;
     file.sync_all()?;
     std::fs::rename(&temporary, dir.join(IDENTITY_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    sync_dir(dir)
 }
 
 fn probe_writable(dir: &Path) -> std::io::Result<()> {
@@ -222,6 +235,7 @@ pub const LOCK_FILE: &str = "ringlog.lock";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::dir::tests::recording;
 
     #[test]
     fn io_uring_is_available_here() {
@@ -262,6 +276,15 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_fresh_data_dir_is_synced_into_its_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut synced = Vec::new();
+        check_data_dir_with(&data, 7, 1, &mut recording(&mut synced)).expect("claimed");
+        assert_eq!(synced, [dir.path().to_path_buf(), data]);
     }
 
     #[test]

@@ -900,10 +900,8 @@ fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
     std::io::Write::write_all(&mut file, format!("{text}\n").as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    // A bare relative name has an empty parent: its directory is the current one.
+    crate::wal::dir::sync_dir(crate::wal::dir::parent_dir(path))
 }
 
 /// Client records from `from` up to `to` (exclusive). A WAL read may stop early

@@ -11,15 +11,21 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RLWALSEG";
 /// The first eight bytes of both hard-state slots.
 pub const HARD_STATE_MAGIC: [u8; 8] = *b"RLHSTATE";
-/// The format version written in segment headers and hard-state slots.
-pub const FORMAT_VERSION: u32 = 1;
+/// The segment header version written now: the header records the segment's size.
+pub const SEGMENT_VERSION: u16 = 2;
+/// The first segment header version, which does not record the segment's size: such
+/// a segment is taken to be as large as the configured `segment_size_bytes`.
+pub const SEGMENT_VERSION_UNSIZED: u16 = 1;
+/// The format version written in hard-state slots. Segment headers have their own
+/// version, so that a change to them leaves existing hard-state files readable.
+pub const HARD_STATE_VERSION: u32 = 1;
 /// A constant byte in every record header; a zero-filled region never looks like a
 /// header, which makes a clean end of log cheap to recognise.
 pub const RECORD_MAGIC: u8 = 0xA7;
 /// Record kind code for padding that fills a block after the last record of a flush.
 pub const KIND_PAD: u8 = 0xFE;
 /// Segment header flag: this segment discards every older segment (ResetLog).
-pub const SEGMENT_FLAG_RESET: u32 = 1;
+pub const SEGMENT_FLAG_RESET: u16 = 1;
 /// Hard-state flag: `voted_for` holds a vote.
 pub const HARD_STATE_FLAG_VOTED: u32 = 1;
 
@@ -51,8 +57,12 @@ const _: () = assert!(size_of::<RecordHeader>() == RECORD_HEADER_BYTES);
 #[repr(C)]
 pub struct SegmentHeader {
     pub magic: [u8; 8],
-    pub version: U32,
-    pub flags: U32,
+    /// At the offset of the first version's 32-bit version, whose low half it is.
+    pub version: U16,
+    pub flags: U16,
+    /// The size of this segment file, header block included: recovery reads this
+    /// much, whatever the configuration says now.
+    pub segment_size_bytes: U32,
     pub segment_seq: U64,
     pub first_index: U64,
     pub prev_term: U64,
@@ -62,6 +72,22 @@ pub struct SegmentHeader {
 }
 pub const SEGMENT_HEADER_BYTES: usize = 48;
 const _: () = assert!(size_of::<SegmentHeader>() == SEGMENT_HEADER_BYTES);
+
+/// The first version's segment header, kept to read segments written before the
+/// header recorded the segment's size.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct SegmentHeaderUnsized {
+    magic: [u8; 8],
+    version: U32,
+    flags: U32,
+    segment_seq: U64,
+    first_index: U64,
+    prev_term: U64,
+    block_bytes: U32,
+    crc: U32,
+}
+const _: () = assert!(size_of::<SegmentHeaderUnsized>() == SEGMENT_HEADER_BYTES);
 
 /// One of the two slots of the hard-state file.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -197,16 +223,32 @@ pub struct SegmentInfo {
     pub first_index: Index,
     pub prev_term: Term,
     pub reset: bool,
+    /// The size of the segment file, header block included.
+    pub segment_size_bytes: u64,
+}
+
+/// Whether a segment of `segment_size_bytes` is possible with `block_bytes` blocks:
+/// a block multiple, the header block and at least one block of records, and small
+/// enough for the header's 32-bit field.
+pub fn segment_size_valid(segment_size_bytes: u64, block_bytes: usize) -> bool {
+    let block = block_bytes as u64;
+    block > 0
+        && segment_size_bytes.is_multiple_of(block)
+        && segment_size_bytes >= 2 * block
+        && segment_size_bytes <= u32::MAX as u64
 }
 
 /// Writes a segment header into the front of `block` (which must be zero).
 pub fn encode_segment_header(block: &mut [u8], info: &SegmentInfo, block_bytes: usize) {
     assert!(block.len() >= SEGMENT_HEADER_BYTES);
     assert!(info.first_index >= 1);
+    assert!(u32::try_from(block_bytes).is_ok());
+    assert!(segment_size_valid(info.segment_size_bytes, block_bytes));
     let mut header = SegmentHeader {
         magic: SEGMENT_MAGIC,
-        version: U32::new(FORMAT_VERSION),
-        flags: U32::new(if info.reset { SEGMENT_FLAG_RESET } else { 0 }),
+        version: U16::new(SEGMENT_VERSION),
+        flags: U16::new(if info.reset { SEGMENT_FLAG_RESET } else { 0 }),
+        segment_size_bytes: U32::new(info.segment_size_bytes as u32),
         segment_seq: U64::new(info.segment_seq),
         first_index: U64::new(info.first_index),
         prev_term: U64::new(info.prev_term),
@@ -217,21 +259,57 @@ pub fn encode_segment_header(block: &mut [u8], info: &SegmentInfo, block_bytes: 
     block[..SEGMENT_HEADER_BYTES].copy_from_slice(header.as_bytes());
 }
 
-/// Parses a segment header; `None` when it is absent or damaged.
-pub fn decode_segment_header(bytes: &[u8]) -> Option<SegmentInfo> {
+/// Parses a segment header; `None` when it is absent, damaged, or claims a block
+/// size other than `block_bytes` or an impossible segment size. A first-version
+/// header does not record its size: it gets `unsized_segment_bytes`.
+pub fn decode_segment_header(
+    bytes: &[u8],
+    block_bytes: usize,
+    unsized_segment_bytes: u64,
+) -> Option<SegmentInfo> {
     let (header, _) = SegmentHeader::read_from_prefix(bytes).ok()?;
     if header.magic != SEGMENT_MAGIC
-        || header.version.get() != FORMAT_VERSION
         || crc32fast::hash(&header.as_bytes()[..44]) != header.crc.get()
-        || header.first_index.get() == 0
+        || header.block_bytes.get() as usize != block_bytes
     {
+        return None;
+    }
+    let info = match segment_header_version(bytes)? {
+        SEGMENT_VERSION => SegmentInfo {
+            segment_seq: header.segment_seq.get(),
+            first_index: header.first_index.get(),
+            prev_term: header.prev_term.get(),
+            reset: header.flags.get() & SEGMENT_FLAG_RESET != 0,
+            segment_size_bytes: header.segment_size_bytes.get() as u64,
+        },
+        SEGMENT_VERSION_UNSIZED => decode_unsized(bytes, unsized_segment_bytes)?,
+        _ => return None,
+    };
+    (info.first_index != 0 && segment_size_valid(info.segment_size_bytes, block_bytes))
+        .then_some(info)
+}
+
+/// The version of the segment header at the start of `bytes`: both versions keep
+/// it (or its low half) in bytes 8..10. Only meaningful for a header that decodes.
+pub fn segment_header_version(bytes: &[u8]) -> Option<u16> {
+    let (header, _) = SegmentHeader::read_from_prefix(bytes).ok()?;
+    Some(header.version.get())
+}
+
+/// Parses a first-version segment header (magic, checksum and block size are
+/// already checked).
+fn decode_unsized(bytes: &[u8], segment_size_bytes: u64) -> Option<SegmentInfo> {
+    let (header, _) = SegmentHeaderUnsized::read_from_prefix(bytes).ok()?;
+    // Its version is 32 bits wide: the upper half must be zero too.
+    if header.version.get() != SEGMENT_VERSION_UNSIZED as u32 {
         return None;
     }
     Some(SegmentInfo {
         segment_seq: header.segment_seq.get(),
         first_index: header.first_index.get(),
         prev_term: header.prev_term.get(),
-        reset: header.flags.get() & SEGMENT_FLAG_RESET != 0,
+        reset: header.flags.get() & u32::from(SEGMENT_FLAG_RESET) != 0,
+        segment_size_bytes,
     })
 }
 
@@ -240,7 +318,7 @@ pub fn encode_hard_state(block: &mut [u8], seq: u64, state: &HardState) {
     assert!(block.len() >= HARD_STATE_SLOT_BYTES);
     let mut slot = HardStateSlot {
         magic: HARD_STATE_MAGIC,
-        version: U32::new(FORMAT_VERSION),
+        version: U32::new(HARD_STATE_VERSION),
         flags: U32::new(if state.voted_for.is_some() {
             HARD_STATE_FLAG_VOTED
         } else {
@@ -259,7 +337,7 @@ pub fn encode_hard_state(block: &mut [u8], seq: u64, state: &HardState) {
 pub fn decode_hard_state(bytes: &[u8]) -> Option<(u64, HardState)> {
     let (slot, _) = HardStateSlot::read_from_prefix(bytes).ok()?;
     if slot.magic != HARD_STATE_MAGIC
-        || slot.version.get() != FORMAT_VERSION
+        || slot.version.get() != HARD_STATE_VERSION
         || crc32fast::hash(&slot.as_bytes()[..36]) != slot.crc.get()
     {
         return None;
@@ -307,10 +385,12 @@ mod tests {
             first_index: 100,
             prev_term: 2,
             reset: true,
+            segment_size_bytes: 64 << 10,
         };
         let mut block = vec![0u8; 512];
         encode_segment_header(&mut block, &info, 512);
-        assert_eq!(decode_segment_header(&block), Some(info));
+        assert_eq!(decode_segment_header(&block, 512, 1 << 20), Some(info));
+        assert_eq!(decode_segment_header(&block, 4096, 1 << 20), None);
         let state = HardState {
             term: 5,
             voted_for: Some(0),
@@ -318,5 +398,60 @@ mod tests {
         let mut block = vec![0u8; 512];
         encode_hard_state(&mut block, 11, &state);
         assert_eq!(decode_hard_state(&block), Some((11, state)));
+    }
+
+    /// A header with `segment_size_bytes` set to `size` and a valid checksum.
+    fn sized_header(size: u32) -> Vec<u8> {
+        let mut header = SegmentHeader {
+            magic: SEGMENT_MAGIC,
+            version: U16::new(SEGMENT_VERSION),
+            flags: U16::new(0),
+            segment_size_bytes: U32::new(size),
+            segment_seq: U64::new(1),
+            first_index: U64::new(1),
+            prev_term: U64::new(0),
+            block_bytes: U32::new(512),
+            crc: U32::new(0),
+        };
+        header.crc = U32::new(crc32fast::hash(&header.as_bytes()[..44]));
+        header.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn impossible_segment_sizes_make_the_header_invalid() {
+        assert!(decode_segment_header(&sized_header(16 << 10), 512, 0).is_some());
+        for size in [0, 512, 1000, 16 << 10 | 1, u32::MAX] {
+            assert_eq!(
+                decode_segment_header(&sized_header(size), 512, 0),
+                None,
+                "{size}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_version_headers_get_the_size_they_are_given() {
+        let mut header = SegmentHeaderUnsized {
+            magic: SEGMENT_MAGIC,
+            version: U32::new(SEGMENT_VERSION_UNSIZED as u32),
+            flags: U32::new(u32::from(SEGMENT_FLAG_RESET)),
+            segment_seq: U64::new(3),
+            first_index: U64::new(50),
+            prev_term: U64::new(2),
+            block_bytes: U32::new(512),
+            crc: U32::new(0),
+        };
+        header.crc = U32::new(crc32fast::hash(&header.as_bytes()[..44]));
+        let info = decode_segment_header(header.as_bytes(), 512, 8 << 10);
+        assert_eq!(
+            info,
+            Some(SegmentInfo {
+                segment_seq: 3,
+                first_index: 50,
+                prev_term: 2,
+                reset: true,
+                segment_size_bytes: 8 << 10,
+            })
+        );
     }
 }

@@ -295,6 +295,8 @@ impl<S: Storage> Wal<S> {
 
     fn start_spare(&self) {
         let storage = self.shared.storage.clone();
+        // Spares get the configured size, which `start_segment` records in the header
+        // of the segment each one becomes.
         let size = self.shared.config.segment_size_bytes;
         let zero_fill = self.zero_fill_next();
         let task = spawn_local(prepare_spare(storage, size, zero_fill));

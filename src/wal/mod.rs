@@ -25,6 +25,7 @@
 //! ```
 
 pub mod config;
+pub mod dir;
 pub mod error;
 pub mod format;
 pub mod hardstate;

@@ -4,7 +4,10 @@
 
 use super::config::WalConfig;
 use super::error::{WalError, WalResult, io_err};
-use super::format::{SEGMENT_HEADER_BYTES, decode_segment_header};
+use super::format::{
+    SEGMENT_HEADER_BYTES, SEGMENT_VERSION_UNSIZED, SegmentInfo, decode_segment_header,
+    segment_header_version,
+};
 use super::scan::{END_OF_RECORDS, Stop, Tail, classify_tail, scan_segment};
 use super::segment::{Segment, parse_segment_file_name};
 use super::storage::{Storage, StorageFile};
@@ -87,6 +90,47 @@ struct Found<F> {
     file: F,
 }
 
+/// Reads and checks the header of segment `found` (named for `first` and `seq`). The
+/// outer error is an I/O failure; the inner one says why the header is corrupt.
+async fn read_segment_header<F: StorageFile>(
+    found: &Found<F>,
+    first: Index,
+    seq: u64,
+    block: usize,
+    config: &WalConfig,
+) -> WalResult<Result<SegmentInfo, &'static str>> {
+    let context = || format!("reading {}", found.name);
+    let mut head = found
+        .file
+        .read_at(0, block)
+        .await
+        .map_err(io_err(context()))?
+        .to_vec();
+    head.resize(block, 0);
+    // The header block holds nothing but the header: the rest must be zero, so that
+    // every byte of it is checked.
+    let header_rest_clean = head[SEGMENT_HEADER_BYTES..].iter().all(|b| *b == 0);
+    let Some(info) = decode_segment_header(&head, block, config.segment_size_bytes)
+        .filter(|_| header_rest_clean)
+    else {
+        // The header is synced before the file gets its name, so a named segment with
+        // a bad header is damaged, never half-created.
+        return Ok(Err("segment header invalid"));
+    };
+    if info.first_index != first || info.segment_seq != seq {
+        return Ok(Err("segment header does not match the file name"));
+    }
+    // A header that records its size was written into a file prepared to that size
+    // (and synced) before it was named; a file shorter than that is damaged. This
+    // also bounds what recovery reads by what is on disk.
+    let sized = segment_header_version(&head) != Some(SEGMENT_VERSION_UNSIZED);
+    let file_bytes = found.file.size().await.map_err(io_err(context()))?;
+    if sized && info.segment_size_bytes > file_bytes {
+        return Ok(Err("segment header claims more bytes than the file holds"));
+    }
+    Ok(Ok(info))
+}
+
 /// Recovers the log in `storage`.
 pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<Recovery<S::File>> {
     let block = storage.block_bytes();
@@ -124,37 +168,30 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
                 .map_err(io_err(format!("opening {name}")))?,
             name,
         };
-        let mut bytes = f
-            .file
-            .read_at(0, config.segment_size_bytes as usize)
-            .await
-            .map_err(io_err(format!("reading {}", f.name)))?
-            .to_vec();
-        // Blocks never written read as zeros (the simulator's files may be short).
-        bytes.resize(config.segment_size_bytes as usize, 0);
         let corrupt = |offset: u64, index: Index, reason: &str| WalError::Corrupt {
             file: f.name.clone(),
             offset,
             index,
             reason: reason.to_string(),
         };
-        // The header block holds nothing but the header: the rest must be zero, so
-        // that every byte of it is checked.
-        let header_rest_clean = bytes[SEGMENT_HEADER_BYTES..block].iter().all(|b| *b == 0);
-        let Some(info) = decode_segment_header(&bytes).filter(|_| header_rest_clean) else {
-            // The header is synced before the file gets its name, so a named segment
-            // with a bad header is damaged, never half-created.
-            return Err(corrupt(0, first, "segment header invalid"));
-        };
-        if info.first_index != first || info.segment_seq != seq {
-            return Err(corrupt(
-                0,
-                first,
-                "segment header does not match the file name",
-            ));
-        }
+        let info = read_segment_header(&f, first, seq, block, config)
+            .await?
+            .map_err(|reason| corrupt(0, first, reason))?;
+        let size_bytes = info.segment_size_bytes as usize;
+        let mut bytes = f
+            .file
+            .read_at(0, size_bytes)
+            .await
+            .map_err(io_err(format!("reading {}", f.name)))?
+            .to_vec();
+        // Blocks never written read as zeros (a first-version segment's file may be
+        // shorter than the configured size it is read with).
+        bytes.resize(size_bytes, 0);
         let mut scan = scan_segment(&bytes, &info, block, payload_max);
-        let mut sealed = !newest;
+        // A configuration change applies to new segments only: a newest segment of
+        // another size keeps its entries but takes no more, so appends go on in a
+        // segment of the configured size.
+        let mut sealed = !newest || info.segment_size_bytes != config.segment_size_bytes;
         if newest {
             match classify_tail(&bytes, &mut scan, &info, block, payload_max) {
                 Tail::Clean => {}

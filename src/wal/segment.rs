@@ -120,6 +120,7 @@ mod tests {
             first_index: 10,
             prev_term: 2,
             reset: false,
+            segment_size_bytes: 16 << 10,
         };
         let mut seg: Segment<()> = Segment::new(info, 512);
         for (i, term) in [2, 3, 3, 5].into_iter().enumerate() {

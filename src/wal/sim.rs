@@ -42,6 +42,13 @@ pub enum SimEvent {
     Sync {
         id: u64,
     },
+    /// The file was allocated to at least `len` bytes. Allocation only grows a file
+    /// with zeros and the WAL syncs the file before naming it, so the model treats
+    /// it as durable at once: crash images keep the size.
+    Allocate {
+        ino: usize,
+        len: u64,
+    },
     Create {
         name: String,
         ino: usize,
@@ -265,6 +272,12 @@ impl SimStorage {
                 SimEvent::Sync { id } => {
                     let ids = covers.remove(id).unwrap_or_default();
                     make_durable(&mut r.durable, &mut pending, &ids);
+                }
+                SimEvent::Allocate { ino, len } => {
+                    let file = &mut r.durable[*ino];
+                    if (file.len() as u64) < *len {
+                        file.resize(*len as usize, 0);
+                    }
                 }
                 SimEvent::Create { .. } | SimEvent::Rename { .. } | SimEvent::Remove { .. } => {
                     r.ns_ops.push(event.clone());
@@ -530,6 +543,7 @@ impl StorageFile for SimFile {
         if (file.len() as u64) < len {
             file.resize(len as usize, 0);
         }
+        s.events.push(SimEvent::Allocate { ino: self.ino, len });
         Ok(())
     }
 

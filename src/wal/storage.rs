@@ -7,6 +7,7 @@
 //! thread-per-core executor and its futures never move between threads.
 #![allow(async_fn_in_trait)]
 
+use super::dir::{DirSyncer, create_dir_durably_with, sync_dir};
 use glommio::io::{Directory, DmaFile, OpenOptions};
 use std::cell::Cell;
 use std::io;
@@ -69,13 +70,20 @@ const PROBE_FILE_NAME: &str = ".iopoll-probe";
 pub const DMA_BLOCK_BYTES: usize = 4096;
 
 impl DmaStorage {
-    /// Uses directory `dir`, creating it if needed.
+    /// Uses directory `dir`, creating it (and its missing ancestors) durably if
+    /// needed: segments synced into a directory whose own entry is lost would vanish
+    /// with it.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<DmaStorage> {
-        std::fs::create_dir_all(dir.as_ref())?;
+        DmaStorage::new_with(dir.as_ref(), &mut sync_dir)
+    }
+
+    /// `new` with the directory syncs going to `sync`.
+    pub(crate) fn new_with(dir: &Path, sync: DirSyncer) -> io::Result<DmaStorage> {
+        create_dir_durably_with(dir, sync)?;
         // glommio opens paths relative to no directory (fd -1), so a relative path
         // fails with EBADF: keep the absolute one.
         Ok(DmaStorage {
-            dir: std::fs::canonicalize(dir.as_ref())?,
+            dir: std::fs::canonicalize(dir)?,
             block_bytes: DMA_BLOCK_BYTES,
             probed: Cell::new(false),
             write_through: false,
@@ -208,5 +216,22 @@ impl StorageFile for DmaStorageFile {
 
     async fn size(&self) -> io::Result<u64> {
         Ok(self.file.file_size().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::dir::tests::recording;
+
+    #[test]
+    fn a_fresh_wal_directory_is_synced_into_its_parent() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let shard = data.join("shard-0");
+        let mut synced = Vec::new();
+        DmaStorage::new_with(&shard, &mut recording(&mut synced)).expect("storage");
+        assert!(shard.is_dir());
+        assert_eq!(synced, [tmp.path().to_path_buf(), data, shard]);
     }
 }

@@ -232,7 +232,7 @@ impl<S: Storage> Wal<S> {
             Some(task) => task.await.map_err(io_err("preparing a segment"))?,
             None => prepare_spare(
                 shared.storage.clone(),
-                shared.config.segment_size_bytes,
+                info.segment_size_bytes,
                 self.zero_fill_next(),
             )
             .await

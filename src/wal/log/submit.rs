@@ -52,11 +52,12 @@ impl<S: Storage> Wal<S> {
     fn encode_entry(&self, inner: &mut Inner<S::File>, op: u64, e: &Entry) {
         let block = self.shared.block_bytes as u64;
         let need = (RECORD_HEADER_BYTES + e.payload.len()) as u64;
-        let segment_size = self.shared.config.segment_size_bytes;
+        // A segment is filled to its own size: a recovered segment may be larger or
+        // smaller than the configured size, which applies to new segments only.
         let fits = inner
             .segments
             .back()
-            .is_some_and(|s| !s.sealed && s.end_pos + block + need <= segment_size);
+            .is_some_and(|s| !s.sealed && s.end_pos + block + need <= s.info.segment_size_bytes);
         if !fits {
             let prev_term = inner.last_term;
             self.start_segment(inner, op, e.index, prev_term, false, Vec::new());
@@ -178,6 +179,7 @@ impl<S: Storage> Wal<S> {
             first_index,
             prev_term,
             reset,
+            segment_size_bytes: self.shared.config.segment_size_bytes,
         };
         inner.next_segment_seq += 1;
         if let Some(prev) = inner.segments.back_mut() {
