@@ -141,3 +141,45 @@ fn a_header_claiming_an_impossible_size_is_corruption() {
         Wal::open(disk, config).await.expect("open when repaired");
     });
 }
+
+/// Rewrites the header of the segment file at `path` as the first version wrote it
+/// (a 32-bit version 1, 32-bit flags, no size), with a valid checksum.
+fn make_first_version(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open segment");
+    let mut header = [0u8; 48];
+    file.read_exact_at(&mut header, 0).expect("read header");
+    let flags = u16::from_le_bytes([header[10], header[11]]) as u32;
+    header[8..12].copy_from_slice(&1u32.to_le_bytes());
+    header[12..16].copy_from_slice(&flags.to_le_bytes());
+    let crc = crc32fast::hash(&header[..44]);
+    header[44..48].copy_from_slice(&crc.to_le_bytes());
+    file.write_all_at(&header, 0).expect("write header");
+    file.sync_all().expect("sync");
+}
+
+/// Segments written before the header recorded its size are read to their file's
+/// length, so lowering the setting does not cut them either.
+#[test]
+fn first_version_segments_are_read_to_their_files_length() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal");
+        let (wal, _) = Wal::open(DmaStorage::new(&path).expect("dir"), config(64 << 20))
+            .await
+            .expect("open");
+        let expected = append(&wal, 400).await;
+        drop(wal);
+        let segment = std::fs::read_dir(&path)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|x| x == "wal"))
+            .expect("a segment");
+        make_first_version(&segment);
+        reopen_and_check(&path, 1 << 20, &expected).await;
+    });
+}

@@ -6,7 +6,7 @@ use super::config::WalConfig;
 use super::error::{WalError, WalResult, io_err};
 use super::format::{
     SEGMENT_HEADER_BYTES, SEGMENT_VERSION_UNSIZED, SegmentInfo, decode_segment_header,
-    segment_header_version,
+    segment_header_version, segment_size_valid,
 };
 use super::scan::{END_OF_RECORDS, Stop, Tail, classify_tail, scan_segment};
 use super::segment::{Segment, parse_segment_file_name};
@@ -110,8 +110,17 @@ async fn read_segment_header<F: StorageFile>(
     // The header block holds nothing but the header: the rest must be zero, so that
     // every byte of it is checked.
     let header_rest_clean = head[SEGMENT_HEADER_BYTES..].iter().all(|b| *b == 0);
-    let Some(info) = decode_segment_header(&head, block, config.segment_size_bytes)
-        .filter(|_| header_rest_clean)
+    let file_bytes = found.file.size().await.map_err(io_err(context()))?;
+    // A version 1 header does not record its size, but its file was prepared to that
+    // size before it was named: the file's length is a better guess than today's
+    // setting, which may have been lowered since.
+    let unsized_bytes = if segment_size_valid(file_bytes, block) {
+        file_bytes
+    } else {
+        config.segment_size_bytes
+    };
+    let Some(info) =
+        decode_segment_header(&head, block, unsized_bytes).filter(|_| header_rest_clean)
     else {
         // The header is synced before the file gets its name, so a named segment with
         // a bad header is damaged, never half-created.
@@ -124,7 +133,6 @@ async fn read_segment_header<F: StorageFile>(
     // (and synced) before it was named; a file shorter than that is damaged. This
     // also bounds what recovery reads by what is on disk.
     let sized = segment_header_version(&head) != Some(SEGMENT_VERSION_UNSIZED);
-    let file_bytes = found.file.size().await.map_err(io_err(context()))?;
     if sized && info.segment_size_bytes > file_bytes {
         return Ok(Err("segment header claims more bytes than the file holds"));
     }
