@@ -102,10 +102,13 @@ pub enum ClientError {
     #[error("{addr} sent a response that does not fit the request: {reason}")]
     Protocol { addr: String, reason: String },
     #[error(
-        "gave up after {} ({attempts} attempts); last error: {last}",
+        "gave up{} after {} ({attempts} attempts); last error: {last}",
+        partition.map_or(String::new(), |p| format!(" on partition {p}")),
         describe_ms(*elapsed_ms)
     )]
     RetriesExhausted {
+        /// The partition the request was for, if it names one.
+        partition: Option<u32>,
         attempts: u32,
         elapsed_ms: u64,
         last: Box<ClientError>,
@@ -553,6 +556,7 @@ impl Client {
             let backoff = Duration::from_millis(self.backoff_ms(retries));
             if retries >= self.config.retries_max || Instant::now() + backoff >= deadline {
                 return Err(ClientError::RetriesExhausted {
+                    partition,
                     attempts: retries + 1,
                     elapsed_ms: started.elapsed().as_millis() as u64,
                     last: Box::new(failure),

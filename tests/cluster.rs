@@ -378,7 +378,7 @@ fn append_with_a_short_timeout_gives_up_in_words() {
         "{:?}",
         started.elapsed()
     );
-    assert!(stderr.contains("gave up after"), "{stderr}");
+    assert!(stderr.contains("gave up on partition 0 after"), "{stderr}");
     assert!(stderr.contains("last error: cannot connect to"), "{stderr}");
     let garbage = ringlog(&[
         "append",
