@@ -14,6 +14,8 @@ struct Slot<T> {
     waker: Option<Waker>,
     /// The sender was dropped; with no value, no answer will come.
     sender_gone: bool,
+    /// The receiver was dropped: no one waits for the answer any more.
+    receiver_gone: bool,
 }
 
 /// Sends the one answer.
@@ -31,6 +33,7 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
         value: None,
         waker: None,
         sender_gone: false,
+        receiver_gone: false,
     }));
     (Sender(slot.clone()), Receiver(slot))
 }
@@ -42,6 +45,12 @@ fn lock<T>(slot: &Mutex<Slot<T>>) -> MutexGuard<'_, Slot<T>> {
 }
 
 impl<T> Sender<T> {
+    /// Whether the receiver is gone (its asker gave up or its connection closed), so
+    /// that whoever holds this sender can drop the work it stands for.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.0).receiver_gone
+    }
+
     /// Delivers `value`; it is dropped when the receiver is already gone (the asker
     /// timed out or went away), which the answering side has no use in knowing.
     pub fn send(self, value: T) {
@@ -92,7 +101,11 @@ impl<T> Drop for Receiver<T> {
     /// An asker that gave up (its deadline passed) takes its waker back, so that a late
     /// answer neither keeps the asking task's memory alive nor wakes it for nothing.
     fn drop(&mut self) {
-        let waker = lock(&self.0).waker.take();
+        let waker = {
+            let mut slot = lock(&self.0);
+            slot.receiver_gone = true;
+            slot.waker.take()
+        };
         drop(waker);
     }
 }
@@ -134,6 +147,14 @@ mod tests {
         };
         assert_eq!(block_on(waiting), Ok("done"));
         answering.join().expect("answering thread");
+    }
+
+    #[test]
+    fn a_sender_knows_when_its_receiver_is_gone() {
+        let (tx, rx) = channel::<u32>();
+        assert!(!tx.is_closed());
+        drop(rx);
+        assert!(tx.is_closed());
     }
 
     #[test]
