@@ -77,6 +77,8 @@ pub const TRANSPORT_SENT_MESSAGES: &str = "ringlog_transport_sent_messages_total
 pub const TRANSPORT_DROPPED_MESSAGES: &str = "ringlog_transport_dropped_messages_total";
 pub const SHARD_INBOX_DEPTH: &str = "ringlog_shard_inbox_depth";
 pub const SHARD_PENDING_APPENDS: &str = "ringlog_shard_pending_appends";
+pub const SHARD_INBOX_REFUSED: &str = "ringlog_shard_inbox_refused_total";
+pub const PEER_MESSAGES_DROPPED: &str = "ringlog_peer_messages_dropped_total";
 
 /// The whole set. Histograms get buckets by unit (see `mod.rs`).
 pub const METRICS: &[MetricDef] = &[
@@ -324,6 +326,20 @@ pub const METRICS: &[MetricDef] = &[
         Some(Unit::Count),
         P,
         "Append requests the shard holds until they commit or fail.",
+    ),
+    def(
+        SHARD_INBOX_REFUSED,
+        Counter,
+        Some(Unit::Count),
+        P,
+        "Client requests answered Overloaded because the shard's client inbox was full (in requests or in append bytes).",
+    ),
+    def(
+        PEER_MESSAGES_DROPPED,
+        Counter,
+        Some(Unit::Count),
+        P,
+        "Raft messages from peers dropped on arrival because the shard's peer inbox was full (Raft retransmits).",
     ),
 ];
 

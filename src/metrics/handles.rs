@@ -45,6 +45,10 @@ struct PartitionAppends {
     records: Counter,
     bytes: Counter,
     commit_latency: Histogram,
+    /// Client requests refused because the shard's client lane was full.
+    inbox_refused: Counter,
+    /// Peer messages dropped because the shard's peer lane was full.
+    peer_dropped: Counter,
 }
 
 /// Node-wide client series plus per-partition appends and received peer bytes.
@@ -84,6 +88,8 @@ impl RouterMetrics {
                     records: node.counter(APPEND_RECORDS, &labels),
                     bytes: node.counter(APPEND_BYTES, &labels),
                     commit_latency: node.histogram(COMMIT_LATENCY, &labels),
+                    inbox_refused: node.counter(SHARD_INBOX_REFUSED, &labels),
+                    peer_dropped: node.counter(PEER_MESSAGES_DROPPED, &labels),
                 }
             })
             .collect();
@@ -127,6 +133,20 @@ impl RouterMetrics {
             p.records.increment(records);
             p.bytes.increment(bytes);
             p.commit_latency.record(elapsed.as_secs_f64());
+        }
+    }
+
+    /// A client request for `partition` refused because its shard's inbox was full.
+    pub fn inbox_refused(&self, partition: u32) {
+        if let Some(p) = self.partitions.get(partition as usize) {
+            p.inbox_refused.increment(1);
+        }
+    }
+
+    /// A peer message for `partition` dropped because its shard's peer inbox was full.
+    pub fn peer_dropped(&self, partition: u32) {
+        if let Some(p) = self.partitions.get(partition as usize) {
+            p.peer_dropped.increment(1);
         }
     }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::engine::{self, NodeId};
+use crate::transport::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -57,6 +58,8 @@ pub struct NodeConfig {
     pub wal: WalSettings,
     #[serde(default)]
     pub raft: RaftSettings,
+    #[serde(default)]
+    pub reads: ReadSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -146,6 +149,60 @@ impl Default for RaftSettings {
     }
 }
 
+/// Limits the server puts on reads, whatever a request asks.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadSettings {
+    /// Longest wait (long poll) a read may ask for; a read asking for more is
+    /// refused with InvalidRequest naming this setting.
+    pub wait_ms_max: u32,
+    /// Most payload bytes in one answer (a request's `max_bytes` is capped by it).
+    pub bytes_max: u32,
+    /// Most records in one answer (a request's `max_records` is capped by it).
+    pub records_max: u32,
+    /// Reads that may wait for new records at once, per shard; more are Overloaded.
+    pub waiting_max: u32,
+}
+
+/// Default `reads.bytes_max`: the client frame limit less room for the answer's
+/// header and the per-record overhead of `reads.records_max` records, so a full
+/// answer fits in one frame.
+pub const READ_BYTES_MAX_DEFAULT: u32 = FRAME_BODY_BYTES_MAX_DEFAULT - (128 << 10);
+
+impl Default for ReadSettings {
+    fn default() -> ReadSettings {
+        ReadSettings {
+            wait_ms_max: 60_000,
+            bytes_max: READ_BYTES_MAX_DEFAULT,
+            records_max: 10_000,
+            waiting_max: 4096,
+        }
+    }
+}
+
+impl ReadSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("reads.wait_ms_max", self.wait_ms_max),
+            ("reads.bytes_max", self.bytes_max),
+            ("reads.records_max", self.records_max),
+            ("reads.waiting_max", self.waiting_max),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.bytes_max > FRAME_BODY_BYTES_MAX_DEFAULT {
+            let reason = format!(
+                "{} is more than the client frame limit ({FRAME_BODY_BYTES_MAX_DEFAULT} bytes); answers are cut to fit the frame anyway",
+                self.bytes_max
+            );
+            return Err(invalid("reads.bytes_max", reason));
+        }
+        Ok(())
+    }
+}
+
 /// The most shards a node may run: more would exceed any machine's cores and make
 /// per-partition memory (windows, buffers) add up past reason.
 pub const SHARDS_MAX: u32 = 256;
@@ -199,6 +256,7 @@ impl NodeConfig {
         if self.wal.flushes_inflight_max == 0 {
             return Err(invalid("wal.flushes_inflight_max", "must be at least 1"));
         }
+        self.reads.validate()?;
         self.engine_config().map(|_| ())
     }
 
@@ -378,6 +436,28 @@ mod tests {
     }
 
     #[test]
+    fn read_limits_default_and_are_validated() {
+        let config = NodeConfig::from_toml(EXAMPLE, "examples/node.toml").unwrap();
+        assert_eq!(config.reads, ReadSettings::default());
+        let without = EXAMPLE.split("[reads]").next().unwrap();
+        let omitted = NodeConfig::from_toml(without, "test.toml").unwrap();
+        assert_eq!(omitted.reads, ReadSettings::default());
+        let wait = with("wait_ms_max = 60000", "wait_ms_max = 5000").unwrap();
+        assert_eq!(wait.reads.wait_ms_max, 5000);
+        for (line, key) in [
+            ("wait_ms_max = 60000", "reads.wait_ms_max"),
+            ("records_max = 10000", "reads.records_max"),
+            ("waiting_max = 4096", "reads.waiting_max"),
+            ("bytes_max = 8257536", "reads.bytes_max"),
+        ] {
+            let zero = format!("{} = 0", line.split(' ').next().unwrap());
+            assert_eq!(key_of(with(line, &zero).unwrap_err()), key);
+        }
+        let too_big = with("bytes_max = 8257536", "bytes_max = 4000000000").unwrap_err();
+        assert_eq!(key_of(too_big), "reads.bytes_max");
+    }
+
+    #[test]
     fn syntax_errors_and_unknown_keys_are_refused() {
         assert!(matches!(
             with("shards = 2", "shards = \"two\""),
@@ -389,6 +469,10 @@ mod tests {
         ));
         assert!(matches!(
             with("fsync = \"always\"", "fsync = \"sometimes\""),
+            Err(ConfigError::Syntax { .. })
+        ));
+        assert!(matches!(
+            with("waiting_max = 4096", "waiting_max = 4096\nwait_max = 5"),
             Err(ConfigError::Syntax { .. })
         ));
         let missing = NodeConfig::from_toml("node_id = 1", "x.toml").unwrap_err();

@@ -86,6 +86,7 @@ pub fn configs(
             ..WalSettings::default()
         },
         raft: RaftSettings::default(),
+        reads: Default::default(),
     };
     Ok((0..nodes).map(config).collect())
 }

@@ -10,5 +10,8 @@ pub mod inbox;
 pub mod node;
 pub mod oneshot;
 pub mod preflight;
+pub mod reads;
 pub mod router;
 pub mod shard;
+#[cfg(test)]
+mod shard_tests;

@@ -12,11 +12,15 @@ use glommio::{LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
 use super::config::{FsyncPolicy, NodeConfig};
-use super::inbox::{INBOX_CAPACITY, ShardInput};
+use super::inbox::{
+    INBOX_BYTES_MAX, INBOX_CAPACITY, LaneReceiver, LaneSender, PEER_INBOX_BYTES_MAX,
+    PEER_INBOX_CAPACITY, ShardInput, lane,
+};
 use super::preflight::{self, PreflightError};
+use super::reads::ReadLimits;
 use super::router::{ClientRouter, PeerRouter, node_infos};
 use super::shard::{ShardContext, ShardError, run_shard};
-use crate::engine::NodeId;
+use crate::engine::{Message, NodeId};
 use crate::metrics::health::HealthBoard;
 use crate::metrics::http::MetricsServer;
 use crate::metrics::{NodeMetrics, RouterMetrics};
@@ -76,8 +80,7 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
         metrics: NodeMetrics::new(config.node_id),
         health: HealthBoard::new(shards),
     };
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..shards).map(|_| flume::bounded(INBOX_CAPACITY)).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| inboxes()).unzip();
     let threads: Vec<_> = receivers
         .into_iter()
         .enumerate()
@@ -115,6 +118,29 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
     first_error.map_or(Ok(()), Err)
 }
 
+/// The sending ends of one shard's two inboxes: client requests, peer messages.
+#[derive(Clone)]
+struct InboxSenders {
+    clients: LaneSender<ShardInput>,
+    peers: LaneSender<Message>,
+}
+
+/// The receiving ends, which the shard drains.
+struct InboxReceivers {
+    clients: LaneReceiver<ShardInput>,
+    peers: LaneReceiver<Message>,
+}
+
+fn inboxes() -> (InboxSenders, InboxReceivers) {
+    let (clients, client_rx) = lane(INBOX_CAPACITY, INBOX_BYTES_MAX);
+    let (peers, peer_rx) = lane(PEER_INBOX_CAPACITY, PEER_INBOX_BYTES_MAX);
+    let receivers = InboxReceivers {
+        clients: client_rx,
+        peers: peer_rx,
+    };
+    (InboxSenders { clients, peers }, receivers)
+}
+
 fn shard_count(config: &NodeConfig) -> u32 {
     match config.shards {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
@@ -145,7 +171,7 @@ fn shard_context(
     config: &NodeConfig,
     shard: u32,
     peer_addrs: &BTreeMap<NodeId, SocketAddr>,
-    inbox: flume::Receiver<ShardInput>,
+    inbox: InboxReceivers,
     stop: Arc<AtomicBool>,
     observe: &Observe,
 ) -> ShardContext {
@@ -181,10 +207,18 @@ fn shard_context(
         tick: Duration::from_millis(config.raft.tick_ms),
         seed,
         stop,
-        inbox,
+        inbox: inbox.clients,
+        peer_inbox: inbox.peers,
+        // The client listener's frame limit, which answers must fit.
+        read_limits: ReadLimits::new(&config.reads, client_server_config().frame_body_bytes_max),
         metrics: observe.metrics.clone(),
         health: observe.health.clone(),
     }
+}
+
+/// The client listener's limits; shards size read answers to its frame limit.
+fn client_server_config() -> ServerConfig {
+    ServerConfig::default()
 }
 
 /// The node's metrics registry and health board, shared by all shards.
@@ -203,16 +237,12 @@ struct FrontDoors {
     cluster_id: u64,
     node_id: NodeId,
     members: Vec<(NodeId, String)>,
-    shards: Vec<flume::Sender<ShardInput>>,
+    shards: Vec<InboxSenders>,
     observe: Observe,
 }
 
 impl FrontDoors {
-    fn new(
-        config: &NodeConfig,
-        shards: Vec<flume::Sender<ShardInput>>,
-        observe: Observe,
-    ) -> FrontDoors {
+    fn new(config: &NodeConfig, shards: Vec<InboxSenders>, observe: Observe) -> FrontDoors {
         FrontDoors {
             client: config.listen.client,
             peer: config.listen.peer,
@@ -251,16 +281,16 @@ impl FrontDoors {
         let client_router = ClientRouter {
             cluster_id: self.cluster_id,
             nodes: node_infos(&self.members),
-            shards: self.shards.clone(),
+            shards: self.shards.iter().map(|s| s.clients.clone()).collect(),
             metrics: router_metrics.clone(),
         };
         let peer_router = PeerRouter {
-            shards: self.shards,
+            shards: self.shards.into_iter().map(|s| s.peers).collect(),
             peers,
             metrics: router_metrics.clone(),
         };
         let clients =
-            ClientListener::bind(self.client, ServerConfig::default(), Rc::new(client_router))
+            ClientListener::bind(self.client, client_server_config(), Rc::new(client_router))
                 .map_err(listen_error("client", self.client))?;
         let peer_config = PeerConfig::new(self.cluster_id, self.node_id);
         let peers = PeerAcceptor::bind(self.peer, Rc::new(peer_config), Rc::new(peer_router))

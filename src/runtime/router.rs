@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
-use super::inbox::{ShardInput, reply_channel};
+use super::inbox::{LaneError, LaneSender, ShardInput, message_payload_bytes, reply_channel};
 use super::oneshot;
 use crate::engine::{Message, NodeId};
 use crate::metrics::RouterMetrics;
@@ -23,12 +23,12 @@ const ANSWER_TIMEOUT_MS: u64 = 10_000;
 pub struct ClientRouter {
     pub cluster_id: u64,
     pub nodes: Vec<NodeInfo>,
-    pub shards: Vec<flume::Sender<ShardInput>>,
+    pub shards: Vec<LaneSender<ShardInput>>,
     pub metrics: Rc<RouterMetrics>,
 }
 
 impl ClientRouter {
-    fn shard(&self, partition: u32) -> Result<&flume::Sender<ShardInput>, ServerError> {
+    fn shard(&self, partition: u32) -> Result<&LaneSender<ShardInput>, ServerError> {
         self.shards
             .get(partition as usize)
             .ok_or_else(|| ServerError::InvalidRequest {
@@ -39,7 +39,23 @@ impl ClientRouter {
             })
     }
 
-    /// Hands `input` to a shard and waits for its answer on `answer`.
+    /// Queues `input` in the client lane of `partition`'s shard; a full lane
+    /// (in requests or in bytes) is Overloaded.
+    fn submit(&self, partition: u32, input: ShardInput) -> Result<(), ServerError> {
+        let bytes = input.payload_bytes();
+        match self.shard(partition)?.try_send(input, bytes) {
+            Ok(()) => Ok(()),
+            Err(LaneError::Full(_)) => {
+                self.metrics.inbox_refused(partition);
+                Err(ServerError::Overloaded)
+            }
+            Err(LaneError::Disconnected(_)) => Err(shutting_down()),
+        }
+    }
+
+    /// Hands `input` to a shard and waits for its answer on `answer`. Dropping this
+    /// future (its connection closed) drops `answer`, which tells the shard that no
+    /// one waits for it any more (`oneshot::Sender::is_closed`).
     async fn ask<T>(
         &self,
         partition: u32,
@@ -47,11 +63,7 @@ impl ClientRouter {
         answer: oneshot::Receiver<Result<T, ServerError>>,
         extra_wait_ms: u64,
     ) -> Result<T, ServerError> {
-        match self.shard(partition)?.try_send(input) {
-            Ok(()) => {}
-            Err(flume::TrySendError::Full(_)) => return Err(ServerError::Overloaded),
-            Err(flume::TrySendError::Disconnected(_)) => return Err(shutting_down()),
-        }
+        self.submit(partition, input)?;
         let timeout = Duration::from_millis(ANSWER_TIMEOUT_MS + extra_wait_ms);
         // A shard that drops the reply has stopped mid-request: an append may have
         // been applied, so this is Timeout (outcome open), never a refusal.
@@ -67,12 +79,7 @@ impl ClientRouter {
         let mut partitions = Vec::with_capacity(self.shards.len());
         for partition in 0..self.shards.len() as u32 {
             let (reply, answer) = reply_channel();
-            let input = ShardInput::Info { reply };
-            match self.shard(partition)?.try_send(input) {
-                Ok(()) => {}
-                Err(flume::TrySendError::Full(_)) => return Err(ServerError::Overloaded),
-                Err(flume::TrySendError::Disconnected(_)) => return Err(shutting_down()),
-            }
+            self.submit(partition, ShardInput::Info { reply })?;
             let wrapped = async { answer.await.map_err(|_| shutting_down()) };
             let late = async {
                 glommio::timer::sleep(Duration::from_millis(ANSWER_TIMEOUT_MS)).await;
@@ -138,7 +145,8 @@ impl RequestHandler for ClientRouter {
 }
 
 pub struct PeerRouter {
-    pub shards: Vec<flume::Sender<ShardInput>>,
+    /// Each shard's peer lane, apart from its client lane.
+    pub shards: Vec<LaneSender<Message>>,
     /// The other members: links from any other node id are refused.
     pub peers: Vec<NodeId>,
     pub metrics: Rc<RouterMetrics>,
@@ -164,9 +172,14 @@ impl PeerHandler for PeerRouter {
     }
 
     fn deliver(&self, shard_id: u32, message: Message) {
-        // A full inbox drops the message: Raft retransmits what matters.
-        if let Some(shard) = self.shards.get(shard_id as usize) {
-            let _ = shard.try_send(ShardInput::Peer(message));
+        // A full peer lane drops the message: Raft retransmits what matters. Client
+        // requests have a lane of their own, so they cannot be what filled it.
+        let Some(shard) = self.shards.get(shard_id as usize) else {
+            return;
+        };
+        let bytes = message_payload_bytes(&message);
+        if let Err(LaneError::Full(_)) = shard.try_send(message, bytes) {
+            self.metrics.peer_dropped(shard_id);
         }
     }
 
@@ -184,4 +197,92 @@ pub fn node_infos(members: &[(NodeId, String)]) -> Vec<NodeInfo> {
             client_addr: client_addr.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::MessageBody;
+    use crate::metrics::NodeMetrics;
+    use crate::runtime::inbox::{
+        INBOX_BYTES_MAX, INBOX_CAPACITY, LaneReceiver, PEER_INBOX_BYTES_MAX, PEER_INBOX_CAPACITY,
+        lane,
+    };
+
+    fn heartbeat(seq: u64) -> Message {
+        Message {
+            from: 2,
+            to: 1,
+            term: 3,
+            body: MessageBody::Heartbeat {
+                leader_commit: 0,
+                seq,
+            },
+        }
+    }
+
+    /// A node with one shard: its routers and the shard's two inboxes.
+    fn routers() -> (
+        ClientRouter,
+        PeerRouter,
+        LaneReceiver<ShardInput>,
+        LaneReceiver<Message>,
+    ) {
+        let node = NodeMetrics::new(1);
+        let metrics = Rc::new(RouterMetrics::new(&node, 1, &[2]));
+        let (clients, client_inbox) = lane(INBOX_CAPACITY, INBOX_BYTES_MAX);
+        let (peers, peer_inbox) = lane(PEER_INBOX_CAPACITY, PEER_INBOX_BYTES_MAX);
+        let client_router = ClientRouter {
+            cluster_id: 7,
+            nodes: Vec::new(),
+            shards: vec![clients],
+            metrics: metrics.clone(),
+        };
+        let peer_router = PeerRouter {
+            shards: vec![peers],
+            peers: vec![2],
+            metrics,
+        };
+        (client_router, peer_router, client_inbox, peer_inbox)
+    }
+
+    #[test]
+    fn peer_messages_arrive_while_clients_fill_the_inbox() {
+        let (client_router, peer_router, client_inbox, peer_inbox) = routers();
+        let mut answers = Vec::new();
+        let refused = loop {
+            let (reply, answer) = reply_channel();
+            answers.push(answer);
+            if let Err(refusal) = client_router.submit(0, ShardInput::Info { reply }) {
+                break refusal;
+            }
+        };
+        assert_eq!(refused, ServerError::Overloaded);
+        assert_eq!(client_inbox.len(), INBOX_CAPACITY);
+        peer_router.deliver(0, heartbeat(1));
+        peer_router.deliver(0, heartbeat(2));
+        assert_eq!(peer_inbox.try_recv(), Some(heartbeat(1)));
+        assert_eq!(peer_inbox.try_recv(), Some(heartbeat(2)));
+    }
+
+    #[test]
+    fn the_client_inbox_is_bounded_in_append_bytes() {
+        let (client_router, _peer_router, client_inbox, _peer_inbox) = routers();
+        let record = bytes::Bytes::from(vec![0u8; 1 << 20]);
+        let mut answers = Vec::new();
+        let refused = loop {
+            let (reply, answer) = reply_channel();
+            answers.push(answer);
+            let input = ShardInput::Append {
+                records: vec![record.clone()],
+                reply,
+            };
+            if let Err(refusal) = client_router.submit(0, input) {
+                break refusal;
+            }
+        };
+        assert_eq!(refused, ServerError::Overloaded);
+        assert_eq!(client_inbox.len(), INBOX_BYTES_MAX >> 20);
+        assert_eq!(client_inbox.queued_bytes(), INBOX_BYTES_MAX);
+    }
 }

@@ -20,15 +20,16 @@ use bytes::Bytes;
 use futures_lite::future;
 use thiserror::Error;
 
-use super::inbox::{Reply, ShardInput};
+use super::inbox::{LaneReceiver, Reply, ShardInput};
+use super::reads::{LogBounds, ReadLimits, Reads};
 use crate::engine::{
-    self, AppendError, Command, Engine, Entry, EntryKind, Event, Index, Message, MessageBody,
-    NodeId, ReadError, Role, Term,
+    self, AppendError, Command, Engine, Event, Index, Message, MessageBody, NodeId, ReadError,
+    Role, Term,
 };
 use crate::metrics::health::HealthBoard;
 use crate::metrics::{NodeMetrics, ShardMetrics};
 use crate::transport::peer::{PeerConfig, PeerLink, SendError};
-use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, Record, ServerError};
+use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError};
 use crate::wal::config::WalConfig;
 use crate::wal::error::{WalError, WalResult};
 use crate::wal::log::{Durable, Wal};
@@ -76,7 +77,12 @@ pub struct ShardContext {
     pub tick: Duration,
     pub seed: u64,
     pub stop: Arc<AtomicBool>,
-    pub inbox: flume::Receiver<ShardInput>,
+    /// Client requests and status queries.
+    pub inbox: LaneReceiver<ShardInput>,
+    /// Messages from the same shard on other nodes, drained before `inbox`.
+    pub peer_inbox: LaneReceiver<Message>,
+    /// The server's bounds on reads, the client frame limit among them.
+    pub read_limits: ReadLimits,
     pub metrics: Arc<NodeMetrics>,
     pub health: Arc<HealthBoard>,
 }
@@ -88,18 +94,10 @@ const WAL_RECORD_COST_BYTES: usize = 2 * crate::wal::format::RECORD_HEADER_BYTES
 /// Events fed to the engine in one turn at most; the rest wait for the next turn,
 /// so that one turn's latency stays bounded under a flood.
 const TURN_EVENTS_MAX: usize = 4096;
-/// Reads that may wait for new records at once per shard.
-const WAITING_READS_MAX: usize = 4096;
-
-/// A read waiting for the commit index to reach `request.from_index`.
-struct WaitingRead {
-    deadline: Instant,
-    request: ReadRequest,
-    reply: Reply<ReadOk>,
-}
 
 /// Why the loop woke up.
 enum Wake {
+    Peer(Message),
     Input(Option<ShardInput>),
     Flushed(WalResult<Durable>),
     Timer,
@@ -112,7 +110,8 @@ struct Shard {
     engine: Engine,
     wal: Rc<Wal<DmaStorage>>,
     links: BTreeMap<NodeId, Rc<PeerLink>>,
-    inbox: flume::Receiver<ShardInput>,
+    inbox: LaneReceiver<ShardInput>,
+    peer_inbox: LaneReceiver<Message>,
     /// Messages waiting for the storage op they depend on to be durable.
     held: Vec<(u64, Message)>,
     durable_op: u64,
@@ -124,7 +123,7 @@ struct Shard {
     appends: HashMap<u64, Reply<AppendOk>>,
     /// Leader reads waiting for their read-index barrier.
     barriers: HashMap<u64, (ReadRequest, Reply<ReadOk>)>,
-    waiting_reads: Vec<WaitingRead>,
+    reads: Reads,
     commit: Index,
     role: Role,
     term: Term,
@@ -180,7 +179,9 @@ struct OpenParts {
     peer_config: PeerConfig,
     tick: Duration,
     seed: u64,
-    inbox: flume::Receiver<ShardInput>,
+    inbox: LaneReceiver<ShardInput>,
+    peer_inbox: LaneReceiver<Message>,
+    read_limits: ReadLimits,
     metrics: Arc<NodeMetrics>,
     health: Arc<HealthBoard>,
 }
@@ -201,6 +202,8 @@ impl ShardContext {
             tick: self.tick,
             seed: self.seed,
             inbox: self.inbox.clone(),
+            peer_inbox: self.peer_inbox.clone(),
+            read_limits: self.read_limits,
             metrics: self.metrics.clone(),
             health: self.health.clone(),
         }
@@ -295,6 +298,7 @@ impl Shard {
             })
             .collect();
         let (flushed_tx, flushed_rx) = flume::unbounded();
+        let wal = Rc::new(wal);
         Ok(Shard {
             id: shard,
             wal_limits,
@@ -304,9 +308,11 @@ impl Shard {
             role: Role::Follower,
             leader: None,
             engine,
-            wal: Rc::new(wal),
+            reads: Reads::new(parts.read_limits, wal.clone()),
+            wal,
             links,
             inbox: parts.inbox,
+            peer_inbox: parts.peer_inbox,
             held: Vec::new(),
             durable_op: 0,
             flushes_in_flight: 0,
@@ -316,7 +322,6 @@ impl Shard {
             next_request: 1,
             appends: HashMap::new(),
             barriers: HashMap::new(),
-            waiting_reads: Vec::new(),
             tick: parts.tick,
             next_tick: Instant::now() + parts.tick,
             metrics,
@@ -331,12 +336,7 @@ impl Shard {
         let wake = self.wait().await;
         let mut events = Vec::new();
         self.absorb(wake, &mut events)?;
-        while events.len() < TURN_EVENTS_MAX {
-            match self.inbox.try_recv() {
-                Ok(input) => self.absorb(Wake::Input(Some(input)), &mut events)?,
-                Err(_) => break,
-            }
-        }
+        self.drain_inboxes(&mut events)?;
         while let Ok(flushed) = self.flushed_rx.try_recv() {
             self.absorb(Wake::Flushed(flushed), &mut events)?;
         }
@@ -354,6 +354,25 @@ impl Shard {
         self.start_flush_if_needed();
         self.expire_waiting_reads(now);
         self.end_abstention_if_caught_up();
+        Ok(())
+    }
+
+    /// Takes what is ready in the inboxes, peer messages first: the turn's room
+    /// goes to Raft's own traffic before client requests, and a client flood
+    /// waits for later turns rather than delay heartbeats and votes.
+    fn drain_inboxes(&mut self, events: &mut Vec<Event>) -> Result<(), ShardError> {
+        while events.len() < TURN_EVENTS_MAX {
+            let Some(msg) = self.peer_inbox.try_recv() else {
+                break;
+            };
+            events.push(Event::Message(msg));
+        }
+        while events.len() < TURN_EVENTS_MAX {
+            let Some(input) = self.inbox.try_recv() else {
+                break;
+            };
+            self.absorb(Wake::Input(Some(input)), events)?;
+        }
         Ok(())
     }
 
@@ -381,8 +400,14 @@ impl Shard {
         // stay pending rather than wake at once, round after round.
         let input = async {
             match self.inbox.recv_async().await {
-                Ok(input) => Wake::Input(Some(input)),
-                Err(_) => future::pending().await,
+                Some(input) => Wake::Input(Some(input)),
+                None => future::pending().await,
+            }
+        };
+        let peer = async {
+            match self.peer_inbox.recv_async().await {
+                Some(msg) => Wake::Peer(msg),
+                None => future::pending().await,
             }
         };
         let flushed = async {
@@ -395,13 +420,14 @@ impl Shard {
             glommio::timer::sleep(until_tick).await;
             Wake::Timer
         };
-        future::or(flushed, future::or(input, timer)).await
+        // `or` polls its first future first: peer messages before client input.
+        future::or(flushed, future::or(peer, future::or(input, timer))).await
     }
 
     fn absorb(&mut self, wake: Wake, events: &mut Vec<Event>) -> Result<(), ShardError> {
         match wake {
             Wake::Timer | Wake::Input(None) => {}
-            Wake::Input(Some(ShardInput::Peer(msg))) => events.push(Event::Message(msg)),
+            Wake::Peer(msg) => events.push(Event::Message(msg)),
             Wake::Input(Some(ShardInput::Append { records, reply })) => {
                 super::failpoint::on_append(self.id);
                 if let Err(refusal) = self.check_batch(&records) {
@@ -416,7 +442,9 @@ impl Shard {
                 });
             }
             Wake::Input(Some(ShardInput::Read { request, reply })) => {
-                if self.role == Role::Leader {
+                if let Err(refusal) = self.reads.limits().check(&request) {
+                    reply.send(Err(refusal));
+                } else if self.role == Role::Leader {
                     let request_id = self.next_request();
                     self.barriers.insert(request_id, (request, reply));
                     events.push(Event::ReadIndex { request_id });
@@ -635,8 +663,8 @@ impl Shard {
     /// Publishes this shard's state to its metrics and the health board.
     fn publish(&self) {
         let pending = self.appends.len();
-        self.metrics
-            .publish(&self.engine, self.inbox.len(), pending);
+        let queued = self.inbox.len() + self.peer_inbox.len();
+        self.metrics.publish(&self.engine, queued, pending);
         let links = self.links.iter().map(|(node, link)| (*node, link.stats()));
         self.metrics.collect(self.wal.stats(), links);
         self.health
@@ -694,93 +722,33 @@ impl Shard {
         .detach();
     }
 
-    /// Serves a read of committed records, or parks it until the commit index
-    /// reaches it (a long poll), or refuses it when out of range.
-    fn serve_or_wait(&mut self, request: ReadRequest, reply: Reply<ReadOk>) {
-        let (start, commit) = (self.engine.log().start(), self.commit);
-        if request.from_index < start {
-            reply.send(Err(ServerError::OutOfRange {
-                log_start: start,
-                log_end: commit,
-            }));
-            return;
+    /// Where the log stands for reads now.
+    fn log_bounds(&self) -> LogBounds {
+        LogBounds {
+            log_start: self.engine.log().start(),
+            commit: self.commit,
         }
-        // Past the commit index (a follower may lag the leader by a heartbeat, and
-        // a `--follow` reader asks for what comes next): wait, or answer with no
-        // records and the commit index, so the client knows where things stand.
-        if request.from_index <= commit || request.wait_timeout_ms == 0 {
-            return self.serve(request, reply);
-        }
-        if self.waiting_reads.len() >= WAITING_READS_MAX {
-            reply.send(Err(ServerError::Overloaded));
-            return;
-        }
-        let deadline = Instant::now() + Duration::from_millis(request.wait_timeout_ms as u64);
-        self.waiting_reads.push(WaitingRead {
-            deadline,
-            request,
-            reply,
-        });
     }
 
-    fn serve(&self, request: ReadRequest, reply: Reply<ReadOk>) {
-        let (wal, commit, log_start) = (self.wal.clone(), self.commit, self.engine.log().start());
-        glommio::spawn_local(async move {
-            let empty = ReadOk {
-                records: Vec::new(),
-                commit_index: commit,
-                log_start,
-            };
-            if request.from_index > commit || request.max_records == 0 {
-                reply.send(Ok(empty));
-                return;
-            }
-            let to = commit + 1;
-            let answer = match read_records(
-                &wal,
-                request.from_index,
-                to,
-                request.max_bytes as usize,
-                request.max_records as usize,
-            )
-            .await
-            {
-                Ok(records) => Ok(ReadOk { records, ..empty }),
-                Err(WalError::OutOfRange { .. }) => Err(ServerError::OutOfRange {
-                    log_start,
-                    log_end: commit,
-                }),
-                Err(e) => Err(ServerError::Unavailable {
-                    reason: e.to_string(),
-                }),
-            };
-            reply.send(answer);
-        })
-        .detach();
+    /// Serves a read of committed records, or parks it until the commit index
+    /// reaches it (see [`Reads::serve_or_wait`]).
+    fn serve_or_wait(&mut self, request: ReadRequest, reply: Reply<ReadOk>) {
+        let at = self.log_bounds();
+        self.reads.serve_or_wait(at, request, reply);
     }
 
     fn serve_waiting_reads(&mut self) {
-        let commit = self.commit;
-        let (ready, waiting): (Vec<_>, Vec<_>) = self
-            .waiting_reads
-            .drain(..)
-            .partition(|w| w.request.from_index <= commit);
-        self.waiting_reads = waiting;
-        for read in ready {
-            self.serve(read.request, read.reply);
-        }
+        let at = self.log_bounds();
+        self.reads.committed(at);
     }
 
-    /// A long poll that saw nothing new ends with no records, which is not an error.
+    /// Ends waits past their deadline, and forgets the reads (waiting, or waiting
+    /// for their read-index barrier) whose asker is gone, so that a client that
+    /// disconnects frees its slots at once.
     fn expire_waiting_reads(&mut self, now: Instant) {
-        let (expired, waiting): (Vec<_>, Vec<_>) = self
-            .waiting_reads
-            .drain(..)
-            .partition(|w| w.deadline <= now);
-        self.waiting_reads = waiting;
-        for read in expired {
-            self.serve(read.request, read.reply);
-        }
+        let at = self.log_bounds();
+        self.reads.expire(at, now);
+        self.barriers.retain(|_, (_, reply)| !reply.is_closed());
     }
 
     fn leader_error(&self, leader: Option<NodeId>) -> ServerError {
@@ -824,9 +792,7 @@ impl Shard {
         for (_, (_, reply)) in self.barriers.drain() {
             reply.send(Err(refusal.clone()));
         }
-        for read in self.waiting_reads.drain(..) {
-            read.reply.send(Err(refusal.clone()));
-        }
+        self.reads.refuse_all(&refusal);
     }
 
     /// Stops: answers everything still waiting, then makes the WAL durable.
@@ -902,41 +868,6 @@ fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)?;
     // A bare relative name has an empty parent: its directory is the current one.
     crate::wal::dir::sync_dir(crate::wal::dir::parent_dir(path))
-}
-
-/// Client records from `from` up to `to` (exclusive). A WAL read may stop early
-/// (at a segment or cache boundary, or at `bytes_max`); reading on until some record
-/// is found keeps the promise clients rely on: no records means nothing but no-ops
-/// up to the commit index.
-async fn read_records(
-    wal: &Wal<DmaStorage>,
-    mut from: Index,
-    to: Index,
-    bytes_max: usize,
-    records_max: usize,
-) -> WalResult<Vec<Record>> {
-    let mut records = Vec::new();
-    while records.is_empty() && from < to {
-        let entries = wal.read(from, to, bytes_max).await?;
-        let Some(last) = entries.last() else { break };
-        from = last.index + 1;
-        records = records_of(entries);
-    }
-    // The scan runs to the commit index (so no-ops never hide later records); the
-    // answer keeps to the count the client asked for.
-    records.truncate(records_max);
-    Ok(records)
-}
-
-/// Client records of `entries`; leader no-ops leave gaps that reads skip.
-fn records_of(entries: Vec<Entry>) -> Vec<Record> {
-    let records = entries.into_iter().filter(|e| e.kind == EntryKind::Record);
-    records
-        .map(|e| Record {
-            index: e.index,
-            payload: e.payload,
-        })
-        .collect()
 }
 
 /// The term runs of the recovered log, found by binary search for each term's end

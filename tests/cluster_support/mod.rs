@@ -100,6 +100,7 @@ impl TestCluster {
                     flush_bytes_max: 1 << 20,
                     ..WalSettings::default()
                 },
+                reads: Default::default(),
                 raft: RaftSettings {
                     tick_ms: 10,
                     election_timeout_min_ms: 150,
