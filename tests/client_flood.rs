@@ -1,0 +1,216 @@
+//! Hostile clients cannot starve Raft: a flood of appends and reads from many
+//! connections fills a leader's client inbox (clients hear Overloaded), while
+//! heartbeats and votes travel in the shard's peer inbox, so no leader steps down
+//! and no election happens (the term stays the same on every node).
+
+mod cluster_support;
+#[path = "dashboard_support/mod.rs"]
+mod dashboard_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cluster_support::{TestCluster, await_leaders, client, on_executor};
+use dashboard_support::http_get;
+use ringlog::transport::{
+    AppendRequest, ClientRequest, FRAME_HEADER_BYTES, FrameKind, ReadRequest, encode_request,
+};
+
+/// Flooding connections, and requests each keeps in flight before reading answers.
+const APPENDERS: usize = 24;
+const READERS: usize = 8;
+const PIPELINE: usize = 64;
+const RECORD_BYTES: usize = 256 << 10;
+/// Inbox refusals to see before the flood may stop.
+const REFUSALS_WANTED: f64 = 200.0;
+/// Wire code of Overloaded.
+const OVERLOADED: u16 = 3;
+
+/// What the flooding connections heard.
+#[derive(Default)]
+struct Tally {
+    answers: AtomicU64,
+    overloaded: AtomicU64,
+    connection_errors: AtomicU64,
+}
+
+#[test]
+fn a_client_flood_neither_drops_heartbeats_nor_causes_elections() {
+    let mut cluster = TestCluster::configure_routed(3, 1, |_, _, addr| addr);
+    // Timeouts long enough that two shared cores, busy with three nodes and the
+    // flood, do not starve a follower into campaigning on their own; a leader whose
+    // heartbeats were dropped for as long would still lose its followers.
+    for k in 0..3 {
+        let raft = &mut cluster.configs[k].raft;
+        (raft.election_timeout_min_ms, raft.election_timeout_max_ms) = (1000, 2000);
+        raft.heartbeat_interval_ms = 50;
+        std::fs::write(cluster.config_path(k), cluster.configs[k].to_toml()).unwrap();
+    }
+    cluster.spawn_all();
+    let addrs = cluster.client_addrs();
+    let meta =
+        on_executor(async move || await_leaders(&client(addrs), 1, Duration::from_secs(60)).await);
+    let leader = meta.partitions[0].leader.expect("a leader") as usize - 1;
+    let metrics: Vec<SocketAddr> = cluster.configs.iter().map(|c| c.listen.metrics).collect();
+    let before = await_agreement(&metrics, meta.partitions[0].term);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let target = cluster.configs[leader].listen.client;
+    let floods: Vec<_> = (0..APPENDERS + READERS)
+        .map(|k| {
+            let frame = if k < APPENDERS {
+                append_frame()
+            } else {
+                read_frame()
+            };
+            let (stop, tally) = (stop.clone(), tally.clone());
+            std::thread::spawn(move || flood(target, frame, &stop, &tally))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let refused = loop {
+        let refused = metric(metrics[leader], "ringlog_shard_inbox_refused_total");
+        if refused >= REFUSALS_WANTED {
+            break refused;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flood filled no inbox: {refused} refusals"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    stop.store(true, Ordering::Relaxed);
+    for flood in floods {
+        flood.join().expect("flood thread");
+    }
+    let after: Vec<(f64, f64)> = metrics.iter().map(|&m| raft_state(m)).collect();
+    let dropped = metric(metrics[leader], "ringlog_peer_messages_dropped_total");
+    eprintln!(
+        "flood: {} answers, {} Overloaded, {} connection errors; {refused} inbox refusals, \
+         {dropped} peer messages dropped on the leader; (term, leader changes) per node \
+         before {before:?}, after {after:?}",
+        tally.answers.load(Ordering::Relaxed),
+        tally.overloaded.load(Ordering::Relaxed),
+        tally.connection_errors.load(Ordering::Relaxed),
+    );
+    assert!(
+        tally.overloaded.load(Ordering::Relaxed) > 0,
+        "no Overloaded heard"
+    );
+    assert_eq!(
+        before, after,
+        "a leader stepped down or an election happened"
+    );
+}
+
+/// Waits until every node reports `term` and a leader for partition 0, then
+/// returns each node's (term, leader changes).
+fn await_agreement(metrics: &[SocketAddr], term: u64) -> Vec<(f64, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let agreed = metrics.iter().all(|&m| {
+            raft_state(m).0 == term as f64 && metric(m, "ringlog_raft_has_leader") == 1.0
+        });
+        if agreed {
+            return metrics.iter().map(|&m| raft_state(m)).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes do not agree on term {term}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Partition 0's term and leader changes as node `addr` reports them.
+fn raft_state(addr: SocketAddr) -> (f64, f64) {
+    (
+        metric(addr, "ringlog_raft_term"),
+        metric(addr, "ringlog_raft_leader_changes_total"),
+    )
+}
+
+/// The value of `name` for partition 0 on the metrics page at `addr`.
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let page = http_get(addr, "/metrics", Duration::from_secs(10)).expect("GET /metrics");
+    let line = page
+        .body
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("partition=\"0\""))
+        .unwrap_or_else(|| panic!("{name} for partition 0 is not on {addr}/metrics"));
+    let value = line.rsplit(' ').next().unwrap_or_default();
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("bad value in {line:?}"))
+}
+
+fn append_frame() -> Vec<u8> {
+    let records = vec![Bytes::from(vec![b'x'; RECORD_BYTES])];
+    let request = ClientRequest::Append(AppendRequest {
+        partition: 0,
+        records,
+    });
+    frame_of(&request)
+}
+
+fn read_frame() -> Vec<u8> {
+    let request = ClientRequest::Read(ReadRequest {
+        partition: 0,
+        from_index: 1,
+        max_records: 16,
+        max_bytes: 4096,
+        wait_timeout_ms: 0,
+        any_replica: false,
+    });
+    frame_of(&request)
+}
+
+fn frame_of(request: &ClientRequest) -> Vec<u8> {
+    let mut frame = BytesMut::new();
+    encode_request(&mut frame, 1, request);
+    frame.to_vec()
+}
+
+/// Sends `frame` (under fresh request ids) `PIPELINE` at a time and reads the
+/// answers, until `stop`; the request id is outside the body's checksum.
+fn flood(addr: SocketAddr, mut frame: Vec<u8>, stop: &AtomicBool, tally: &Tally) {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        tally.connection_errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut request_id = 1u64;
+    while !stop.load(Ordering::Relaxed) {
+        let sent = (0..PIPELINE).try_for_each(|_| {
+            frame[16..24].copy_from_slice(&request_id.to_le_bytes());
+            request_id += 1;
+            stream.write_all(&frame)
+        });
+        let answered =
+            sent.and_then(|()| (0..PIPELINE).try_for_each(|_| answer(&mut stream, tally)));
+        if answered.is_err() {
+            tally.connection_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+/// Reads one answer, counting it and whether it says Overloaded.
+fn answer(stream: &mut TcpStream, tally: &Tally) -> std::io::Result<()> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    stream.read_exact(&mut header)?;
+    let body_len = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; body_len];
+    stream.read_exact(&mut body)?;
+    tally.answers.fetch_add(1, Ordering::Relaxed);
+    if header[5] == FrameKind::ErrorResponse as u8
+        && u16::from_le_bytes([body[0], body[1]]) == OVERLOADED
+    {
+        tally.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
