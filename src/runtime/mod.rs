@@ -10,5 +10,6 @@ pub mod inbox;
 pub mod node;
 pub mod oneshot;
 pub mod preflight;
+mod refusal;
 pub mod router;
 pub mod shard;

@@ -93,6 +93,8 @@ struct Sim {
     crashes: u32,
     lost_tails: u32,
     log_reads: u64,
+    /// Messages the members refused (see `Command::RefusePeer`).
+    refusals: u64,
     healed: bool,
     /// Acknowledged records when the faults ended.
     heal_acked_base: u64,
@@ -149,6 +151,7 @@ impl Sim {
             crashes: 0,
             lost_tails: 0,
             log_reads: 0,
+            refusals: 0,
             healed: false,
             heal_acked_base: 0,
             trace_from: std::env::var("RINGLOG_SIM_TRACE_FROM")
@@ -413,6 +416,7 @@ impl Sim {
                 node.requests.retain(|&r| r != request_id);
                 self.checker.on_read_result(request_id, result)?
             }
+            Command::RefusePeer { .. } => self.refusals += 1,
             Command::RoleChanged { role, term, .. } => {
                 self.checker.on_role(id, role, term, engine.log())?;
                 if role == Role::Leader && !self.healed && self.rng.chance(1, 4) {
