@@ -63,16 +63,16 @@ pub fn mutate(mut msg: Message, rng: &mut Rng) -> Message {
     let pick = rng.range(0, 8);
     match &mut msg.body {
         MessageBody::PreVote {
-            last_log_index,
-            last_log_term,
+            last_log_index: index,
+            last_log_term: log_term,
         }
         | MessageBody::RequestVote {
-            last_log_index,
-            last_log_term,
+            last_log_index: index,
+            last_log_term: log_term,
             ..
         } => match pick % 2 {
-            0 => *last_log_index = huge_index,
-            _ => *last_log_term = above_term,
+            0 => *index = huge_index,
+            _ => *log_term = above_term,
         },
         MessageBody::AppendEntries {
             prev_log_index,
