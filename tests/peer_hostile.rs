@@ -2,18 +2,21 @@
 //! handshake and sends well-framed messages that break Raft's rules. The node
 //! refuses them (never panics), counts them in
 //! `ringlog_peer_messages_refused_total`, closes the link, accepts the peer's next
-//! connection, and keeps serving appends throughout.
+//! connection, and keeps serving appends throughout. And the mechanism beneath: a
+//! link closed from another thread is closed, and its peer reconnects.
 
 mod cluster_support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cluster_support::*;
 use ringlog::engine::{Entry, EntryKind, Message, MessageBody};
 use ringlog::transport::frame::{Frame, FrameKind, PROTOCOL_VERSION, decode_frame};
+use ringlog::transport::peer::{PeerAcceptor, PeerConfig, PeerHandler, PeerLink, link_closer};
 use ringlog::transport::peer_msg::{Hello, Lane, decode_hello, encode_hello, encode_message};
 
 /// How long any awaited condition may take on a loaded machine.
@@ -159,4 +162,70 @@ fn hostile_peer_is_refused_counted_and_cut_off_while_the_node_serves() {
     await_refused(metrics, "entries_not_consecutive", 1);
     append_one(addrs, "after");
     assert!(cluster.is_running(TARGET), "the attacked node is still up");
+}
+
+/// Counts delivered peer messages.
+#[derive(Default)]
+struct Count {
+    delivered: std::cell::Cell<u64>,
+}
+
+impl PeerHandler for Count {
+    fn deliver(&self, _shard_id: u32, _message: Message) {
+        self.delivered.set(self.delivered.get() + 1);
+    }
+}
+
+/// Re-checks `done` every few milliseconds until it holds, or panics after
+/// `PATIENCE`, sending a heartbeat on `link` each time (an idle link only notices
+/// a closed connection when it next writes).
+async fn await_with_heartbeats(what: &str, link: &PeerLink, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+        let heartbeat = MessageBody::Heartbeat {
+            leader_commit: 0,
+            seq: 1,
+        };
+        let _ = link.send(Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: heartbeat,
+        });
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A `LinkCloser` used from another thread (as a shard's is) closes both lanes of
+/// the peer's link at the acceptor, and the peer's `PeerLink` reconnects and
+/// delivers again.
+#[test]
+fn a_closed_link_is_closed_from_another_thread_and_its_peer_reconnects() {
+    on_executor(async || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let count = Rc::new(Count::default());
+        let (closer, requests) = link_closer();
+        let acceptor = PeerAcceptor::bind(addr, Rc::new(PeerConfig::new(7, 2)), count.clone())
+            .unwrap()
+            .closing_on(requests);
+        let stats = acceptor.stats();
+        glommio::spawn_local(acceptor.run()).detach();
+        let link = PeerLink::spawn(Rc::new(PeerConfig::new(7, 1)), 0, 2, addr);
+        await_with_heartbeats("first delivery", &link, || count.delivered.get() > 0).await;
+        let both_lanes = || stats.connections_open.get() == 2;
+        await_with_heartbeats("both lanes connected", &link, both_lanes).await;
+
+        std::thread::spawn(move || closer.close(1, 0))
+            .join()
+            .unwrap();
+        let closed = || stats.links_closed_for_refusal_total.get() == 2;
+        await_with_heartbeats("both lanes closed", &link, closed).await;
+
+        let before = count.delivered.get();
+        let reconnected = || link.stats().connects_total.get() >= 3;
+        await_with_heartbeats("reconnected", &link, reconnected).await;
+        let delivering = || count.delivered.get() > before;
+        await_with_heartbeats("delivering again", &link, delivering).await;
+    });
 }
