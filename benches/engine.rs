@@ -108,6 +108,9 @@ impl Cluster {
                     self.idle_clients.push(request_id);
                 }
                 Command::SendLogRange { .. } => panic!("no follower lags past the cache here"),
+                Command::RefusePeer { from, fault } => {
+                    panic!("honest members never refuse each other: {from} sent {fault}")
+                }
                 Command::Commit { .. }
                 | Command::ReadResult { .. }
                 | Command::RoleChanged { .. } => {}

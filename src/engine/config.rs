@@ -28,6 +28,14 @@ pub struct Config {
     /// Entries kept in memory once on disk; older ones are read back from the WAL
     /// when a follower needs them. Entries not yet on disk always stay.
     pub log_cache_bytes_max: u64,
+    /// Largest entry payload accepted from a leader: the runtime passes the WAL's
+    /// record limit, so that a peer cannot hand the WAL a record it refuses (which
+    /// would stop the member).
+    pub entry_payload_bytes_max: u64,
+    /// Largest sum of `Entry::size_bytes` accepted in one AppendEntries: the runtime
+    /// passes what its WAL buffer always takes at once. Honest leaders send at most
+    /// `bytes_per_msg_max`, or one entry.
+    pub received_entries_bytes_max: u64,
 }
 
 /// Deliberate engine bugs, switchable in test builds only, to show that the
@@ -58,6 +66,8 @@ impl Default for Config {
             uncommitted_bytes_max: 256 << 20,
             pending_reads_max: 65_536,
             log_cache_bytes_max: 64 << 20,
+            entry_payload_bytes_max: 1 << 20,
+            received_entries_bytes_max: 2 << 20,
         }
     }
 }
@@ -104,6 +114,11 @@ impl Config {
             ("uncommitted_bytes_max", self.uncommitted_bytes_max),
             ("pending_reads_max", self.pending_reads_max as u64),
             ("log_cache_bytes_max", self.log_cache_bytes_max),
+            ("entry_payload_bytes_max", self.entry_payload_bytes_max),
+            (
+                "received_entries_bytes_max",
+                self.received_entries_bytes_max,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::types::{Entry, HardState, Index, Message, NodeId, Term};
+use super::validate::PeerFault;
 
 /// Something that happened, fed to [`super::Engine::step`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -80,6 +81,9 @@ pub enum Command {
         request_id: u64,
         result: Result<Index, ReadError>,
     },
+    /// A message from `from` broke the protocol's rules and was refused, nothing
+    /// else done with it: log it, count it and close the link it came on.
+    RefusePeer { from: NodeId, fault: PeerFault },
     /// Role, term or known leader changed (for redirects and metrics).
     RoleChanged {
         role: Role,

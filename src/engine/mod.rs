@@ -3,7 +3,8 @@
 //! [`Engine::step`] takes one [`Event`] and appends [`Command`]s to an output buffer
 //! that the runtime drains with [`Engine::take_commands`] and carries out in order.
 //! Each concern lives in its own file: `election`, `replication`, `commit`, `append`,
-//! `read`, `transfer`. See `docs/engine.md`.
+//! `read`, `transfer`; messages from peers are checked first, in `validate`.
+//! See `docs/engine.md`.
 
 mod append;
 mod commit;
@@ -19,6 +20,7 @@ pub mod rng;
 mod storage;
 mod transfer;
 pub mod types;
+pub mod validate;
 
 use std::collections::VecDeque;
 
@@ -28,6 +30,7 @@ use log::Log;
 use progress::Progress;
 use rng::Rng;
 pub use types::*;
+pub use validate::PeerFault;
 
 /// What a member finds on its disk at start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -344,6 +347,10 @@ impl Engine {
     fn on_message(&mut self, msg: Message) {
         if msg.to != self.id || msg.from == self.id || !self.members.contains(&msg.from) {
             return;
+        }
+        if let Err(fault) = self.validate(&msg) {
+            let from = msg.from;
+            return self.output.push(Command::RefusePeer { from, fault });
         }
         if msg.term > self.hard.term {
             match &msg.body {

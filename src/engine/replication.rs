@@ -635,7 +635,7 @@ mod tests {
     fn heartbeat_response_resends_an_unanswered_probe() {
         let mut e = leader(&[1]);
         let response = MessageBody::HeartbeatResponse {
-            seq: 1,
+            seq: 0,
             last_log_index: 1,
         };
         e.step(msg(3, 1, 2, response));
@@ -652,6 +652,8 @@ mod tests {
         e.step(msg(2, 1, 2, success(4)));
         e.step(client_append(1, &["x"]));
         e.step(msg(2, 1, 2, success(5)));
+        // Four heartbeat rounds, so that answers to rounds 1 to 4 are not forged.
+        tick_n(&mut e, 8);
         e.take_commands();
         let answer = |seq, last_log_index| {
             msg(

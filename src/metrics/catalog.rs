@@ -40,6 +40,7 @@ use Kind::{Counter, Gauge, Histogram};
 
 const P: &[&str] = &["partition"];
 const PP: &[&str] = &["partition", "peer"];
+const PPR: &[&str] = &["partition", "peer", "reason"];
 const NONE: &[&str] = &[];
 
 pub const BUILD_INFO: &str = "ringlog_build_info";
@@ -52,6 +53,7 @@ pub const CLIENT_REQUESTS: &str = "ringlog_client_requests_total";
 pub const CLIENT_REQUEST_SECONDS: &str = "ringlog_client_request_duration_seconds";
 pub const PEER_CONNECTIONS: &str = "ringlog_peer_connections";
 pub const PEER_HANDSHAKES_REFUSED: &str = "ringlog_peer_handshakes_refused_total";
+pub const PEER_MESSAGES_REFUSED: &str = "ringlog_peer_messages_refused_total";
 pub const APPEND_RECORDS: &str = "ringlog_append_records_total";
 pub const APPEND_BYTES: &str = "ringlog_append_bytes_total";
 pub const COMMIT_LATENCY: &str = "ringlog_commit_latency_seconds";
@@ -312,6 +314,13 @@ pub const METRICS: &[MetricDef] = &[
         Some(Unit::Count),
         PP,
         "Raft messages to the peer dropped because its link queue was full or the message too large (Raft retransmits).",
+    ),
+    def(
+        PEER_MESSAGES_REFUSED,
+        Counter,
+        Some(Unit::Count),
+        PPR,
+        "Raft messages from the peer refused because they broke the protocol's rules (the link they came on was closed), by reason.",
     ),
     def(
         SHARD_INBOX_DEPTH,

@@ -10,7 +10,7 @@ use metrics::{Counter, Gauge, Histogram};
 
 use super::NodeMetrics;
 use super::catalog::*;
-use crate::engine::{Engine, NodeId, Role};
+use crate::engine::{Engine, NodeId, PeerFault, Role};
 use crate::transport::ServerError;
 use crate::transport::peer::AcceptorStats;
 use crate::transport::peer::LinkStats;
@@ -187,6 +187,8 @@ struct PeerSeries {
     sent_bytes: Counter,
     sent_messages: Counter,
     dropped_messages: Counter,
+    /// Refused messages, one counter per fault in `PeerFault::ALL` order.
+    refused: Vec<Counter>,
 }
 
 /// The Raft term, role and leader this shard last published, to count changes.
@@ -244,6 +246,13 @@ impl ShardMetrics {
                     sent_bytes: node.counter(TRANSPORT_SENT_BYTES, &pp),
                     sent_messages: node.counter(TRANSPORT_SENT_MESSAGES, &pp),
                     dropped_messages: node.counter(TRANSPORT_DROPPED_MESSAGES, &pp),
+                    refused: PeerFault::ALL
+                        .iter()
+                        .map(|fault| {
+                            let reason = [pp[0], pp[1], ("reason", fault.label())];
+                            node.counter(PEER_MESSAGES_REFUSED, &reason)
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -284,6 +293,15 @@ impl ShardMetrics {
         {
             self.seen.leadership = Some((leader, term));
             self.leader_changes.increment(1);
+        }
+    }
+
+    /// Counts a message from `peer` refused for `fault`.
+    pub fn peer_refused(&self, peer: NodeId, fault: PeerFault) {
+        let slot = PeerFault::ALL.iter().position(|f| *f == fault);
+        let series = self.peers.iter().find(|s| s.peer == peer);
+        if let (Some(series), Some(slot)) = (series, slot) {
+            series.refused[slot].increment(1);
         }
     }
 

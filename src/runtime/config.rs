@@ -353,6 +353,8 @@ impl NodeConfig {
             uncommitted_bytes_max: raft.uncommitted_bytes_max,
             pending_reads_max: raft.pending_reads_max,
             log_cache_bytes_max: raft.log_cache_bytes_max,
+            // Limits on what peers send come from the WAL; `shard_context` sets them.
+            ..engine::Config::default()
         };
         // The timing rules were checked above in milliseconds; what is left are limits
         // whose names the engine shares with this section.

@@ -11,6 +11,7 @@ pub mod node;
 pub mod oneshot;
 pub mod preflight;
 pub mod reads;
+mod refusal;
 pub mod router;
 pub mod shard;
 #[cfg(test)]

@@ -20,11 +20,11 @@ use super::preflight::{self, PreflightError};
 use super::reads::ReadLimits;
 use super::router::{ClientRouter, PeerRouter, node_infos};
 use super::shard::{ShardContext, ShardError, run_shard};
-use crate::engine::{Message, NodeId};
+use crate::engine::{self, ENTRY_OVERHEAD_BYTES, Message, NodeId};
 use crate::metrics::health::HealthBoard;
 use crate::metrics::http::MetricsServer;
 use crate::metrics::{NodeMetrics, RouterMetrics};
-use crate::transport::peer::{PeerAcceptor, PeerConfig};
+use crate::transport::peer::{CloseRequests, LinkCloser, PeerAcceptor, PeerConfig, link_closer};
 use crate::transport::server::{ClientListener, ServerConfig};
 use crate::wal::config::WalConfig;
 
@@ -81,14 +81,19 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
         health: HealthBoard::new(shards),
     };
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| inboxes()).unzip();
+    let (closer, close_requests) = link_closer();
+    let mut close_requests = Some(close_requests);
     let threads: Vec<_> = receivers
         .into_iter()
         .enumerate()
         .map(|(shard, inbox)| {
             let shard = shard as u32;
-            let context = shard_context(&config, shard, &peer_addrs, inbox, stop.clone(), &observe);
-            let front =
-                (shard == 0).then(|| FrontDoors::new(&config, senders.clone(), observe.clone()));
+            let parts = (inbox, stop.clone(), closer.clone());
+            let context = shard_context(&config, shard, &peer_addrs, parts, &observe);
+            let front = (shard == 0).then(|| {
+                let requests = close_requests.take().expect("shard 0 comes once");
+                FrontDoors::new(&config, senders.clone(), observe.clone(), requests)
+            });
             let placement = if config.pin {
                 Placement::Fixed(shard as usize)
             } else {
@@ -171,11 +176,9 @@ fn shard_context(
     config: &NodeConfig,
     shard: u32,
     peer_addrs: &BTreeMap<NodeId, SocketAddr>,
-    inbox: InboxReceivers,
-    stop: Arc<AtomicBool>,
+    (inbox, stop, link_closer): (InboxReceivers, Arc<AtomicBool>, LinkCloser),
     observe: &Observe,
 ) -> ShardContext {
-    let engine_config = config.engine_config().expect("validated config");
     let wal_config = WalConfig {
         segment_size_bytes: config.wal.segment_size_bytes,
         flush_bytes_max: config.wal.flush_bytes_max as usize,
@@ -184,6 +187,10 @@ fn shard_context(
         truncate_corrupt_tail: config.wal.truncate_corrupt_tail,
         ..WalConfig::default()
     };
+    let engine_config = accept_what_the_wal_takes(
+        config.engine_config().expect("validated config"),
+        &wal_config,
+    );
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -204,6 +211,7 @@ fn shard_context(
         wal_dir: config.data_dir.join(format!("shard-{shard}")),
         write_through: config.wal.write_through && config.wal.fsync == FsyncPolicy::Always,
         peer_config: PeerConfig::new(config.cluster_id, config.node_id),
+        link_closer,
         tick: Duration::from_millis(config.raft.tick_ms),
         seed,
         stop,
@@ -219,6 +227,22 @@ fn shard_context(
 /// The client listener's limits; shards size read answers to its frame limit.
 fn client_server_config() -> ServerConfig {
     ServerConfig::default()
+}
+
+/// Bounds what the engine accepts from peers by what the WAL takes: a record over
+/// the WAL's limit, or one AppendEntries larger than its buffer holds at once,
+/// would stop the shard. The WAL charges a record its payload plus two headers (96
+/// bytes), at most four times `Entry::size_bytes` (payload plus 24), so entries of
+/// an eighth of the buffer by that measure always fit in half of it. An honest
+/// leader sends at most `bytes_per_msg_max`, or a single record, which stays
+/// accepted however large it is configured.
+fn accept_what_the_wal_takes(mut engine: engine::Config, wal: &WalConfig) -> engine::Config {
+    let record_max = wal.record_size_bytes_max as u64;
+    engine.entry_payload_bytes_max = record_max;
+    engine.received_entries_bytes_max = (wal.buffered_bytes_max as u64 / 8)
+        .max(engine.bytes_per_msg_max)
+        .max(record_max + ENTRY_OVERHEAD_BYTES);
+    engine
 }
 
 /// The node's metrics registry and health board, shared by all shards.
@@ -239,10 +263,17 @@ struct FrontDoors {
     members: Vec<(NodeId, String)>,
     shards: Vec<InboxSenders>,
     observe: Observe,
+    /// The shards' requests to close the links of peers that broke the rules.
+    close_requests: CloseRequests,
 }
 
 impl FrontDoors {
-    fn new(config: &NodeConfig, shards: Vec<InboxSenders>, observe: Observe) -> FrontDoors {
+    fn new(
+        config: &NodeConfig,
+        shards: Vec<InboxSenders>,
+        observe: Observe,
+        close_requests: CloseRequests,
+    ) -> FrontDoors {
         FrontDoors {
             client: config.listen.client,
             peer: config.listen.peer,
@@ -256,6 +287,7 @@ impl FrontDoors {
                 .collect(),
             shards,
             observe,
+            close_requests,
         }
     }
 
@@ -294,7 +326,8 @@ impl FrontDoors {
                 .map_err(listen_error("client", self.client))?;
         let peer_config = PeerConfig::new(self.cluster_id, self.node_id);
         let peers = PeerAcceptor::bind(self.peer, Rc::new(peer_config), Rc::new(peer_router))
-            .map_err(listen_error("peer", self.peer))?;
+            .map_err(listen_error("peer", self.peer))?
+            .closing_on(self.close_requests);
         let (client_stats, peer_stats) = (clients.stats(), peers.stats());
         let collect = Rc::new(move || router_metrics.collect(&client_stats, &peer_stats));
         let scrapes = MetricsServer::bind(

@@ -28,7 +28,7 @@ use crate::engine::{
 };
 use crate::metrics::health::HealthBoard;
 use crate::metrics::{NodeMetrics, ShardMetrics};
-use crate::transport::peer::{PeerConfig, PeerLink, SendError};
+use crate::transport::peer::{LinkCloser, PeerConfig, PeerLink, SendError};
 use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError};
 use crate::wal::config::WalConfig;
 use crate::wal::error::{WalError, WalResult};
@@ -74,6 +74,8 @@ pub struct ShardContext {
     /// Segment files opened with O_DSYNC (see `DmaStorage::write_through`).
     pub write_through: bool,
     pub peer_config: PeerConfig,
+    /// Closes the inbound link of a peer whose message the engine refused.
+    pub link_closer: LinkCloser,
     pub tick: Duration,
     pub seed: u64,
     pub stop: Arc<AtomicBool>,
@@ -131,6 +133,7 @@ struct Shard {
     tick: Duration,
     next_tick: Instant,
     metrics: ShardMetrics,
+    link_closer: LinkCloser,
     health: Arc<HealthBoard>,
     /// Log entries and payload bytes submitted since the last flush started (the
     /// next flush's batch size).
@@ -177,6 +180,7 @@ struct OpenParts {
     wal_dir: PathBuf,
     write_through: bool,
     peer_config: PeerConfig,
+    link_closer: LinkCloser,
     tick: Duration,
     seed: u64,
     inbox: LaneReceiver<ShardInput>,
@@ -199,6 +203,7 @@ impl ShardContext {
             wal_dir: self.wal_dir.clone(),
             write_through: self.write_through,
             peer_config: self.peer_config.clone(),
+            link_closer: self.link_closer.clone(),
             tick: self.tick,
             seed: self.seed,
             inbox: self.inbox.clone(),
@@ -325,6 +330,7 @@ impl Shard {
             tick: parts.tick,
             next_tick: Instant::now() + parts.tick,
             metrics,
+            link_closer: parts.link_closer,
             health: parts.health,
             unflushed_entries: 0,
             unflushed_bytes: 0,
@@ -583,6 +589,10 @@ impl Shard {
                             }
                         }
                     }
+                }
+                Command::RefusePeer { from, fault } => {
+                    let (metrics, closer) = (&self.metrics, &self.link_closer);
+                    super::refusal::refuse_peer(self.id, from, fault, metrics, closer)
                 }
                 Command::RoleChanged { role, term, leader } => {
                     if (role, leader) != (self.role, self.leader) {

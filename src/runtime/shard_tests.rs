@@ -18,7 +18,7 @@ use super::shard::{ShardContext, run_shard};
 use crate::engine::{self, Index, Message};
 use crate::metrics::NodeMetrics;
 use crate::metrics::health::HealthBoard;
-use crate::transport::peer::PeerConfig;
+use crate::transport::peer::{PeerConfig, link_closer};
 use crate::transport::{ReadOk, ReadRequest, ServerError};
 use crate::wal::config::WalConfig;
 
@@ -55,6 +55,7 @@ fn with_shard(limits: ReadLimits, test: impl AsyncFnOnce(&TestShard)) {
             wal_dir,
             write_through: false,
             peer_config: PeerConfig::new(1, 1),
+            link_closer: link_closer().0,
             tick: Duration::from_millis(10),
             seed: 1,
             stop: stop.clone(),

@@ -5,10 +5,15 @@
 //! Everything random comes from one seed, so a failing seed replays exactly:
 //! `RINGLOG_SIM_SEED=<seed> cargo test --release --lib sim::tests::replay_seed -- --nocapture`;
 //! add `RINGLOG_SIM_TRACE_FROM=<tick>` to print every event and command from that tick.
+//!
+//! In some seeds one member misbehaves (`liar`): it also sends messages that break
+//! the protocol's rules in ways a receiver can detect, and every other member must
+//! refuse them, and only them.
 
 mod checker;
 mod disk;
 mod faults;
+mod liar;
 mod network;
 #[cfg(test)]
 mod tests;
@@ -34,6 +39,8 @@ pub struct SimConfig {
     pub fault_ticks: u64,
     pub heal_ticks: u64,
     pub planted_bug: Option<PlantedBug>,
+    /// One member, chosen by the seed, sends detectably wrong messages too.
+    pub misbehaving: bool,
 }
 
 impl SimConfig {
@@ -45,6 +52,7 @@ impl SimConfig {
             fault_ticks: 400,
             heal_ticks: 600,
             planted_bug: None,
+            misbehaving: seed % 8 == 5,
         }
     }
 }
@@ -63,6 +71,8 @@ pub struct SimReport {
     pub lost_tails: u32,
     /// AppendEntries whose entries had to be read back from disk.
     pub log_reads: u64,
+    /// Messages of the misbehaving member the others refused.
+    pub refusals: u64,
 }
 
 struct Node {
@@ -93,6 +103,10 @@ struct Sim {
     crashes: u32,
     lost_tails: u32,
     log_reads: u64,
+    /// Messages the members refused (see `Command::RefusePeer`).
+    refusals: u64,
+    /// The misbehaving member, in seeds that have one.
+    liar: Option<NodeId>,
     healed: bool,
     /// Acknowledged records when the faults ended.
     heal_acked_base: u64,
@@ -124,6 +138,9 @@ pub fn run(config: SimConfig) -> Result<SimReport, String> {
 
 impl Sim {
     fn new(config: SimConfig) -> Sim {
+        let liar = config
+            .misbehaving
+            .then(|| (config.seed / 8 % u64::from(config.nodes)) as NodeId + 1);
         let nodes = (0..config.nodes)
             .map(|_| Node {
                 engine: None,
@@ -149,6 +166,8 @@ impl Sim {
             crashes: 0,
             lost_tails: 0,
             log_reads: 0,
+            refusals: 0,
+            liar,
             healed: false,
             heal_acked_base: 0,
             trace_from: std::env::var("RINGLOG_SIM_TRACE_FROM")
@@ -179,6 +198,8 @@ impl Sim {
             inflight_bytes_max: limits.range(100, 2000),
             pending_appends_max: limits.range(4, 64) as usize,
             log_cache_bytes_max: limits.range(1, 2000),
+            entry_payload_bytes_max: liar::ENTRY_PAYLOAD_BYTES_MAX,
+            received_entries_bytes_max: liar::RECEIVED_ENTRIES_BYTES_MAX,
             ..Config::default()
         };
         let seed = self.config.seed ^ ((k as u64) << 32) ^ (node.incarnation << 48);
@@ -224,6 +245,7 @@ impl Sim {
             crashes: self.crashes,
             lost_tails: self.lost_tails,
             log_reads: self.log_reads,
+            refusals: self.refusals,
         })
     }
 
@@ -373,6 +395,22 @@ impl Sim {
             return Ok(());
         }
         match command {
+            Command::Send { msg, when } if self.liar == Some(id) => {
+                let (msg, extra) = match liar::lie_about(msg, &mut self.rng) {
+                    liar::Lie::Honest(msg) | liar::Lie::Instead(msg) => (msg, None),
+                    liar::Lie::Besides(msg, bad) => (msg, Some(bad)),
+                };
+                let node = &mut self.nodes[k];
+                match when {
+                    Some(Condition::Durable { op }) if op > node.disk.durable_op => {
+                        node.held.push((op, msg))
+                    }
+                    _ => self.network.send(msg, self.now, &mut self.rng),
+                }
+                if let Some(bad) = extra {
+                    self.network.send(bad, self.now, &mut self.rng);
+                }
+            }
             Command::Send { msg, when } => match when {
                 Some(Condition::Durable { op }) if op > node.disk.durable_op => {
                     node.held.push((op, msg))
@@ -412,6 +450,14 @@ impl Sim {
             Command::ReadResult { request_id, result } => {
                 node.requests.retain(|&r| r != request_id);
                 self.checker.on_read_result(request_id, result)?
+            }
+            Command::RefusePeer { from, fault } => {
+                if self.liar != Some(from) {
+                    return Err(format!(
+                        "member {id} refused a message of honest member {from}: {fault}"
+                    ));
+                }
+                self.refusals += 1;
             }
             Command::RoleChanged { role, term, .. } => {
                 self.checker.on_role(id, role, term, engine.log())?;

@@ -12,16 +12,23 @@ fn seed_count() -> u64 {
 
 /// Runs seeds `0..count` on every core; returns each seed's outcome, in seed order.
 fn run_seeds(count: u64, planted_bug: Option<PlantedBug>) -> Vec<Result<SimReport, String>> {
+    run_configs(count, move |seed| SimConfig {
+        planted_bug,
+        ..SimConfig::for_seed(seed)
+    })
+}
+
+/// Runs the configurations of seeds `0..count` on every core, in seed order.
+fn run_configs(
+    count: u64,
+    config: impl Fn(u64) -> SimConfig + Copy + Send,
+) -> Vec<Result<SimReport, String>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let mut outcomes: Vec<(u64, Result<SimReport, String>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
                     let seeds = (t..count).step_by(threads as usize);
-                    let config = |seed| SimConfig {
-                        planted_bug,
-                        ..SimConfig::for_seed(seed)
-                    };
                     seeds
                         .map(|seed| (seed, run(config(seed))))
                         .collect::<Vec<_>>()
@@ -53,8 +60,9 @@ fn many_seeds_three_and_five_members() {
     let reads: u64 = reports.iter().map(|r| r.reads_ok).sum();
     let steps: u64 = reports.iter().map(|r| r.steps).sum();
     let log_reads: u64 = reports.iter().map(|r| r.log_reads).sum();
+    let refusals: u64 = reports.iter().map(|r| r.refusals).sum();
     println!(
-        "{count} seeds in {seconds:.1} s ({:.0} seeds/s, {steps} steps): {acked} records acknowledged, {reads} reads, {crashes} crashes ({lost_tails} cutting a corrupt log), {log_reads} messages read back from disk, all checks passed",
+        "{count} seeds in {seconds:.1} s ({:.0} seeds/s, {steps} steps): {acked} records acknowledged, {reads} reads, {crashes} crashes ({lost_tails} cutting a corrupt log), {log_reads} messages read back from disk, {refusals} lies of a misbehaving member refused, all checks passed",
         count as f64 / seconds
     );
     // Faults must not have starved the workload: otherwise the checks prove little.
@@ -65,6 +73,39 @@ fn many_seeds_three_and_five_members() {
         log_reads > count,
         "catch-up from disk hardly exercised: {log_reads}"
     );
+}
+
+/// Seeds for the misbehaving-member run; `RINGLOG_SIM_SEEDS=N` runs more.
+fn misbehaving_seed_count() -> u64 {
+    std::env::var("RINGLOG_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+/// Every seed with one member (chosen by the seed) sending detectably wrong messages
+/// besides or instead of its honest ones: nothing panics, every check of the others
+/// holds, only that member is ever refused, and it is refused.
+#[test]
+fn many_seeds_with_a_misbehaving_member() {
+    let count = misbehaving_seed_count();
+    let started = std::time::Instant::now();
+    let outcomes = run_configs(count, |seed| SimConfig {
+        misbehaving: true,
+        ..SimConfig::for_seed(seed)
+    });
+    let reports: Vec<SimReport> = outcomes
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let refusals: u64 = reports.iter().map(|r| r.refusals).sum();
+    let acked: u64 = reports.iter().map(|r| r.acked_records).sum();
+    println!(
+        "{count} seeds with a misbehaving member in {:.1} s: {refusals} lies refused, {acked} records acknowledged, all checks passed",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(refusals > count, "too few lies refused: {refusals}");
+    assert!(acked > count * 10, "too few acknowledged records: {acked}");
 }
 
 #[test]

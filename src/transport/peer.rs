@@ -498,6 +498,35 @@ pub trait PeerHandler: 'static {
     }
 }
 
+/// Close requests waiting for the acceptor; more are dropped (the link closes at
+/// the first, and its peer reconnects).
+const CLOSE_REQUESTS_MAX: usize = 1024;
+
+/// Asks a node's peer acceptor, from any thread, to close the inbound connections
+/// (both lanes) of one peer's link to one shard: the shard that refused a message
+/// from that peer runs on its own thread, while the acceptor runs on shard 0's.
+#[derive(Clone, Debug)]
+pub struct LinkCloser {
+    requests: flume::Sender<(NodeId, u32)>,
+}
+
+impl LinkCloser {
+    /// Closes the connections from `peer` to `shard_id` that are open when the
+    /// acceptor takes the request; the peer reconnects as after any lost connection.
+    pub fn close(&self, peer: NodeId, shard_id: u32) {
+        let _ = self.requests.try_send((peer, shard_id));
+    }
+}
+
+/// The acceptor's end of a [`LinkCloser`].
+pub struct CloseRequests(flume::Receiver<(NodeId, u32)>);
+
+/// A closer for the shards and its requests for [`PeerAcceptor::closing_on`].
+pub fn link_closer() -> (LinkCloser, CloseRequests) {
+    let (requests, receiver) = flume::bounded(CLOSE_REQUESTS_MAX);
+    (LinkCloser { requests }, CloseRequests(receiver))
+}
+
 /// Counters of a peer acceptor.
 #[derive(Debug, Default)]
 pub struct AcceptorStats {
@@ -506,6 +535,8 @@ pub struct AcceptorStats {
     pub connections_failed_total: Cell<u64>,
     pub messages_received_total: Cell<u64>,
     pub bytes_received_total: Cell<u64>,
+    /// Connections closed because their shard refused a message on them.
+    pub links_closed_for_refusal_total: Cell<u64>,
 }
 
 /// Accepts peer connections, checks their handshake, and delivers their messages.
@@ -515,6 +546,7 @@ pub struct PeerAcceptor<H: PeerHandler> {
     config: Rc<PeerConfig>,
     stats: Rc<AcceptorStats>,
     active: Rc<ActiveLinks>,
+    close_requests: Option<CloseRequests>,
 }
 
 type LinkKey = (NodeId, u32, Lane);
@@ -525,9 +557,29 @@ type LinkKey = (NodeId, u32, Lane);
 /// connections cannot pile up until `connections_max` refuses real peers.
 #[derive(Default)]
 struct ActiveLinks {
-    /// (peer node, shard, lane) -> (connection id, its "you are replaced" signal).
-    by_key: RefCell<HashMap<LinkKey, (u64, Rc<Notify>)>>,
+    /// (peer node, shard, lane) -> (connection id, its "close now" signal).
+    by_key: RefCell<HashMap<LinkKey, (u64, Rc<CloseSignal>)>>,
     next_id: Cell<u64>,
+}
+
+/// Tells a connection's task to close it: it was replaced by a newer connection,
+/// or (`refused`) its shard refused a message that came on it.
+#[derive(Default)]
+struct CloseSignal {
+    wake: Notify,
+    refused: Cell<bool>,
+}
+
+impl ActiveLinks {
+    /// Closes both lanes of `peer`'s link to `shard_id`, for a refused message.
+    fn close_refused(&self, peer: NodeId, shard_id: u32) {
+        for lane in [Lane::Control, Lane::Bulk] {
+            if let Some((_, signal)) = self.by_key.borrow().get(&(peer, shard_id, lane)) {
+                signal.refused.set(true);
+                signal.wake.notify();
+            }
+        }
+    }
 }
 
 impl<H: PeerHandler> PeerAcceptor<H> {
@@ -542,7 +594,14 @@ impl<H: PeerHandler> PeerAcceptor<H> {
             config,
             stats: Rc::new(AcceptorStats::default()),
             active: Rc::new(ActiveLinks::default()),
+            close_requests: None,
         })
+    }
+
+    /// Closes links on the requests of `requests`' [`LinkCloser`].
+    pub fn closing_on(mut self, requests: CloseRequests) -> PeerAcceptor<H> {
+        self.close_requests = Some(requests);
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -554,7 +613,16 @@ impl<H: PeerHandler> PeerAcceptor<H> {
     }
 
     /// Accepts connections forever, each served by its own task.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
+        if let Some(CloseRequests(requests)) = self.close_requests.take() {
+            let active = self.active.clone();
+            glommio::spawn_local(async move {
+                while let Ok((peer, shard_id)) = requests.recv_async().await {
+                    active.close_refused(peer, shard_id);
+                }
+            })
+            .detach();
+        }
         loop {
             let stream = super::conn::accept_retrying(&self.listener, "peer acceptor").await;
             if self.stats.connections_open.get() as usize >= self.config.connections_max {
@@ -668,23 +736,29 @@ async fn serve_peer<H: PeerHandler>(
     let key = (hello.node_id, hello.shard_id, hello.lane);
     let id = active.next_id.get();
     active.next_id.set(id + 1);
-    let superseded = Rc::new(Notify::default());
-    if let Some((_, old)) = active
-        .by_key
-        .borrow_mut()
-        .insert(key, (id, superseded.clone()))
-    {
-        old.notify();
+    let signal = Rc::new(CloseSignal::default());
+    if let Some((_, old)) = active.by_key.borrow_mut().insert(key, (id, signal.clone())) {
+        old.wake.notify();
     }
     let failure = loop {
         let next = futures_lite::future::or(reader.next_frame(None, frame_timeout), async {
-            superseded.notified().await;
+            signal.wake.notified().await;
             Err(ConnError::Closed)
         })
         .await;
         let frame = match next {
             Ok(Some(f)) => f,
             Ok(None) => break None,
+            Err(ConnError::Closed) if signal.refused.get() => {
+                bump(&stats.links_closed_for_refusal_total, 1);
+                log::warn!(
+                    "peer {peer} (node {} shard {} {:?} lane): closing link: the shard refused a message on it",
+                    hello.node_id,
+                    hello.shard_id,
+                    hello.lane
+                );
+                break None;
+            }
             Err(ConnError::Closed) => {
                 log::info!(
                     "peer {peer} (node {} shard {} {:?} lane): replaced by a newer connection",
