@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::engine::{self, NodeId};
+use crate::transport::server::ServerConfig;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -57,6 +58,8 @@ pub struct NodeConfig {
     pub wal: WalSettings,
     #[serde(default)]
     pub raft: RaftSettings,
+    #[serde(default)]
+    pub clients: ClientSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -146,6 +149,103 @@ impl Default for RaftSettings {
     }
 }
 
+/// Limits of the client listener, per connection unless said otherwise: what one
+/// client may make the node hold, however it behaves (`docs/configuration.md`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSettings {
+    pub frame_body_bytes_max: u32,
+    pub inflight_requests_max: u32,
+    pub inflight_bytes_max: u64,
+    pub unwritten_bytes_max: u64,
+    pub waiting_reads_per_connection_max: u32,
+    pub idle_timeout_ms: u64,
+    pub frame_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    /// Open client connections of the whole node.
+    pub connections_max: u32,
+}
+
+impl Default for ClientSettings {
+    fn default() -> ClientSettings {
+        let server = ServerConfig::default();
+        ClientSettings {
+            frame_body_bytes_max: server.frame_body_bytes_max,
+            inflight_requests_max: server.inflight_requests_max as u32,
+            inflight_bytes_max: server.inflight_bytes_max as u64,
+            unwritten_bytes_max: server.unwritten_bytes_max as u64,
+            waiting_reads_per_connection_max: server.waiting_reads_per_connection_max as u32,
+            idle_timeout_ms: server.idle_timeout_ms,
+            frame_timeout_ms: server.frame_timeout_ms,
+            write_timeout_ms: server.write_timeout_ms,
+            connections_max: server.connections_max as u32,
+        }
+    }
+}
+
+/// The smallest client frame limit: room for any fixed-size request and for the
+/// metadata of a large cluster.
+pub const CLIENT_FRAME_BODY_BYTES_MIN: u32 = 64 * 1024;
+
+impl ClientSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let frame = self.frame_body_bytes_max;
+        if frame < CLIENT_FRAME_BODY_BYTES_MIN {
+            let reason = format!("{frame} is less than {CLIENT_FRAME_BODY_BYTES_MIN}");
+            return Err(invalid("clients.frame_body_bytes_max", reason));
+        }
+        // A byte budget below one frame would still pass one request at a time (a
+        // connection's only request is always let through), which defeats pipelining
+        // without a word: say so instead.
+        for (key, bytes) in [
+            ("clients.inflight_bytes_max", self.inflight_bytes_max),
+            ("clients.unwritten_bytes_max", self.unwritten_bytes_max),
+        ] {
+            if bytes < u64::from(frame) {
+                let reason = format!(
+                    "{bytes} is less than clients.frame_body_bytes_max ({frame}), the size of one request or answer"
+                );
+                return Err(invalid(key, reason));
+            }
+        }
+        let at_least_one = [
+            (
+                "clients.inflight_requests_max",
+                u64::from(self.inflight_requests_max),
+            ),
+            (
+                "clients.waiting_reads_per_connection_max",
+                u64::from(self.waiting_reads_per_connection_max),
+            ),
+            ("clients.idle_timeout_ms", self.idle_timeout_ms),
+            ("clients.frame_timeout_ms", self.frame_timeout_ms),
+            ("clients.write_timeout_ms", self.write_timeout_ms),
+            ("clients.connections_max", u64::from(self.connections_max)),
+        ];
+        match at_least_one.iter().find(|(_, value)| *value == 0) {
+            Some((key, _)) => Err(invalid(key, "must be at least 1")),
+            None => Ok(()),
+        }
+    }
+
+    /// The listener's limits.
+    pub fn server_config(&self) -> ServerConfig {
+        let bytes = |b: u64| usize::try_from(b).unwrap_or(usize::MAX);
+        ServerConfig {
+            frame_body_bytes_max: self.frame_body_bytes_max,
+            inflight_requests_max: self.inflight_requests_max as usize,
+            inflight_bytes_max: bytes(self.inflight_bytes_max),
+            unwritten_bytes_max: bytes(self.unwritten_bytes_max),
+            waiting_reads_per_connection_max: self.waiting_reads_per_connection_max as usize,
+            idle_timeout_ms: self.idle_timeout_ms,
+            frame_timeout_ms: self.frame_timeout_ms,
+            write_timeout_ms: self.write_timeout_ms,
+            connections_max: self.connections_max as usize,
+            ..ServerConfig::default()
+        }
+    }
+}
+
 /// The most shards a node may run: more would exceed any machine's cores and make
 /// per-partition memory (windows, buffers) add up past reason.
 pub const SHARDS_MAX: u32 = 256;
@@ -199,6 +299,7 @@ impl NodeConfig {
         if self.wal.flushes_inflight_max == 0 {
             return Err(invalid("wal.flushes_inflight_max", "must be at least 1"));
         }
+        self.clients.validate()?;
         self.engine_config().map(|_| ())
     }
 
@@ -375,6 +476,44 @@ mod tests {
             ),
             "nodes.client_address"
         );
+    }
+
+    #[test]
+    fn client_limits_are_read_and_checked() {
+        let table =
+            "[clients]\nunwritten_bytes_max = 33554432\nwaiting_reads_per_connection_max = 4\n";
+        let config = NodeConfig::from_toml(&format!("{EXAMPLE}\n{table}"), "t.toml").unwrap();
+        let server = config.clients.server_config();
+        assert_eq!(server.unwritten_bytes_max, 32 << 20);
+        assert_eq!(server.waiting_reads_per_connection_max, 4);
+        assert_eq!(
+            server.inflight_bytes_max,
+            ServerConfig::default().inflight_bytes_max
+        );
+        let refused = |line: &str| {
+            let text = format!("{EXAMPLE}\n[clients]\n{line}\n");
+            key_of(NodeConfig::from_toml(&text, "t.toml").unwrap_err())
+        };
+        assert_eq!(refused("write_timeout_ms = 0"), "clients.write_timeout_ms");
+        assert_eq!(
+            refused("frame_body_bytes_max = 1000"),
+            "clients.frame_body_bytes_max"
+        );
+        assert_eq!(
+            refused("inflight_bytes_max = 1048576"),
+            "clients.inflight_bytes_max"
+        );
+        assert_eq!(
+            refused("waiting_reads_per_connection_max = 0"),
+            "clients.waiting_reads_per_connection_max"
+        );
+        assert!(matches!(
+            NodeConfig::from_toml(
+                &format!("{EXAMPLE}\n[clients]\nconections_max = 3\n"),
+                "t.toml"
+            ),
+            Err(ConfigError::Syntax { .. })
+        ));
     }
 
     #[test]

@@ -205,6 +205,7 @@ struct FrontDoors {
     members: Vec<(NodeId, String)>,
     shards: Vec<flume::Sender<ShardInput>>,
     observe: Observe,
+    client_limits: ServerConfig,
 }
 
 impl FrontDoors {
@@ -226,6 +227,7 @@ impl FrontDoors {
                 .collect(),
             shards,
             observe,
+            client_limits: config.clients.server_config(),
         }
     }
 
@@ -259,9 +261,8 @@ impl FrontDoors {
             peers,
             metrics: router_metrics.clone(),
         };
-        let clients =
-            ClientListener::bind(self.client, ServerConfig::default(), Rc::new(client_router))
-                .map_err(listen_error("client", self.client))?;
+        let clients = ClientListener::bind(self.client, self.client_limits, Rc::new(client_router))
+            .map_err(listen_error("client", self.client))?;
         let peer_config = PeerConfig::new(self.cluster_id, self.node_id);
         let peers = PeerAcceptor::bind(self.peer, Rc::new(peer_config), Rc::new(peer_router))
             .map_err(listen_error("peer", self.peer))?;

@@ -4,6 +4,7 @@
 //! executor, so nothing needs to be `Send`).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::rc::Rc;
@@ -76,8 +77,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// A reader whose reads take up to `read_chunk_bytes` at a time through a reused
     /// scratch buffer (one extra copy, no zeroing, several small frames per system
-    /// call). When a frame still misses at least that many bytes, they are read
-    /// straight into the frame's own buffer instead (one zeroing pass, no extra copy).
+    /// call). When a frame still misses at least that many bytes and a chunk of it
+    /// has arrived, the rest is read straight into the frame's own buffer instead
+    /// (no extra copy), which grows with what arrives (see `read_in_place`).
     /// Larger chunks mean fewer system calls and more memory per connection.
     pub fn with_read_chunk(
         inner: R,
@@ -140,31 +142,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let missing = want_bytes
                 .max(FRAME_HEADER_BYTES)
                 .saturating_sub(self.buf.len());
-            let n = if missing >= self.read_chunk_bytes {
-                // The header has been validated (length within the limit), so this
-                // allocation is bounded by the configured maximum. The rest of the
-                // frame is read in place, zeroing its room once rather than per read.
-                let start = self.buf.len();
-                let end = start + missing;
-                self.buf.resize(end, 0);
-                let mut filled = start;
-                while filled < end {
-                    match with_deadline(deadline, self.inner.read(&mut self.buf[filled..end])).await
-                    {
-                        Some(Ok(0)) => break,
-                        Some(Ok(n)) => filled += n,
-                        Some(Err(e)) => {
-                            self.buf.truncate(filled);
-                            return Err(e.into());
-                        }
-                        None => {
-                            self.buf.truncate(filled);
-                            return Err(timeout_error);
-                        }
-                    }
+            // A frame's first chunk goes through the scratch buffer, so a header
+            // that claims megabytes and stops costs no more than what came.
+            let in_place =
+                missing >= self.read_chunk_bytes && self.buf.len() >= self.read_chunk_bytes;
+            let n = if in_place {
+                match self.read_in_place(missing, deadline).await {
+                    Ok(n) => n,
+                    Err(Some(e)) => return Err(e.into()),
+                    Err(None) => return Err(timeout_error),
                 }
-                self.buf.truncate(filled);
-                filled - start
             } else {
                 if self.scratch.is_empty() {
                     self.scratch = vec![0u8; self.read_chunk_bytes];
@@ -187,6 +174,48 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 frame_deadline = Some(Instant::now() + frame_timeout);
             }
         }
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads up to `missing` bytes of the current frame straight into its buffer and
+    /// returns how many came (0 at end of stream); `Err(None)` means `deadline` passed.
+    ///
+    /// The buffer grows with what has arrived, never by the header's claim alone: a
+    /// header may claim megabytes and then send nothing, and many such connections
+    /// must not cost megabytes each. Each step at most doubles the bytes held (and
+    /// adds at least one read chunk), so the memory held stays under twice what was
+    /// received plus one chunk, while a large frame still takes few steps, each
+    /// zeroed once and filled by as many reads as the socket needs.
+    async fn read_in_place(
+        &mut self,
+        missing: usize,
+        deadline: Option<Instant>,
+    ) -> Result<usize, Option<io::Error>> {
+        let start = self.buf.len();
+        let end = start + missing;
+        let mut filled = start;
+        while filled < end {
+            if filled == self.buf.len() {
+                let step = filled.max(self.read_chunk_bytes);
+                self.buf.resize(end.min(filled + step), 0);
+            }
+            let room = filled..self.buf.len();
+            match with_deadline(deadline, self.inner.read(&mut self.buf[room])).await {
+                Some(Ok(0)) => break,
+                Some(Ok(n)) => filled += n,
+                Some(Err(e)) => {
+                    self.buf.truncate(filled);
+                    return Err(Some(e));
+                }
+                None => {
+                    self.buf.truncate(filled);
+                    return Err(None);
+                }
+            }
+        }
+        self.buf.truncate(filled);
+        Ok(filled - start)
     }
 }
 
@@ -227,6 +256,53 @@ impl Notify {
                 Poll::Ready(())
             } else {
                 *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Cancels every task of a group at once, such as the requests of one connection when
+/// it ends. Each task races its work against [`Cancel::cancelled`]; `cancel` wakes
+/// them all, and a task that finishes first leaves no waker behind.
+#[derive(Default)]
+pub struct Cancel {
+    cancelled: Cell<bool>,
+    waiters: RefCell<HashMap<u64, Waker>>,
+    next_waiter: Cell<u64>,
+}
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.cancelled.set(true);
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for waker in waiters.into_values() {
+            waker.wake();
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.get()
+    }
+
+    /// Completes once [`Cancel::cancel`] has been called.
+    pub async fn cancelled(&self) {
+        let id = self.next_waiter.get();
+        self.next_waiter.set(id + 1);
+        // Removes this waiter's waker when the race is decided either way.
+        struct Forget<'a>(&'a Cancel, u64);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.waiters.borrow_mut().remove(&self.1);
+            }
+        }
+        let _forget = Forget(self, id);
+        poll_fn(|cx| {
+            if self.cancelled.get() {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().insert(id, cx.waker().clone());
                 Poll::Pending
             }
         })
@@ -326,6 +402,33 @@ mod tests {
             .unwrap()
             .join()
             .unwrap()
+    }
+
+    /// A header claiming a large body followed by a few bytes costs a few bytes,
+    /// not the claim: the receive buffer grows with what arrives.
+    #[test]
+    fn a_large_claim_allocates_only_what_arrives() {
+        on_executor(async || {
+            let mut wire = BytesMut::new();
+            encode_frame(&mut wire, FrameKind::AppendRequest, 1, |b| {
+                b.put_bytes(7, 4 << 20)
+            });
+            wire.truncate(FRAME_HEADER_BYTES + 100);
+            let mut r = FrameReader::with_read_chunk(Cursor::new(wire.to_vec()), 8 << 20, 4096);
+            let err = r
+                .next_frame(None, Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, ConnError::Frame(FrameError::TruncatedBody { .. })),
+                "{err}"
+            );
+            assert!(
+                r.buf.capacity() < 64 * 1024,
+                "{} bytes held",
+                r.buf.capacity()
+            );
+        });
     }
 
     /// A small frame, a large one (read in place) and a small one again, then a
