@@ -480,38 +480,47 @@ mod tests {
 
     #[test]
     fn client_limits_are_read_and_checked() {
-        let table =
-            "[clients]\nunwritten_bytes_max = 33554432\nwaiting_reads_per_connection_max = 4\n";
-        let config = NodeConfig::from_toml(&format!("{EXAMPLE}\n{table}"), "t.toml").unwrap();
+        let config = with(
+            "unwritten_bytes_max = 16777216",
+            "unwritten_bytes_max = 33554432",
+        )
+        .unwrap();
         let server = config.clients.server_config();
         assert_eq!(server.unwritten_bytes_max, 32 << 20);
-        assert_eq!(server.waiting_reads_per_connection_max, 4);
+        let defaults = ServerConfig::default();
+        assert_eq!(server.inflight_bytes_max, defaults.inflight_bytes_max);
         assert_eq!(
-            server.inflight_bytes_max,
-            ServerConfig::default().inflight_bytes_max
+            server.waiting_reads_per_connection_max,
+            defaults.waiting_reads_per_connection_max
         );
-        let refused = |line: &str| {
-            let text = format!("{EXAMPLE}\n[clients]\n{line}\n");
-            key_of(NodeConfig::from_toml(&text, "t.toml").unwrap_err())
-        };
-        assert_eq!(refused("write_timeout_ms = 0"), "clients.write_timeout_ms");
+        let refused = |from: &str, to: &str| key_of(with(from, to).unwrap_err());
         assert_eq!(
-            refused("frame_body_bytes_max = 1000"),
+            refused("write_timeout_ms = 10000", "write_timeout_ms = 0"),
+            "clients.write_timeout_ms"
+        );
+        assert_eq!(
+            refused(
+                "frame_body_bytes_max = 8388608",
+                "frame_body_bytes_max = 1000"
+            ),
             "clients.frame_body_bytes_max"
         );
         assert_eq!(
-            refused("inflight_bytes_max = 1048576"),
+            refused(
+                "inflight_bytes_max = 33554432           # 32 MiB of requests",
+                "inflight_bytes_max = 1048576 # 1 MiB of requests"
+            ),
             "clients.inflight_bytes_max"
         );
         assert_eq!(
-            refused("waiting_reads_per_connection_max = 0"),
+            refused(
+                "waiting_reads_per_connection_max = 16",
+                "waiting_reads_per_connection_max = 0"
+            ),
             "clients.waiting_reads_per_connection_max"
         );
         assert!(matches!(
-            NodeConfig::from_toml(
-                &format!("{EXAMPLE}\n[clients]\nconections_max = 3\n"),
-                "t.toml"
-            ),
+            with("connections_max = 10000", "conections_max = 10000"),
             Err(ConfigError::Syntax { .. })
         ));
     }
