@@ -30,10 +30,10 @@ use thiserror::Error;
 
 use crate::transport::client_msg::{
     AppendOk, AppendRequest, ClientRequest, ClientResponse, Metadata, ReadOk, ReadRequest,
-    ServerError, decode_response, encode_request, request_body_bytes,
+    ServerError, decode_closing_notice, decode_response, encode_request, request_body_bytes,
 };
 use crate::transport::conn::{FrameReader, Notify, OneShot, with_deadline, write_all_within};
-use crate::transport::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
+use crate::transport::frame::{FRAME_BODY_BYTES_MAX_DEFAULT, FrameKind};
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -221,19 +221,17 @@ impl Conn {
                     Ok(None) => return s.break_with("server closed the connection".into()),
                     Err(e) => return s.break_with(format!("read failed: {e}")),
                 };
+                if frame.kind == FrameKind::ClosingNotice {
+                    // The server says why it is closing: the best reason we will get.
+                    return s.break_with(match decode_closing_notice(&frame) {
+                        Ok(notice) => notice.to_string(),
+                        Err(e) => format!("bad closing notice: {e}"),
+                    });
+                }
                 let answer = match decode_response(&frame) {
                     Ok(a) => a,
                     Err(e) => return s.break_with(format!("bad response frame: {e}")),
                 };
-                if frame.request_id == 0 {
-                    // Request id 0 is the server's "closing because of a protocol
-                    // error" notice; its text is the best reason we will get.
-                    let reason = match answer {
-                        Err(e) => e.to_string(),
-                        Ok(_) => "server sent an unsolicited response".into(),
-                    };
-                    return s.break_with(reason);
-                }
                 let slot = s.pending.borrow_mut().remove(&frame.request_id);
                 if let Some(slot) = slot {
                     slot.fill(Ok(answer));

@@ -638,6 +638,13 @@ fn golden_samples() -> Vec<(&'static str, BytesMut)> {
         encode_response(&mut b, 42, &r);
         out.push((name, b));
     }
+    let mut b = BytesMut::new();
+    let notice = ClosingNotice {
+        cause: CloseCause::ProtocolError,
+        reason: "bad".into(),
+    };
+    encode_closing_notice(&mut b, &notice);
+    out.push(("closing_notice", b));
     out
 }
 

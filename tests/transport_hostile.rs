@@ -58,17 +58,15 @@ async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-/// The reason in the server's closing notice (an ErrorResponse with request id 0).
+/// The reason in the server's closing notice (a frame of its own kind, never an
+/// answer).
 fn closing_reason(received: &[u8]) -> String {
     let mut buf = BytesMut::from(received);
     let frame = decode_frame(&mut buf, 1 << 20, None)
         .unwrap()
         .expect("a closing notice");
-    assert_eq!(frame.request_id, 0);
-    match decode_response(&frame).unwrap() {
-        Err(ServerError::InvalidRequest { reason }) => reason,
-        other => panic!("unexpected closing notice {other:?}"),
-    }
+    assert_eq!(frame.kind, FrameKind::ClosingNotice);
+    decode_closing_notice(&frame).unwrap().reason
 }
 
 /// A client that must keep working through every attack.

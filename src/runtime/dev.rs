@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::config::{FsyncPolicy, Listen, Member, NodeConfig, RaftSettings, WalSettings};
+use super::config::{
+    ClientSettings, FsyncPolicy, Listen, Member, NodeConfig, RaftSettings, WalSettings,
+};
 use crate::engine::NodeId;
 
 #[derive(Debug, Error)]
@@ -87,6 +89,7 @@ pub fn configs(
         },
         raft: RaftSettings::default(),
         reads: Default::default(),
+        clients: ClientSettings::default(),
     };
     Ok((0..nodes).map(config).collect())
 }

@@ -218,15 +218,10 @@ fn shard_context(
         inbox: inbox.clients,
         peer_inbox: inbox.peers,
         // The client listener's frame limit, which answers must fit.
-        read_limits: ReadLimits::new(&config.reads, client_server_config().frame_body_bytes_max),
+        read_limits: ReadLimits::new(&config.reads, config.clients.frame_body_bytes_max),
         metrics: observe.metrics.clone(),
         health: observe.health.clone(),
     }
-}
-
-/// The client listener's limits; shards size read answers to its frame limit.
-fn client_server_config() -> ServerConfig {
-    ServerConfig::default()
 }
 
 /// Bounds what the engine accepts from peers by what the WAL takes: a record over
@@ -265,6 +260,7 @@ struct FrontDoors {
     observe: Observe,
     /// The shards' requests to close the links of peers that broke the rules.
     close_requests: CloseRequests,
+    client_limits: ServerConfig,
 }
 
 impl FrontDoors {
@@ -288,6 +284,7 @@ impl FrontDoors {
             shards,
             observe,
             close_requests,
+            client_limits: config.clients.server_config(),
         }
     }
 
@@ -321,9 +318,8 @@ impl FrontDoors {
             peers,
             metrics: router_metrics.clone(),
         };
-        let clients =
-            ClientListener::bind(self.client, client_server_config(), Rc::new(client_router))
-                .map_err(listen_error("client", self.client))?;
+        let clients = ClientListener::bind(self.client, self.client_limits, Rc::new(client_router))
+            .map_err(listen_error("client", self.client))?;
         let peer_config = PeerConfig::new(self.cluster_id, self.node_id);
         let peers = PeerAcceptor::bind(self.peer, Rc::new(peer_config), Rc::new(peer_router))
             .map_err(listen_error("peer", self.peer))?

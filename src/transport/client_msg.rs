@@ -465,6 +465,80 @@ pub fn decode_response(frame: &Frame) -> Result<Result<ClientResponse, ServerErr
     Ok(response)
 }
 
+/// Why a node is closing a client connection: the first byte of a ClosingNotice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The client broke the framing or sent something not valid on this connection.
+    ProtocolError,
+    /// The client was idle too long, or too slow to send a whole frame.
+    Timeout,
+}
+
+impl CloseCause {
+    fn code(self) -> u8 {
+        match self {
+            CloseCause::ProtocolError => 1,
+            CloseCause::Timeout => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<CloseCause> {
+        match code {
+            1 => Some(CloseCause::ProtocolError),
+            2 => Some(CloseCause::Timeout),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CloseCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloseCause::ProtocolError => "protocol error",
+            CloseCause::Timeout => "timeout",
+        })
+    }
+}
+
+/// The last frame a node sends on a client connection it is about to close. It is a
+/// kind of its own, never an answer, so that no request id has to be set aside and a
+/// client cannot mistake it for the answer to one of its requests.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("server closed the connection ({cause}): {reason}")]
+pub struct ClosingNotice {
+    pub cause: CloseCause,
+    pub reason: String,
+}
+
+pub fn encode_closing_notice(dst: &mut BytesMut, notice: &ClosingNotice) {
+    let text = truncate_utf8(&notice.reason, TEXT_BYTES_MAX);
+    encode_frame(dst, FrameKind::ClosingNotice, 0, |b| {
+        b.put_u8(notice.cause.code());
+        b.put_u8(0);
+        b.put_u16_le(text.len() as u16);
+        b.put_slice(text.as_bytes());
+    });
+}
+
+pub fn decode_closing_notice(frame: &Frame) -> Result<ClosingNotice, FrameError> {
+    let mut r = BodyReader::new(frame);
+    if frame.kind != FrameKind::ClosingNotice {
+        return Err(FrameError::Unexpected {
+            kind: frame.kind,
+            context: "expected a closing notice",
+        });
+    }
+    if frame.request_id != 0 {
+        return Err(r.malformed("closing notice with a request id"));
+    }
+    let cause = CloseCause::from_code(r.u8()?).ok_or_else(|| r.malformed("unknown close cause"))?;
+    r.reserved(1)?;
+    let text_len = r.u16()? as usize;
+    let reason = r.string(text_len)?;
+    r.finish()?;
+    Ok(ClosingNotice { cause, reason })
+}
+
 #[cfg(test)]
 mod display_tests {
     use super::*;

@@ -66,12 +66,13 @@ pub enum FrameKind {
     ReadResponse = 0x43,
     MetadataRequest = 0x44,
     MetadataResponse = 0x45,
+    ClosingNotice = 0x4E,
     ErrorResponse = 0x4F,
 }
 
 impl FrameKind {
     /// Every kind, in code order (used by tests and documentation checks).
-    pub const ALL: [FrameKind; 20] = [
+    pub const ALL: [FrameKind; 21] = [
         FrameKind::PeerHello,
         FrameKind::PeerHelloAck,
         FrameKind::PeerRefused,
@@ -91,6 +92,7 @@ impl FrameKind {
         FrameKind::ReadResponse,
         FrameKind::MetadataRequest,
         FrameKind::MetadataResponse,
+        FrameKind::ClosingNotice,
         FrameKind::ErrorResponse,
     ];
 

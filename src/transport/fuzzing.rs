@@ -10,7 +10,10 @@ use crate::engine::{
     NodeId, Recovered, Role, Term,
 };
 
-use super::client_msg::{decode_request, decode_response, encode_request, encode_response};
+use super::client_msg::{
+    decode_closing_notice, decode_request, decode_response, encode_closing_notice, encode_request,
+    encode_response,
+};
 use super::frame::{Frame, FrameKind, decode_frame};
 use super::peer_msg::{
     decode_hello, decode_message, decode_refused, encode_hello, encode_message, encode_refused,
@@ -55,6 +58,9 @@ pub fn check_frame(frame: &Frame) {
             .is_ok(),
         k if k.is_peer_message() => decode_message(frame)
             .map(|m| encode_message(&mut out, &m))
+            .is_ok(),
+        FrameKind::ClosingNotice => decode_closing_notice(frame)
+            .map(|n| encode_closing_notice(&mut out, &n))
             .is_ok(),
         k if k.is_client_request() => decode_request(frame)
             .map(|r| encode_request(&mut out, frame.request_id, &r))

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringlog::client::{Client, ClientConfig};
-use ringlog::runtime::config::{Listen, Member, NodeConfig, RaftSettings, WalSettings};
+use ringlog::runtime::config::{
+    ClientSettings, Listen, Member, NodeConfig, RaftSettings, WalSettings,
+};
 use ringlog::transport::{Metadata, ReadRequest};
 
 /// A free port from the project's allocator (`ringlog::ports`): never one handed
@@ -108,6 +110,7 @@ impl TestCluster {
                     heartbeat_interval_ms: 30,
                     ..RaftSettings::default()
                 },
+                clients: ClientSettings::default(),
             })
             .collect();
         let paths: Vec<PathBuf> = configs
@@ -195,8 +198,18 @@ impl TestCluster {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// The process id of node `k`, while it runs.
+    pub fn pid(&self, k: usize) -> Option<u32> {
+        self.children[k].as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self, k: usize) -> bool {
         self.children[k].is_some()
+    }
+
+    /// Writes node `k`'s config (after a test changed `configs[k]`) for its next start.
+    pub fn write_config(&self, k: usize) {
+        std::fs::write(&self.paths[k], self.configs[k].to_toml()).unwrap();
     }
 
     pub fn config_path(&self, k: usize) -> &std::path::Path {

@@ -51,6 +51,20 @@ pub struct FakeHandler {
     /// Requests whose first record starts with "slow:N" wait N ms before answering,
     /// so tests can make answers come back out of order.
     pub allow_slow: Cell<bool>,
+    /// Reads waiting for records right now (dropped ones leave the count).
+    pub reads_waiting: Cell<u64>,
+    /// When set, reads that would wait beyond this many get Overloaded, as a shard
+    /// with a bounded set of waiting reads answers.
+    pub reads_waiting_max: Cell<Option<u64>>,
+}
+
+/// Counts one waiting read for as long as it lives.
+struct WaitingRead<'a>(&'a Cell<u64>);
+
+impl Drop for WaitingRead<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl RequestHandler for FakeHandler {
@@ -96,6 +110,7 @@ impl RequestHandler for FakeHandler {
                     });
                 }
                 let give_up = Instant::now() + Duration::from_millis(u64::from(r.wait_timeout_ms));
+                let mut waiting = None;
                 loop {
                     let len = self.logs.borrow().get(&r.partition).map_or(0, Vec::len) as u64;
                     if r.from_index == 0 || r.from_index > len + 1 {
@@ -125,6 +140,14 @@ impl RequestHandler for FakeHandler {
                             commit_index: len,
                             log_start: 1,
                         }));
+                    }
+                    if waiting.is_none() {
+                        let count = self.reads_waiting.get();
+                        if self.reads_waiting_max.get().is_some_and(|max| count >= max) {
+                            return Err(ServerError::Overloaded);
+                        }
+                        self.reads_waiting.set(count + 1);
+                        waiting = Some(WaitingRead(&self.reads_waiting));
                     }
                     // The fake polls; the real runtime wakes readers on commit.
                     glommio::timer::sleep(Duration::from_millis(1)).await;
