@@ -852,15 +852,19 @@ mod tests {
         ));
     }
 
-    /// The key a config with `edits` (each replacing a line of the example) is
-    /// refused for, and the reason.
-    fn refusal(edits: &[(&str, &str)]) -> (String, String) {
+    /// The example with `edits`, each replacing a line.
+    fn edited(edits: &[(&str, &str)]) -> String {
         let mut text = EXAMPLE.to_string();
         for (from, to) in edits {
             assert!(text.contains(from), "example lacks {from:?}");
             text = text.replacen(from, to, 1);
         }
-        match NodeConfig::from_toml(&text, "test.toml") {
+        text
+    }
+
+    /// The key a config with `edits` is refused for, and the reason.
+    fn refusal(edits: &[(&str, &str)]) -> (String, String) {
+        match NodeConfig::from_toml(&edited(edits), "test.toml") {
             Err(ConfigError::Invalid { key, reason }) => (key, reason),
             other => panic!("expected an invalid setting, got {other:?}"),
         }
@@ -909,25 +913,14 @@ mod tests {
         assert!(reason.contains("a read answer"), "{reason}");
         edits.pop();
         edits.push((RECORD, "record_size_bytes_max = 1048540"));
-        let fits = NodeConfig::from_toml(
-            &edits
-                .iter()
-                .fold(EXAMPLE.to_string(), |t, (f, to)| t.replacen(f, to, 1)),
-            "test.toml",
-        );
+        let fits = NodeConfig::from_toml(&edited(&edits), "test.toml");
         assert!(fits.is_ok(), "{fits:?}");
         // A larger client frame lets the peer frame limit (8 MiB) and then the
         // follower's WAL buffer bind.
-        let big_frame = [
+        let (key, reason) = refusal(&[
             (CLIENT_FRAME, "frame_body_bytes_max = 16777216"),
-            (
-                "unwritten_bytes_max = 16777216",
-                "unwritten_bytes_max = 16777216",
-            ),
-        ];
-        let mut edits = big_frame.to_vec();
-        edits.push((RECORD, "record_size_bytes_max = 9437184"));
-        let (key, reason) = refusal(&edits);
+            (RECORD, "record_size_bytes_max = 9437184"),
+        ]);
         assert_eq!(key, "wal.record_size_bytes_max");
         assert!(reason.contains("peer frame limit"), "{reason}");
         let (key, reason) = refusal(&[(RECORD, "record_size_bytes_max = 3145728")]);
@@ -944,21 +937,19 @@ mod tests {
         assert_eq!(key, "wal.segment_size_bytes");
         assert!(reason.contains("wal.record_size_bytes_max"), "{reason}");
         let needed = segment_size_bytes_min_for(1 << 20, BLOCK_BYTES).next_multiple_of(BLOCK_BYTES);
-        let text = EXAMPLE.replacen(FLUSH, small_flush.1, 1).replacen(
-            SEGMENT,
-            &format!("segment_size_bytes = {needed}"),
-            1,
-        );
+        let line = format!("segment_size_bytes = {needed}");
+        let text = edited(&[small_flush, (SEGMENT, &line)]);
         let config = NodeConfig::from_toml(&text, "test.toml").unwrap();
         assert_eq!(config.wal_config().validate(BLOCK_BYTES as usize), Ok(()));
         let line = format!("segment_size_bytes = {}", needed - BLOCK_BYTES);
         let (key, _) = refusal(&[small_flush, (SEGMENT, &line)]);
         assert_eq!(key, "wal.segment_size_bytes");
         // Smaller records allow the smallest segment.
-        let text = EXAMPLE
-            .replacen(FLUSH, small_flush.1, 1)
-            .replacen(SEGMENT, "segment_size_bytes = 1048576", 1)
-            .replacen(RECORD, "record_size_bytes_max = 65536", 1);
+        let text = edited(&[
+            small_flush,
+            (SEGMENT, "segment_size_bytes = 1048576"),
+            (RECORD, "record_size_bytes_max = 65536"),
+        ]);
         let config = NodeConfig::from_toml(&text, "test.toml").unwrap();
         assert_eq!(config.wal_config().validate(BLOCK_BYTES as usize), Ok(()));
         // A segment's header records its size in 32 bits.
