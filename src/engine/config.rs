@@ -34,7 +34,9 @@ pub struct Config {
     pub entry_payload_bytes_max: u64,
     /// Largest sum of `Entry::size_bytes` accepted in one AppendEntries: the runtime
     /// passes what its WAL buffer always takes at once. Honest leaders send at most
-    /// `bytes_per_msg_max`, or one entry.
+    /// `bytes_per_msg_max` (plus 24 bytes per entry when the runtime reads them back
+    /// from the WAL's cache, which counts payloads), or one entry; the node's
+    /// configuration keeps both within this.
     pub received_entries_bytes_max: u64,
 }
 

@@ -8,9 +8,22 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::engine::{self, NodeId};
-use crate::transport::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
+use bytes::Bytes;
+
+use super::reads::{READ_ANSWER_HEADER_BYTES, READ_RECORD_OVERHEAD_BYTES};
+use super::router::nodes_in_words;
+use crate::engine::{self, ENTRY_OVERHEAD_BYTES, Entry, EntryKind, Message, MessageBody, NodeId};
+use crate::transport::client_msg::request_body_bytes;
+use crate::transport::frame::{FRAME_BODY_BYTES_MAX_DEFAULT, FRAME_HEADER_BYTES};
+use crate::transport::peer::PeerConfig;
+use crate::transport::peer_msg::message_frame_bytes;
 use crate::transport::server::ServerConfig;
+use crate::transport::{AppendRequest, ClientRequest};
+use crate::wal::config::{
+    BUFFERED_BYTES_MAX_DEFAULT, RECORD_SIZE_BYTES_MAX_DEFAULT, WalConfig,
+    segment_size_bytes_min_for,
+};
+use crate::wal::format::RECORD_HEADER_BYTES;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -86,6 +99,9 @@ pub struct Member {
 #[serde(deny_unknown_fields, default)]
 pub struct WalSettings {
     pub segment_size_bytes: u64,
+    /// Largest payload of one record: a client append carrying a larger one is
+    /// refused, and a peer sending one is treated as misbehaving.
+    pub record_size_bytes_max: u64,
     pub fsync: FsyncPolicy,
     /// One flush writes at most this many bytes.
     pub flush_bytes_max: u64,
@@ -105,6 +121,7 @@ impl Default for WalSettings {
     fn default() -> WalSettings {
         WalSettings {
             segment_size_bytes: 64 << 20,
+            record_size_bytes_max: RECORD_SIZE_BYTES_MAX_DEFAULT as u64,
             fsync: FsyncPolicy::Always,
             flush_bytes_max: 4 << 20,
             flushes_inflight_max: 2,
@@ -301,7 +318,61 @@ impl ClientSettings {
 pub const SHARDS_MAX: u32 = 256;
 /// Segments are written in whole 4 KiB blocks and must hold a few large batches.
 pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1 << 20;
-const BLOCK_BYTES: u64 = 4096;
+/// The largest segment: a segment's header records its size in 32 bits.
+pub const SEGMENT_SIZE_BYTES_MAX: u64 = u32::MAX as u64 / BLOCK_BYTES * BLOCK_BYTES;
+const BLOCK_BYTES: u64 = crate::wal::storage::DMA_BLOCK_BYTES as u64;
+/// Bytes of appends a shard's WAL buffers before a flush. Not a setting: the checks
+/// below compare settings with it.
+pub const WAL_BUFFER_BYTES: u64 = BUFFERED_BYTES_MAX_DEFAULT as u64;
+/// The WAL charges a record its payload plus two record headers (one for the record,
+/// one for the end of a block it may skip), which is at most this many times the
+/// record's `Entry::size_bytes` (its payload plus 24), the measure peers are held to.
+const WAL_COST_PER_ENTRY_SIZE: u64 = 2 * RECORD_HEADER_BYTES as u64 / ENTRY_OVERHEAD_BYTES;
+const _: () =
+    assert!(WAL_COST_PER_ENTRY_SIZE * ENTRY_OVERHEAD_BYTES == 2 * RECORD_HEADER_BYTES as u64);
+/// The most bytes of entries (summed `Entry::size_bytes`) one received AppendEntries
+/// may carry: however small its entries, the WAL charges them at most half its
+/// buffer, the margin the shard also keeps for a client's batch, so that one always
+/// fits once earlier appends are flushed. A follower refuses more (2 MiB), and a
+/// leader's settings must keep what it sends within it.
+pub const RECEIVED_ENTRIES_BYTES_MAX: u64 = WAL_BUFFER_BYTES / 2 / WAL_COST_PER_ENTRY_SIZE;
+
+/// The peer frame limit: not a setting, the same on every node.
+fn peer_frame_body_bytes_max() -> u64 {
+    u64::from(PeerConfig::new(0, 0).frame_body_bytes_max)
+}
+
+/// Body bytes of an AppendEntries frame carrying `entries` empty entries, counted
+/// by the transport itself.
+fn append_entries_body_bytes(entries: usize) -> u64 {
+    let entry = |index| Entry {
+        term: 1,
+        index,
+        kind: EntryKind::Record,
+        payload: Bytes::new(),
+    };
+    let message = Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body: MessageBody::AppendEntries {
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: (1..=entries as u64).map(entry).collect(),
+            leader_commit: 0,
+        },
+    };
+    (message_frame_bytes(&message) - FRAME_HEADER_BYTES) as u64
+}
+
+/// Body bytes of an Append request carrying one empty record.
+fn append_request_overhead_bytes() -> u64 {
+    let request = ClientRequest::Append(AppendRequest {
+        partition: 0,
+        records: vec![Bytes::new()],
+    });
+    request_body_bytes(&request) as u64
+}
 
 impl NodeConfig {
     pub fn from_file(path: &std::path::Path) -> Result<NodeConfig, ConfigError> {
@@ -331,24 +402,7 @@ impl NodeConfig {
                 format!("{} is more than {SHARDS_MAX}", self.shards),
             ));
         }
-        let segment = self.wal.segment_size_bytes;
-        if segment < SEGMENT_SIZE_BYTES_MIN || !segment.is_multiple_of(BLOCK_BYTES) {
-            return Err(invalid(
-                "wal.segment_size_bytes",
-                format!(
-                    "{segment} must be a multiple of {BLOCK_BYTES} and at least {SEGMENT_SIZE_BYTES_MIN}"
-                ),
-            ));
-        }
-        if self.wal.flush_bytes_max < BLOCK_BYTES || self.wal.flush_bytes_max > segment {
-            return Err(invalid(
-                "wal.flush_bytes_max",
-                format!("must be between {BLOCK_BYTES} and the segment size"),
-            ));
-        }
-        if self.wal.flushes_inflight_max == 0 {
-            return Err(invalid("wal.flushes_inflight_max", "must be at least 1"));
-        }
+        self.validate_wal()?;
         self.reads.validate()?;
         self.clients.validate()?;
         let frame = self.clients.frame_body_bytes_max;
@@ -359,15 +413,198 @@ impl NodeConfig {
             );
             return Err(invalid("reads.bytes_max", reason));
         }
-        self.engine_config().map(|_| ())
+        self.validate_record_size()?;
+        self.engine_config()?;
+        self.validate_messages()?;
+        // Every rule of the WAL is checked above under the name of its setting; this
+        // is a net for a rule added to the WAL and not here, so that it still stops
+        // the node now rather than when a shard opens its log.
+        self.wal_config()
+            .validate(BLOCK_BYTES as usize)
+            .map_err(|reason| invalid("wal", reason))
+    }
+
+    /// The `[wal]` rules the WAL itself applies when a shard opens its log.
+    fn validate_wal(&self) -> Result<(), ConfigError> {
+        let wal = &self.wal;
+        let segment = wal.segment_size_bytes;
+        if !(SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX).contains(&segment)
+            || !segment.is_multiple_of(BLOCK_BYTES)
+        {
+            return Err(invalid(
+                "wal.segment_size_bytes",
+                format!(
+                    "{segment} must be a multiple of {BLOCK_BYTES} from {SEGMENT_SIZE_BYTES_MIN} to {SEGMENT_SIZE_BYTES_MAX}"
+                ),
+            ));
+        }
+        let record = wal.record_size_bytes_max;
+        if record == 0 {
+            return Err(invalid("wal.record_size_bytes_max", "must be at least 1"));
+        }
+        let needed = segment_size_bytes_min_for(record, BLOCK_BYTES);
+        if segment < needed {
+            let reason = format!(
+                "{segment} cannot hold the largest record: wal.record_size_bytes_max ({record}) with the WAL's header block, record header and block padding needs {needed}"
+            );
+            return Err(invalid("wal.segment_size_bytes", reason));
+        }
+        let flush = wal.flush_bytes_max;
+        if flush < 2 * BLOCK_BYTES || !flush.is_multiple_of(BLOCK_BYTES) {
+            let reason = format!(
+                "{flush} must be a multiple of {BLOCK_BYTES} and at least {}",
+                2 * BLOCK_BYTES
+            );
+            return Err(invalid("wal.flush_bytes_max", reason));
+        }
+        if flush > segment {
+            let reason = format!("{flush} is more than wal.segment_size_bytes ({segment})");
+            return Err(invalid("wal.flush_bytes_max", reason));
+        }
+        if flush > WAL_BUFFER_BYTES {
+            let reason = format!(
+                "{flush} is more than the WAL's buffer ({WAL_BUFFER_BYTES} bytes, not a setting), which one flush writes from"
+            );
+            return Err(invalid("wal.flush_bytes_max", reason));
+        }
+        if wal.flushes_inflight_max == 0 {
+            return Err(invalid("wal.flushes_inflight_max", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// A record of `wal.record_size_bytes_max` must travel whole everywhere a record
+    /// goes: in an Append request, in a read answer (which then holds it alone), in
+    /// an AppendEntries to followers, and into a follower's WAL buffer.
+    fn validate_record_size(&self) -> Result<(), ConfigError> {
+        let record = self.wal.record_size_bytes_max;
+        let client_frame = u64::from(self.clients.frame_body_bytes_max);
+        let carriers = [
+            (
+                "an Append request",
+                append_request_overhead_bytes(),
+                format!("clients.frame_body_bytes_max ({client_frame})"),
+                client_frame,
+            ),
+            (
+                "a read answer",
+                (READ_ANSWER_HEADER_BYTES + READ_RECORD_OVERHEAD_BYTES) as u64,
+                format!("clients.frame_body_bytes_max ({client_frame})"),
+                client_frame,
+            ),
+            (
+                "an AppendEntries",
+                append_entries_body_bytes(1),
+                format!(
+                    "the peer frame limit ({}, not a setting)",
+                    peer_frame_body_bytes_max()
+                ),
+                peer_frame_body_bytes_max(),
+            ),
+            (
+                "one AppendEntries a follower's WAL takes",
+                ENTRY_OVERHEAD_BYTES,
+                format!(
+                    "{RECEIVED_ENTRIES_BYTES_MAX} bytes of entries, what a WAL buffer of {WAL_BUFFER_BYTES} bytes (not a setting) always takes"
+                ),
+                RECEIVED_ENTRIES_BYTES_MAX,
+            ),
+        ];
+        for (carrier, overhead, limit_name, limit) in carriers {
+            if record.saturating_add(overhead) > limit {
+                let reason = format!(
+                    "{record} is more than {}, the largest record {carrier} can carry within {limit_name}",
+                    limit.saturating_sub(overhead)
+                );
+                return Err(invalid("wal.record_size_bytes_max", reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader's AppendEntries must fit the peer frame limit and what followers
+    /// accept, or they are refused at every retry and followers never catch up.
+    fn validate_messages(&self) -> Result<(), ConfigError> {
+        let raft = &self.raft;
+        let (bytes, entries) = (raft.bytes_per_msg_max, raft.entries_per_msg_max);
+        let overhead = ENTRY_OVERHEAD_BYTES.saturating_mul(entries as u64);
+        // Name the setting that makes most of the excess.
+        let key = if overhead > bytes {
+            "raft.entries_per_msg_max"
+        } else {
+            "raft.bytes_per_msg_max"
+        };
+        let what = format!(
+            "raft.bytes_per_msg_max ({bytes}) plus {ENTRY_OVERHEAD_BYTES} bytes for each of raft.entries_per_msg_max ({entries}) entries"
+        );
+        let batch = self.sent_entries_bytes_max();
+        let (header, peer_frame) = (append_entries_body_bytes(0), peer_frame_body_bytes_max());
+        if batch.saturating_add(header) > peer_frame {
+            let reason = format!(
+                "{what} and a {header}-byte header is more than the peer frame limit ({peer_frame} bytes, not a setting)"
+            );
+            return Err(invalid(key, reason));
+        }
+        if batch > RECEIVED_ENTRIES_BYTES_MAX {
+            let reason = format!(
+                "{what} is more than {RECEIVED_ENTRIES_BYTES_MAX}, the entries one AppendEntries may carry so that a follower's WAL buffer ({WAL_BUFFER_BYTES} bytes, not a setting) always takes them"
+            );
+            return Err(invalid(key, reason));
+        }
+        if raft.inflight_bytes_max < bytes {
+            let reason = format!(
+                "{} is less than raft.bytes_per_msg_max ({bytes}): one AppendEntries would fill a follower's window, so none would be pipelined",
+                raft.inflight_bytes_max
+            );
+            return Err(invalid("raft.inflight_bytes_max", reason));
+        }
+        Ok(())
+    }
+
+    /// The most bytes of entries (summed `Entry::size_bytes`) this node puts in one
+    /// AppendEntries as leader: `raft.bytes_per_msg_max`, or a single record larger
+    /// than that. Entries read back from the WAL's cache for a lagging follower are
+    /// counted by payload alone, so each may add its 24-byte overhead beyond it.
+    fn sent_entries_bytes_max(&self) -> u64 {
+        let overhead = ENTRY_OVERHEAD_BYTES.saturating_mul(self.raft.entries_per_msg_max as u64);
+        let batch = self.raft.bytes_per_msg_max.saturating_add(overhead);
+        let record = self.wal.record_size_bytes_max + ENTRY_OVERHEAD_BYTES;
+        batch.max(record)
+    }
+
+    /// One shard's WAL settings.
+    pub fn wal_config(&self) -> WalConfig {
+        let wal = &self.wal;
+        WalConfig {
+            segment_size_bytes: wal.segment_size_bytes,
+            record_size_bytes_max: wal.record_size_bytes_max as usize,
+            flush_bytes_max: wal.flush_bytes_max as usize,
+            buffered_bytes_max: WAL_BUFFER_BYTES as usize,
+            flushes_in_flight_max: wal.flushes_inflight_max as usize,
+            fsync_disabled: wal.fsync == FsyncPolicy::Never,
+            truncate_corrupt_tail: wal.truncate_corrupt_tail,
+            ..WalConfig::default()
+        }
+    }
+
+    /// One shard's engine settings: [`NodeConfig::engine_config`], with what the
+    /// engine accepts from peers bounded by what the WAL takes. A record over the
+    /// WAL's limit, or an AppendEntries larger than its buffer takes at once, would
+    /// stop the shard; validation keeps what an honest leader sends within both.
+    pub fn shard_engine_config(&self) -> Result<engine::Config, ConfigError> {
+        let mut engine = self.engine_config()?;
+        engine.entry_payload_bytes_max = self.wal.record_size_bytes_max;
+        engine.received_entries_bytes_max = RECEIVED_ENTRIES_BYTES_MAX;
+        Ok(engine)
     }
 
     fn validate_members(&self) -> Result<(), ConfigError> {
         let ids: Vec<NodeId> = self.nodes.iter().map(|m| m.node_id).collect();
         if !ids.contains(&self.node_id) {
             let reason = format!(
-                "{} is not among the node ids in [[nodes]] ({ids:?})",
-                self.node_id
+                "{} is not among the members in [[nodes]] ({})",
+                self.node_id,
+                nodes_in_words(&ids)
             );
             return Err(invalid("node_id", reason));
         }
@@ -613,6 +850,175 @@ mod tests {
             with("connections_max = 10000", "conections_max = 10000"),
             Err(ConfigError::Syntax { .. })
         ));
+    }
+
+    /// The example with `edits`, each replacing a line.
+    fn edited(edits: &[(&str, &str)]) -> String {
+        let mut text = EXAMPLE.to_string();
+        for (from, to) in edits {
+            assert!(text.contains(from), "example lacks {from:?}");
+            text = text.replacen(from, to, 1);
+        }
+        text
+    }
+
+    /// The key a config with `edits` is refused for, and the reason.
+    fn refusal(edits: &[(&str, &str)]) -> (String, String) {
+        match NodeConfig::from_toml(&edited(edits), "test.toml") {
+            Err(ConfigError::Invalid { key, reason }) => (key, reason),
+            other => panic!("expected an invalid setting, got {other:?}"),
+        }
+    }
+
+    const RECORD: &str = "record_size_bytes_max = 1048576";
+    const SEGMENT: &str = "segment_size_bytes = 67108864";
+    const FLUSH: &str = "flush_bytes_max = 4194304";
+    const CLIENT_FRAME: &str = "frame_body_bytes_max = 8388608";
+    const READ_BYTES: &str = "bytes_max = 8257536";
+    const MSG_BYTES: &str = "bytes_per_msg_max = 1048576";
+
+    #[test]
+    fn the_record_limit_is_a_setting_wired_into_the_wal_and_the_engine() {
+        let config = NodeConfig::from_toml(EXAMPLE, "examples/node.toml").unwrap();
+        assert_eq!(config.wal.record_size_bytes_max, 1 << 20);
+        let without = EXAMPLE.replacen(RECORD, "", 1);
+        let omitted = NodeConfig::from_toml(&without, "test.toml").unwrap();
+        assert_eq!(omitted.wal, WalSettings::default());
+        let config = with(RECORD, "record_size_bytes_max = 2000000").unwrap();
+        assert_eq!(config.wal_config().record_size_bytes_max, 2_000_000);
+        let engine = config.shard_engine_config().unwrap();
+        assert_eq!(engine.entry_payload_bytes_max, 2_000_000);
+    }
+
+    #[test]
+    fn a_record_limit_that_something_cannot_carry_is_refused() {
+        let zero = refusal(&[(RECORD, "record_size_bytes_max = 0")]);
+        assert_eq!(zero.0, "wal.record_size_bytes_max");
+        // With a 1 MiB client frame, an Append of one record has 12 bytes of framing
+        // and a read answer 36.
+        let small_frame = [
+            (CLIENT_FRAME, "frame_body_bytes_max = 1048576"),
+            (READ_BYTES, "bytes_max = 1048576"),
+        ];
+        let mut edits = small_frame.to_vec();
+        edits.push((RECORD, "record_size_bytes_max = 1048565"));
+        let (key, reason) = refusal(&edits);
+        assert_eq!(key, "wal.record_size_bytes_max");
+        assert!(reason.contains("an Append request"), "{reason}");
+        assert!(reason.contains("1048564"), "{reason}");
+        edits.pop();
+        edits.push((RECORD, "record_size_bytes_max = 1048556"));
+        let (key, reason) = refusal(&edits);
+        assert_eq!(key, "wal.record_size_bytes_max");
+        assert!(reason.contains("a read answer"), "{reason}");
+        edits.pop();
+        edits.push((RECORD, "record_size_bytes_max = 1048540"));
+        let fits = NodeConfig::from_toml(&edited(&edits), "test.toml");
+        assert!(fits.is_ok(), "{fits:?}");
+        // A larger client frame lets the peer frame limit (8 MiB) and then the
+        // follower's WAL buffer bind.
+        let (key, reason) = refusal(&[
+            (CLIENT_FRAME, "frame_body_bytes_max = 16777216"),
+            (RECORD, "record_size_bytes_max = 9437184"),
+        ]);
+        assert_eq!(key, "wal.record_size_bytes_max");
+        assert!(reason.contains("peer frame limit"), "{reason}");
+        let (key, reason) = refusal(&[(RECORD, "record_size_bytes_max = 3145728")]);
+        assert_eq!(key, "wal.record_size_bytes_max");
+        assert!(reason.contains("WAL"), "{reason}");
+    }
+
+    #[test]
+    fn a_segment_too_small_or_too_large_for_the_wal_is_refused() {
+        let small_flush = (FLUSH, "flush_bytes_max = 1048576");
+        // 1 MiB is the general minimum, but a 1 MiB record with its headers and
+        // block padding needs more.
+        let (key, reason) = refusal(&[small_flush, (SEGMENT, "segment_size_bytes = 1048576")]);
+        assert_eq!(key, "wal.segment_size_bytes");
+        assert!(reason.contains("wal.record_size_bytes_max"), "{reason}");
+        let needed = segment_size_bytes_min_for(1 << 20, BLOCK_BYTES).next_multiple_of(BLOCK_BYTES);
+        let line = format!("segment_size_bytes = {needed}");
+        let text = edited(&[small_flush, (SEGMENT, &line)]);
+        let config = NodeConfig::from_toml(&text, "test.toml").unwrap();
+        assert_eq!(config.wal_config().validate(BLOCK_BYTES as usize), Ok(()));
+        let line = format!("segment_size_bytes = {}", needed - BLOCK_BYTES);
+        let (key, _) = refusal(&[small_flush, (SEGMENT, &line)]);
+        assert_eq!(key, "wal.segment_size_bytes");
+        // Smaller records allow the smallest segment.
+        let text = edited(&[
+            small_flush,
+            (SEGMENT, "segment_size_bytes = 1048576"),
+            (RECORD, "record_size_bytes_max = 65536"),
+        ]);
+        let config = NodeConfig::from_toml(&text, "test.toml").unwrap();
+        assert_eq!(config.wal_config().validate(BLOCK_BYTES as usize), Ok(()));
+        // A segment's header records its size in 32 bits.
+        let (key, _) = refusal(&[(SEGMENT, "segment_size_bytes = 8589934592")]);
+        assert_eq!(key, "wal.segment_size_bytes");
+    }
+
+    #[test]
+    fn a_flush_size_the_wal_cannot_use_is_refused() {
+        for line in [
+            "flush_bytes_max = 5000",
+            "flush_bytes_max = 4096",
+            "flush_bytes_max = 33554432",
+        ] {
+            let (key, reason) = refusal(&[(FLUSH, line)]);
+            assert_eq!(key, "wal.flush_bytes_max", "{line}: {reason}");
+        }
+        let (_, reason) = refusal(&[(FLUSH, "flush_bytes_max = 33554432")]);
+        assert!(reason.contains("buffer"), "{reason}");
+        let most = format!("flush_bytes_max = {WAL_BUFFER_BYTES}");
+        let config = with(FLUSH, &most).unwrap();
+        assert_eq!(config.wal_config().validate(BLOCK_BYTES as usize), Ok(()));
+    }
+
+    #[test]
+    fn appendentries_that_peers_would_refuse_are_refused_at_start() {
+        // Over the 8 MiB peer frame limit: every AppendEntries this big is refused
+        // by the link, and a follower behind never catches up.
+        let (key, reason) = refusal(&[(MSG_BYTES, "bytes_per_msg_max = 9437184")]);
+        assert_eq!(key, "raft.bytes_per_msg_max");
+        assert!(reason.contains("peer frame limit"), "{reason}");
+        // Within the frame, but more than a follower's WAL always takes at once:
+        // followers would refuse it as a misbehaving leader's.
+        let (key, reason) = refusal(&[(MSG_BYTES, "bytes_per_msg_max = 3145728")]);
+        assert_eq!(key, "raft.bytes_per_msg_max");
+        assert!(reason.contains("follower's WAL buffer"), "{reason}");
+        // The same bound counts 24 bytes of overhead per entry.
+        let (key, _) = refusal(&[("entries_per_msg_max = 4096", "entries_per_msg_max = 100000")]);
+        assert_eq!(key, "raft.entries_per_msg_max");
+        let most = RECEIVED_ENTRIES_BYTES_MAX - 4096 * ENTRY_OVERHEAD_BYTES;
+        let config = with(MSG_BYTES, &format!("bytes_per_msg_max = {most}")).unwrap();
+        let line = format!("bytes_per_msg_max = {}", most + 1);
+        assert_eq!(
+            key_of(with(MSG_BYTES, &line).unwrap_err()),
+            "raft.bytes_per_msg_max"
+        );
+        // What such a leader sends, its followers (with the same settings) accept,
+        // and their WAL takes in half its buffer however small the entries.
+        let engine = config.shard_engine_config().unwrap();
+        assert!(engine.received_entries_bytes_max >= config.sent_entries_bytes_max());
+        let wal = config.wal_config();
+        let worst_wal_cost = engine.received_entries_bytes_max * WAL_COST_PER_ENTRY_SIZE;
+        assert!(worst_wal_cost <= wal.buffered_bytes_max as u64 / 2);
+    }
+
+    #[test]
+    fn a_window_smaller_than_one_message_is_refused() {
+        let line = "inflight_bytes_max = 33554432   # 32 MiB per follower";
+        let (key, reason) = refusal(&[(line, "inflight_bytes_max = 524288")]);
+        assert_eq!(key, "raft.inflight_bytes_max");
+        assert!(reason.contains("raft.bytes_per_msg_max"), "{reason}");
+        assert!(with(line, "inflight_bytes_max = 1048576").is_ok());
+    }
+
+    #[test]
+    fn the_node_id_error_lists_members_in_words() {
+        let (key, reason) = refusal(&[("node_id = 1", "node_id = 9")]);
+        assert_eq!(key, "node_id");
+        assert!(reason.ends_with("(nodes 1, 2 and 3)"), "{reason}");
     }
 
     #[test]

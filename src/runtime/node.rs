@@ -20,13 +20,12 @@ use super::preflight::{self, PreflightError};
 use super::reads::ReadLimits;
 use super::router::{ClientRouter, PeerRouter, node_infos};
 use super::shard::{ShardContext, ShardError, run_shard};
-use crate::engine::{self, ENTRY_OVERHEAD_BYTES, Message, NodeId};
+use crate::engine::{Message, NodeId};
 use crate::metrics::health::HealthBoard;
 use crate::metrics::http::MetricsServer;
 use crate::metrics::{NodeMetrics, RouterMetrics};
 use crate::transport::peer::{CloseRequests, LinkCloser, PeerAcceptor, PeerConfig, link_closer};
 use crate::transport::server::{ClientListener, ServerConfig};
-use crate::wal::config::WalConfig;
 
 /// Memory each executor registers with io_uring for its I/O buffers.
 const IO_MEMORY_BYTES: usize = 2 << 20;
@@ -179,18 +178,8 @@ fn shard_context(
     (inbox, stop, link_closer): (InboxReceivers, Arc<AtomicBool>, LinkCloser),
     observe: &Observe,
 ) -> ShardContext {
-    let wal_config = WalConfig {
-        segment_size_bytes: config.wal.segment_size_bytes,
-        flush_bytes_max: config.wal.flush_bytes_max as usize,
-        flushes_in_flight_max: config.wal.flushes_inflight_max as usize,
-        fsync_disabled: config.wal.fsync == FsyncPolicy::Never,
-        truncate_corrupt_tail: config.wal.truncate_corrupt_tail,
-        ..WalConfig::default()
-    };
-    let engine_config = accept_what_the_wal_takes(
-        config.engine_config().expect("validated config"),
-        &wal_config,
-    );
+    let wal_config = config.wal_config();
+    let engine_config = config.shard_engine_config().expect("validated config");
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -222,22 +211,6 @@ fn shard_context(
         metrics: observe.metrics.clone(),
         health: observe.health.clone(),
     }
-}
-
-/// Bounds what the engine accepts from peers by what the WAL takes: a record over
-/// the WAL's limit, or one AppendEntries larger than its buffer holds at once,
-/// would stop the shard. The WAL charges a record its payload plus two headers (96
-/// bytes), at most four times `Entry::size_bytes` (payload plus 24), so entries of
-/// an eighth of the buffer by that measure always fit in half of it. An honest
-/// leader sends at most `bytes_per_msg_max`, or a single record, which stays
-/// accepted however large it is configured.
-fn accept_what_the_wal_takes(mut engine: engine::Config, wal: &WalConfig) -> engine::Config {
-    let record_max = wal.record_size_bytes_max as u64;
-    engine.entry_payload_bytes_max = record_max;
-    engine.received_entries_bytes_max = (wal.buffered_bytes_max as u64 / 8)
-        .max(engine.bytes_per_msg_max)
-        .max(record_max + ENTRY_OVERHEAD_BYTES);
-    engine
 }
 
 /// The node's metrics registry and health board, shared by all shards.

@@ -19,15 +19,6 @@ pub const READ_ANSWER_HEADER_BYTES: usize = 24;
 /// Bytes each record adds to a ReadOk body besides its payload: index and length.
 pub const READ_RECORD_OVERHEAD_BYTES: usize = 12;
 
-// The largest record an append may carry fits in a read answer on its own, so
-// truncating answers to the frame limit can always return at least one record.
-const _: () = assert!(
-    crate::wal::config::RECORD_SIZE_BYTES_MAX_DEFAULT
-        + READ_ANSWER_HEADER_BYTES
-        + READ_RECORD_OVERHEAD_BYTES
-        <= crate::transport::frame::FRAME_BODY_BYTES_MAX_DEFAULT as usize
-);
-
 /// What the server allows a read, whatever the request asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadLimits {
@@ -103,8 +94,9 @@ impl Answer {
     }
 
     /// Adds `record` unless it would pass a bound. The first record always goes in,
-    /// so that a reader makes progress whatever it asked (a record never exceeds
-    /// the frame limit: see the assertion on the record limit above).
+    /// so that a reader makes progress whatever it asked (a record alone never
+    /// exceeds the frame limit: the node's configuration refuses a
+    /// `wal.record_size_bytes_max` that a read answer could not carry).
     fn offer(&mut self, record: Record) {
         if self.full {
             return;

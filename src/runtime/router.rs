@@ -33,8 +33,8 @@ impl ClientRouter {
             .get(partition as usize)
             .ok_or_else(|| ServerError::InvalidRequest {
                 reason: format!(
-                    "no partition {partition}: this cluster has partitions 0..{}",
-                    self.shards.len()
+                    "no partition {partition}: this cluster has {}",
+                    partitions_in_words(self.shards.len())
                 ),
             })
     }
@@ -156,8 +156,9 @@ impl PeerHandler for PeerRouter {
     fn accept(&self, hello: &Hello) -> Result<(), String> {
         if !self.peers.contains(&hello.node_id) {
             return Err(format!(
-                "node {} is not a member of this cluster (members here: {:?})",
-                hello.node_id, self.peers
+                "node {} is not a member of this cluster (the other members are {})",
+                hello.node_id,
+                nodes_in_words(&self.peers)
             ));
         }
         if (hello.shard_id as usize) < self.shards.len() {
@@ -185,6 +186,29 @@ impl PeerHandler for PeerRouter {
 
     fn received_bytes(&self, shard_id: u32, from: NodeId, bytes: u64) {
         self.metrics.peer_received(shard_id, from, bytes);
+    }
+}
+
+/// The partitions of a cluster of `count` partitions, numbered from 0, for people:
+/// "partition 0", "partitions 0 and 1", "partitions 0 to 7".
+pub fn partitions_in_words(count: usize) -> String {
+    match count {
+        0 => "no partitions".to_string(),
+        1 => "partition 0".to_string(),
+        2 => "partitions 0 and 1".to_string(),
+        n => format!("partitions 0 to {}", n - 1),
+    }
+}
+
+/// Node ids for people: "node 1", "nodes 1 and 2", "nodes 1, 2 and 3".
+pub fn nodes_in_words(ids: &[NodeId]) -> String {
+    match ids {
+        [] => "no nodes".to_string(),
+        [id] => format!("node {id}"),
+        [rest @ .., last] => {
+            let rest: Vec<String> = rest.iter().map(|id| id.to_string()).collect();
+            format!("nodes {} and {last}", rest.join(", "))
+        }
     }
 }
 
@@ -244,6 +268,41 @@ mod tests {
             metrics,
         };
         (client_router, peer_router, client_inbox, peer_inbox)
+    }
+
+    #[test]
+    fn partitions_and_nodes_are_listed_in_words() {
+        assert_eq!(partitions_in_words(1), "partition 0");
+        assert_eq!(partitions_in_words(2), "partitions 0 and 1");
+        assert_eq!(partitions_in_words(3), "partitions 0 to 2");
+        assert_eq!(partitions_in_words(8), "partitions 0 to 7");
+        assert_eq!(nodes_in_words(&[]), "no nodes");
+        assert_eq!(nodes_in_words(&[3]), "node 3");
+        assert_eq!(nodes_in_words(&[2, 3]), "nodes 2 and 3");
+        assert_eq!(nodes_in_words(&[1, 2, 4]), "nodes 1, 2 and 4");
+    }
+
+    #[test]
+    fn an_unknown_partition_is_refused_naming_the_partitions_in_words() {
+        let (client_router, peer_router, _client_inbox, _peer_inbox) = routers();
+        let refusal = client_router.shard(1).err().expect("one partition only");
+        let ServerError::InvalidRequest { reason } = refusal else {
+            panic!("expected InvalidRequest, got {refusal:?}");
+        };
+        assert_eq!(reason, "no partition 1: this cluster has partition 0");
+        let hello = Hello {
+            cluster_id: 7,
+            node_id: 9,
+            peer_node_id: 1,
+            shard_id: 0,
+            lane: crate::transport::Lane::Control,
+            protocol_version: crate::transport::PROTOCOL_VERSION,
+        };
+        let refused = peer_router.accept(&hello).unwrap_err();
+        assert!(
+            refused.ends_with("(the other members are node 2)"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -87,6 +87,14 @@ impl Default for WalConfig {
     }
 }
 
+/// The smallest segment that holds a record of `record_size_bytes_max` payload bytes
+/// with blocks of `block_bytes`: the header block, then the record with its header,
+/// a block of alignment slack and the final padding, so that every record fits in
+/// one segment.
+pub fn segment_size_bytes_min_for(record_size_bytes_max: u64, block_bytes: u64) -> u64 {
+    record_size_bytes_max + super::format::RECORD_HEADER_BYTES as u64 + 3 * block_bytes
+}
+
 impl WalConfig {
     /// Checks that the limits fit together for block size `block_bytes`.
     pub fn validate(&self, block_bytes: usize) -> Result<(), String> {
@@ -97,9 +105,9 @@ impl WalConfig {
         {
             return Err("segment_size_bytes must be a block multiple below 4 GiB".into());
         }
-        // A record, its alignment slack and the final padding must fit after the
-        // header block, so that every record fits in one segment.
-        if record_max + 3 * block > self.segment_size_bytes {
+        if segment_size_bytes_min_for(self.record_size_bytes_max as u64, block)
+            > self.segment_size_bytes
+        {
             return Err("record_size_bytes_max too large for segment_size_bytes".into());
         }
         if !self.flush_bytes_max.is_multiple_of(block_bytes)
