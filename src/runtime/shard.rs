@@ -596,10 +596,9 @@ impl Shard {
                 }
                 Command::RoleChanged { role, term, leader } => {
                     if (role, leader) != (self.role, self.leader) {
-                        log::info!(
-                            "shard {}: {role:?} in term {term}, leader {leader:?}",
-                            self.id
-                        );
+                        let leader =
+                            leader.map_or("no leader".into(), |l| format!("leader node {l}"));
+                        log::info!("shard {}: {role:?} in term {term}, {leader}", self.id);
                     }
                     (self.role, self.term, self.leader) = (role, term, leader);
                     self.metrics.role_changed(role, term, leader);

@@ -126,7 +126,7 @@ pub enum ServerError {
         leader_addr: Option<String>,
     },
     /// The position asked for is outside the retained log [log_start, log_end].
-    #[error("index out of range: log holds {log_start}..={log_end}")]
+    #[error("index out of range: {}", describe_range(*log_start, *log_end))]
     OutOfRange { log_start: Index, log_end: Index },
     #[error("server overloaded, retry later")]
     Overloaded,
@@ -140,6 +140,16 @@ pub enum ServerError {
 
 /// Who leads, in words, for `NotLeader` messages: Option debug output means nothing
 /// to someone reading a CLI error.
+/// The readable part of a partition's log in words: both ends are inclusive, and an
+/// empty log (`log_end` below `log_start`) says where its first record will go.
+fn describe_range(log_start: Index, log_end: Index) -> String {
+    if log_end < log_start {
+        format!("no committed records yet; the next will be at index {log_start}")
+    } else {
+        format!("the log holds indexes {log_start} to {log_end}")
+    }
+}
+
 fn describe_leader(leader: Option<NodeId>, leader_addr: Option<&str>) -> String {
     match (leader, leader_addr) {
         (Some(node), Some(addr)) => format!("the leader is node {node} at {addr}"),
@@ -557,6 +567,26 @@ mod display_tests {
         assert_eq!(
             known.to_string(),
             "not the leader; the leader is node 2 at 127.0.0.1:5010"
+        );
+    }
+
+    #[test]
+    fn out_of_range_says_in_words_what_the_log_holds() {
+        let held = ServerError::OutOfRange {
+            log_start: 5,
+            log_end: 9,
+        };
+        assert_eq!(
+            held.to_string(),
+            "index out of range: the log holds indexes 5 to 9"
+        );
+        let empty = ServerError::OutOfRange {
+            log_start: 1,
+            log_end: 0,
+        };
+        assert_eq!(
+            empty.to_string(),
+            "index out of range: no committed records yet; the next will be at index 1"
         );
     }
 }
