@@ -1,21 +1,22 @@
-//! A hostile peer against a running node: a fake member completes the peer
-//! handshake and sends well-framed messages that break Raft's rules. The node
-//! refuses them (never panics), counts them in
-//! `ringlog_peer_messages_refused_total`, closes the link, accepts the peer's next
-//! connection, and keeps serving appends throughout. And the mechanism beneath: a
-//! link closed from another thread is closed, and its peer reconnects.
+//! Hostile peers against running nodes: a fake member completes the peer
+//! handshake and sends well-framed messages that break Raft's rules, one attack of
+//! issue 14 each. The attacked node refuses them (never panics), counts each in
+//! `ringlog_peer_messages_refused_total` under its reason, closes the link, accepts
+//! the peer's next connection, keeps serving appends and reads, and its resident
+//! memory stays bounded. And the mechanism beneath: a link closed from another
+//! thread is closed, and its peer reconnects.
 
 mod cluster_support;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cluster_support::*;
-use ringlog::engine::{Entry, EntryKind, Message, MessageBody};
-use ringlog::transport::frame::{Frame, FrameKind, PROTOCOL_VERSION, decode_frame};
+use ringlog::engine::{AppendResponse, Entry, EntryKind, Message, MessageBody};
+use ringlog::transport::frame::{FrameKind, PROTOCOL_VERSION};
 use ringlog::transport::peer::{PeerAcceptor, PeerConfig, PeerHandler, PeerLink, link_closer};
 use ringlog::transport::peer_msg::{Hello, Lane, decode_hello, encode_hello, encode_message};
 
@@ -23,34 +24,23 @@ use ringlog::transport::peer_msg::{Hello, Lane, decode_hello, encode_hello, enco
 const PATIENCE: Duration = Duration::from_secs(20);
 /// The member the fake peer claims to be: configured, but never started.
 const FAKE_NODE: u32 = 3;
-/// The node under attack (node id 1).
-const TARGET: usize = 0;
+/// The largest record a member stores (`wal.record_size_bytes_max`, 1 MiB).
+const RECORD_LIMIT: usize = 1 << 20;
+/// What all the attacks together may add to the attacked node's resident memory:
+/// each refused message is dropped with its link, so only the largest one (a
+/// little over 1 MiB, read into a buffer of its own) and the records appended to
+/// prove the node serves stay; 16 MiB leaves room for allocator slack.
+const ATTACKS_RSS_BOUND: u64 = 16 * MIB;
 
-/// Reads one whole frame, or `None` once the node closed the connection.
-fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Frame> {
-    loop {
-        if let Some(frame) = decode_frame(buf, 1 << 20, None).expect("a well-formed frame") {
-            return Some(frame);
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
-            Err(e) => panic!("reading from the node: {e}"),
-        }
-    }
-}
-
-/// Connects to `addr` as member `FAKE_NODE`'s bulk lane for shard 0 and completes
-/// the handshake.
-fn handshake(addr: SocketAddr) -> TcpStream {
+/// Connects to `addr` as member `FAKE_NODE`'s bulk lane for shard 0 of node
+/// `target` (a node id) and completes the handshake.
+fn handshake(addr: SocketAddr, target: u32) -> TcpStream {
     let mut stream = TcpStream::connect_timeout(&addr, PATIENCE).expect("connect to the peer port");
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let hello = Hello {
         cluster_id: 42,
         node_id: FAKE_NODE,
-        peer_node_id: TARGET as u32 + 1,
+        peer_node_id: target,
         shard_id: 0,
         lane: Lane::Bulk,
         protocol_version: PROTOCOL_VERSION,
@@ -58,110 +48,174 @@ fn handshake(addr: SocketAddr) -> TcpStream {
     let mut out = BytesMut::new();
     encode_hello(&mut out, FrameKind::PeerHello, &hello);
     stream.write_all(&out).unwrap();
-    let ack = read_frame(&mut stream, &mut BytesMut::new()).expect("a handshake answer");
+    let ack = read_frame(&mut stream, &mut BytesMut::new(), 1 << 20).expect("a handshake answer");
     assert_eq!(ack.kind, FrameKind::PeerHelloAck, "{ack:?}");
-    assert_eq!(decode_hello(&ack).unwrap().node_id, TARGET as u32 + 1);
+    assert_eq!(decode_hello(&ack).unwrap().node_id, target);
     stream
 }
 
-/// Sends `body` as the fake member and waits (within the read timeout) for the node
-/// to close the link; anything it sends meanwhile is skipped.
-fn send_and_expect_close(addr: SocketAddr, body: MessageBody) {
-    let mut stream = handshake(addr);
-    let msg = Message {
-        from: FAKE_NODE,
-        to: TARGET as u32 + 1,
-        term: 1,
-        body,
-    };
-    let mut out = BytesMut::new();
-    encode_message(&mut out, &msg);
-    stream.write_all(&out).unwrap();
-    let mut buf = BytesMut::new();
-    while read_frame(&mut stream, &mut buf).is_some() {}
+/// The node under attack: the partition's leader, since two of the attacks are
+/// only wrong when a leader receives them.
+struct Target {
+    k: usize,
+    peer: SocketAddr,
+    metrics: SocketAddr,
 }
 
-/// The node's refusal counter for `reason`, summed over its series.
-fn refused(metrics: SocketAddr, reason: &str) -> u64 {
-    let mut stream = TcpStream::connect_timeout(&metrics, PATIENCE).expect("metrics port");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut page = String::new();
-    stream.read_to_string(&mut page).unwrap();
-    let label = format!("reason=\"{reason}\"");
-    page.lines()
-        .filter(|l| l.starts_with("ringlog_peer_messages_refused_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
+impl Target {
+    /// Sends `body` in `term` as the fake member, waits (within the read timeout)
+    /// for the node to close the link (anything it sends meanwhile is skipped), and
+    /// then for the refusal to be counted under `reason`.
+    fn refuses(&self, term: u64, body: MessageBody, reason: &str) {
+        let before = self.refused(reason);
+        let mut stream = handshake(self.peer, self.k as u32 + 1);
+        let msg = Message {
+            from: FAKE_NODE,
+            to: self.k as u32 + 1,
+            term,
+            body,
+        };
+        let mut out = BytesMut::new();
+        encode_message(&mut out, &msg);
+        stream.write_all(&out).unwrap();
+        let mut buf = BytesMut::new();
+        while read_frame(&mut stream, &mut buf, 1 << 20).is_some() {}
+        await_condition(&format!("{reason} counted"), PATIENCE, || {
+            self.refused(reason) > before
+        });
+    }
 
-fn await_refused(metrics: SocketAddr, reason: &str, count: u64) {
-    let deadline = Instant::now() + PATIENCE;
-    while refused(metrics, reason) < count {
-        assert!(
-            Instant::now() < deadline,
-            "{reason} not counted {count} times within {PATIENCE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    fn refused(&self, reason: &str) -> f64 {
+        let label = format!("reason=\"{reason}\"");
+        metric_sum(self.metrics, "ringlog_peer_messages_refused_total", &label)
     }
 }
 
-fn append_one(addrs: Vec<String>, record: &'static str) {
+/// The node id of partition 0's leader and its term, once every partition has one.
+fn leader_and_term(addrs: Vec<String>) -> (u32, u64) {
     on_executor(async move || {
-        let client = client(addrs);
-        await_leaders(&client, 1, PATIENCE).await;
-        client
-            .append(0, vec![Bytes::from_static(record.as_bytes())])
-            .await
-            .expect("the cluster keeps serving appends");
-    });
+        let meta = await_leaders(&client(addrs), 1, PATIENCE).await;
+        (meta.partitions[0].leader.unwrap(), meta.partitions[0].term)
+    })
 }
 
+fn append_entries(prev_log_index: u64, prev_log_term: u64, entries: Vec<Entry>) -> MessageBody {
+    MessageBody::AppendEntries {
+        prev_log_index,
+        prev_log_term,
+        entries,
+        leader_commit: 0,
+    }
+}
+
+fn entry(term: u64, index: u64, payload: Bytes) -> Entry {
+    Entry {
+        term,
+        index,
+        kind: EntryKind::Record,
+        payload,
+    }
+}
+
+/// Every peer attack of issue 14, one after the other against one leader (they are
+/// independent: each is refused before it changes anything), each followed by the
+/// proof that the node is up and serving, and its memory bounded.
 #[test]
-fn hostile_peer_is_refused_counted_and_cut_off_while_the_node_serves() {
+fn hostile_peers_are_refused_counted_and_cut_off_while_the_node_serves() {
     let mut cluster = TestCluster::configure_routed(3, 1, |_, _, addr| addr);
+    // Election timeouts long enough that a loaded machine does not start an
+    // election between reading the leader's term and the attacks that use it.
+    for k in 0..3 {
+        let raft = &mut cluster.configs[k].raft;
+        (raft.election_timeout_min_ms, raft.election_timeout_max_ms) = (1000, 2000);
+        raft.heartbeat_interval_ms = 50;
+        cluster.write_config(k);
+    }
     cluster.spawn(0);
     cluster.spawn(1);
-    let addrs: Vec<String> = cluster.client_addrs()[..2].to_vec();
-    append_one(addrs.clone(), "before");
-    let (peer, metrics) = (
-        cluster.configs[TARGET].listen.peer,
-        cluster.configs[TARGET].listen.metrics,
-    );
+    let (leader, term) = leader_and_term(cluster.client_addrs()[..2].to_vec());
+    let k = leader as usize - 1;
+    let target = Target {
+        k,
+        peer: cluster.configs[k].listen.peer,
+        metrics: cluster.configs[k].listen.metrics,
+    };
+    assert_alive_and_serving(&mut cluster, k, "the start");
+    let mut memory = MemoryWatch::start(cluster.pid(k).unwrap());
 
-    // A LogStart at index 0 once reached `start_index - 1` in the engine.
-    let log_start = MessageBody::LogStart {
-        start_index: 0,
-        prev_term: 0,
-        leader_commit: 0,
-    };
-    send_and_expect_close(peer, log_start);
-    await_refused(metrics, "log_start_at_zero", 1);
-    append_one(addrs.clone(), "between");
+    // Each attack: the message's term, its body, the reason it must be counted
+    // under, and what it is, in words.
+    let attacks = [
+        // A LogStart at index 0 once reached `start_index - 1` in the engine.
+        (
+            1,
+            MessageBody::LogStart {
+                start_index: 0,
+                prev_term: 0,
+                leader_commit: 0,
+            },
+            "log_start_at_zero",
+            "a LogStart at 0",
+        ),
+        // Entries that skip an index, after an honest predecessor.
+        (
+            1,
+            append_entries(1, 1, vec![entry(1, 7, Bytes::from_static(b"forged"))]),
+            "entries_not_consecutive",
+            "entries with a gap",
+        ),
+        // An entry at index 1, committed with the leader's no-op, in a term it never
+        // had; a later message term, so that no other rule (a second leader, a stale
+        // message) applies first. Refused, it must not raise the node's term either.
+        (
+            1000,
+            append_entries(0, 0, vec![entry(999, 1, Bytes::from_static(b"rewritten"))]),
+            "contradicts_committed",
+            "an entry contradicting a committed one",
+        ),
+        // A success acknowledging entries far beyond the leader's last index.
+        (
+            term,
+            MessageBody::AppendEntriesResponse {
+                result: AppendResponse::Success {
+                    match_index: 1 << 40,
+                },
+            },
+            "match_beyond_log",
+            "a match index beyond the leader's log",
+        ),
+        // Another member claiming to lead the leader's own term.
+        (
+            term,
+            append_entries(0, 0, Vec::new()),
+            "second_leader",
+            "an AppendEntries in the leader's own term",
+        ),
+        // A payload one byte over the record limit once reached the WAL and stopped
+        // the node.
+        (
+            1,
+            append_entries(
+                0,
+                0,
+                vec![entry(1, 1, Bytes::from(vec![7u8; RECORD_LIMIT + 1]))],
+            ),
+            "entry_too_large",
+            "an entry over the record limit",
+        ),
+    ];
+    // Each attack comes on a new connection: the handshake succeeding again shows
+    // that the node accepts the peer's next connection after closing its link.
+    for (msg_term, body, reason, attack) in attacks {
+        target.refuses(msg_term, body, reason);
+        assert_alive_and_serving(&mut cluster, k, attack);
+    }
 
-    // The peer reconnects (the handshake succeeds again), and an AppendEntries
-    // whose entries skip an index is refused the same way.
-    let gap = Entry {
-        term: 1,
-        index: 7,
-        kind: EntryKind::Record,
-        payload: Bytes::from_static(b"forged"),
-    };
-    let append = MessageBody::AppendEntries {
-        prev_log_index: 1,
-        prev_log_term: 1,
-        entries: vec![gap],
-        leader_commit: 0,
-    };
-    send_and_expect_close(peer, append);
-    await_refused(metrics, "entries_not_consecutive", 1);
-    append_one(addrs, "after");
-    assert!(cluster.is_running(TARGET), "the attacked node is still up");
+    // The refused message of term 1000 left the term alone (an election on a loaded
+    // machine may raise it by a few, not to 1000).
+    let (_, now) = leader_and_term(cluster.client_addrs()[..2].to_vec());
+    assert!(now < 1000, "a refused message raised the term to {now}");
+    memory.assert_below("six hostile peer messages", ATTACKS_RSS_BOUND);
 }
 
 /// Counts delivered peer messages.
