@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use cluster_support::{TestCluster, await_leaders, client, on_executor};
+use cluster_support::{
+    MIB, MemoryWatch, TestCluster, assert_alive_and_serving, await_leaders, client, on_executor,
+};
 use dashboard_support::http_get;
 use ringlog::transport::{
     AppendRequest, ClientRequest, FRAME_HEADER_BYTES, FrameKind, ReadRequest, encode_request,
@@ -27,6 +29,11 @@ const PIPELINE: usize = 64;
 const RECORD_BYTES: usize = 256 << 10;
 /// Inbox refusals to see before the flood may stop.
 const REFUSALS_WANTED: f64 = 200.0;
+/// What the flood may add to the leader's memory: the byte caps an append flood
+/// fills (client inbox 32 MiB, log cache 64 MiB, entries in flight to two
+/// followers 2 x 32 MiB) and the frames being read and answered on 32 connections;
+/// 256 MiB is about twice what was measured (129 MiB).
+const FLOOD_RSS_BOUND: u64 = 256 * MIB;
 /// Wire code of Overloaded.
 const OVERLOADED: u16 = 3;
 
@@ -60,6 +67,8 @@ fn a_client_flood_neither_drops_heartbeats_nor_causes_elections() {
     let metrics: Vec<SocketAddr> = cluster.configs.iter().map(|c| c.listen.metrics).collect();
     let before = await_agreement(&metrics, meta.partitions[0].term);
 
+    let mut memory = MemoryWatch::start(cluster.pid(leader).unwrap());
+
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let target = cluster.configs[leader].listen.client;
@@ -76,6 +85,7 @@ fn a_client_flood_neither_drops_heartbeats_nor_causes_elections() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(180);
     let refused = loop {
+        memory.sample();
         let refused = metric(metrics[leader], "ringlog_shard_inbox_refused_total");
         if refused >= REFUSALS_WANTED {
             break refused;
@@ -108,6 +118,8 @@ fn a_client_flood_neither_drops_heartbeats_nor_causes_elections() {
         before, after,
         "a leader stepped down or an election happened"
     );
+    assert_alive_and_serving(&mut cluster, leader, "the client flood");
+    memory.assert_below("a flood of 32 connections", FLOOD_RSS_BOUND);
 }
 
 /// Waits until every node reports `term` and a leader for partition 0, then
