@@ -26,7 +26,8 @@ use ringlog::transport::{CloseCause, Frame};
 /// How long any awaited condition may take on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A one-node cluster with `limits` applied to its `[clients]` table, serving.
+/// A one-node cluster with `limits` applied to its `[clients]` and `[reads]`
+/// tables, serving.
 fn start_node(limits: impl FnOnce(&mut ClientSettings, &mut ReadSettings)) -> TestCluster {
     let mut cluster = TestCluster::configure_routed(1, 1, |_, _, addr| addr);
     let config = &mut cluster.configs[0];
