@@ -411,3 +411,156 @@ pub async fn check_everywhere(addrs: Vec<String>, partitions: u32, acked: &[(u32
         }
     }
 }
+
+pub const MIB: u64 = 1 << 20;
+
+/// A field of /proc/PID/status, in bytes (the kernel reports kB).
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// The resident memory of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// A node's resident memory from a baseline taken before an attack, so that each
+/// attack is held to a bound of its own.
+pub struct MemoryWatch {
+    pid: u32,
+    before: u64,
+    peak: u64,
+}
+
+impl MemoryWatch {
+    pub fn start(pid: u32) -> MemoryWatch {
+        let before = rss_bytes(pid);
+        MemoryWatch {
+            pid,
+            before,
+            peak: before,
+        }
+    }
+
+    /// Samples the resident memory now; the highest sample counts.
+    pub fn sample(&mut self) {
+        self.peak = self.peak.max(rss_bytes(self.pid));
+    }
+
+    /// Growth from the baseline to the highest sample (this one included).
+    pub fn growth(&mut self) -> u64 {
+        self.sample();
+        self.peak.saturating_sub(self.before)
+    }
+
+    /// Prints the growth (the figure issue 14 asks for) and asserts it is below
+    /// `bound`.
+    pub fn assert_below(&mut self, attack: &str, bound: u64) {
+        let growth = self.growth();
+        eprintln!(
+            "{attack}: node RSS grew by {:.1} MiB (bound {} MiB)",
+            growth as f64 / MIB as f64,
+            bound / MIB
+        );
+        assert!(
+            growth < bound,
+            "{attack}: RSS grew by {growth} bytes, bound {bound}"
+        );
+    }
+}
+
+/// Re-checks `cond` every few milliseconds until it holds; panics after `limit`
+/// (only a broken build should ever reach it).
+pub fn await_condition(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let give_up = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < give_up, "gave up waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The sum of every series of `name` whose labels contain `label` (for example
+/// `reason="log_start_at_zero"`), from the metrics page at `addr`.
+pub fn metric_sum(addr: SocketAddr, name: &str, label: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(20)).expect("metrics port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    let prefix = format!("{name}{{");
+    page.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Node `k` survived an attack: its process has not exited, and an append and a
+/// read of that record through the client library, starting from node `k`, succeed.
+pub fn assert_alive_and_serving(cluster: &mut TestCluster, k: usize, after: &str) {
+    assert!(
+        cluster.is_running(k) && cluster.exited_by_itself(k).is_none(),
+        "node {} died after {after}",
+        k + 1
+    );
+    let addr = cluster.client_addr(k);
+    let record = Bytes::from(format!("served after {after}"));
+    let after = after.to_string();
+    on_executor(async move || {
+        let client = client(vec![addr]);
+        let ok = client
+            .append(0, vec![record.clone()])
+            .await
+            .unwrap_or_else(|e| panic!("no append served after {after}: {e}"));
+        let read = ReadRequest {
+            partition: 0,
+            from_index: ok.first_index,
+            max_records: 1,
+            max_bytes: 1 << 20,
+            wait_timeout_ms: 0,
+            any_replica: false,
+        };
+        let answer = client
+            .read(read)
+            .await
+            .unwrap_or_else(|e| panic!("no read served after {after}: {e}"));
+        assert_eq!(answer.records.first().map(|r| &r.payload), Some(&record));
+    });
+}
+
+/// Reads one whole frame of at most `body_bytes_max` body bytes from a raw
+/// connection to a node, or `None` once the node closed it.
+pub fn read_frame(
+    stream: &mut std::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+    body_bytes_max: u32,
+) -> Option<ringlog::transport::Frame> {
+    use std::io::{ErrorKind, Read};
+    loop {
+        let decoded = ringlog::transport::frame::decode_frame(buf, body_bytes_max, None);
+        if let Some(frame) = decoded.expect("a well-formed frame") {
+            return Some(frame);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("reading from the node: {e}"),
+        }
+    }
+}
