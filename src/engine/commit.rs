@@ -55,6 +55,12 @@ impl Engine {
         let Some(lost_in) = self.abstain_until_after_term else {
             return;
         };
+        // A reset log's start is held only once the reset is on disk: a crash before
+        // would bring back the cut log, and with the abstention marker gone the
+        // member would vote without the entries it lost.
+        if self.durable_op < self.log_reset_op {
+            return;
+        }
         let held = self.commit_index.min(self.flushed_index);
         if self.log.term_at(held).unwrap_or(0) > lost_in {
             self.abstain_until_after_term = None;

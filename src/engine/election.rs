@@ -214,6 +214,38 @@ mod tests {
     }
 
     #[test]
+    fn a_log_reset_ends_the_abstention_only_once_it_is_on_disk() {
+        let mut e = abstaining_follower();
+        e.step(Event::Durable { op: 1 });
+        e.take_commands();
+        // A leader of term 4, elected without it, has removed everything up to 9:
+        // the member's log restarts at 10 after an entry of term 4, committed.
+        e.step(msg(
+            2,
+            1,
+            4,
+            MessageBody::LogStart {
+                start_index: 10,
+                prev_term: 4,
+                leader_commit: 9,
+            },
+        ));
+        let reset_op = e.take_commands().iter().find_map(|c| match c {
+            Command::ResetLog { op, .. } => Some(*op),
+            _ => None,
+        });
+        let reset_op = reset_op.expect("the log is reset");
+        // Were it to crash now, it would restart with its cut log and no record
+        // of the loss: it must not vote yet.
+        assert!(
+            e.is_abstaining(),
+            "abstention ended before the reset is on disk"
+        );
+        e.step(Event::Durable { op: reset_op });
+        assert!(!e.is_abstaining());
+    }
+
+    #[test]
     fn member_that_lost_its_tail_abstains_until_it_holds_a_newer_committed_entry() {
         let mut e = abstaining_follower();
         assert!(e.is_abstaining());

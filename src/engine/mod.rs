@@ -132,6 +132,10 @@ pub struct Engine {
     durable_op: u64,
     /// The storage command that wrote the current hard state.
     hard_state_op: u64,
+    /// The storage command that last reset the log (0: none). Until it is on disk,
+    /// the predecessor of the new log start is not on this member's disk, whatever
+    /// `flushed_index` says of the reset log.
+    log_reset_op: u64,
     /// Storage commands not yet on disk, each with the last index of the current log
     /// that will be on disk once it is (lowered when a later command truncates).
     unflushed: VecDeque<(u64, Index)>,
@@ -219,6 +223,7 @@ impl Engine {
             last_op: 0,
             durable_op: 0,
             hard_state_op: 0,
+            log_reset_op: 0,
             unflushed: VecDeque::new(),
             election_elapsed_ticks: 0,
             election_timeout_ticks: 0,

@@ -57,6 +57,7 @@ impl Engine {
         self.lower_flush_marks(start - 1);
         self.flushed_index = start - 1;
         let op = self.next_op();
+        self.log_reset_op = op;
         self.output.push(Command::ResetLog {
             op,
             start,
