@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use cluster_support::*;
-use ringlog::runtime::config::{ClientSettings, ReadSettings};
+use ringlog::runtime::config::{ClientSettings, ReadSettings, WalSettings};
 use ringlog::transport::client_msg::{
     ClientRequest, ClientResponse, ReadOk, ReadRequest, ServerError, decode_closing_notice,
     decode_response, encode_request,
@@ -28,10 +28,12 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A one-node cluster with `limits` applied to its `[clients]` and `[reads]`
 /// tables, serving.
-fn start_node(limits: impl FnOnce(&mut ClientSettings, &mut ReadSettings)) -> TestCluster {
+fn start_node(
+    limits: impl FnOnce(&mut ClientSettings, &mut ReadSettings, &mut WalSettings),
+) -> TestCluster {
     let mut cluster = TestCluster::configure_routed(1, 1, |_, _, addr| addr);
     let config = &mut cluster.configs[0];
-    limits(&mut config.clients, &mut config.reads);
+    limits(&mut config.clients, &mut config.reads, &mut config.wal);
     cluster.write_config(0);
     cluster.spawn_all();
     let addrs = cluster.client_addrs();
@@ -62,7 +64,7 @@ fn server_sockets(port: u16) -> Vec<(u16, u64)> {
 /// baseline of its own.
 #[test]
 fn memory_attacks_cost_what_the_limits_allow() {
-    let mut cluster = start_node(|c, _| {
+    let mut cluster = start_node(|c, _, _| {
         c.frame_timeout_ms = 120_000;
         c.unwritten_bytes_max = 8 * MIB;
         c.inflight_bytes_max = 16 * MIB;
@@ -167,6 +169,8 @@ fn a_client_that_never_reads_is_cut_off_with_bounded_memory(cluster: &TestCluste
 /// The protocol node's client frame limit: small, so that an answer reaches it
 /// with few records.
 const FRAME_LIMIT: u32 = 256 << 10;
+/// The protocol node's record limit: within one answer frame.
+const RECORD_LIMIT: u64 = 64 << 10;
 /// `reads.bytes_max` and `reads.records_max` of the protocol node: below what the
 /// attacks ask, and each below what the other allows for the records it is tested
 /// with (one-byte records meet the count, 4 KiB records the bytes, 16-byte records
@@ -282,8 +286,10 @@ fn payload_bytes(answer: &ReadOk) -> usize {
 /// node is up and serving within the memory bound.
 #[test]
 fn protocol_abuse_gets_clear_answers_and_the_node_serves_on() {
-    let mut cluster = start_node(|c, r| {
+    let mut cluster = start_node(|c, r, wal| {
         c.frame_body_bytes_max = FRAME_LIMIT;
+        // A record must fit in one answer frame, or the node refuses its config.
+        wal.record_size_bytes_max = RECORD_LIMIT;
         c.waiting_reads_per_connection_max = WAITING_PER_CONNECTION;
         r.wait_ms_max = WAIT_MAX_MS;
         r.bytes_max = SERVER_BYTES_MAX;
