@@ -48,17 +48,11 @@ struct Tally {
 #[test]
 fn a_client_flood_neither_drops_heartbeats_nor_causes_elections() {
     let mut cluster = TestCluster::configure_routed(3, 1, |_, _, addr| addr);
-    // Timeouts long enough that two shared cores, busy with three nodes, the flood
-    // and whatever else the machine runs, do not starve a follower into campaigning
-    // on their own (a loaded CI machine can stall a process for a second); a leader
-    // whose heartbeats were dropped for as long would still lose its followers. The
+    // Two shared cores, busy with three nodes, the flood and whatever else the
+    // machine runs, must not starve a follower into campaigning on its own; a leader
+    // whose heartbeats were dropped for 3 s would still lose its followers. The
     // separation itself is proven deterministically by the router's unit tests.
-    for k in 0..3 {
-        let raft = &mut cluster.configs[k].raft;
-        (raft.election_timeout_min_ms, raft.election_timeout_max_ms) = (3000, 5000);
-        raft.heartbeat_interval_ms = 50;
-        std::fs::write(cluster.config_path(k), cluster.configs[k].to_toml()).unwrap();
-    }
+    cluster.with_patient_elections();
     cluster.spawn_all();
     let addrs = cluster.client_addrs();
     let meta =

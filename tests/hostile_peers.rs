@@ -123,17 +123,10 @@ fn entry(term: u64, index: u64, payload: Bytes) -> Entry {
 #[test]
 fn hostile_peers_are_refused_counted_and_cut_off_while_the_node_serves() {
     let mut cluster = TestCluster::configure_routed(3, 1, |_, _, addr| addr);
-    // Election timeouts long enough that a loaded machine does not start an
-    // election between reading the leader's term and the attacks that use it: with
-    // only two members up, a follower stalled for one timeout would also make the
-    // leader step down at its next quorum check (a CI machine can stall a process
-    // for a second or more).
-    for k in 0..3 {
-        let raft = &mut cluster.configs[k].raft;
-        (raft.election_timeout_min_ms, raft.election_timeout_max_ms) = (3000, 5000);
-        raft.heartbeat_interval_ms = 50;
-        cluster.write_config(k);
-    }
+    // No election may start between reading the leader's term and the attacks that
+    // use it: with only two members up, a follower stalled for one timeout would
+    // also make the leader step down at its next quorum check.
+    cluster.with_patient_elections();
     cluster.spawn(0);
     cluster.spawn(1);
     let (leader, _) = leader_and_term(cluster.client_addrs()[..2].to_vec());

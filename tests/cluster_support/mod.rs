@@ -212,6 +212,18 @@ impl TestCluster {
         std::fs::write(&self.paths[k], self.configs[k].to_toml()).unwrap();
     }
 
+    /// Election timeouts of 3–5 s (heartbeats every 50 ms) on every node, written to
+    /// its config: for tests that assert no election happens while they load the
+    /// machine, since a loaded CI machine can stall a process for a second or more.
+    pub fn with_patient_elections(&mut self) {
+        for k in 0..self.configs.len() {
+            let raft = &mut self.configs[k].raft;
+            (raft.election_timeout_min_ms, raft.election_timeout_max_ms) = (3000, 5000);
+            raft.heartbeat_interval_ms = 50;
+            self.write_config(k);
+        }
+    }
+
     pub fn config_path(&self, k: usize) -> &std::path::Path {
         &self.paths[k]
     }
