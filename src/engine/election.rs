@@ -311,16 +311,7 @@ mod tests {
         e.step(msg(2, 1, 2, append_entries(2, 2, &[(3, 2), (4, 2)], 4)));
         assert_eq!(
             e.take_commands(),
-            vec![send(
-                1,
-                2,
-                3,
-                MessageBody::HeartbeatResponse {
-                    seq: 0,
-                    last_log_index: 2
-                },
-                durable(1)
-            )]
+            vec![send(1, 2, 3, heartbeat_response(0, 2), durable(1))]
         );
         assert_eq!((e.commit_index(), e.log().last_index()), (0, 2));
         assert!(e.is_abstaining());

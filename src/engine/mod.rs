@@ -670,6 +670,13 @@ pub(crate) mod tests {
         MessageBody::Heartbeat { leader_commit, seq }
     }
 
+    pub fn heartbeat_response(seq: u64, last_log_index: Index) -> MessageBody {
+        MessageBody::HeartbeatResponse {
+            seq,
+            last_log_index,
+        }
+    }
+
     pub fn record(index: Index, term: Term) -> Entry {
         log::tests::entry(index, term)
     }

@@ -87,10 +87,7 @@ mod tests {
                 send(1, 3, 2, heartbeat(0, 1), None),
             ]
         );
-        let earlier_round = MessageBody::HeartbeatResponse {
-            seq: 0,
-            last_log_index: 2,
-        };
+        let earlier_round = heartbeat_response(0, 2);
         e.step(msg(3, 1, 2, earlier_round));
         let out = e.take_commands();
         let answered = out.iter().any(|c| matches!(c, Command::ReadResult { .. }));
@@ -98,15 +95,7 @@ mod tests {
             !answered,
             "a round from before the read proves nothing: {out:?}"
         );
-        e.step(msg(
-            3,
-            1,
-            2,
-            MessageBody::HeartbeatResponse {
-                seq: 1,
-                last_log_index: 2,
-            },
-        ));
+        e.step(msg(3, 1, 2, heartbeat_response(1, 2)));
         let out = e.take_commands();
         assert_eq!(out.last(), Some(&read_ok(4, 2)), "{out:?}");
     }
@@ -115,15 +104,7 @@ mod tests {
     fn new_leader_reads_no_earlier_than_its_noop() {
         let mut e = leader(&[1, 1]);
         e.step(Event::ReadIndex { request_id: 1 });
-        e.step(msg(
-            2,
-            1,
-            2,
-            MessageBody::HeartbeatResponse {
-                seq: 1,
-                last_log_index: 2,
-            },
-        ));
+        e.step(msg(2, 1, 2, heartbeat_response(1, 2)));
         let out = e.take_commands();
         assert!(
             !out.iter().any(|c| matches!(c, Command::ReadResult { .. })),

@@ -605,10 +605,7 @@ mod tests {
     fn stale_leader_is_told_the_current_term() {
         let mut e = follower(2, &[1, 2, 3], 5, &[1]);
         e.step(msg(1, 2, 3, append_entries(1, 1, &[(2, 3)], 0)));
-        let reply = MessageBody::HeartbeatResponse {
-            seq: 0,
-            last_log_index: 1,
-        };
+        let reply = heartbeat_response(0, 1);
         assert_eq!(e.take_commands(), vec![send(2, 1, 5, reply.clone(), None)]);
         let mut old_leader = leader(&[1]);
         old_leader.step(msg(2, 1, 5, reply));
@@ -634,10 +631,7 @@ mod tests {
     #[test]
     fn heartbeat_response_resends_an_unanswered_probe() {
         let mut e = leader(&[1]);
-        let response = MessageBody::HeartbeatResponse {
-            seq: 0,
-            last_log_index: 1,
-        };
+        let response = heartbeat_response(0, 1);
         e.step(msg(3, 1, 2, response));
         let probe = entries_msg(1, 1, vec![noop(2, 2)], 0);
         assert_eq!(e.take_commands(), vec![send(1, 3, 2, probe, None)]);

@@ -80,24 +80,8 @@ mod tests {
     fn transfer_is_abandoned_after_an_election_timeout() {
         let mut e = leader(&[1]);
         e.step(Event::TransferLeadership { to: 2 });
-        e.step(msg(
-            2,
-            1,
-            2,
-            MessageBody::HeartbeatResponse {
-                seq: 0,
-                last_log_index: 1,
-            },
-        ));
-        e.step(msg(
-            3,
-            1,
-            2,
-            MessageBody::HeartbeatResponse {
-                seq: 0,
-                last_log_index: 1,
-            },
-        ));
+        e.step(msg(2, 1, 2, heartbeat_response(0, 1)));
+        e.step(msg(3, 1, 2, heartbeat_response(0, 1)));
         tick_n(&mut e, 10);
         e.take_commands();
         e.step(client_append(1, &["a"]));

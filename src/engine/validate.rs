@@ -532,10 +532,7 @@ mod tests {
         let mut e = leader(&[1]);
         let fault = PeerFault::IndexOutOfRange;
         assert_refused(&mut e, 3, 2, rejection(u64::MAX, 0, 0), fault);
-        let huge_end = MessageBody::HeartbeatResponse {
-            seq: 0,
-            last_log_index: u64::MAX,
-        };
+        let huge_end = heartbeat_response(0, u64::MAX);
         assert_refused(&mut e, 3, 2, huge_end, fault);
     }
 
@@ -560,10 +557,7 @@ mod tests {
         // Old code: the answer counted for read rounds not yet started, so a read
         // could be served without confirming leadership.
         let mut e = leader(&[1]);
-        let future = MessageBody::HeartbeatResponse {
-            seq: 1,
-            last_log_index: 2,
-        };
+        let future = heartbeat_response(1, 2);
         assert_refused(&mut e, 2, 2, future, PeerFault::HeartbeatSeqFromFuture);
     }
 
