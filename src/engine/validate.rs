@@ -21,7 +21,7 @@
 use std::fmt;
 
 use super::types::{AppendResponse, Entry, Index, Message, MessageBody, Term};
-use super::{Engine, Role};
+use super::{Config, Engine, Role};
 
 /// Indexes and terms above this are refused: no honest log gets near it, and the
 /// arithmetic on indexes and terms (`index + 1`, `term + 1`, `prev + len`) then never
@@ -132,20 +132,10 @@ impl fmt::Display for PeerFault {
     }
 }
 
-/// Limits a check needs from the engine's configuration.
-struct Limits {
-    entry_payload_bytes_max: u64,
-    received_entries_bytes_max: u64,
-}
-
 impl Engine {
     /// Whether `msg` may be acted on; the fault when it may not.
     pub(super) fn validate(&self, msg: &Message) -> Result<(), PeerFault> {
-        let limits = Limits {
-            entry_payload_bytes_max: self.config.entry_payload_bytes_max,
-            received_entries_bytes_max: self.config.received_entries_bytes_max,
-        };
-        check_alone(msg, &limits)?;
+        check_alone(msg, &self.config)?;
         if msg.term >= self.hard.term {
             self.check_leader_message(msg)?;
         }
@@ -225,7 +215,7 @@ impl Engine {
 }
 
 /// The rules that need nothing but the message (and configured limits).
-fn check_alone(msg: &Message, limits: &Limits) -> Result<(), PeerFault> {
+fn check_alone(msg: &Message, limits: &Config) -> Result<(), PeerFault> {
     if msg.term > TERM_MAX {
         return Err(PeerFault::TermOutOfRange);
     }
@@ -306,7 +296,7 @@ fn check_entries(
     prev: Index,
     prev_term: Term,
     entries: &[Entry],
-    limits: &Limits,
+    limits: &Config,
 ) -> Result<(), PeerFault> {
     let mut last_term = prev_term;
     let mut bytes = 0u64;
