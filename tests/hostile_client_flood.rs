@@ -4,8 +4,6 @@
 //! and no election happens (the term stays the same on every node).
 
 mod cluster_support;
-#[path = "dashboard_support/mod.rs"]
-mod dashboard_support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cluster_support::{
-    MIB, MemoryWatch, TestCluster, assert_alive_and_serving, await_leaders, client, on_executor,
+    MIB, MemoryWatch, TestCluster, assert_alive_and_serving, await_leaders, client, metric_values,
+    on_executor,
 };
-use dashboard_support::http_get;
 use ringlog::transport::{
     AppendRequest, ClientRequest, FRAME_HEADER_BYTES, FrameKind, ReadRequest, encode_request,
 };
@@ -154,16 +152,10 @@ fn raft_state(addr: SocketAddr) -> (f64, f64) {
 
 /// The value of `name` for partition 0 on the metrics page at `addr`.
 fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let page = http_get(addr, "/metrics", Duration::from_secs(10)).expect("GET /metrics");
-    let line = page
-        .body
-        .lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("partition=\"0\""))
-        .unwrap_or_else(|| panic!("{name} for partition 0 is not on {addr}/metrics"));
-    let value = line.rsplit(' ').next().unwrap_or_default();
-    value
-        .parse()
-        .unwrap_or_else(|_| panic!("bad value in {line:?}"))
+    let values = metric_values(addr, name, "partition=\"0\"");
+    *values
+        .first()
+        .unwrap_or_else(|| panic!("{name} for partition 0 is not on {addr}/metrics"))
 }
 
 fn append_frame() -> Vec<u8> {

@@ -501,6 +501,12 @@ pub fn await_condition(what: &str, limit: Duration, mut cond: impl FnMut() -> bo
 /// The sum of every series of `name` whose labels contain `label` (for example
 /// `reason="log_start_at_zero"`), from the metrics page at `addr`.
 pub fn metric_sum(addr: SocketAddr, name: &str, label: &str) -> f64 {
+    metric_values(addr, name, label).iter().sum()
+}
+
+/// The value of every series of `name` whose labels contain `label`, from the
+/// metrics page at `addr`.
+pub fn metric_values(addr: SocketAddr, name: &str, label: &str) -> Vec<f64> {
     use std::io::{Read, Write};
     let mut stream =
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(20)).expect("metrics port");
@@ -518,7 +524,7 @@ pub fn metric_sum(addr: SocketAddr, name: &str, label: &str) -> f64 {
     page.lines()
         .filter(|l| l.starts_with(&prefix) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect()
 }
 
 /// Node `k` survived an attack: its process has not exited, and an append and a
