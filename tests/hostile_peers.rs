@@ -259,12 +259,16 @@ async fn await_with_heartbeats(what: &str, link: &PeerLink, done: impl Fn() -> b
 #[test]
 fn a_closed_link_is_closed_from_another_thread_and_its_peer_reconnects() {
     on_executor(async || {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Port 0: the kernel picks a free port at the bind itself, so nothing can
+        // take it between a check and the bind (this acceptor never restarts, so
+        // it needs no port known in advance).
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         let count = Rc::new(Count::default());
         let (closer, requests) = link_closer();
-        let acceptor = PeerAcceptor::bind(addr, Rc::new(PeerConfig::new(7, 2)), count.clone())
+        let acceptor = PeerAcceptor::bind(any_port, Rc::new(PeerConfig::new(7, 2)), count.clone())
             .unwrap()
             .closing_on(requests);
+        let addr = acceptor.local_addr().unwrap();
         let stats = acceptor.stats();
         glommio::spawn_local(acceptor.run()).detach();
         let link = PeerLink::spawn(Rc::new(PeerConfig::new(7, 1)), 0, 2, addr);
