@@ -27,6 +27,10 @@ pub enum Event {
     TransferLeadership { to: NodeId },
     /// Retention asks to remove the log before `before` (clamped to committed entries).
     PurgeLog { before: Index },
+    /// A client asks to remove the records before `before` on every member: the leader
+    /// appends a trim entry, and each member removes them once it is committed. The
+    /// answer is an [`AppendResult`](Command::AppendResult) naming the trim entry.
+    ClientTrim { request_id: u64, before: Index },
 }
 
 /// When a command may be carried out.
@@ -113,6 +117,9 @@ pub enum AppendError {
     /// Nothing was appended: the batch had no records.
     #[error("empty batch")]
     EmptyBatch,
+    /// Nothing was appended: a trim cannot remove records the log does not hold yet.
+    #[error("cannot trim before index {before}: the log ends at index {last_index}")]
+    TrimBeyondLog { before: Index, last_index: Index },
     /// The batch was appended, then removed from this member's log by a newer
     /// leader or a log reset: it may or may not be committed elsewhere.
     #[error("leadership changed; the records may or may not have been committed")]

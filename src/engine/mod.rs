@@ -50,6 +50,9 @@ pub struct Recovered {
     /// term: it may have lost entries it had acknowledged, so it must not help elect
     /// a leader that lacks them. See [`Engine::is_abstaining`].
     pub lost_tail_in_term: Option<Term>,
+    /// (index, before) of each trim entry in the log, ascending: each is applied
+    /// again once the member learns it is committed.
+    pub trims: Vec<(Index, Index)>,
 }
 
 impl Recovered {
@@ -77,6 +80,7 @@ impl Recovered {
             last_index: log.last_index(),
             tail: entries,
             lost_tail_in_term: None,
+            trims: Vec::new(),
         }
     }
 }
@@ -289,6 +293,7 @@ impl Engine {
             } => self.on_client_append(request_id, records),
             Event::ReadIndex { request_id } => self.on_read_index(request_id),
             Event::TransferLeadership { to } => self.on_transfer_leadership(to),
+            Event::ClientTrim { request_id, before } => todo!("trim {request_id} {before}"),
             Event::PurgeLog { before } => self.on_purge(before),
         }
     }

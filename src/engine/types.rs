@@ -19,6 +19,10 @@ pub enum EntryKind {
     Record = 1,
     /// An empty entry a new leader appends to commit its term. Reads skip it.
     Noop = 2,
+    /// A trim decided through the log: once committed, every member removes the
+    /// records before the index its payload holds (8 bytes, little-endian; see
+    /// [`Entry::trim_before`]). Reads skip it.
+    Trim = 3,
 }
 
 impl EntryKind {
@@ -27,6 +31,7 @@ impl EntryKind {
         match code {
             1 => Some(EntryKind::Record),
             2 => Some(EntryKind::Noop),
+            3 => Some(EntryKind::Trim),
             _ => None,
         }
     }
@@ -47,6 +52,26 @@ impl Entry {
     /// per-entry overhead, so that windows of empty entries are still bounded.
     pub fn size_bytes(&self) -> u64 {
         ENTRY_OVERHEAD_BYTES + self.payload.len() as u64
+    }
+
+    /// A trim entry: once committed, records before `before` are removed.
+    pub fn trim(index: Index, term: Term, before: Index) -> Entry {
+        Entry {
+            term,
+            index,
+            kind: EntryKind::Trim,
+            payload: Bytes::copy_from_slice(&before.to_le_bytes()),
+        }
+    }
+
+    /// The index a trim entry removes records before; `None` for other kinds and for
+    /// a trim whose payload is not exactly 8 bytes (refused where it arrives).
+    pub fn trim_before(&self) -> Option<Index> {
+        if self.kind != EntryKind::Trim {
+            return None;
+        }
+        let bytes: [u8; 8] = self.payload.as_ref().try_into().ok()?;
+        Some(Index::from_le_bytes(bytes))
     }
 }
 

@@ -282,6 +282,7 @@ impl Shard {
             last_index: recovered.last_index,
             tail: Vec::new(),
             lost_tail_in_term,
+            trims: recovered.trims.clone(),
         };
         let engine = Engine::new(
             parts.node_id,
@@ -776,6 +777,9 @@ impl Shard {
             },
             AppendError::EmptyBatch => ServerError::InvalidRequest {
                 reason: "an append needs at least one record".into(),
+            },
+            AppendError::TrimBeyondLog { .. } => ServerError::InvalidRequest {
+                reason: error.to_string(),
             },
             // The records may be committed after all: the client must not take this
             // for a refusal and retry blindly (it does retry Unavailable), so it is

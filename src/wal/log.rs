@@ -46,6 +46,19 @@ pub struct Recovered {
     pub last_term: Term,
     /// Torn tails truncated and damage ignored; the runtime should log each.
     pub reports: Vec<RecoveryReport>,
+    /// (index, before) of each trim entry in the log, ascending by index: the engine
+    /// applies each again once it knows it is committed.
+    pub trims: Vec<(Index, Index)>,
+}
+
+/// When a log's oldest whole segments are removed (`[retention]` of a node's
+/// configuration); `None` keeps everything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Remove the oldest segments while the log's segment files hold more than this.
+    pub max_bytes: Option<u64>,
+    /// Remove a segment once its newest record is older than this.
+    pub max_age_ms: Option<u64>,
 }
 
 /// How far the submitted ops are durable.
@@ -108,6 +121,8 @@ type Spare<F> = Task<io::Result<F>>;
 
 struct Inner<F> {
     failed: Option<String>,
+    /// The newest wall-clock time noted by the runtime (ms since the Unix epoch).
+    now_ms: u64,
     segments: VecDeque<Segment<F>>,
     /// File handles of live segments, parallel to `segments`.
     slots: VecDeque<FileSlot<F>>,
@@ -251,9 +266,11 @@ impl<S: Storage> Wal<S> {
             last_index,
             last_term,
             reports,
+            trims: Vec::new(),
         };
         let inner = Inner {
             failed: None,
+            now_ms: 0,
             segments,
             slots,
             log_start: rec.log_start,
@@ -325,6 +342,57 @@ impl<S: Storage> Wal<S> {
 
     pub fn log_start(&self) -> Index {
         self.shared.inner.borrow().log_start
+    }
+
+    /// Notes the wall-clock time (ms since the Unix epoch); the runtime calls it every
+    /// tick. Sealed segments remember the time noted when they were sealed; segments
+    /// found sealed at recovery take the first time noted after it (so retention by
+    /// age never removes them earlier than it should).
+    pub fn note_time_ms(&self, now_ms: u64) {
+        let mut inner = self.shared.inner.borrow_mut();
+        inner.now_ms = now_ms;
+        let newest = inner.segments.len().saturating_sub(1);
+        for seg in inner.segments.iter_mut().take(newest) {
+            seg.sealed_at_ms.get_or_insert(now_ms);
+        }
+    }
+
+    /// Bytes of the live segment files (the disk this log uses, spare excluded).
+    pub fn disk_bytes(&self) -> u64 {
+        let inner = self.shared.inner.borrow();
+        inner
+            .segments
+            .iter()
+            .map(|s| s.info.segment_size_bytes)
+            .sum()
+    }
+
+    /// The index before which `policy` removes the log at `now_ms`: the first index
+    /// of the oldest segment it keeps, or `None` when it removes nothing. Only whole
+    /// segments go, and never the newest one.
+    pub fn retention_point(&self, policy: &RetentionPolicy, now_ms: u64) -> Option<Index> {
+        let inner = self.shared.inner.borrow();
+        let mut total: u64 = inner
+            .segments
+            .iter()
+            .map(|s| s.info.segment_size_bytes)
+            .sum();
+        let mut point = None;
+        for pair in inner.segments.iter().collect::<Vec<_>>().windows(2) {
+            let (oldest, next) = (pair[0], pair[1]);
+            let over_bytes = policy.max_bytes.is_some_and(|max| total > max);
+            let over_age = policy.max_age_ms.is_some_and(|max| {
+                oldest
+                    .sealed_at_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) > max)
+            });
+            if !over_bytes && !over_age {
+                break;
+            }
+            total -= oldest.info.segment_size_bytes;
+            point = Some(next.info.first_index);
+        }
+        point
     }
 
     pub fn last_index(&self) -> Index {

@@ -38,6 +38,6 @@ pub mod storage;
 
 pub use config::{Preallocate, WalConfig};
 pub use error::{WalError, WalResult};
-pub use log::{Durable, Recovered, Wal, WalStats};
+pub use log::{Durable, Recovered, RetentionPolicy, Wal, WalStats};
 pub use recovery::RecoveryReport;
 pub use storage::{DmaStorage, Storage, StorageFile};

@@ -36,6 +36,10 @@ pub struct Segment<F> {
     pub end_pos: u64,
     /// Whether appends must go to a new segment (full, or recovered with a torn tail).
     pub sealed: bool,
+    /// Wall-clock time (ms since the Unix epoch, as noted by [`super::Wal::note_time_ms`])
+    /// of the newest write into this segment, once it is sealed; retention by age
+    /// measures from it. `None` while open, or until a time is noted after recovery.
+    pub sealed_at_ms: Option<u64>,
 }
 
 impl<F> Segment<F> {
@@ -48,6 +52,7 @@ impl<F> Segment<F> {
             term_runs: Vec::new(),
             end_pos: block_bytes as u64,
             sealed: false,
+            sealed_at_ms: None,
         }
     }
 

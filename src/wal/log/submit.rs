@@ -182,8 +182,10 @@ impl<S: Storage> Wal<S> {
             segment_size_bytes: self.shared.config.segment_size_bytes,
         };
         inner.next_segment_seq += 1;
+        let now_ms = inner.now_ms;
         if let Some(prev) = inner.segments.back_mut() {
             prev.sealed = true;
+            prev.sealed_at_ms.get_or_insert(now_ms);
         }
         let seg: Segment<S::File> = Segment::new(info, self.shared.block_bytes);
         let slot = Rc::new(OnceCell::new());
