@@ -111,6 +111,7 @@ impl TestCluster {
                     ..RaftSettings::default()
                 },
                 clients: ClientSettings::default(),
+                retention: Default::default(),
             })
             .collect();
         let paths: Vec<PathBuf> = configs
