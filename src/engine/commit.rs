@@ -45,6 +45,10 @@ impl Engine {
         self.maybe_end_abstention();
         self.resolve_pending_appends();
         self.check_pending_reads();
+        // After the answers, which read the terms of the entries they name (a trim
+        // may remove them); still in this step, so the runtime, which acts on the
+        // answers only after it, already finds the records gone.
+        self.commit_trims();
     }
 
     /// Ends the abstention after a lost tail once this member holds, committed and

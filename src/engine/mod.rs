@@ -3,7 +3,7 @@
 //! [`Engine::step`] takes one [`Event`] and appends [`Command`]s to an output buffer
 //! that the runtime drains with [`Engine::take_commands`] and carries out in order.
 //! Each concern lives in its own file: `election`, `replication`, `commit`, `append`,
-//! `read`, `transfer`; messages from peers are checked first, in `validate`.
+//! `read`, `transfer`, `trim`; messages from peers are checked first, in `validate`.
 //! See `docs/engine.md`.
 
 mod append;
@@ -19,6 +19,7 @@ mod replication;
 pub mod rng;
 mod storage;
 mod transfer;
+mod trim;
 pub mod types;
 pub mod validate;
 
@@ -72,6 +73,10 @@ impl Recovered {
         entries: Vec<Entry>,
     ) -> Recovered {
         let log = Log::new(log_start, log_prev_term, entries.clone());
+        let trims = entries
+            .iter()
+            .filter_map(|e| Some((e.index, e.trim_before()?)))
+            .collect();
         Recovered {
             hard_state,
             log_start,
@@ -80,7 +85,7 @@ impl Recovered {
             last_index: log.last_index(),
             tail: entries,
             lost_tail_in_term: None,
-            trims: Vec::new(),
+            trims,
         }
     }
 }
@@ -159,6 +164,14 @@ pub struct Engine {
     pending_appends: VecDeque<PendingAppend>,
     /// Invariant: empty unless leader; ordered by `seq`.
     pending_reads: VecDeque<PendingRead>,
+    /// (index, before) of every trim entry in the log above the commit index.
+    /// Invariant: ascending, each in `commit_index + 1..=log.last_index()`, with
+    /// `before <= index`. See `trim.rs`.
+    pending_trims: VecDeque<(Index, Index)>,
+    /// The largest `before` of the trims this member saw committed in this run
+    /// (0: none). Invariant: `<= commit_index`, and the log start has reached it
+    /// as far as what is committed and on disk allows.
+    committed_trim_before: Index,
     transfer: Option<Transfer>,
     /// Client appends this turn that followers have not been sent yet.
     replicate_pending: bool,
@@ -213,6 +226,7 @@ impl Engine {
             recovered.last_index,
             recovered.tail,
         );
+        let pending_trims = trim::pending_at_start(&log, recovered.trims);
         let mut engine = Engine {
             id,
             members,
@@ -239,6 +253,8 @@ impl Engine {
             uncommitted_bytes: 0,
             pending_appends: VecDeque::new(),
             pending_reads: VecDeque::new(),
+            pending_trims,
+            committed_trim_before: 0,
             transfer: None,
             replicate_pending: false,
             reported_role: None,
@@ -293,7 +309,7 @@ impl Engine {
             } => self.on_client_append(request_id, records),
             Event::ReadIndex { request_id } => self.on_read_index(request_id),
             Event::TransferLeadership { to } => self.on_transfer_leadership(to),
-            Event::ClientTrim { request_id, before } => todo!("trim {request_id} {before}"),
+            Event::ClientTrim { request_id, before } => self.on_client_trim(request_id, before),
             Event::PurgeLog { before } => self.on_purge(before),
         }
     }
@@ -558,181 +574,4 @@ impl Engine {
 
 /// Builders shared by the handler tests beside each concern.
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    pub use bytes::Bytes;
-
-    /// A follower `id` in `term` whose log holds entries with `terms`, from index 1.
-    pub fn follower(id: NodeId, members: &[NodeId], term: Term, terms: &[Term]) -> Engine {
-        let entries = log::tests::entries_with_terms(terms);
-        let hard_state = HardState {
-            term,
-            voted_for: None,
-        };
-        let recovered = Recovered::from_entries(hard_state, 1, 0, entries);
-        Engine::new(id, members, Config::default(), 42, recovered).expect("valid test engine")
-    }
-
-    /// Member 1 as leader of term 2 over [1, 2, 3], with its no-op at index
-    /// `terms.len() + 1` on disk and every command so far taken.
-    pub fn leader(terms: &[Term]) -> Engine {
-        let mut e = leader_unflushed(1, terms);
-        e.step(Event::Durable { op: 2 });
-        e.take_commands();
-        e
-    }
-
-    /// Member 1 elected in term `term + 1` over [1, 2, 3]; its no-op (op 2) is not
-    /// on disk yet. Every command so far taken.
-    pub fn leader_unflushed(term: Term, terms: &[Term]) -> Engine {
-        let mut e = follower(1, &[1, 2, 3], term, terms);
-        tick_until_role(&mut e, Role::PreCandidate);
-        e.step(msg(
-            2,
-            1,
-            term + 1,
-            MessageBody::PreVoteResponse { granted: true },
-        ));
-        e.step(Event::Durable { op: 1 });
-        e.step(msg(
-            2,
-            1,
-            term + 1,
-            MessageBody::RequestVoteResponse { granted: true },
-        ));
-        e.take_commands();
-        assert_eq!(e.role(), Role::Leader);
-        e
-    }
-
-    pub fn tick_until_role(e: &mut Engine, role: Role) -> u32 {
-        for ticks in 1..1000 {
-            e.step(Event::Tick);
-            if e.role() == role {
-                return ticks;
-            }
-        }
-        panic!("never became {role:?}");
-    }
-
-    pub fn tick_n(e: &mut Engine, n: u32) {
-        for _ in 0..n {
-            e.step(Event::Tick);
-        }
-    }
-
-    pub fn msg(from: NodeId, to: NodeId, term: Term, body: MessageBody) -> Event {
-        Event::Message(Message {
-            from,
-            to,
-            term,
-            body,
-        })
-    }
-
-    pub fn send(
-        from: NodeId,
-        to: NodeId,
-        term: Term,
-        body: MessageBody,
-        when: Option<Condition>,
-    ) -> Command {
-        Command::Send {
-            msg: Message {
-                from,
-                to,
-                term,
-                body,
-            },
-            when,
-        }
-    }
-
-    pub fn durable(op: u64) -> Option<Condition> {
-        Some(Condition::Durable { op })
-    }
-
-    pub fn role_changed(role: Role, term: Term, leader: Option<NodeId>) -> Command {
-        Command::RoleChanged { role, term, leader }
-    }
-
-    pub fn pre_vote(last_log_index: Index, last_log_term: Term) -> MessageBody {
-        MessageBody::PreVote {
-            last_log_index,
-            last_log_term,
-        }
-    }
-
-    pub fn vote_request(last_log_index: Index, last_log_term: Term) -> MessageBody {
-        MessageBody::RequestVote {
-            last_log_index,
-            last_log_term,
-            campaign: Campaign::Election,
-        }
-    }
-
-    pub fn heartbeat(leader_commit: Index, seq: u64) -> MessageBody {
-        MessageBody::Heartbeat { leader_commit, seq }
-    }
-
-    pub fn heartbeat_response(seq: u64, last_log_index: Index) -> MessageBody {
-        MessageBody::HeartbeatResponse {
-            seq,
-            last_log_index,
-        }
-    }
-
-    pub fn record(index: Index, term: Term) -> Entry {
-        log::tests::entry(index, term)
-    }
-
-    /// AppendEntries after (`prev`, `prev_term`) with entries given as (index, term).
-    pub fn append_entries(
-        prev: Index,
-        prev_term: Term,
-        entries: &[(Index, Term)],
-        commit: Index,
-    ) -> MessageBody {
-        MessageBody::AppendEntries {
-            prev_log_index: prev,
-            prev_log_term: prev_term,
-            entries: entries.iter().map(|&(i, t)| record(i, t)).collect(),
-            leader_commit: commit,
-        }
-    }
-
-    pub fn success(match_index: Index) -> MessageBody {
-        MessageBody::AppendEntriesResponse {
-            result: AppendResponse::Success { match_index },
-        }
-    }
-
-    pub fn rejection(rejected_prev_index: Index, conflict_term: Term, index: Index) -> MessageBody {
-        MessageBody::AppendEntriesResponse {
-            result: AppendResponse::Reject {
-                rejected_prev_index,
-                hint: ConflictHint {
-                    index,
-                    conflict_term,
-                },
-            },
-        }
-    }
-
-    pub fn noop(index: Index, term: Term) -> Entry {
-        Entry {
-            term,
-            index,
-            kind: EntryKind::Noop,
-            payload: Bytes::new(),
-        }
-    }
-
-    pub fn client_append(request_id: u64, records: &[&str]) -> Event {
-        let records = records.iter().map(|r| Bytes::from(r.to_string())).collect();
-        Event::ClientAppend {
-            request_id,
-            records,
-        }
-    }
-}
+pub(crate) mod tests;
