@@ -35,7 +35,6 @@ fn read_from(from_index: u64) -> ClientRequest {
 /// answers a read below the new start with OutOfRange naming it, keeps every
 /// record above it, and counts the trim.
 #[test]
-#[ignore = "needs the engine's Event::ClientTrim (engine branch of issue 15); un-ignore at merge"]
 fn trim_removes_the_records_below_its_index_on_every_replica() {
     let cluster = TestCluster::start(3, 1);
     let addrs = cluster.client_addrs();

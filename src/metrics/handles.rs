@@ -319,7 +319,7 @@ impl ShardMetrics {
         self.commit_index.set(engine.commit_index() as f64);
         let last = engine.log().last_index();
         self.last_index.set(last as f64);
-        self.log_start_index.set(engine.log().start() as f64);
+        self.log_start_index.set(engine.read_start() as f64);
         self.inbox_depth.set(inbox_depth as f64);
         self.pending_appends.set(pending_appends as f64);
         let leading = role == Role::Leader;

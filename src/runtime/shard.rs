@@ -563,7 +563,7 @@ impl Shard {
             term: self.term,
             commit_index: self.commit,
             last_index: self.engine.log().last_index(),
-            log_start: self.engine.log().start(),
+            log_start: self.engine.read_start(),
         }
     }
 
@@ -766,7 +766,9 @@ impl Shard {
     /// Where the log stands for reads now.
     fn log_bounds(&self) -> LogBounds {
         LogBounds {
-            log_start: self.engine.log().start(),
+            // A committed trim hides its records at once, even while their removal
+            // waits for this member's disk to catch up.
+            log_start: self.engine.read_start(),
             commit: self.commit,
         }
     }
@@ -808,7 +810,7 @@ impl Shard {
             let answer = result
                 .map(|ok| TrimOk {
                     trim_index: ok.last_index,
-                    log_start: self.engine.log().start(),
+                    log_start: self.engine.read_start(),
                 })
                 .map_err(|e| self.append_error(e));
             reply.send(answer);
