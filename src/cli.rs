@@ -16,6 +16,7 @@ use crate::client::{Client, ClientConfig, ClientError};
 use crate::runtime::config::{ConfigError, FsyncPolicy, NodeConfig};
 use crate::runtime::dev::{self, DevError};
 use crate::runtime::node::{self, NodeError};
+use crate::runtime::overrides::{self, Setting};
 use crate::transport::{ClientRequest, ClientResponse, Metadata, PartitionInfo, ReadRequest};
 
 #[derive(Debug, Error)]
@@ -91,8 +92,21 @@ pub fn serve(config_path: &Path, overrides: ServeOverrides) -> Result<(), CliErr
     Ok(())
 }
 
-pub fn dev(nodes: u32, dir: &Path, base_port: u16, shards: u32) -> Result<(), CliError> {
-    let configs = dev::configs(nodes, base_port, dir, shards)?;
+/// How `ringlog dev` sets up its cluster.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    pub nodes: u32,
+    pub dir: PathBuf,
+    pub base_port: u16,
+    pub shards: u32,
+    /// `--set KEY=VALUE` overrides, applied to every node's config.
+    pub settings: Vec<Setting>,
+}
+
+pub fn dev(options: DevOptions) -> Result<(), CliError> {
+    let (nodes, dir) = (options.nodes, options.dir.as_path());
+    let configs = dev::configs(nodes, options.base_port, dir, options.shards)?;
+    let configs = with_settings(configs, &options.settings)?;
     let paths = dev::write_configs(dir, &configs)?;
     let exe = std::env::current_exe()?;
     let mut cluster = dev::DevCluster::start(&exe, &paths)?;
@@ -117,6 +131,25 @@ pub fn dev(nodes: u32, dir: &Path, base_port: u16, shards: u32) -> Result<(), Cl
         }),
         None => Ok(()),
     }
+}
+
+/// Each config with the `--set` overrides applied (see [`overrides::apply`]).
+pub fn with_settings(
+    configs: Vec<NodeConfig>,
+    settings: &[Setting],
+) -> Result<Vec<NodeConfig>, CliError> {
+    if settings.is_empty() {
+        return Ok(configs);
+    }
+    configs
+        .iter()
+        .map(|config| overrides::apply(config, settings).map_err(CliError::from))
+        .collect()
+}
+
+/// Parses one `--set KEY=VALUE` for clap.
+pub fn parse_setting(text: &str) -> Result<Setting, String> {
+    Setting::parse(text).map_err(|e| e.to_string())
 }
 
 /// Runs `work` with a client on a small glommio executor of its own.
@@ -446,6 +479,8 @@ pub struct LocalBench {
     /// One-way delay added to every peer link by a fault proxy (`src/proxy.rs`),
     /// to see how much of the latency the pipelined replication hides.
     pub peer_delay: Option<Duration>,
+    /// `--set KEY=VALUE` overrides, applied to every node's config.
+    pub settings: Vec<Setting>,
 }
 
 /// A local cluster and what keeps it running: its proxies live as long as it does.
@@ -466,10 +501,14 @@ fn start_local(local: &LocalBench) -> Result<(LocalCluster, Vec<String>, PathBuf
     // never shares a port with another node of that test.
     let base = crate::ports::free_port_run(dev::ports_spanned(local.nodes))?;
     let mut configs = dev::configs(local.nodes, base, &dir, local.shards)?;
-    let mut proxies = Vec::new();
     for config in &mut configs {
         config.wal.fsync = local.fsync;
         config.wal.write_through = local.write_through;
+    }
+    // After the flags, so that a `--set` of the same key wins.
+    let mut configs = with_settings(configs, &local.settings)?;
+    let mut proxies = Vec::new();
+    for config in &mut configs {
         let Some(delay) = local.peer_delay else {
             continue;
         };

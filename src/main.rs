@@ -6,8 +6,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 
 use ringlog::bench::{BenchConfig, Limit, ProgressStyle};
-use ringlog::cli::{self, LocalBench, ReadFormat, ServeOverrides};
+use ringlog::cli::{self, DevOptions, LocalBench, ReadFormat, ServeOverrides};
 use ringlog::runtime::config::FsyncPolicy;
+use ringlog::runtime::overrides::Setting;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringlog", version, about = "A Raft-replicated log service")]
@@ -46,6 +47,10 @@ enum Command {
         /// Shards (partitions) per node; 0 = one per core.
         #[arg(long, default_value_t = 0)]
         shards: u32,
+        /// Override a node setting by its dotted TOML key, for every node (repeatable),
+        /// e.g. `--set retention.max_bytes=67108864 --set wal.min_free_bytes=0`.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = cli::parse_setting)]
+        set: Vec<Setting>,
     },
     /// Run one node of a cluster.
     Serve {
@@ -164,6 +169,10 @@ enum Command {
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// With --local: override a node setting by its dotted TOML key, for every node
+        /// (repeatable), e.g. `--set retention.max_bytes=67108864`.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = cli::parse_setting, requires = "local")]
+        set: Vec<Setting>,
     },
 }
 
@@ -200,7 +209,14 @@ fn run() -> anyhow::Result<()> {
             dir,
             base_port,
             shards,
-        } => cli::dev(nodes, &dir, base_port, shards)?,
+            set,
+        } => cli::dev(DevOptions {
+            nodes,
+            dir,
+            base_port,
+            shards,
+            settings: set,
+        })?,
         Command::Serve {
             config,
             node_id,
@@ -260,6 +276,7 @@ fn run() -> anyhow::Result<()> {
             warmup,
             rate,
             json,
+            set,
         } => {
             let local = local.then_some(LocalBench {
                 nodes,
@@ -267,6 +284,7 @@ fn run() -> anyhow::Result<()> {
                 fsync: fsync_policy(fsync),
                 write_through: write_through(fsync).unwrap_or(true),
                 peer_delay,
+                settings: set,
             });
             let config = BenchConfig {
                 addrs: Vec::new(),

@@ -11,6 +11,7 @@ use thiserror::Error;
 use bytes::Bytes;
 
 use super::reads::{READ_ANSWER_HEADER_BYTES, READ_RECORD_OVERHEAD_BYTES};
+use super::retention::{MIN_FREE_BYTES_DEFAULT, RetentionSettings};
 use super::router::nodes_in_words;
 use crate::engine::{self, ENTRY_OVERHEAD_BYTES, Entry, EntryKind, Message, MessageBody, NodeId};
 use crate::transport::client_msg::request_body_bytes;
@@ -35,7 +36,7 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         reason: reason.into(),
@@ -76,6 +77,9 @@ pub struct NodeConfig {
     pub reads: ReadSettings,
     #[serde(default)]
     pub clients: ClientSettings,
+    /// When a partition's oldest segments are removed (`retention.rs`).
+    #[serde(default)]
+    pub retention: RetentionSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -115,6 +119,9 @@ pub struct WalSettings {
     /// node must not cut its log silently on every restart.
     #[serde(skip)]
     pub truncate_corrupt_tail: bool,
+    /// Below this many free bytes on the data directory's filesystem the node
+    /// refuses appends (`DiskLow`); 0 disables the check.
+    pub min_free_bytes: u64,
 }
 
 impl Default for WalSettings {
@@ -127,6 +134,7 @@ impl Default for WalSettings {
             flushes_inflight_max: 2,
             write_through: true,
             truncate_corrupt_tail: false,
+            min_free_bytes: MIN_FREE_BYTES_DEFAULT,
         }
     }
 }
@@ -403,6 +411,7 @@ impl NodeConfig {
             ));
         }
         self.validate_wal()?;
+        self.retention.validate(self.wal.segment_size_bytes)?;
         self.reads.validate()?;
         self.clients.validate()?;
         let frame = self.clients.frame_body_bytes_max;

@@ -90,6 +90,7 @@ pub fn configs(
         raft: RaftSettings::default(),
         reads: Default::default(),
         clients: ClientSettings::default(),
+        retention: Default::default(),
     };
     Ok((0..nodes).map(config).collect())
 }

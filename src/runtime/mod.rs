@@ -9,9 +9,11 @@ pub mod failpoint;
 pub mod inbox;
 pub mod node;
 pub mod oneshot;
+pub mod overrides;
 pub mod preflight;
 pub mod reads;
 mod refusal;
+pub mod retention;
 pub mod router;
 pub mod shard;
 #[cfg(test)]
