@@ -1,5 +1,6 @@
 //! Client appends: admission (bounded), then into the log, and out to followers at
 //! the end of the same turn (one AppendEntries per follower for the whole turn).
+//! Trims (`trim.rs`) are admitted and proposed through the same path.
 
 use bytes::Bytes;
 
@@ -24,8 +25,16 @@ impl Engine {
                 payload,
             })
             .collect();
-        let bytes = entries.iter().map(Entry::size_bytes).sum::<u64>();
+        self.propose(request_id, entries);
+    }
+
+    /// Appends a client's `entries` (of this leader's term, right after its last
+    /// entry) and remembers to answer `request_id` once the last of them commits.
+    pub(super) fn propose(&mut self, request_id: u64, entries: Vec<Entry>) {
+        let first_index = entries.first().expect("a proposal has entries").index;
         let last_index = first_index + entries.len() as u64 - 1;
+        let bytes = entries.iter().map(Entry::size_bytes).sum::<u64>();
+        let term = self.hard.term;
         self.append_to_log(entries);
         self.uncommitted_bytes += bytes;
         self.pending_appends.push_back(PendingAppend {
@@ -40,6 +49,19 @@ impl Engine {
     }
 
     fn admit_append(&self, records: &[Bytes]) -> Result<(), AppendError> {
+        self.admit_role()?;
+        if records.is_empty() {
+            return Err(AppendError::EmptyBatch);
+        }
+        let bytes: u64 = records
+            .iter()
+            .map(|r| r.len() as u64 + super::ENTRY_OVERHEAD_BYTES)
+            .sum();
+        self.admit_bytes(bytes)
+    }
+
+    /// Only a leader that is not handing over its leadership takes proposals.
+    pub(super) fn admit_role(&self) -> Result<(), AppendError> {
         if self.role != Role::Leader {
             return Err(AppendError::NotLeader {
                 leader: self.leader,
@@ -48,13 +70,11 @@ impl Engine {
         if self.transfer.is_some() {
             return Err(AppendError::LeaderTransferring);
         }
-        if records.is_empty() {
-            return Err(AppendError::EmptyBatch);
-        }
-        let bytes: u64 = records
-            .iter()
-            .map(|r| r.len() as u64 + super::ENTRY_OVERHEAD_BYTES)
-            .sum();
+        Ok(())
+    }
+
+    /// Whether a proposal of `bytes` fits what may wait for its commit.
+    pub(super) fn admit_bytes(&self, bytes: u64) -> Result<(), AppendError> {
         // A batch larger than the whole budget is still admitted when nothing waits,
         // or it could never be admitted at all.
         let over_budget = self.uncommitted_bytes > 0

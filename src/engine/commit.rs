@@ -42,6 +42,9 @@ impl Engine {
         );
         self.commit_index = index;
         self.output.push(Command::Commit { index });
+        // Before any answer this commit releases: a client told its trim is done
+        // (or a read served after it) must find the records gone.
+        self.commit_trims();
         self.maybe_end_abstention();
         self.resolve_pending_appends();
         self.check_pending_reads();

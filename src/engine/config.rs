@@ -52,6 +52,9 @@ pub enum PlantedBug {
     CommitPreviousTerm,
     /// A member whose log was cut at a corruption votes and campaigns at once.
     IgnoreLostTail,
+    /// A member removes the records a trim names as soon as the trim entry is in
+    /// its log, before it is committed.
+    TrimBeforeCommit,
 }
 
 impl Default for Config {

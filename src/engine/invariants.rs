@@ -58,6 +58,7 @@ impl Engine {
         }
         self.check_role_state();
         self.check_pending();
+        self.check_trims();
     }
 
     fn check_role_state(&self) {

@@ -3,7 +3,7 @@
 //! [`Engine::step`] takes one [`Event`] and appends [`Command`]s to an output buffer
 //! that the runtime drains with [`Engine::take_commands`] and carries out in order.
 //! Each concern lives in its own file: `election`, `replication`, `commit`, `append`,
-//! `read`, `transfer`; messages from peers are checked first, in `validate`.
+//! `read`, `transfer`, `trim`; messages from peers are checked first, in `validate`.
 //! See `docs/engine.md`.
 
 mod append;
@@ -19,6 +19,7 @@ mod replication;
 pub mod rng;
 mod storage;
 mod transfer;
+mod trim;
 pub mod types;
 pub mod validate;
 
@@ -72,6 +73,10 @@ impl Recovered {
         entries: Vec<Entry>,
     ) -> Recovered {
         let log = Log::new(log_start, log_prev_term, entries.clone());
+        let trims = entries
+            .iter()
+            .filter_map(|e| Some((e.index, e.trim_before()?)))
+            .collect();
         Recovered {
             hard_state,
             log_start,
@@ -80,7 +85,7 @@ impl Recovered {
             last_index: log.last_index(),
             tail: entries,
             lost_tail_in_term: None,
-            trims: Vec::new(),
+            trims,
         }
     }
 }
@@ -159,6 +164,14 @@ pub struct Engine {
     pending_appends: VecDeque<PendingAppend>,
     /// Invariant: empty unless leader; ordered by `seq`.
     pending_reads: VecDeque<PendingRead>,
+    /// (index, before) of every trim entry in the log above the commit index.
+    /// Invariant: ascending, each in `commit_index + 1..=log.last_index()`, with
+    /// `before <= index`. See `trim.rs`.
+    pending_trims: VecDeque<(Index, Index)>,
+    /// The largest `before` of the trims this member saw committed in this run
+    /// (0: none). Invariant: `<= commit_index`, and the log start has reached it
+    /// as far as what is committed and on disk allows.
+    committed_trim_before: Index,
     transfer: Option<Transfer>,
     /// Client appends this turn that followers have not been sent yet.
     replicate_pending: bool,
@@ -213,6 +226,7 @@ impl Engine {
             recovered.last_index,
             recovered.tail,
         );
+        let pending_trims = trim::pending_at_start(&log, recovered.trims);
         let mut engine = Engine {
             id,
             members,
@@ -239,6 +253,8 @@ impl Engine {
             uncommitted_bytes: 0,
             pending_appends: VecDeque::new(),
             pending_reads: VecDeque::new(),
+            pending_trims,
+            committed_trim_before: 0,
             transfer: None,
             replicate_pending: false,
             reported_role: None,
@@ -293,7 +309,7 @@ impl Engine {
             } => self.on_client_append(request_id, records),
             Event::ReadIndex { request_id } => self.on_read_index(request_id),
             Event::TransferLeadership { to } => self.on_transfer_leadership(to),
-            Event::ClientTrim { request_id, before } => todo!("trim {request_id} {before}"),
+            Event::ClientTrim { request_id, before } => self.on_client_trim(request_id, before),
             Event::PurgeLog { before } => self.on_purge(before),
         }
     }
@@ -656,6 +672,34 @@ pub(crate) mod tests {
         Command::RoleChanged { role, term, leader }
     }
 
+    /// Leader `e` (member 1 of term 2, whose log starts at `start` after an entry
+    /// of term 1) hears that member 3 lost its whole log: it must send LogStart,
+    /// which resets member 3's new, empty log. Returns member 3.
+    pub fn reset_empty_follower_3(e: &mut Engine, start: Index, leader_commit: Index) -> Engine {
+        e.step(msg(3, 1, 2, rejection(3, 0, 0)));
+        let reset = MessageBody::LogStart {
+            start_index: start,
+            prev_term: 1,
+            leader_commit,
+        };
+        assert_eq!(e.take_commands(), vec![send(1, 3, 2, reset.clone(), None)]);
+        let mut f = follower(3, &[1, 2, 3], 2, &[]);
+        f.step(msg(1, 3, 2, reset));
+        let reset_log = Command::ResetLog {
+            op: 1,
+            start,
+            prev_term: 1,
+        };
+        let expected = vec![
+            reset_log,
+            Command::Commit { index: start - 1 },
+            send(3, 1, 2, success(start - 1), durable(1)),
+            role_changed(Role::Follower, 2, Some(1)),
+        ];
+        assert_eq!(f.take_commands(), expected);
+        f
+    }
+
     pub fn pre_vote(last_log_index: Index, last_log_term: Term) -> MessageBody {
         MessageBody::PreVote {
             last_log_index,
@@ -697,6 +741,21 @@ pub(crate) mod tests {
             prev_log_index: prev,
             prev_log_term: prev_term,
             entries: entries.iter().map(|&(i, t)| record(i, t)).collect(),
+            leader_commit: commit,
+        }
+    }
+
+    /// AppendEntries after (`prev`, `prev_term`) carrying `entries` as they are.
+    pub fn entries_msg(
+        prev: Index,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) -> MessageBody {
+        MessageBody::AppendEntries {
+            prev_log_index: prev,
+            prev_log_term: prev_term,
+            entries,
             leader_commit: commit,
         }
     }

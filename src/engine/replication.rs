@@ -400,20 +400,6 @@ mod tests {
         entries.collect()
     }
 
-    fn entries_msg(
-        prev: Index,
-        prev_term: Term,
-        entries: Vec<Entry>,
-        commit: Index,
-    ) -> MessageBody {
-        MessageBody::AppendEntries {
-            prev_log_index: prev,
-            prev_log_term: prev_term,
-            entries,
-            leader_commit: commit,
-        }
-    }
-
     #[test]
     fn first_success_commits_and_switches_to_optimistic_pipelining() {
         let mut e = leader(&[1]);
@@ -685,29 +671,7 @@ mod tests {
         e.step(msg(2, 1, 2, success(4)));
         e.step(Event::PurgeLog { before: 4 });
         e.take_commands();
-        e.step(msg(3, 1, 2, rejection(3, 0, 0)));
-        let reset = MessageBody::LogStart {
-            start_index: 4,
-            prev_term: 1,
-            leader_commit: 4,
-        };
-        assert_eq!(e.take_commands(), vec![send(1, 3, 2, reset.clone(), None)]);
-
-        let mut f = follower(3, &[1, 2, 3], 2, &[]);
-        f.step(msg(1, 3, 2, reset));
-        assert_eq!(
-            f.take_commands(),
-            vec![
-                Command::ResetLog {
-                    op: 1,
-                    start: 4,
-                    prev_term: 1
-                },
-                Command::Commit { index: 3 },
-                send(3, 1, 2, success(3), durable(1)),
-                role_changed(Role::Follower, 2, Some(1)),
-            ]
-        );
+        let _f = reset_empty_follower_3(&mut e, 4, 4);
         e.step(msg(3, 1, 2, success(3)));
         let out = e.take_commands();
         assert_eq!(

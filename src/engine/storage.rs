@@ -15,9 +15,11 @@ impl Engine {
         for entry in &entries {
             self.log.append(entry.clone());
         }
+        let trims = super::trim::trims_in(&entries);
         let op = self.next_op();
         self.output.push(Command::AppendLog { op, entries });
         self.evict_cache();
+        self.note_trims(trims);
     }
 
     /// Keeps the in-memory log within its budget, dropping only entries on disk,
@@ -38,6 +40,7 @@ impl Engine {
             self.commit_index
         );
         self.log.truncate_from(from);
+        self.forget_trims_from(from);
         self.lower_flush_marks(from - 1);
         let op = self.next_op();
         self.output.push(Command::TruncateLog { op, from });
@@ -54,6 +57,7 @@ impl Engine {
     /// Discards the whole log because the leader's starts after it (follower only).
     pub(super) fn reset_log(&mut self, start: Index, prev_term: Term) {
         self.log.reset(start, prev_term);
+        self.forget_trims_from(start);
         self.lower_flush_marks(start - 1);
         self.flushed_index = start - 1;
         let op = self.next_op();
@@ -93,6 +97,8 @@ impl Engine {
             self.flushed_index = self.flushed_index.max(mark);
         }
         self.maybe_end_abstention();
+        // A committed trim held back because its records were not on disk yet.
+        self.apply_committed_trims();
         self.evict_cache();
         if self.role == Role::Leader {
             self.maybe_commit();
@@ -100,8 +106,8 @@ impl Engine {
         }
     }
 
-    /// Retention: drops the log before `before`, never past what is committed and
-    /// on this member's disk.
+    /// Retention, and committed trims (`trim.rs`): drops the log before `before`,
+    /// never past what is committed and on this member's disk.
     pub(super) fn on_purge(&mut self, before: Index) {
         let before = before.min(self.commit_index.min(self.flushed_index) + 1);
         if before <= self.log.start() {

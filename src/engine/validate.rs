@@ -20,7 +20,7 @@
 
 use std::fmt;
 
-use super::types::{AppendResponse, Entry, Index, Message, MessageBody, Term};
+use super::types::{AppendResponse, Entry, EntryKind, Index, Message, MessageBody, Term};
 use super::{Config, Engine, Role};
 
 /// Indexes and terms above this are refused: no honest log gets near it, and the
@@ -63,6 +63,10 @@ pub enum PeerFault {
     RejectHintBeyondIndex,
     /// A heartbeat response for a round this leader never started.
     HeartbeatSeqFromFuture,
+    /// A trim entry whose payload is not an 8-byte index, or whose index is above
+    /// the entry's own: no leader proposes one (it would remove records that are
+    /// not in the log yet, the trim entry itself among them).
+    MalformedTrim,
 }
 
 impl PeerFault {
@@ -84,11 +88,12 @@ impl PeerFault {
             PeerFault::RejectBeyondLog => "reject_beyond_log",
             PeerFault::RejectHintBeyondIndex => "reject_hint_beyond_index",
             PeerFault::HeartbeatSeqFromFuture => "heartbeat_seq_from_future",
+            PeerFault::MalformedTrim => "malformed_trim",
         }
     }
 
     /// Every fault, for metrics that register one series per reason.
-    pub const ALL: [PeerFault; 15] = [
+    pub const ALL: [PeerFault; 16] = [
         PeerFault::IndexOutOfRange,
         PeerFault::TermOutOfRange,
         PeerFault::LogStartAtZero,
@@ -104,6 +109,7 @@ impl PeerFault {
         PeerFault::RejectBeyondLog,
         PeerFault::RejectHintBeyondIndex,
         PeerFault::HeartbeatSeqFromFuture,
+        PeerFault::MalformedTrim,
     ];
 }
 
@@ -127,6 +133,9 @@ impl fmt::Display for PeerFault {
             PeerFault::RejectBeyondLog => "a rejection of an index the leader never sent",
             PeerFault::RejectHintBeyondIndex => "a rejection hint beyond the rejected index",
             PeerFault::HeartbeatSeqFromFuture => "a response to a heartbeat never sent",
+            PeerFault::MalformedTrim => {
+                "a trim entry that is not an 8-byte index at or below its own index"
+            }
         };
         f.write_str(words)
     }
@@ -290,7 +299,8 @@ fn check_alone(msg: &Message, limits: &Config) -> Result<(), PeerFault> {
 }
 
 /// Entries must follow `prev` one by one, with terms that never decrease from
-/// `prev_term` and never pass the message's term, within the size limits.
+/// `prev_term` and never pass the message's term, within the size limits; a trim
+/// entry must name an index at or below its own.
 fn check_entries(
     term: Term,
     prev: Index,
@@ -312,6 +322,13 @@ fn check_entries(
         }
         if entry.payload.len() as u64 > limits.entry_payload_bytes_max {
             return Err(PeerFault::EntryTooLarge);
+        }
+        let trim_ok = entry.kind != EntryKind::Trim
+            || entry
+                .trim_before()
+                .is_some_and(|before| before <= entry.index);
+        if !trim_ok {
+            return Err(PeerFault::MalformedTrim);
         }
         last_term = entry.term;
         bytes += entry.size_bytes();
