@@ -1,12 +1,13 @@
 //! Node configurations for the multi-process tests, built as TOML and parsed by the
 //! node's own parser, so that settings the test does not name keep the node's
 //! defaults (a struct literal here would have to follow every field added to
-//! `NodeConfig`). Tests override any setting by its dotted key, the way
-//! `ringlog dev --set KEY=VALUE` does.
+//! `NodeConfig`). Tests override any setting by its dotted key through the same
+//! code as `ringlog dev --set KEY=VALUE`.
 
 use std::path::Path;
 
 use ringlog::runtime::config::{Listen, Member, NodeConfig};
+use ringlog::runtime::overrides::{self, Setting};
 
 use super::TestCluster;
 
@@ -62,32 +63,15 @@ fn parse(table: &toml::Table) -> NodeConfig {
         .unwrap_or_else(|e| panic!("the node refuses the test's settings: {e}\n{text}"))
 }
 
-/// `config` with each `(dotted key, value)` set; a value that is not valid TOML
-/// (`1048576`, `true`, `"always"`) is taken as a string.
+/// `config` with each `(dotted key, value)` set, exactly as `ringlog dev --set
+/// KEY=VALUE` sets them.
 pub fn with_settings(config: &NodeConfig, settings: &[(&str, &str)]) -> NodeConfig {
-    let mut table: toml::Table = toml::from_str(&config.to_toml()).expect("own TOML parses");
-    for (key, value) in settings {
-        set_key(&mut table, key, value);
-    }
-    parse(&table)
-}
-
-fn set_key(table: &mut toml::Table, key: &str, value: &str) {
-    let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
-        Ok(mut parsed) => parsed.remove("v").expect("the value parsed"),
-        Err(_) => toml::Value::String(value.to_string()),
-    };
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts.pop().expect("a key has a name");
-    let mut at = table;
-    for part in parts {
-        at = at
-            .entry(part)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .unwrap_or_else(|| panic!("{key}: {part} is not a table"));
-    }
-    at.insert(last.to_string(), value);
+    let parsed: Vec<Setting> = settings
+        .iter()
+        .map(|(key, value)| Setting::parse(&format!("{key}={value}")).expect("a KEY=VALUE"))
+        .collect();
+    overrides::apply(config, &parsed)
+        .unwrap_or_else(|e| panic!("the node refuses the test's settings {settings:?}: {e}"))
 }
 
 impl TestCluster {
