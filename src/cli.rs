@@ -17,7 +17,9 @@ use crate::runtime::config::{ConfigError, FsyncPolicy, NodeConfig};
 use crate::runtime::dev::{self, DevError};
 use crate::runtime::node::{self, NodeError};
 use crate::runtime::overrides::{self, Setting};
-use crate::transport::{ClientRequest, ClientResponse, Metadata, PartitionInfo, ReadRequest};
+use crate::transport::{
+    ClientRequest, ClientResponse, Metadata, PartitionInfo, ReadRequest, TrimOk,
+};
 
 #[derive(Debug, Error)]
 pub enum CliError {
@@ -196,6 +198,24 @@ pub fn append(
         }
         Ok(())
     })
+}
+
+/// Removes the records of `partition` below `before` on every replica, through
+/// the leader (following redirects like `append`); prints where the trim landed.
+pub fn trim(addr: &str, partition: u32, before: u64, timeout: Duration) -> Result<(), CliError> {
+    with_client(addr, timeout, async |client| {
+        let ok = client.trim_ok(partition, before).await?;
+        println!("{}", format_trim(partition, ok));
+        Ok(())
+    })
+}
+
+/// What `trim` prints: the trim entry's index and the partition's new log start.
+pub fn format_trim(partition: u32, ok: TrimOk) -> String {
+    format!(
+        "trim entry at index {}; partition {partition} now starts at index {}",
+        ok.trim_index, ok.log_start
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,6 +399,18 @@ mod tests {
         assert!(
             text.contains("node 3 at 127.0.0.1:7420 (not answering)"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn trim_prints_the_entry_and_the_new_log_start() {
+        let ok = TrimOk {
+            trim_index: 812,
+            log_start: 500,
+        };
+        assert_eq!(
+            format_trim(3, ok),
+            "trim entry at index 812; partition 3 now starts at index 500"
         );
     }
 

@@ -28,9 +28,11 @@ use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 use thiserror::Error;
 
+use crate::engine::Index;
 use crate::transport::client_msg::{
     AppendOk, AppendRequest, ClientRequest, ClientResponse, Metadata, ReadOk, ReadRequest,
-    ServerError, decode_closing_notice, decode_response, encode_request, request_body_bytes,
+    ServerError, TrimOk, TrimRequest, decode_closing_notice, decode_response, encode_request,
+    request_body_bytes,
 };
 use crate::transport::conn::{FrameReader, Notify, OneShot, with_deadline, write_all_within};
 use crate::transport::frame::{FRAME_BODY_BYTES_MAX_DEFAULT, FrameKind};
@@ -323,6 +325,24 @@ impl Client {
         }
     }
 
+    /// Removes the records of `partition` below `before` on every replica; returns
+    /// the index of the trim's own entry in the log. A trim is safe to repeat, so it
+    /// is retried like a read when its outcome is unknown.
+    pub async fn trim(&self, partition: u32, before: Index) -> Result<Index, ClientError> {
+        self.trim_ok(partition, before)
+            .await
+            .map(|ok| ok.trim_index)
+    }
+
+    /// [`Client::trim`], with the partition's new log start as the leader saw it.
+    pub async fn trim_ok(&self, partition: u32, before: Index) -> Result<TrimOk, ClientError> {
+        let request = ClientRequest::Trim(TrimRequest { partition, before });
+        match self.execute(Some(partition), &request).await? {
+            (_, ClientResponse::Trim(ok)) => Ok(ok),
+            (addr, other) => Err(mismatch(addr, &other)),
+        }
+    }
+
     /// Asks any node for the cluster's nodes, partitions and leaders, and remembers
     /// the leaders it learns.
     pub async fn metadata(&self) -> Result<Metadata, ClientError> {
@@ -604,6 +624,7 @@ fn mismatch(addr: String, response: &ClientResponse) -> ClientError {
         ClientResponse::Append(_) => "Append",
         ClientResponse::Read(_) => "Read",
         ClientResponse::Metadata(_) => "Metadata",
+        ClientResponse::Trim(_) => "Trim",
     };
     ClientError::Protocol {
         addr,

@@ -104,6 +104,24 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
         timeout: Duration,
     },
+    /// Remove a partition's records below an index on every replica (through the log);
+    /// prints the trim entry's index and the partition's new log start.
+    Trim {
+        /// A node of the cluster (redirects to the partition's leader are followed).
+        #[arg(long)]
+        addr: String,
+        /// The partition to trim.
+        #[arg(long)]
+        partition: u32,
+        /// Records at indexes below this one are removed; reads below the new log
+        /// start then get OutOfRange.
+        #[arg(long)]
+        before: u64,
+        /// How long to keep retrying while no node answers or no leader is elected,
+        /// e.g. `30s`, `500ms`, `2m`; a plain number is seconds, as for `bench --duration`.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
+        timeout: Duration,
+    },
     /// Show nodes, partitions, leaders and indexes.
     Status {
         #[arg(long)]
@@ -257,6 +275,12 @@ fn run() -> anyhow::Result<()> {
             };
             cli::read(&addr, partition, from, follow, format, timeout)?
         }
+        Command::Trim {
+            addr,
+            partition,
+            before,
+            timeout,
+        } => cli::trim(&addr, partition, before, timeout)?,
         Command::Status { addr, timeout } => cli::status(&addr, timeout)?,
         Command::Bench {
             addr,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ringlog::client::{Client, ClientConfig, ClientError};
 use ringlog::transport::client_msg::*;
 use ringlog::transport::server::ServerConfig;
-use transport_support::{FakeHandler, run, start_listener};
+use transport_support::{FAKE_MIN_FREE_BYTES, FakeHandler, run, start_listener};
 
 fn fast_retries(addrs: Vec<String>) -> ClientConfig {
     ClientConfig {
@@ -136,6 +136,69 @@ fn not_leader_redirect_is_followed_and_remembered() {
             "second append went straight to the leader"
         );
         assert_eq!(leader.logs.borrow()[&4].len(), 2);
+    });
+}
+
+#[test]
+fn a_trim_follows_redirects_to_the_leader_like_an_append() {
+    run(|| async {
+        let leader = Rc::new(FakeHandler::default());
+        let (leader_addr, _) = start_listener(ServerConfig::default(), leader.clone());
+        let follower = Rc::new(FakeHandler::default());
+        follower
+            .not_leader
+            .borrow_mut()
+            .insert(2, leader_addr.to_string());
+        let (follower_addr, _) = start_listener(ServerConfig::default(), follower.clone());
+        let client = Client::new(fast_retries(vec![follower_addr.to_string()]));
+        let records = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+        client.append(2, records).await.unwrap();
+        let ok = client.trim_ok(2, 2).await.unwrap();
+        assert_eq!(
+            ok,
+            TrimOk {
+                trim_index: 3,
+                log_start: 2
+            }
+        );
+        assert_eq!(client.trim(2, 3).await.unwrap(), 4);
+        assert_eq!(leader.trimmed.borrow()[&2], 3);
+        assert!(follower.trimmed.borrow().is_empty());
+        assert_eq!(
+            follower.requests.get(),
+            1,
+            "later requests went to the leader"
+        );
+    });
+}
+
+#[test]
+fn disk_low_is_returned_at_once_naming_the_node_and_the_setting() {
+    run(|| async {
+        let handler = Rc::new(FakeHandler::default());
+        let (addr, _) = start_listener(ServerConfig::default(), handler.clone());
+        let client = Client::new(fast_retries(vec![addr.to_string()]));
+        handler.disk_free_bytes.set(Some(1000));
+        let err = client
+            .append(0, vec![Bytes::from_static(b"x")])
+            .await
+            .unwrap_err();
+        let ClientError::Server {
+            source: source @ ServerError::DiskLow { .. },
+            ..
+        } = &err
+        else {
+            panic!("expected DiskLow, got {err}");
+        };
+        assert_eq!(
+            source.to_string(),
+            format!(
+                "node 1 has 1000 bytes free, below [wal] min_free_bytes = {FAKE_MIN_FREE_BYTES}: appends are refused until space is freed"
+            )
+        );
+        assert_eq!(handler.requests.get(), 1, "not retried");
+        // Trims still go through: they are how space is freed.
+        client.trim(0, 1).await.unwrap();
     });
 }
 

@@ -151,6 +151,8 @@ fn arb_request() -> impl Strategy<Value = ClientRequest> {
                 })
             }),
         Just(ClientRequest::Metadata),
+        (any::<u32>(), any::<u64>())
+            .prop_map(|(partition, before)| ClientRequest::Trim(TrimRequest { partition, before })),
     ]
 }
 
@@ -170,6 +172,13 @@ fn arb_server_error() -> impl Strategy<Value = ServerError> {
         Just(ServerError::Timeout),
         arb_text().prop_map(|reason| ServerError::InvalidRequest { reason }),
         arb_text().prop_map(|reason| ServerError::Unavailable { reason }),
+        (0u32..u32::MAX, any::<u64>(), any::<u64>()).prop_map(
+            |(node, free_bytes, min_free_bytes)| ServerError::DiskLow {
+                node,
+                free_bytes,
+                min_free_bytes
+            }
+        ),
     ]
 }
 
@@ -229,6 +238,12 @@ fn arb_response() -> impl Strategy<Value = Result<ClientResponse, ServerError>> 
                     partitions
                 }))
             ),
+        (any::<u64>(), any::<u64>()).prop_map(|(trim_index, log_start)| Ok(ClientResponse::Trim(
+            TrimOk {
+                trim_index,
+                log_start
+            }
+        ))),
         arb_server_error().prop_map(Err),
     ]
 }
@@ -633,11 +648,7 @@ fn golden_samples() -> Vec<(&'static str, BytesMut)> {
             }),
         ),
     ];
-    for (name, r) in responses {
-        let mut b = BytesMut::new();
-        encode_response(&mut b, 42, &r);
-        out.push((name, b));
-    }
+    push_responses(&mut out, responses);
     let mut b = BytesMut::new();
     let notice = ClosingNotice {
         cause: CloseCause::ProtocolError,
@@ -645,7 +656,45 @@ fn golden_samples() -> Vec<(&'static str, BytesMut)> {
     };
     encode_closing_notice(&mut b, &notice);
     out.push(("closing_notice", b));
+    // Kinds added later go last, so that the lines of the earlier ones stay put.
+    let mut b = BytesMut::new();
+    let trim = TrimRequest {
+        partition: 5,
+        before: 100,
+    };
+    encode_request(&mut b, 42, &ClientRequest::Trim(trim));
+    out.push(("trim_request", b));
+    let later_responses = [
+        (
+            "trim_response",
+            Ok(ClientResponse::Trim(TrimOk {
+                trim_index: 120,
+                log_start: 100,
+            })),
+        ),
+        (
+            "error_disk_low",
+            Err(ServerError::DiskLow {
+                node: 2,
+                free_bytes: 201_326_592,
+                min_free_bytes: 268_435_456,
+            }),
+        ),
+    ];
+    push_responses(&mut out, later_responses);
     out
+}
+
+/// Encodes each named response as a golden sample.
+fn push_responses(
+    out: &mut Vec<(&'static str, BytesMut)>,
+    responses: impl IntoIterator<Item = (&'static str, Result<ClientResponse, ServerError>)>,
+) {
+    for (name, r) in responses {
+        let mut b = BytesMut::new();
+        encode_response(&mut b, 42, &r);
+        out.push((name, b));
+    }
 }
 
 fn to_hex(b: &[u8]) -> String {
@@ -728,4 +777,61 @@ fn unknown_read_flags_are_malformed() {
         "{:?}",
         decode_request(&frame)
     );
+}
+
+#[test]
+fn a_trim_with_reserved_bytes_set_is_malformed() {
+    let mut buf = BytesMut::new();
+    let trim = TrimRequest {
+        partition: 1,
+        before: 9,
+    };
+    encode_request(&mut buf, 1, &ClientRequest::Trim(trim));
+    let mut frame = one_frame(&buf);
+    assert_eq!(decode_request(&frame), Ok(ClientRequest::Trim(trim)));
+    let mut body = frame.body.to_vec();
+    body[5] = 1;
+    frame.body = Bytes::from(body);
+    assert!(
+        matches!(decode_request(&frame), Err(FrameError::Malformed { .. })),
+        "{:?}",
+        decode_request(&frame)
+    );
+}
+
+#[test]
+fn disk_low_without_a_node_or_with_text_is_malformed() {
+    let error = ServerError::DiskLow {
+        node: 3,
+        free_bytes: 10,
+        min_free_bytes: 20,
+    };
+    let mut buf = BytesMut::new();
+    encode_response(&mut buf, 1, &Err(error.clone()));
+    let frame = one_frame(&buf);
+    assert_eq!(decode_response(&frame), Ok(Err(error)));
+    let edited = |offset: usize, bytes: &[u8]| {
+        let mut body = frame.body.to_vec();
+        body[offset..offset + bytes.len()].copy_from_slice(bytes);
+        Frame {
+            body: Bytes::from(body),
+            ..frame.clone()
+        }
+    };
+    let no_node = edited(4, &u32::MAX.to_le_bytes());
+    assert!(matches!(
+        decode_response(&no_node),
+        Err(FrameError::Malformed { .. })
+    ));
+    let mut with_text = frame.body.to_vec();
+    with_text[2] = 1;
+    with_text.push(b'x');
+    let with_text = Frame {
+        body: Bytes::from(with_text),
+        ..frame.clone()
+    };
+    assert!(matches!(
+        decode_response(&with_text),
+        Err(FrameError::Malformed { .. })
+    ));
 }

@@ -131,7 +131,7 @@ pub const METRICS: &[MetricDef] = &[
         Counter,
         Some(Unit::Count),
         &["op", "result"],
-        "Client requests answered, by operation (append, read, metadata) and result (ok or the error code).",
+        "Client requests answered, by operation (append, read, metadata, trim) and result (ok or the error code).",
     ),
     def(
         CLIENT_REQUEST_SECONDS,

@@ -22,11 +22,12 @@ pub enum Op {
     Append = 0,
     Read = 1,
     Metadata = 2,
+    Trim = 3,
 }
 
-const OPS: [&str; 3] = ["append", "read", "metadata"];
-/// `ok`, then each error by its wire code (1..=6).
-const RESULTS: [&str; 7] = [
+const OPS: [&str; 4] = ["append", "read", "metadata", "trim"];
+/// `ok`, then each error by its wire code (1..=7).
+const RESULTS: [&str; 8] = [
     "ok",
     "not_leader",
     "out_of_range",
@@ -34,6 +35,7 @@ const RESULTS: [&str; 7] = [
     "timeout",
     "invalid_request",
     "unavailable",
+    "disk_low",
 ];
 
 fn result_slot(error: Option<&ServerError>) -> usize {
@@ -398,6 +400,14 @@ mod tests {
                     reason: String::new(),
                 },
                 "unavailable",
+            ),
+            (
+                ServerError::DiskLow {
+                    node: 1,
+                    free_bytes: 0,
+                    min_free_bytes: 1,
+                },
+                "disk_low",
             ),
         ];
         for (error, name) in cases {

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use super::oneshot;
-use crate::engine::{Message, MessageBody};
-use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError};
+use crate::engine::{Index, Message, MessageBody};
+use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError, TrimOk};
 
 /// Where a shard sends one answer.
 pub type Reply<T> = oneshot::Sender<Result<T, ServerError>>;
@@ -31,6 +31,8 @@ pub enum ShardInput {
     Info {
         reply: oneshot::Sender<PartitionInfo>,
     },
+    /// Remove the records before `before` on every member (through the log).
+    Trim { before: Index, reply: Reply<TrimOk> },
 }
 
 impl ShardInput {
@@ -38,7 +40,7 @@ impl ShardInput {
     pub fn payload_bytes(&self) -> usize {
         match self {
             ShardInput::Append { records, .. } => records.iter().map(Bytes::len).sum(),
-            ShardInput::Read { .. } | ShardInput::Info { .. } => 0,
+            ShardInput::Read { .. } | ShardInput::Info { .. } | ShardInput::Trim { .. } => 0,
         }
     }
 }

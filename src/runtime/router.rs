@@ -134,6 +134,17 @@ impl RequestHandler for ClientRouter {
                     .request(Op::Read, result.as_ref().err(), arrived.elapsed());
                 result.map(ClientResponse::Read)
             }
+            ClientRequest::Trim(trim) => {
+                let (reply, answer) = reply_channel();
+                let input = ShardInput::Trim {
+                    before: trim.before,
+                    reply,
+                };
+                let result = self.ask(trim.partition, input, answer, 0).await;
+                self.metrics
+                    .request(Op::Trim, result.as_ref().err(), arrived.elapsed());
+                result.map(ClientResponse::Trim)
+            }
             ClientRequest::Metadata => {
                 let result = self.metadata().await;
                 self.metrics

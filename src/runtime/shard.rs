@@ -29,7 +29,7 @@ use crate::engine::{
 use crate::metrics::health::HealthBoard;
 use crate::metrics::{NodeMetrics, ShardMetrics};
 use crate::transport::peer::{LinkCloser, PeerConfig, PeerLink, SendError};
-use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError};
+use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError, TrimOk};
 use crate::wal::config::WalConfig;
 use crate::wal::error::{WalError, WalResult};
 use crate::wal::log::{Durable, Wal};
@@ -123,6 +123,8 @@ struct Shard {
     flushed_rx: flume::Receiver<WalResult<Durable>>,
     next_request: u64,
     appends: HashMap<u64, Reply<AppendOk>>,
+    /// Trims waiting for their entry to commit (answered like appends).
+    trims: HashMap<u64, Reply<TrimOk>>,
     /// Leader reads waiting for their read-index barrier.
     barriers: HashMap<u64, (ReadRequest, Reply<ReadOk>)>,
     reads: Reads,
@@ -327,6 +329,7 @@ impl Shard {
             flushed_rx,
             next_request: 1,
             appends: HashMap::new(),
+            trims: HashMap::new(),
             barriers: HashMap::new(),
             tick: parts.tick,
             next_tick: Instant::now() + parts.tick,
@@ -464,6 +467,11 @@ impl Shard {
             Wake::Input(Some(ShardInput::Info { reply })) => {
                 reply.send(self.info());
             }
+            Wake::Input(Some(ShardInput::Trim { before, reply })) => {
+                let request_id = self.next_request();
+                self.trims.insert(request_id, reply);
+                events.push(Event::ClientTrim { request_id, before });
+            }
             Wake::Flushed(Ok(durable)) => {
                 self.flushes_in_flight = self.flushes_in_flight.saturating_sub(1);
                 if durable.op > self.durable_op {
@@ -571,15 +579,7 @@ impl Shard {
                     self.serve_waiting_reads();
                 }
                 Command::AppendResult { request_id, result } => {
-                    if let Some(reply) = self.appends.remove(&request_id) {
-                        let answer = result
-                            .map(|ok| AppendOk {
-                                first_index: ok.first_index,
-                                last_index: ok.last_index,
-                            })
-                            .map_err(|e| self.append_error(e));
-                        reply.send(answer);
-                    }
+                    self.answer_append(request_id, result)
                 }
                 Command::ReadResult { request_id, result } => {
                     if let Some((request, reply)) = self.barriers.remove(&request_id) {
@@ -761,6 +761,29 @@ impl Shard {
         self.barriers.retain(|_, (_, reply)| !reply.is_closed());
     }
 
+    /// Answers the append or trim `request_id` (both are entries of the log). A
+    /// trim's answer carries the log start after the engine applied it: commands
+    /// are carried out after the whole step, so the engine's log is already there.
+    fn answer_append(&mut self, request_id: u64, result: Result<engine::AppendOk, AppendError>) {
+        if let Some(reply) = self.appends.remove(&request_id) {
+            let answer = result
+                .map(|ok| AppendOk {
+                    first_index: ok.first_index,
+                    last_index: ok.last_index,
+                })
+                .map_err(|e| self.append_error(e));
+            reply.send(answer);
+        } else if let Some(reply) = self.trims.remove(&request_id) {
+            let answer = result
+                .map(|ok| TrimOk {
+                    trim_index: ok.last_index,
+                    log_start: self.engine.log().start(),
+                })
+                .map_err(|e| self.append_error(e));
+            reply.send(answer);
+        }
+    }
+
     fn leader_error(&self, leader: Option<NodeId>) -> ServerError {
         ServerError::NotLeader {
             leader,
@@ -800,6 +823,9 @@ impl Shard {
     /// and a duplicate), reads with `refusal`.
     fn answer_all_waiting(&mut self, refusal: ServerError) {
         for (_, reply) in self.appends.drain() {
+            reply.send(Err(ServerError::Timeout));
+        }
+        for (_, reply) in self.trims.drain() {
             reply.send(Err(ServerError::Timeout));
         }
         for (_, (_, reply)) in self.barriers.drain() {

@@ -4,6 +4,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
+pub use super::client_error::{NO_NODE, ServerError};
+use super::client_error::{TEXT_BYTES_MAX, decode_error, encode_error};
 use super::frame::{BodyReader, Frame, FrameError, FrameKind, encode_frame};
 use super::peer_msg::truncate_utf8;
 use crate::engine::{Index, NodeId, Term};
@@ -71,6 +73,22 @@ impl ReadOk {
     }
 }
 
+/// Remove the records of `partition` below `before`, on every replica: the trim is
+/// an entry of the log, so all replicas agree on the new log start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrimRequest {
+    pub partition: u32,
+    pub before: Index,
+}
+
+/// A committed trim: the index of its entry in the log, and the partition's log
+/// start on the answering leader once the trim is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrimOk {
+    pub trim_index: Index,
+    pub log_start: Index,
+}
+
 /// One node of the cluster as clients see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -104,6 +122,7 @@ pub enum ClientRequest {
     Append(AppendRequest),
     Read(ReadRequest),
     Metadata,
+    Trim(TrimRequest),
 }
 
 /// A successful answer.
@@ -112,70 +131,8 @@ pub enum ClientResponse {
     Append(AppendOk),
     Read(ReadOk),
     Metadata(Metadata),
+    Trim(TrimOk),
 }
-
-/// A request the server could not carry out, as sent on the wire. Each variant has a
-/// stable numeric code (see [`ServerError::code`]).
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum ServerError {
-    /// This node does not lead the partition. `leader_addr` is the leader's client
-    /// address when known; a client retries there.
-    #[error("not the leader; {}", describe_leader(*leader, leader_addr.as_deref()))]
-    NotLeader {
-        leader: Option<NodeId>,
-        leader_addr: Option<String>,
-    },
-    /// The position asked for is outside the retained log [log_start, log_end].
-    #[error("index out of range: {}", describe_range(*log_start, *log_end))]
-    OutOfRange { log_start: Index, log_end: Index },
-    #[error("server overloaded, retry later")]
-    Overloaded,
-    #[error("request timed out on the server")]
-    Timeout,
-    #[error("invalid request: {reason}")]
-    InvalidRequest { reason: String },
-    #[error("unavailable: {reason}")]
-    Unavailable { reason: String },
-}
-
-/// Who leads, in words, for `NotLeader` messages: Option debug output means nothing
-/// to someone reading a CLI error.
-/// The readable part of a partition's log in words: both ends are inclusive, and an
-/// empty log (`log_end` below `log_start`) says where its first record will go.
-fn describe_range(log_start: Index, log_end: Index) -> String {
-    if log_end < log_start {
-        format!("no committed records yet; the next will be at index {log_start}")
-    } else {
-        format!("the log holds indexes {log_start} to {log_end}")
-    }
-}
-
-fn describe_leader(leader: Option<NodeId>, leader_addr: Option<&str>) -> String {
-    match (leader, leader_addr) {
-        (Some(node), Some(addr)) => format!("the leader is node {node} at {addr}"),
-        (Some(node), None) => format!("the leader is node {node}, address unknown"),
-        (None, Some(addr)) => format!("the leader is at {addr}"),
-        (None, None) => "no leader elected yet".to_string(),
-    }
-}
-
-impl ServerError {
-    /// The wire code of this error.
-    pub fn code(&self) -> u16 {
-        match self {
-            ServerError::NotLeader { .. } => 1,
-            ServerError::OutOfRange { .. } => 2,
-            ServerError::Overloaded => 3,
-            ServerError::Timeout => 4,
-            ServerError::InvalidRequest { .. } => 5,
-            ServerError::Unavailable { .. } => 6,
-        }
-    }
-}
-
-/// Marks "no node" in node-id fields.
-pub const NO_NODE: u32 = u32::MAX;
-const TEXT_BYTES_MAX: usize = u16::MAX as usize;
 
 /// Bytes of `request`'s body on the wire, so a client can check it against the
 /// server's frame limit before sending.
@@ -184,6 +141,7 @@ pub fn request_body_bytes(request: &ClientRequest) -> usize {
         ClientRequest::Append(a) => 8 + a.records.iter().map(|r| 4 + r.len()).sum::<usize>(),
         ClientRequest::Read(_) => 28,
         ClientRequest::Metadata => 0,
+        ClientRequest::Trim(_) => 16,
     }
 }
 
@@ -215,6 +173,11 @@ pub fn encode_request(dst: &mut BytesMut, request_id: u64, request: &ClientReque
         ClientRequest::Metadata => {
             encode_frame(dst, FrameKind::MetadataRequest, request_id, |_| {})
         }
+        ClientRequest::Trim(t) => encode_frame(dst, FrameKind::TrimRequest, request_id, |b| {
+            b.put_u32_le(t.partition);
+            b.put_u32_le(0);
+            b.put_u64_le(t.before);
+        }),
     }
 }
 
@@ -255,6 +218,12 @@ pub fn decode_request(frame: &Frame) -> Result<ClientRequest, FrameError> {
             })
         }
         FrameKind::MetadataRequest => ClientRequest::Metadata,
+        FrameKind::TrimRequest => {
+            let partition = r.u32()?;
+            r.reserved(4)?;
+            let before = r.u64()?;
+            ClientRequest::Trim(TrimRequest { partition, before })
+        }
         other => {
             return Err(FrameError::Unexpected {
                 kind: other,
@@ -320,36 +289,14 @@ pub fn encode_response(
                 }
             })
         }
+        Ok(ClientResponse::Trim(t)) => {
+            encode_frame(dst, FrameKind::TrimResponse, request_id, |b| {
+                b.put_u64_le(t.trim_index);
+                b.put_u64_le(t.log_start);
+            })
+        }
         Err(e) => encode_error(dst, request_id, e),
     }
-}
-
-fn encode_error(dst: &mut BytesMut, request_id: u64, e: &ServerError) {
-    let (leader, a, b2, text): (u32, u64, u64, &str) = match e {
-        ServerError::NotLeader {
-            leader,
-            leader_addr,
-        } => (
-            leader.unwrap_or(NO_NODE),
-            0,
-            0,
-            leader_addr.as_deref().unwrap_or(""),
-        ),
-        ServerError::OutOfRange { log_start, log_end } => (NO_NODE, *log_start, *log_end, ""),
-        ServerError::Overloaded | ServerError::Timeout => (NO_NODE, 0, 0, ""),
-        ServerError::InvalidRequest { reason } | ServerError::Unavailable { reason } => {
-            (NO_NODE, 0, 0, reason)
-        }
-    };
-    let text = truncate_utf8(text, TEXT_BYTES_MAX);
-    encode_frame(dst, FrameKind::ErrorResponse, request_id, |b| {
-        b.put_u16_le(e.code());
-        b.put_u16_le(text.len() as u16);
-        b.put_u32_le(leader);
-        b.put_u64_le(a);
-        b.put_u64_le(b2);
-        b.put_slice(text.as_bytes());
-    });
 }
 
 /// Decodes any client response frame: `Ok(Err(_))` is a well-formed error response.
@@ -415,55 +362,11 @@ pub fn decode_response(frame: &Frame) -> Result<Result<ClientResponse, ServerErr
                 partitions,
             }))
         }
-        FrameKind::ErrorResponse => {
-            let code = r.u16()?;
-            let text_len = r.u16()? as usize;
-            let leader = r.u32()?;
-            let a = r.u64()?;
-            let b = r.u64()?;
-            let text = r.string(text_len)?;
-            // Fields a code does not use must be empty, so each error has one encoding.
-            let unused_empty = |leader_ok: bool, ab_ok: bool, text_ok: bool| {
-                (leader_ok || leader == NO_NODE)
-                    && (ab_ok || (a == 0 && b == 0))
-                    && (text_ok || text.is_empty())
-            };
-            let (err, canonical) = match code {
-                1 => (
-                    ServerError::NotLeader {
-                        leader: (leader != NO_NODE).then_some(leader),
-                        leader_addr: (!text.is_empty()).then(|| text.clone()),
-                    },
-                    unused_empty(true, false, true),
-                ),
-                2 => (
-                    ServerError::OutOfRange {
-                        log_start: a,
-                        log_end: b,
-                    },
-                    unused_empty(false, true, false),
-                ),
-                3 => (ServerError::Overloaded, unused_empty(false, false, false)),
-                4 => (ServerError::Timeout, unused_empty(false, false, false)),
-                5 => (
-                    ServerError::InvalidRequest {
-                        reason: text.clone(),
-                    },
-                    unused_empty(false, false, true),
-                ),
-                6 => (
-                    ServerError::Unavailable {
-                        reason: text.clone(),
-                    },
-                    unused_empty(false, false, true),
-                ),
-                _ => return Err(r.malformed("unknown error code")),
-            };
-            if !canonical {
-                return Err(r.malformed("error response sets fields its code does not use"));
-            }
-            Err(err)
-        }
+        FrameKind::ErrorResponse => Err(decode_error(&mut r)?),
+        FrameKind::TrimResponse => Ok(ClientResponse::Trim(TrimOk {
+            trim_index: r.u64()?,
+            log_start: r.u64()?,
+        })),
         other => {
             return Err(FrameError::Unexpected {
                 kind: other,
@@ -547,46 +450,4 @@ pub fn decode_closing_notice(frame: &Frame) -> Result<ClosingNotice, FrameError>
     let reason = r.string(text_len)?;
     r.finish()?;
     Ok(ClosingNotice { cause, reason })
-}
-
-#[cfg(test)]
-mod display_tests {
-    use super::*;
-
-    #[test]
-    fn not_leader_says_in_words_who_leads() {
-        let none = ServerError::NotLeader {
-            leader: None,
-            leader_addr: None,
-        };
-        assert_eq!(none.to_string(), "not the leader; no leader elected yet");
-        let known = ServerError::NotLeader {
-            leader: Some(2),
-            leader_addr: Some("127.0.0.1:5010".into()),
-        };
-        assert_eq!(
-            known.to_string(),
-            "not the leader; the leader is node 2 at 127.0.0.1:5010"
-        );
-    }
-
-    #[test]
-    fn out_of_range_says_in_words_what_the_log_holds() {
-        let held = ServerError::OutOfRange {
-            log_start: 5,
-            log_end: 9,
-        };
-        assert_eq!(
-            held.to_string(),
-            "index out of range: the log holds indexes 5 to 9"
-        );
-        let empty = ServerError::OutOfRange {
-            log_start: 1,
-            log_end: 0,
-        };
-        assert_eq!(
-            empty.to_string(),
-            "index out of range: no committed records yet; the next will be at index 1"
-        );
-    }
 }

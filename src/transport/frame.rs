@@ -66,13 +66,15 @@ pub enum FrameKind {
     ReadResponse = 0x43,
     MetadataRequest = 0x44,
     MetadataResponse = 0x45,
+    TrimRequest = 0x46,
+    TrimResponse = 0x47,
     ClosingNotice = 0x4E,
     ErrorResponse = 0x4F,
 }
 
 impl FrameKind {
     /// Every kind, in code order (used by tests and documentation checks).
-    pub const ALL: [FrameKind; 21] = [
+    pub const ALL: [FrameKind; 23] = [
         FrameKind::PeerHello,
         FrameKind::PeerHelloAck,
         FrameKind::PeerRefused,
@@ -92,6 +94,8 @@ impl FrameKind {
         FrameKind::ReadResponse,
         FrameKind::MetadataRequest,
         FrameKind::MetadataResponse,
+        FrameKind::TrimRequest,
+        FrameKind::TrimResponse,
         FrameKind::ClosingNotice,
         FrameKind::ErrorResponse,
     ];
@@ -110,7 +114,10 @@ impl FrameKind {
     pub fn is_client_request(self) -> bool {
         matches!(
             self,
-            FrameKind::AppendRequest | FrameKind::ReadRequest | FrameKind::MetadataRequest
+            FrameKind::AppendRequest
+                | FrameKind::ReadRequest
+                | FrameKind::MetadataRequest
+                | FrameKind::TrimRequest
         )
     }
 }

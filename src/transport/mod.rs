@@ -3,7 +3,8 @@
 //!
 //! - [`frame`]: the fixed header, frame kinds, streaming decode, typed errors.
 //! - [`peer_msg`]: peer frame bodies (handshake, one kind per Raft message).
-//! - [`client_msg`]: client request/response bodies and error codes.
+//! - [`client_msg`]: client request/response bodies.
+//! - [`client_error`]: the error response and its codes.
 //! - [`conn`]: reading frames under deadlines, bounded writes, small sync helpers.
 //! - [`server`]: the client listener and the [`server::RequestHandler`] trait.
 //! - [`peer`]: outbound peer links (two lanes, bounded queues, reconnect) and the
@@ -31,6 +32,7 @@
 //!   they arrived in: keeping one alive keeps that frame's buffer alive. Copy records
 //!   that are retained for long (a cache) rather than pinning receive buffers.
 
+pub mod client_error;
 pub mod client_msg;
 pub mod conn;
 pub mod frame;

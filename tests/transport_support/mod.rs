@@ -56,7 +56,14 @@ pub struct FakeHandler {
     /// When set, reads that would wait beyond this many get Overloaded, as a shard
     /// with a bounded set of waiting reads answers.
     pub reads_waiting_max: Cell<Option<u64>>,
+    /// Each partition's log start after the trims it got (absent: never trimmed).
+    pub trimmed: RefCell<HashMap<u32, u64>>,
+    /// When set, appends are refused with DiskLow naming this many free bytes.
+    pub disk_free_bytes: Cell<Option<u64>>,
 }
+
+/// The watermark the fake names in its DiskLow refusals.
+pub const FAKE_MIN_FREE_BYTES: u64 = 1 << 28;
 
 /// Counts one waiting read for as long as it lives.
 struct WaitingRead<'a>(&'a Cell<u64>);
@@ -85,6 +92,13 @@ impl RequestHandler for FakeHandler {
                 if a.records.is_empty() {
                     return Err(ServerError::InvalidRequest {
                         reason: "no records".into(),
+                    });
+                }
+                if let Some(free_bytes) = self.disk_free_bytes.get() {
+                    return Err(ServerError::DiskLow {
+                        node: 1,
+                        free_bytes,
+                        min_free_bytes: FAKE_MIN_FREE_BYTES,
                     });
                 }
                 if self.allow_slow.get()
@@ -152,6 +166,25 @@ impl RequestHandler for FakeHandler {
                     // The fake polls; the real runtime wakes readers on commit.
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
+            }
+            ClientRequest::Trim(t) => {
+                if let Some(addr) = self.not_leader.borrow().get(&t.partition) {
+                    return Err(ServerError::NotLeader {
+                        leader: Some(1),
+                        leader_addr: Some(addr.clone()),
+                    });
+                }
+                // The trim takes a position of its own, as in the real log.
+                let mut logs = self.logs.borrow_mut();
+                let log = logs.entry(t.partition).or_default();
+                log.push(Bytes::new());
+                let mut trimmed = self.trimmed.borrow_mut();
+                let start = trimmed.entry(t.partition).or_insert(1);
+                *start = (*start).max(t.before);
+                Ok(ClientResponse::Trim(TrimOk {
+                    trim_index: log.len() as u64,
+                    log_start: *start,
+                }))
             }
             ClientRequest::Metadata => Ok(ClientResponse::Metadata(Metadata {
                 cluster_id: 7,
