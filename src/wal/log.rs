@@ -17,8 +17,9 @@ use super::format::{
 };
 use super::hardstate::HardStateFile;
 use super::recovery::{RecoveryReport, SPARE_FILE_NAME, recover};
-use super::segment::Segment;
+use super::segment::{SPARSE_STRIDE_BYTES, Segment, parse_segment_file_name, summary_file_name};
 use super::storage::{Storage, StorageFile};
+use super::summary::{Summary, write_summary};
 use crate::engine::{Entry, HardState, Index, Term};
 use bytes::Bytes;
 use glommio::sync::Semaphore;
@@ -83,8 +84,10 @@ pub struct WalStats {
     pub syncs: u64,
 }
 
-/// A segment file handle that exists once the flush creating the file has run.
-type FileSlot<F> = Rc<OnceCell<F>>;
+/// A segment file handle that exists once the flush creating the file has run. Only
+/// the newest segments keep theirs; sealed ones are opened on demand through the
+/// bounded cache of open files.
+type FileSlot<F> = Rc<OnceCell<Rc<F>>>;
 
 enum Item<F> {
     /// Encoded records for one segment, starting at block-aligned `pos`.
@@ -95,12 +98,15 @@ enum Item<F> {
         data: Vec<u8>,
         flush_seq: u64,
     },
-    /// Create a segment file; then delete the segments it supersedes (newest first).
+    /// Create a segment file; then delete the segments it supersedes (newest first),
+    /// then write the summary of the segment before it, as it was when this one was
+    /// queued (consistent with this segment's header).
     NewSegment {
         info: SegmentInfo,
         name: String,
         slot: FileSlot<F>,
         superseded: Vec<String>,
+        summary_of_prev: Option<Box<(String, Summary)>>,
     },
     HardState(HardState),
     /// Delete these segments (oldest first).
@@ -182,6 +188,9 @@ struct Shared<S: Storage> {
     hard_state_file: RefCell<Option<HardStateFile<S::File>>>,
     /// Told the duration of each segment fdatasync (for metrics).
     sync_observer: RefCell<Option<SyncObserver>>,
+    /// Sealed segments opened for reads, most recently used last, by segment_seq:
+    /// at most `open_segments_max - 1`, the newest segment holding the last place.
+    open_files: RefCell<VecDeque<(u64, Rc<S::File>)>>,
 }
 
 /// One shard's write-ahead log. Cloning gives another handle to the same log (so a
@@ -240,9 +249,6 @@ impl<S: Storage> Wal<S> {
         for mut seg in rec.segments {
             let slot = Rc::new(OnceCell::new());
             if let Some(file) = seg.file.take() {
-                let file = Rc::try_unwrap(file).map_err(|_| {
-                    WalError::Usage("segment file handle shared during recovery".into())
-                })?;
                 let _ = slot.set(file);
             }
             slots.push_back(slot);
@@ -255,6 +261,19 @@ impl<S: Storage> Wal<S> {
                 .await
                 .map_err(io_err("syncing the newest segment"))?;
         }
+        // Sealed segments that had to be scanned get their summary now, so the next
+        // start trusts it. Superseded segments are gone by now, so each summary (of
+        // the segment as chained, cut where a later segment continues the log)
+        // agrees with every segment left on disk.
+        let sealed = segments.len().saturating_sub(1);
+        for seg in segments.iter_mut().take(sealed).filter(|s| !s.summarized) {
+            seg.summary_bytes = write_summary(&storage, &seg.name, &Summary::of(seg)).await?;
+            seg.summarized = true;
+        }
+        let trims: Vec<(Index, Index)> = segments
+            .iter()
+            .flat_map(|s| s.trims.iter().copied())
+            .collect();
         let (last_index, last_term) = match segments.back() {
             Some(seg) => (seg.last_index(), seg.last_term()),
             None => (rec.log_start - 1, rec.start_prev_term),
@@ -266,7 +285,7 @@ impl<S: Storage> Wal<S> {
             last_index,
             last_term,
             reports,
-            trims: Vec::new(),
+            trims,
         };
         let inner = Inner {
             failed: None,
@@ -304,6 +323,7 @@ impl<S: Storage> Wal<S> {
                 inner: RefCell::new(inner),
                 hard_state_file: RefCell::new(Some(hs_file)),
                 sync_observer: RefCell::new(None),
+                open_files: RefCell::new(VecDeque::new()),
             }),
         };
         wal.start_spare();
@@ -357,14 +377,33 @@ impl<S: Storage> Wal<S> {
         }
     }
 
-    /// Bytes of the live segment files (the disk this log uses, spare excluded).
+    /// Bytes of the disk this log uses: live segment files, their summaries, and
+    /// the spare segment being prepared (one configured segment).
     pub fn disk_bytes(&self) -> u64 {
+        let inner = self.shared.inner.borrow();
+        let segments: u64 = inner
+            .segments
+            .iter()
+            .map(|s| s.info.segment_size_bytes + s.summary_bytes)
+            .sum();
+        let spare = if inner.spare.is_some() {
+            self.shared.config.segment_size_bytes
+        } else {
+            0
+        };
+        segments + spare
+    }
+
+    /// Bytes of memory the log's index takes (sparse index points, term runs, trim
+    /// entries and per-segment bookkeeping; the read cache is not counted).
+    pub fn index_memory_bytes(&self) -> usize {
         let inner = self.shared.inner.borrow();
         inner
             .segments
             .iter()
-            .map(|s| s.info.segment_size_bytes)
-            .sum()
+            .map(|s| s.index_memory_bytes())
+            .sum::<usize>()
+            + inner.segments.capacity() * size_of::<FileSlot<S::File>>()
     }
 
     /// The index before which `policy` removes the log at `now_ms`: the first index

@@ -9,8 +9,11 @@ use super::format::{
     segment_header_version, segment_size_valid,
 };
 use super::scan::{END_OF_RECORDS, Stop, Tail, classify_tail, scan_segment};
-use super::segment::{Segment, parse_segment_file_name};
+use super::segment::{
+    Segment, parse_segment_file_name, parse_summary_file_name, segment_file_name, summary_file_name,
+};
 use super::storage::{Storage, StorageFile};
+use super::summary::read_summary;
 use crate::engine::{Index, Term};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -142,7 +145,6 @@ async fn read_segment_header<F: StorageFile>(
 /// Recovers the log in `storage`.
 pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<Recovery<S::File>> {
     let block = storage.block_bytes();
-    let payload_max = config.record_size_bytes_max;
     let names = storage
         .list()
         .await
@@ -185,56 +187,35 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
         let info = read_segment_header(&f, first, seq, block, config)
             .await?
             .map_err(|reason| corrupt(0, first, reason))?;
-        let size_bytes = info.segment_size_bytes as usize;
-        let mut bytes = f
-            .file
-            .read_at(0, size_bytes)
-            .await
-            .map_err(io_err(format!("reading {}", f.name)))?
-            .to_vec();
-        // Blocks never written read as zeros (a first-version segment's file may be
-        // shorter than the configured size it is read with).
-        bytes.resize(size_bytes, 0);
-        let mut scan = scan_segment(&bytes, &info, block, payload_max);
-        // A configuration change applies to new segments only: a newest segment of
-        // another size keeps its entries but takes no more, so appends go on in a
-        // segment of the configured size.
-        let mut sealed = !newest || info.segment_size_bytes != config.segment_size_bytes;
-        if newest {
-            match classify_tail(&bytes, &mut scan, &info, block, payload_max) {
-                Tail::Clean => {}
-                Tail::Torn => {
-                    let stop = scan.stop.clone().expect("a torn tail has a stop");
-                    rec.reports.push(RecoveryReport::TornTail {
-                        file: f.name.clone(),
-                        offset: stop.offset,
-                        index: stop.index,
-                    });
-                    sealed = true;
-                }
-                Tail::Corrupt { reason } => {
-                    let stop = scan.stop.clone().expect("corruption has a stop");
-                    if !config.truncate_corrupt_tail {
-                        return Err(corrupt(stop.offset, stop.index, &reason));
-                    }
-                    rec.reports.push(RecoveryReport::TruncatedCorruption {
-                        file: f.name.clone(),
-                        offset: stop.offset,
-                        index: stop.index,
-                    });
-                    sealed = true;
-                }
+        let summary_name = summary_file_name(&f.name);
+        // Sealed segments are trusted through their summary; the newest one is always
+        // scanned, since its tail may be torn.
+        let summary = if !newest && names.contains(&summary_name) {
+            read_summary(storage, &summary_name, &info).await?
+        } else {
+            None
+        };
+        let (seg, stop) = match summary {
+            Some((summary, summary_bytes)) => {
+                let mut seg = Segment::new(info, block);
+                summary.restore(&mut seg);
+                seg.summary_bytes = summary_bytes;
+                let stop = seg.damage_offset.map(|offset| Stop {
+                    offset,
+                    index: seg.last_index() + 1,
+                    reason: "damage recorded in the segment's summary",
+                });
+                (seg, stop)
             }
-        }
-        rec.flush_seq_max = rec.flush_seq_max.max(scan.flush_seq_max);
-        let mut seg = Segment::new(info, block);
+            None => scan_into_segment(&f, info, newest, config, block, &mut rec).await?,
+        };
+        let mut seg = seg;
         seg.name = f.name.clone();
-        seg.file = Some(Rc::new(f.file));
-        seg.sealed = sealed;
-        seg.end_pos = scan.end_pos;
-        for (offset, term) in &scan.entries {
-            seg.push(*term, *offset);
+        if newest {
+            seg.file = Some(Rc::new(f.file));
         }
+        rec.flush_seq_max = rec.flush_seq_max.max(seg.flush_seq_max);
+        let scan_stop = stop;
 
         // Chain it after the live segments.
         let supersedes_all =
@@ -305,13 +286,104 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
                 ));
             }
         }
-        stops.insert(seg.name.clone(), scan.stop.clone());
+        stops.insert(seg.name.clone(), scan_stop);
         rec.segments.push(seg);
     }
     dead.reverse();
-    rec.obsolete = dead;
-    if names.iter().any(|n| n == SPARE_FILE_NAME) {
-        rec.obsolete.push(SPARE_FILE_NAME.to_string());
+    // A dead segment's summary goes right after it; summaries without a live segment
+    // (their segment's removal completed, theirs did not) and unfinished summary
+    // files go too.
+    for name in dead {
+        let summary = summary_file_name(&name);
+        rec.obsolete.push(name);
+        if names.contains(&summary) {
+            rec.obsolete.push(summary);
+        }
+    }
+    for name in &names {
+        let orphan = parse_summary_file_name(name).is_some_and(|(first, seq)| {
+            !rec.segments
+                .iter()
+                .any(|s| s.name == segment_file_name(first, seq))
+        });
+        if (orphan || name.ends_with(".sum.tmp") || name == SPARE_FILE_NAME)
+            && !rec.obsolete.contains(name)
+        {
+            rec.obsolete.push(name.clone());
+        }
     }
     Ok(rec)
+}
+
+/// Reads segment `f` whole and scans it: every record verified, the newest
+/// segment's tail classified. Returns the segment and where the scan stopped.
+async fn scan_into_segment<F: StorageFile>(
+    f: &Found<F>,
+    info: SegmentInfo,
+    newest: bool,
+    config: &WalConfig,
+    block: usize,
+    rec: &mut Recovery<F>,
+) -> WalResult<(Segment<F>, Option<Stop>)> {
+    let payload_max = config.record_size_bytes_max;
+    let size_bytes = info.segment_size_bytes as usize;
+    let mut bytes = f
+        .file
+        .read_at(0, size_bytes)
+        .await
+        .map_err(io_err(format!("reading {}", f.name)))?
+        .to_vec();
+    // Blocks never written read as zeros (a first-version segment's file may be
+    // shorter than the configured size it is read with).
+    bytes.resize(size_bytes, 0);
+    let mut scan = scan_segment(&bytes, &info, block, payload_max);
+    // A configuration change applies to new segments only: a newest segment of
+    // another size keeps its entries but takes no more, so appends go on in a
+    // segment of the configured size.
+    let mut sealed = !newest || info.segment_size_bytes != config.segment_size_bytes;
+    if newest {
+        match classify_tail(&bytes, &mut scan, &info, block, payload_max) {
+            Tail::Clean => {}
+            Tail::Torn => {
+                let stop = scan.stop.clone().expect("a torn tail has a stop");
+                rec.reports.push(RecoveryReport::TornTail {
+                    file: f.name.clone(),
+                    offset: stop.offset,
+                    index: stop.index,
+                });
+                sealed = true;
+            }
+            Tail::Corrupt { reason } => {
+                let stop = scan.stop.clone().expect("corruption has a stop");
+                if !config.truncate_corrupt_tail {
+                    return Err(WalError::Corrupt {
+                        file: f.name.clone(),
+                        offset: stop.offset,
+                        index: stop.index,
+                        reason,
+                    });
+                }
+                rec.reports.push(RecoveryReport::TruncatedCorruption {
+                    file: f.name.clone(),
+                    offset: stop.offset,
+                    index: stop.index,
+                });
+                sealed = true;
+            }
+        }
+    }
+    let mut seg = Segment::new(info, block);
+    seg.sealed = sealed;
+    seg.end_pos = scan.end_pos;
+    seg.flush_seq_max = scan.flush_seq_max;
+    seg.trims = scan.trims;
+    seg.damage_offset = scan
+        .stop
+        .as_ref()
+        .filter(|s| s.reason != END_OF_RECORDS)
+        .map(|s| s.offset);
+    for (offset, term) in &scan.entries {
+        seg.push(*term, *offset);
+    }
+    Ok((seg, scan.stop))
 }

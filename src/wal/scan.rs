@@ -3,7 +3,7 @@
 //! "Recovery rules" in `docs/wal-format.md`).
 
 use super::format::{DecodeError, RECORD_HEADER_BYTES, SegmentInfo, verify_record};
-use crate::engine::{Index, Term};
+use crate::engine::{EntryKind, Index, Term};
 
 /// The stop reason of a zero-filled end: where a log normally ends.
 pub const END_OF_RECORDS: &str = "end of records";
@@ -13,6 +13,8 @@ pub const END_OF_RECORDS: &str = "end of records";
 pub struct Scan {
     /// (offset, term) of each valid entry, from the segment's first index on.
     pub entries: Vec<(u64, Term)>,
+    /// (index, before) of each valid trim entry.
+    pub trims: Vec<(Index, Index)>,
     /// The byte after the last valid record (or padding).
     pub end_pos: u64,
     /// Where scanning stopped, if before the end of the segment.
@@ -94,6 +96,11 @@ pub fn scan_segment(
                     scan.stop = Some(stop(pos, next_index, "entry term decreases"));
                     break;
                 } else {
+                    if meta.kind == Some(EntryKind::Trim) && meta.payload_len == 8 {
+                        let body = pos + RECORD_HEADER_BYTES;
+                        let before = bytes[body..body + 8].try_into().expect("8 bytes");
+                        scan.trims.push((meta.index, Index::from_le_bytes(before)));
+                    }
                     scan.entries.push((pos as u64, meta.term));
                     next_index += 1;
                     last_term = meta.term;

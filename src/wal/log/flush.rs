@@ -102,6 +102,7 @@ impl<S: Storage> Wal<S> {
         let mut to_sync: Vec<FileSlot<S::File>> = Vec::new();
         let mut writes_started = None;
         let mut deletions: Vec<String> = Vec::new();
+        let mut summary = None;
         for item in &job.items {
             match item {
                 Item::NewSegment {
@@ -109,6 +110,7 @@ impl<S: Storage> Wal<S> {
                     name,
                     slot,
                     superseded,
+                    summary_of_prev,
                 } => {
                     // A new segment is written only once everything before it is
                     // durable, so an older segment never has an unsynced tail when a
@@ -118,8 +120,9 @@ impl<S: Storage> Wal<S> {
                         waited = true;
                     }
                     let file = self.create_segment(info, name).await?;
-                    let _ = slot.set(file);
+                    let _ = slot.set(Rc::new(file));
                     deletions.extend(superseded.iter().cloned());
+                    summary = summary_of_prev.as_deref();
                 }
                 Item::Bytes {
                     slot, pos, data, ..
@@ -192,18 +195,47 @@ impl<S: Storage> Wal<S> {
             wait_previous(job).await?;
         }
         for name in deletions {
-            match shared.storage.remove(&name).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(format!("removing {name}"))(e)),
+            // A segment's summary goes right after it (recovery removes a summary
+            // whose segment is gone).
+            if let Some((_, seq)) = parse_segment_file_name(&name) {
+                self.forget_files(&[seq]);
             }
-            // One directory sync per removal keeps the removals in order on disk,
-            // which recovery relies on (see docs/wal-format.md).
-            shared
-                .storage
-                .sync_dir()
-                .await
-                .map_err(io_err("syncing the WAL directory"))?;
+            self.remove_file(&name).await?;
+            self.remove_file(&summary_file_name(&name)).await?;
+        }
+        if let Some((name, summary)) = summary {
+            self.store_summary(name, summary).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes `name` (if it exists) and syncs the directory.
+    async fn remove_file(&self, name: &str) -> WalResult<()> {
+        let shared = &self.shared;
+        match shared.storage.remove(name).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(format!("removing {name}"))(e)),
+        }
+        // One directory sync per removal keeps the removals in order on disk,
+        // which recovery relies on (see docs/wal-format.md).
+        shared
+            .storage
+            .sync_dir()
+            .await
+            .map_err(io_err("syncing the WAL directory"))
+    }
+
+    /// Writes the summary of sealed segment `name`, then lets go of its file handle:
+    /// reads of it go through the cache of open files from now on.
+    async fn store_summary(&self, name: &str, summary: &Summary) -> WalResult<()> {
+        let shared = &self.shared;
+        let bytes = write_summary(&*shared.storage, name, summary).await?;
+        let mut inner = shared.inner.borrow_mut();
+        let inner = &mut *inner;
+        if let Some(k) = inner.segments.iter().position(|s| s.name == name) {
+            inner.segments[k].summary_bytes = bytes;
+            inner.slots[k] = Rc::new(OnceCell::new());
         }
         Ok(())
     }
