@@ -6,7 +6,11 @@
 //! - leader completeness: a new leader holds every entry committed so far;
 //! - every acknowledged append is committed exactly where it was acknowledged;
 //!   no record is committed twice; a refused append is never committed;
-//! - a linearizable read sees every append acknowledged before it started.
+//! - a linearizable read sees every append acknowledged before it started;
+//! - trims and retention (`lifecycle.rs`): a member removes records only when a
+//!   committed trim or its own retention asked for it, a read returns no record a
+//!   trim acknowledged before it removed, and the records it does return are the
+//!   committed ones.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -24,6 +28,18 @@ pub type Lookup<'a> = dyn Fn(Index) -> Option<Entry> + 'a;
 
 struct Request {
     records: Vec<Bytes>,
+    /// Set for a trim (no records): the index it removes records before.
+    trim_before: Option<Index>,
+}
+
+/// What a read waits on, noted when it is invoked.
+#[derive(Clone, Copy)]
+pub struct ReadFloor {
+    /// The highest index of any append acknowledged before the read started.
+    pub acked_index: Index,
+    /// The highest `before` of any trim acknowledged before the read started: the
+    /// read must not return a record below it.
+    pub trimmed_before: Index,
 }
 
 #[derive(Default)]
@@ -43,25 +59,65 @@ pub struct Checker {
     pub acked_records: u64,
     /// The highest index of any acknowledged append so far.
     acked_max_index: Index,
-    /// Read request id -> `acked_max_index` when it was invoked.
-    reads: BTreeMap<u64, Index>,
+    /// The highest `before` of any acknowledged trim so far.
+    acked_trim_before: Index,
+    pub trims_acked: u64,
+    /// Committed trim entries: index -> before.
+    committed_trims: BTreeMap<Index, Index>,
+    /// Read request id -> what it must see, noted when it was invoked.
+    reads: BTreeMap<u64, ReadFloor>,
     pub reads_ok: u64,
 }
 
 impl Checker {
     pub fn invoke_append(&mut self, request_id: u64, records: Vec<Bytes>) {
-        self.requests.insert(request_id, Request { records });
+        let request = Request {
+            records,
+            trim_before: None,
+        };
+        self.requests.insert(request_id, request);
     }
 
-    /// The last record of an append not yet answered.
-    pub fn last_record_of(&self, request_id: u64) -> Option<&Bytes> {
-        self.requests
-            .get(&request_id)
-            .and_then(|r| r.records.last())
+    pub fn invoke_trim(&mut self, request_id: u64, before: Index) {
+        let request = Request {
+            records: Vec::new(),
+            trim_before: Some(before),
+        };
+        self.requests.insert(request_id, request);
+    }
+
+    /// The payload of the last entry of an append or trim not yet answered.
+    pub fn last_payload_of(&self, request_id: u64) -> Option<Bytes> {
+        let request = self.requests.get(&request_id)?;
+        match request.trim_before {
+            Some(before) => Some(Bytes::copy_from_slice(&before.to_le_bytes())),
+            None => request.records.last().cloned(),
+        }
     }
 
     pub fn invoke_read(&mut self, request_id: u64) {
-        self.reads.insert(request_id, self.acked_max_index);
+        let floor = ReadFloor {
+            acked_index: self.acked_max_index,
+            trimmed_before: self.acked_trim_before,
+        };
+        self.reads.insert(request_id, floor);
+    }
+
+    /// The highest `before` of every trim committed so far.
+    pub fn committed_trim_before(&self) -> Index {
+        self.committed_trims.values().copied().max().unwrap_or(0)
+    }
+
+    /// The highest `before` of the committed trims at or below `index`: a member
+    /// whose commit index reached `index` must read nothing below it.
+    pub fn committed_trim_before_through(&self, index: Index) -> Index {
+        let through = self.committed_trims.range(..=index);
+        through.map(|(_, &before)| before).max().unwrap_or(0)
+    }
+
+    /// The committed entry at `index`, if any member reported it.
+    pub fn committed_entry(&self, index: Index) -> Option<&Entry> {
+        self.committed.get(&index)
     }
 
     /// The member holding the request crashed: the client never hears back.
@@ -119,8 +175,9 @@ impl Checker {
         start: Index,
         lookup: &Lookup,
     ) -> Check {
-        // Commands are checked against the member's state after its whole batch,
-        // so a reset later in the batch may have moved `start` past this commit.
+        // `start` is the member's log start when this commit was decided (or after
+        // its whole batch, when a reset in it dropped entries): the member holds
+        // nothing below it to check.
         let seen = self.commit_seen.get(&node).copied().unwrap_or(0);
         if index < seen {
             return Err(format!(
@@ -145,6 +202,9 @@ impl Checker {
                 ));
             }
             return Ok(());
+        }
+        if let Some(before) = entry.trim_before() {
+            self.committed_trims.insert(entry.index, before);
         }
         if entry.kind == EntryKind::Record {
             if !self.committed_records.insert(entry.payload.clone()) {
@@ -192,6 +252,9 @@ impl Checker {
         let Some(request) = self.requests.remove(&request_id) else {
             return Err(format!("append {request_id} answered twice or never asked"));
         };
+        if let Some(before) = request.trim_before {
+            return self.on_trim_result(request_id, before, result);
+        }
         match result {
             Ok(ok) => {
                 let count = ok.last_index - ok.first_index + 1;
@@ -229,19 +292,52 @@ impl Checker {
         Ok(())
     }
 
-    pub fn on_read_result(&mut self, request_id: u64, result: Result<Index, ReadError>) -> Check {
+    /// An acknowledged trim is committed where it was acknowledged, with its `before`.
+    fn on_trim_result(
+        &mut self,
+        request_id: u64,
+        before: Index,
+        result: Result<AppendOk, AppendError>,
+    ) -> Check {
+        match result {
+            Ok(ok) => {
+                let committed = self.committed.get(&ok.first_index);
+                let trim_ok = committed.and_then(Entry::trim_before) == Some(before);
+                if ok.first_index != ok.last_index || !trim_ok {
+                    return Err(format!(
+                        "trim {request_id} before {before} acknowledged at {ok:?} but committed there: {committed:?}"
+                    ));
+                }
+                self.trims_acked += 1;
+                self.acked_trim_before = self.acked_trim_before.max(before);
+            }
+            Err(AppendError::Unknown) => self.unknown += 1,
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Checks a read barrier's answer; for a served one, returns what the read must
+    /// not return (see [`ReadFloor`]).
+    pub fn on_read_result(
+        &mut self,
+        request_id: u64,
+        result: Result<Index, ReadError>,
+    ) -> Result<Option<ReadFloor>, String> {
         let Some(floor) = self.reads.remove(&request_id) else {
             return Err(format!("read {request_id} answered twice or never asked"));
         };
-        if let Ok(index) = result {
-            if index < floor {
-                return Err(format!(
-                    "stale read: index {index} misses an append acknowledged at {floor}"
-                ));
-            }
-            self.reads_ok += 1;
+        let Ok(index) = result else {
+            return Ok(None);
+        };
+        if index < floor.acked_index {
+            return Err(format!(
+                "stale read: index {index} misses an append acknowledged at {}",
+                floor.acked_index
+            ));
         }
-        Ok(())
+        self.reads_ok += 1;
+        Ok(Some(floor))
     }
 
     /// At the end: every member's log agrees with the committed log.

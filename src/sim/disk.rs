@@ -2,6 +2,15 @@
 //! but not yet flushed. A crash keeps the durable state plus some prefix of the
 //! unflushed commands (a write that reached the platter without its fsync), which is
 //! what a log with checksums and torn-tail truncation recovers to.
+//!
+//! Like the WAL, the disk removes only whole segments (`SEGMENT_ENTRIES` entries,
+//! the first starting at index 1): a purge before an index in the middle of one
+//! keeps that segment, and a restart finds the log from the segment's first entry
+//! (the engine's start was exactly the purge's). The restarted member must then
+//! apply its committed trims again once it learns they are committed.
+
+/// Entries per simulated segment.
+const SEGMENT_ENTRIES: Index = 8;
 
 use crate::engine::{Command, Entry, HardState, Index, Recovered, Term};
 
@@ -129,10 +138,13 @@ impl Disk {
                 self.durable_op = op;
             }
             Command::PurgeLog { op, before } => {
-                let count = (before - self.start) as usize;
-                self.prev_term = self.entries[count - 1].term;
-                self.entries.drain(..count);
-                self.start = before;
+                let segment_start = before - (before - 1) % SEGMENT_ENTRIES;
+                if segment_start > self.start {
+                    let count = (segment_start - self.start) as usize;
+                    self.prev_term = self.entries[count - 1].term;
+                    self.entries.drain(..count);
+                    self.start = segment_start;
+                }
                 self.durable_op = op;
             }
             other => panic!("not a storage command: {other:?}"),
@@ -150,7 +162,8 @@ impl Disk {
         recovered
     }
 
-    /// The first index the durable log holds.
+    /// The first index the durable log holds (a segment's first: it may hold
+    /// entries the engine has purged).
     pub fn start(&self) -> Index {
         self.start
     }
@@ -202,5 +215,20 @@ mod tests {
         assert_eq!(recovered.tail, vec![entry(1, 1)]);
         assert_eq!(disk.read_range(1, 1, 0), vec![entry(1, 1)]);
         assert_eq!((disk.durable_op, disk.issued_op), (0, 0));
+    }
+
+    #[test]
+    fn purges_remove_whole_segments_only() {
+        let mut disk = Disk::new();
+        let entries = (1..=20).map(|i| entry(i, 1)).collect();
+        disk.submit(&Command::AppendLog { op: 1, entries });
+        disk.submit(&Command::PurgeLog { op: 2, before: 8 });
+        disk.flush();
+        assert_eq!(disk.start(), 1, "index 8 is in the first segment");
+        disk.submit(&Command::PurgeLog { op: 3, before: 12 });
+        disk.flush();
+        assert_eq!(disk.start(), 9);
+        let recovered = disk.recover(0);
+        assert_eq!((recovered.log_start, recovered.log_prev_term), (9, 1));
     }
 }

@@ -1,5 +1,6 @@
 //! The nemesis of the simulation: crashes and restarts, partitions, message loss,
-//! duplication and delay, leader transfers and log purges, all drawn from the seed.
+//! duplication and delay, leader transfers and retention purges, all drawn from the
+//! seed.
 
 use crate::engine::{Event, NodeId, Role};
 
@@ -55,8 +56,13 @@ impl Sim {
             25..=44 => self.partition(),
             45..=69 => self.network.heal_partitions(),
             70..=74 => self.transfer_leadership()?,
-            75..=84 => self.purge()?,
-            85..=89 => self.corrupt_disk(),
+            // Retention, on one member at a time, every 30 ticks or so.
+            75..=109 => {
+                if let Some(k) = self.random_live() {
+                    self.retention_purge(k)?;
+                }
+            }
+            110..=114 => self.corrupt_disk(),
             _ => {}
         }
         Ok(())
@@ -129,17 +135,6 @@ impl Sim {
             Some(k) => {
                 let to = self.rng.range(1, self.config.nodes as u64 + 1) as NodeId;
                 self.step(k, Event::TransferLeadership { to })
-            }
-            None => Ok(()),
-        }
-    }
-
-    fn purge(&mut self) -> Check {
-        match self.random_live() {
-            Some(k) => {
-                let commit = self.nodes[k].engine.as_ref().expect("live").commit_index();
-                let before = self.rng.range(1, commit + 2);
-                self.step(k, Event::PurgeLog { before })
             }
             None => Ok(()),
         }

@@ -60,7 +60,7 @@ pub fn mutate(mut msg: Message, rng: &mut Rng) -> Message {
         msg.term = TERM_MAX + rng.range(1, 1000);
         return msg;
     }
-    let pick = rng.range(0, 8);
+    let pick = rng.range(0, 10);
     match &mut msg.body {
         MessageBody::PreVote {
             last_log_index: index,
@@ -116,7 +116,8 @@ pub fn mutate(mut msg: Message, rng: &mut Rng) -> Message {
 
 /// Breaks the entries of an AppendEntries after `prev` in a message of `term`: a
 /// gap, a term above the message's, terms that decrease, a payload or a batch too
-/// large. An AppendEntries without entries gets one with a gap.
+/// large, a trim whose payload is no 8-byte index or that trims past itself. An
+/// AppendEntries without entries gets one with a gap.
 fn mutate_entries(entries: &mut Vec<Entry>, prev: u64, term: u64, pick: u64, rng: &mut Rng) {
     let entry = |index, term, payload: Bytes| Entry {
         term,
@@ -136,6 +137,17 @@ fn mutate_entries(entries: &mut Vec<Entry>, prev: u64, term: u64, pick: u64, rng
         6 => {
             let big = Bytes::from(vec![b'x'; ENTRY_PAYLOAD_BYTES_MAX as usize + 1]);
             entries.push(entry(prev + entries.len() as u64 + 1, term, big));
+        }
+        7 => {
+            let next = prev + entries.len() as u64 + 1;
+            let mut trim = Entry::trim(next, term, next);
+            let len = [0, 7, 9][rng.range(0, 3) as usize];
+            trim.payload = Bytes::from(vec![1; len]);
+            entries.push(trim);
+        }
+        8 => {
+            let next = prev + entries.len() as u64 + 1;
+            entries.push(Entry::trim(next, term, next + rng.range(1, 1000)));
         }
         _ => {
             let first = prev + entries.len() as u64 + 1;

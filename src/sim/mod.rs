@@ -6,6 +6,9 @@
 //! `RINGLOG_SIM_SEED=<seed> cargo test --release --lib sim::tests::replay_seed -- --nocapture`;
 //! add `RINGLOG_SIM_TRACE_FROM=<tick>` to print every event and command from that tick.
 //!
+//! Clients also trim the log through the leader, and retention purges members'
+//! logs (`lifecycle`); disks keep whole segments, as the WAL does.
+//!
 //! In some seeds one member misbehaves (`liar`): it also sends messages that break
 //! the protocol's rules in ways a receiver can detect, and every other member must
 //! refuse them, and only them.
@@ -14,6 +17,7 @@ mod checker;
 mod disk;
 mod faults;
 mod liar;
+mod lifecycle;
 mod network;
 #[cfg(test)]
 mod tests;
@@ -23,7 +27,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::engine::rng::Rng;
 use crate::engine::{
-    Command, Condition, Config, Engine, Event, Message, MessageBody, NodeId, Role,
+    Command, Condition, Config, Engine, Event, Index, Message, MessageBody, NodeId, Role,
 };
 use checker::{Check, Checker};
 use disk::Disk;
@@ -65,6 +69,13 @@ pub struct SimReport {
     pub acked_records: u64,
     pub unknown: usize,
     pub reads_ok: u64,
+    pub trims_acked: u64,
+    /// Reads served with a record, and refused as out of range.
+    pub records_read: u64,
+    pub reads_out_of_range: u64,
+    /// Purges members carried out (retention and trims), and log resets (LogStart).
+    pub purges: u64,
+    pub log_resets: u64,
     pub crashes: u32,
     /// Crashes whose recovery cut the log at a corruption (the member then abstains
     /// from elections until it has caught up).
@@ -88,6 +99,12 @@ struct Node {
     incarnation: u64,
     /// Client requests this incarnation holds.
     requests: Vec<u64>,
+    /// The member's log start as commands of the current batch are carried out:
+    /// a Commit early in a batch checks the entries a purge later in it removed
+    /// (they are on disk until the purge is).
+    batch_start: Index,
+    /// The highest `before` retention asked this member to purge (in any run).
+    retention_before: Index,
 }
 
 struct Sim {
@@ -105,6 +122,13 @@ struct Sim {
     log_reads: u64,
     /// Messages the members refused (see `Command::RefusePeer`).
     refusals: u64,
+    purges: u64,
+    log_resets: u64,
+    records_read: u64,
+    reads_out_of_range: u64,
+    /// Reads the current batch answered (index, what they must not see), served
+    /// once all its commands are carried out.
+    reads_to_serve: Vec<(Index, checker::ReadFloor)>,
     /// The misbehaving member, in seeds that have one.
     liar: Option<NodeId>,
     healed: bool,
@@ -151,6 +175,8 @@ impl Sim {
                 crash_at: None,
                 incarnation: 0,
                 requests: Vec::new(),
+                batch_start: 1,
+                retention_before: 0,
             })
             .collect();
         let mut sim = Sim {
@@ -167,6 +193,11 @@ impl Sim {
             lost_tails: 0,
             log_reads: 0,
             refusals: 0,
+            purges: 0,
+            log_resets: 0,
+            records_read: 0,
+            reads_out_of_range: 0,
+            reads_to_serve: Vec::new(),
             liar,
             healed: false,
             heal_acked_base: 0,
@@ -235,6 +266,7 @@ impl Sim {
             self.tick()?;
         }
         self.final_checks()?;
+        self.check_final_starts()?;
         Ok(SimReport {
             trace_hash: self.hasher.finish(),
             steps: self.steps,
@@ -242,6 +274,11 @@ impl Sim {
             acked_records: self.checker.acked_records,
             unknown: self.checker.unknown,
             reads_ok: self.checker.reads_ok,
+            trims_acked: self.checker.trims_acked,
+            records_read: self.records_read,
+            reads_out_of_range: self.reads_out_of_range,
+            purges: self.purges,
+            log_resets: self.log_resets,
             crashes: self.crashes,
             lost_tails: self.lost_tails,
             log_reads: self.log_reads,
@@ -337,19 +374,31 @@ impl Sim {
         if tracing {
             eprintln!("t={} member {} <- {events:?}", self.now, k + 1);
         }
-        let engine = self.nodes[k]
-            .engine
-            .as_mut()
-            .expect("step on a live member");
+        let node = &mut self.nodes[k];
+        let engine = node.engine.as_mut().expect("step on a live member");
+        node.batch_start = engine.log().start();
         engine.step_batch(events);
         engine.check_invariants();
         let commands = engine.take_commands();
+        // A reset drops entries not yet on disk: a Commit before it in the batch
+        // checks only from the start after the batch, as the log no longer has them.
+        if commands
+            .iter()
+            .any(|c| matches!(c, Command::ResetLog { .. }))
+        {
+            node.batch_start = engine.log().start();
+        }
         commands.hash(&mut self.hasher);
         for command in commands {
             if tracing {
                 eprintln!("    -> {command:?}");
             }
             self.carry_out(k, command)?;
+        }
+        // Reads are served from the member's state after its whole batch, as the
+        // runtime serves them, and checked against everything the batch committed.
+        for (index, floor) in std::mem::take(&mut self.reads_to_serve) {
+            self.serve_read(k, index, floor)?;
         }
         Ok(())
     }
@@ -361,11 +410,11 @@ impl Sim {
     /// it has the entries back it refuses to vote for any log without them, which is
     /// what keeps them safe.)
     fn check_on_majority_disks(&self, request_id: u64, last_index: u64) -> Check {
-        let record = self.checker.last_record_of(request_id);
+        let payload = self.checker.last_payload_of(request_id);
         let holders = self.nodes.iter().filter(|node| {
             node.disk.lost_tail_in_term.is_some()
                 || match node.disk.durable_entry(last_index) {
-                    Some(entry) => Some(&entry.payload) == record,
+                    Some(entry) => Some(&entry.payload) == payload.as_ref(),
                     None => node.disk.start() > last_index,
                 }
         });
@@ -389,10 +438,21 @@ impl Sim {
             if node.flush_at.is_none() {
                 node.flush_at = Some(self.now + self.rng.range(0, 4));
             }
-            if let Command::AppendLog { entries, .. } = &command {
-                return self.checker.on_append_log(id, entries, engine.log());
-            }
-            return Ok(());
+            return match command {
+                Command::AppendLog { entries, .. } => {
+                    self.checker.on_append_log(id, &entries, engine.log())
+                }
+                Command::PurgeLog { before, .. } => {
+                    node.batch_start = node.batch_start.max(before);
+                    self.check_purge(k, before)
+                }
+                Command::ResetLog { start, .. } => {
+                    node.batch_start = node.batch_start.max(start);
+                    self.log_resets += 1;
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
         }
         match command {
             Command::Send { msg, when } if self.liar == Some(id) => {
@@ -438,7 +498,9 @@ impl Sim {
             Command::Commit { index } => {
                 let (log, disk) = (engine.log(), &node.disk);
                 let lookup = |i| log.get(i).cloned().or_else(|| disk.durable_entry(i));
-                self.checker.on_commit(id, index, log.start(), &lookup)?
+                self.checker
+                    .on_commit(id, index, node.batch_start, &lookup)?;
+                self.check_read_start(k, index)?
             }
             Command::AppendResult { request_id, result } => {
                 node.requests.retain(|&r| r != request_id);
@@ -449,7 +511,10 @@ impl Sim {
             }
             Command::ReadResult { request_id, result } => {
                 node.requests.retain(|&r| r != request_id);
-                self.checker.on_read_result(request_id, result)?
+                if let Some(floor) = self.checker.on_read_result(request_id, result)? {
+                    let index = result.expect("a served read has an index");
+                    self.reads_to_serve.push((index, floor));
+                }
             }
             Command::RefusePeer { from, fault } => {
                 if self.liar != Some(from) {

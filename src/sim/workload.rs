@@ -9,7 +9,8 @@ use super::{Check, Sim};
 
 impl Sim {
     /// During faults: appends of one to three unique records, mostly to the leader
-    /// (as a client following redirects would), sometimes to anyone; some reads.
+    /// (as a client following redirects would), sometimes to anyone; some reads and
+    /// some trims.
     pub(super) fn client_workload(&mut self) -> Check {
         if self.rng.chance(1, 2) {
             let k = self.client_target();
@@ -19,6 +20,10 @@ impl Sim {
         if self.rng.chance(1, 10) {
             let k = self.client_target();
             self.submit_read(k)?;
+        }
+        if self.rng.chance(1, 25) {
+            let k = self.client_target();
+            self.submit_trim(k)?;
         }
         Ok(())
     }
