@@ -39,6 +39,9 @@ pub struct TestCluster {
     paths: Vec<PathBuf>,
     children: Vec<Option<Child>>,
     envs: Vec<Vec<(String, String)>>,
+    /// A program (and its arguments) node `k` is started through, which then runs
+    /// `ringlog serve …`; empty: started directly.
+    wrappers: Vec<Vec<String>>,
 }
 
 impl TestCluster {
@@ -113,6 +116,7 @@ impl TestCluster {
             paths,
             children: (0..nodes).map(|_| None).collect(),
             envs: (0..nodes).map(|_| Vec::new()).collect(),
+            wrappers: (0..nodes).map(|_| Vec::new()).collect(),
         }
     }
 
@@ -127,13 +131,27 @@ impl TestCluster {
         self.envs[k].push((key.to_string(), value.to_string()));
     }
 
+    /// Node `k` is started, from its next start on, as `wrapper… ringlog serve …`.
+    pub fn set_wrapper(&mut self, k: usize, wrapper: Vec<String>) {
+        self.wrappers[k] = wrapper;
+    }
+
     pub fn spawn(&mut self, k: usize) {
         self.spawn_with_args(k, &[]);
     }
 
     /// Starts node `k` with extra `serve` arguments.
     pub fn spawn_with_args(&mut self, k: usize, args: &[&str]) {
-        let child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        let binary = env!("CARGO_BIN_EXE_ringlog");
+        let mut command = match self.wrappers[k].split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&self.paths[k])
