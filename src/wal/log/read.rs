@@ -97,6 +97,15 @@ impl<S: Storage> Wal<S> {
                 return Ok(file);
             }
         }
+        // The newest segment keeps its own handle: the cache gets the other places.
+        // Room is made before the open, so the bound holds while it runs too.
+        let room = shared.config.open_segments_max.saturating_sub(1).max(1);
+        {
+            let mut cache = shared.open_files.borrow_mut();
+            while cache.len() >= room {
+                cache.pop_front();
+            }
+        }
         let file = Rc::new(
             shared
                 .storage
@@ -106,8 +115,6 @@ impl<S: Storage> Wal<S> {
         );
         let mut cache = shared.open_files.borrow_mut();
         cache.retain(|(seq, _)| *seq != plan.segment_seq);
-        // The newest segment keeps its own handle: the cache gets the other places.
-        let room = shared.config.open_segments_max.saturating_sub(1).max(1);
         while cache.len() >= room {
             cache.pop_front();
         }
