@@ -81,6 +81,15 @@ pub const SHARD_INBOX_DEPTH: &str = "ringlog_shard_inbox_depth";
 pub const SHARD_PENDING_APPENDS: &str = "ringlog_shard_pending_appends";
 pub const SHARD_INBOX_REFUSED: &str = "ringlog_shard_inbox_refused_total";
 pub const PEER_MESSAGES_DROPPED: &str = "ringlog_peer_messages_dropped_total";
+pub const WAL_DISK_BYTES: &str = "ringlog_wal_disk_bytes";
+pub const RETENTION_SEGMENTS_REMOVED: &str = "ringlog_retention_segments_removed_total";
+pub const RETENTION_BYTES_REMOVED: &str = "ringlog_retention_bytes_removed_total";
+pub const LOG_RESETS: &str = "ringlog_log_resets_total";
+pub const LOG_START_SENT: &str = "ringlog_log_start_sent_total";
+pub const TRIMS: &str = "ringlog_trims_total";
+pub const DISK_FREE_BYTES: &str = "ringlog_disk_free_bytes";
+pub const DISK_LOW: &str = "ringlog_disk_low";
+pub const APPENDS_REFUSED: &str = "ringlog_appends_refused_total";
 
 /// The whole set. Histograms get buckets by unit (see `mod.rs`).
 pub const METRICS: &[MetricDef] = &[
@@ -349,6 +358,69 @@ pub const METRICS: &[MetricDef] = &[
         Some(Unit::Count),
         P,
         "Raft messages from peers dropped on arrival because the shard's peer inbox was full (Raft retransmits).",
+    ),
+    def(
+        WAL_DISK_BYTES,
+        Gauge,
+        Some(Unit::Bytes),
+        P,
+        "Bytes of the partition's WAL files on this node, as the WAL counts them (segment files, each at its full allocated size).",
+    ),
+    def(
+        RETENTION_SEGMENTS_REMOVED,
+        Counter,
+        Some(Unit::Count),
+        P,
+        "WAL segments removed from this member's log, by retention or by a trim.",
+    ),
+    def(
+        RETENTION_BYTES_REMOVED,
+        Counter,
+        Some(Unit::Bytes),
+        P,
+        "Bytes of the WAL segments counted by ringlog_retention_segments_removed_total.",
+    ),
+    def(
+        LOG_RESETS,
+        Counter,
+        Some(Unit::Count),
+        P,
+        "Times this member's log was reset to the leader's log start, because the next entry it needed was removed on the leader.",
+    ),
+    def(
+        LOG_START_SENT,
+        Counter,
+        Some(Unit::Count),
+        P,
+        "On the leader: LogStart messages sent to followers whose next entry this log no longer holds.",
+    ),
+    def(
+        TRIMS,
+        Counter,
+        Some(Unit::Count),
+        P,
+        "Trim entries committed in this member's log (each removes the records below its index on every member).",
+    ),
+    def(
+        DISK_FREE_BYTES,
+        Gauge,
+        Some(Unit::Bytes),
+        NONE,
+        "Free bytes (available to the node's user) on the filesystem of the data directory, checked about ten times a second.",
+    ),
+    def(
+        DISK_LOW,
+        Gauge,
+        Some(Unit::Count),
+        NONE,
+        "1 while the data directory's free bytes are below wal.min_free_bytes (appends are refused), else 0.",
+    ),
+    def(
+        APPENDS_REFUSED,
+        Counter,
+        Some(Unit::Count),
+        &["partition", "reason"],
+        "Client appends this node refused as leader before they reached the log, by reason (disk_low).",
     ),
 ];
 

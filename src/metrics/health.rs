@@ -4,7 +4,7 @@
 //! flooded inbox cannot make the health check itself time out.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::engine::{NodeId, Role};
@@ -25,10 +25,21 @@ struct Slot {
     commit_index: AtomicU64,
 }
 
-/// One slot per partition of this node.
+/// The data directory's free space as the shards last measured it.
+#[derive(Default)]
+struct DiskSlot {
+    /// Set once any shard has measured.
+    measured: AtomicBool,
+    free_bytes: AtomicU64,
+    min_free_bytes: AtomicU64,
+    low: AtomicBool,
+}
+
+/// One slot per partition of this node, and one for its disk.
 pub struct HealthBoard {
     started: Instant,
     slots: Vec<Slot>,
+    disk: DiskSlot,
 }
 
 /// One partition as `/health` shows it.
@@ -45,10 +56,18 @@ pub struct PartitionHealth {
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Health {
-    /// "ok" when every partition is alive and has a leader, else "degraded".
+    /// "ok" when every partition is alive and has a leader and the disk has room,
+    /// else "degraded".
     pub status: &'static str,
     pub node: NodeId,
     pub partitions: Vec<PartitionHealth>,
+    /// Free bytes on the data directory's filesystem (absent until first measured).
+    pub disk_free_bytes: Option<u64>,
+    /// Below `wal.min_free_bytes`: this node refuses appends.
+    pub disk_low: bool,
+    /// Why the node is not ok, in words, when it is the disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Health {
@@ -78,7 +97,17 @@ impl HealthBoard {
         Arc::new(HealthBoard {
             started: Instant::now(),
             slots: (0..partitions).map(|_| Slot::default()).collect(),
+            disk: DiskSlot::default(),
         })
+    }
+
+    /// A shard measured the data directory's free space.
+    pub fn publish_disk(&self, free_bytes: u64, min_free_bytes: u64, low: bool) {
+        let disk = &self.disk;
+        disk.free_bytes.store(free_bytes, Ordering::Relaxed);
+        disk.min_free_bytes.store(min_free_bytes, Ordering::Relaxed);
+        disk.low.store(low, Ordering::Relaxed);
+        disk.measured.store(true, Ordering::Release);
     }
 
     /// Shard `partition` is alive and sees this state.
@@ -119,11 +148,26 @@ impl HealthBoard {
                 }
             })
             .collect();
-        let ok = partitions.iter().all(|p| p.alive && p.leader.is_some());
+        let measured = self.disk.measured.load(Ordering::Acquire);
+        let free_bytes = self.disk.free_bytes.load(Ordering::Relaxed);
+        let low = measured && self.disk.low.load(Ordering::Relaxed);
+        let reason = low.then(|| {
+            let min_free_bytes = self.disk.min_free_bytes.load(Ordering::Relaxed);
+            crate::transport::ServerError::DiskLow {
+                node,
+                free_bytes,
+                min_free_bytes,
+            }
+            .to_string()
+        });
+        let ok = !low && partitions.iter().all(|p| p.alive && p.leader.is_some());
         Health {
             status: if ok { "ok" } else { "degraded" },
             node,
             partitions,
+            disk_free_bytes: measured.then_some(free_bytes),
+            disk_low: low,
+            reason,
         }
     }
 }
@@ -157,6 +201,30 @@ mod tests {
                 leader: Some(7),
                 commit_index: 10,
             }
+        );
+    }
+
+    #[test]
+    fn a_low_disk_degrades_the_node_with_the_reason_in_words() {
+        let board = HealthBoard::new(1);
+        board.publish(0, Role::Leader, 3, Some(2), 10);
+        assert_eq!(board.report(2).disk_free_bytes, None);
+        board.publish_disk(1 << 30, 256 << 20, false);
+        let report = board.report(2);
+        assert!(report.ok());
+        assert_eq!(
+            (report.disk_free_bytes, report.disk_low, report.reason),
+            (Some(1 << 30), false, None)
+        );
+        board.publish_disk(201_326_592, 268_435_456, true);
+        let report = board.report(2);
+        assert!(!report.ok());
+        assert!(report.disk_low);
+        assert_eq!(
+            report.reason.as_deref(),
+            Some(
+                "node 2 has 201326592 bytes free, below [wal] min_free_bytes = 268435456: appends are refused until space is freed"
+            )
         );
     }
 }

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod handles;
 pub mod health;
 pub mod http;
+pub mod lifecycle;
 
 use std::sync::Arc;
 
@@ -150,6 +151,9 @@ mod tests {
         let _router = RouterMetrics::new(&node, 2, &[2, 3]);
         let _shards: Vec<_> = (0..2)
             .map(|p| ShardMetrics::new(&node, p, &[2, 3]))
+            .collect();
+        let _lifecycles: Vec<_> = (0..2)
+            .map(|p| lifecycle::LifecycleMetrics::new(&node, p))
             .collect();
         let text = node.render();
         for def in METRICS {

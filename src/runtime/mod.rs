@@ -7,6 +7,7 @@ pub mod config;
 pub mod dev;
 pub mod failpoint;
 pub mod inbox;
+pub mod lifecycle;
 pub mod node;
 pub mod oneshot;
 pub mod overrides;

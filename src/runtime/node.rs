@@ -16,6 +16,7 @@ use super::inbox::{
     INBOX_BYTES_MAX, INBOX_CAPACITY, LaneReceiver, LaneSender, PEER_INBOX_BYTES_MAX,
     PEER_INBOX_CAPACITY, ShardInput, lane,
 };
+use super::lifecycle::LifecycleSettings;
 use super::preflight::{self, PreflightError};
 use super::reads::ReadLimits;
 use super::router::{ClientRouter, PeerRouter, node_infos};
@@ -210,6 +211,10 @@ fn shard_context(
         read_limits: ReadLimits::new(&config.reads, config.clients.frame_body_bytes_max),
         metrics: observe.metrics.clone(),
         health: observe.health.clone(),
+        lifecycle: LifecycleSettings {
+            retention: config.retention.policy(),
+            min_free_bytes: config.wal.min_free_bytes,
+        },
     }
 }
 

@@ -21,6 +21,7 @@ use futures_lite::future;
 use thiserror::Error;
 
 use super::inbox::{LaneReceiver, Reply, ShardInput};
+use super::lifecycle::{Lifecycle, LifecycleSettings};
 use super::reads::{LogBounds, ReadLimits, Reads};
 use crate::engine::{
     self, AppendError, Command, Engine, Event, Index, Message, MessageBody, NodeId, ReadError,
@@ -87,6 +88,8 @@ pub struct ShardContext {
     pub read_limits: ReadLimits,
     pub metrics: Arc<NodeMetrics>,
     pub health: Arc<HealthBoard>,
+    /// Retention and the low-disk watermark.
+    pub lifecycle: LifecycleSettings,
 }
 
 /// What one record costs in the WAL's buffer beyond its payload (its header, and
@@ -143,6 +146,8 @@ struct Shard {
     unflushed_bytes: u64,
     /// The abstention marker, while the engine abstains (see [`abstention`]).
     abstain_marker: Option<PathBuf>,
+    /// Retention, the low-disk watermark and their metrics.
+    lifecycle: Lifecycle,
 }
 
 /// Runs shard `ctx.shard_id` until `ctx.stop` is set or its WAL fails.
@@ -190,6 +195,7 @@ struct OpenParts {
     read_limits: ReadLimits,
     metrics: Arc<NodeMetrics>,
     health: Arc<HealthBoard>,
+    lifecycle: LifecycleSettings,
 }
 
 impl ShardContext {
@@ -213,6 +219,7 @@ impl ShardContext {
             read_limits: self.read_limits,
             metrics: self.metrics.clone(),
             health: self.health.clone(),
+            lifecycle: self.lifecycle,
         }
     }
 }
@@ -306,6 +313,14 @@ impl Shard {
             })
             .collect();
         let (flushed_tx, flushed_rx) = flume::unbounded();
+        let mut lifecycle = Lifecycle::new(
+            (parts.node_id, shard),
+            parts.lifecycle,
+            &parts.wal_dir,
+            wal_limits.segment_size_bytes,
+            (&parts.metrics, parts.health.clone()),
+        );
+        lifecycle.recovered_trims(&recovered.trims, engine.commit_index());
         let wal = Rc::new(wal);
         Ok(Shard {
             id: shard,
@@ -339,6 +354,7 @@ impl Shard {
             unflushed_entries: 0,
             unflushed_bytes: 0,
             abstain_marker: Some(abstain_marker),
+            lifecycle,
         })
     }
 
@@ -355,6 +371,10 @@ impl Shard {
             events.push(Event::Tick);
             self.next_tick = (self.next_tick + self.tick).max(now);
             self.publish();
+        }
+        let log_start = self.engine.log().start();
+        if let Some(purge) = self.lifecycle.check(now, &self.wal, log_start) {
+            events.push(purge);
         }
         if !events.is_empty() {
             self.engine.step_batch(events);
@@ -441,6 +461,14 @@ impl Shard {
             Wake::Input(Some(ShardInput::Append { records, reply })) => {
                 super::failpoint::on_append(self.id);
                 if let Err(refusal) = self.check_batch(&records) {
+                    reply.send(Err(refusal));
+                    return Ok(());
+                }
+                // Only a leader refuses for its disk: elsewhere the engine answers
+                // NotLeader, which sends the client to the node that decides.
+                if self.role == Role::Leader
+                    && let Some(refusal) = self.lifecycle.append_refusal()
+                {
                     reply.send(Err(refusal));
                     return Ok(());
                 }
@@ -541,6 +569,7 @@ impl Shard {
 
     async fn carry_out(&mut self, commands: Vec<Command>) -> Result<(), ShardError> {
         for command in commands {
+            self.lifecycle.observe(&command);
             match command {
                 Command::PersistHardState { op, state } => {
                     self.storage(|wal| wal.persist_hard_state(op, state))
@@ -561,7 +590,9 @@ impl Shard {
                     prev_term,
                 } => self.storage(|wal| wal.reset(op, start, prev_term)).await?,
                 Command::PurgeLog { op, before } => {
-                    self.storage(|wal| wal.purge(op, before).map(drop)).await?
+                    let bytes_before = self.wal.disk_bytes();
+                    self.storage(|wal| wal.purge(op, before).map(drop)).await?;
+                    self.lifecycle.purged(bytes_before, self.wal.disk_bytes());
                 }
                 Command::Send { msg, when } => match when {
                     Some(engine::Condition::Durable { op }) if op > self.durable_op => {

@@ -12,6 +12,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::config::ReadSettings;
 use super::inbox::{LaneError, LaneSender, Reply, ShardInput, lane, reply_channel};
+use super::lifecycle::LifecycleSettings;
 use super::oneshot;
 use super::reads::{READ_ANSWER_HEADER_BYTES, READ_RECORD_OVERHEAD_BYTES, ReadLimits};
 use super::shard::{ShardContext, run_shard};
@@ -19,18 +20,43 @@ use crate::engine::{self, Index, Message};
 use crate::metrics::NodeMetrics;
 use crate::metrics::health::HealthBoard;
 use crate::transport::peer::{PeerConfig, link_closer};
-use crate::transport::{ReadOk, ReadRequest, ServerError};
+use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError};
 use crate::wal::config::WalConfig;
+use crate::wal::log::RetentionPolicy;
 
-/// The inbox of a running one-member shard.
+/// The inbox of a running one-member shard, and its node's metrics.
 struct TestShard {
     clients: LaneSender<ShardInput>,
     _peers: LaneSender<Message>,
+    metrics: Arc<NodeMetrics>,
+}
+
+/// How a test shard is set up beyond its read limits.
+struct Setup {
+    wal_config: WalConfig,
+    lifecycle: LifecycleSettings,
+}
+
+impl Default for Setup {
+    fn default() -> Setup {
+        Setup {
+            wal_config: WalConfig {
+                segment_size_bytes: 4 << 20,
+                ..WalConfig::default()
+            },
+            lifecycle: LifecycleSettings::default(),
+        }
+    }
 }
 
 /// Runs `test` against a fresh shard with `limits`, on an executor of its own, then
 /// stops the shard and removes its directory.
 fn with_shard(limits: ReadLimits, test: impl AsyncFnOnce(&TestShard)) {
+    with_shard_set_up(limits, Setup::default(), test)
+}
+
+/// [`with_shard`] with a WAL and lifecycle settings of the test's own.
+fn with_shard_set_up(limits: ReadLimits, setup: Setup, test: impl AsyncFnOnce(&TestShard)) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let wal_dir = dir.path().join("shard-0");
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
@@ -41,6 +67,7 @@ fn with_shard(limits: ReadLimits, test: impl AsyncFnOnce(&TestShard)) {
         let stop = Arc::new(AtomicBool::new(false));
         let (clients, inbox) = lane(1024, 64 << 20);
         let (peers, peer_inbox) = lane(1024, 64 << 20);
+        let metrics = NodeMetrics::new(1);
         let context = ShardContext {
             shard_id: 0,
             node_id: 1,
@@ -48,10 +75,7 @@ fn with_shard(limits: ReadLimits, test: impl AsyncFnOnce(&TestShard)) {
             peer_addrs: BTreeMap::new(),
             client_addrs: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
             engine_config: engine::Config::default(),
-            wal_config: WalConfig {
-                segment_size_bytes: 4 << 20,
-                ..WalConfig::default()
-            },
+            wal_config: setup.wal_config,
             wal_dir,
             write_through: false,
             peer_config: PeerConfig::new(1, 1),
@@ -62,8 +86,9 @@ fn with_shard(limits: ReadLimits, test: impl AsyncFnOnce(&TestShard)) {
             inbox,
             peer_inbox,
             read_limits: limits,
-            metrics: NodeMetrics::new(1),
+            metrics: metrics.clone(),
             health: HealthBoard::new(1),
+            lifecycle: setup.lifecycle,
         };
         let shard = glommio::spawn_local(async move {
             let result = run_shard(context).await;
@@ -75,6 +100,7 @@ fn with_shard(limits: ReadLimits, test: impl AsyncFnOnce(&TestShard)) {
         test(&TestShard {
             clients,
             _peers: peers,
+            metrics,
         })
         .await;
         stop.store(true, Ordering::Relaxed);
@@ -111,8 +137,28 @@ impl TestShard {
     }
 
     async fn append(&self, records: Vec<Bytes>) {
+        self.try_append(records).await.expect("append");
+    }
+
+    async fn try_append(&self, records: Vec<Bytes>) -> Result<AppendOk, ServerError> {
         let answer = self.send(|reply| ShardInput::Append { records, reply });
-        answer.await.expect("the shard answers").expect("append");
+        answer.await.expect("the shard answers")
+    }
+
+    async fn info(&self) -> PartitionInfo {
+        let answer = self.submit(|reply| ShardInput::Info { reply });
+        answer.await.expect("the shard answers")
+    }
+
+    /// The value of the first series of `name` on the node's metrics page.
+    fn metric(&self, name: &str) -> f64 {
+        let page = self.metrics.render();
+        let line = page
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .unwrap_or_else(|| panic!("no series of {name}"));
+        let value = line.rsplit(' ').next().expect("a value");
+        value.parse().unwrap_or_else(|_| panic!("{line}"))
     }
 
     /// Waits (up to a generous deadline) until the shard leads its one-member group.
@@ -200,5 +246,91 @@ fn a_read_asking_to_wait_too_long_is_refused() {
             }
             other => panic!("expected InvalidRequest, got {other:?}"),
         }
+    });
+}
+
+/// A WAL of 1 MiB segments that retention keeps within 2 MiB.
+fn small_retained_wal() -> Setup {
+    Setup {
+        wal_config: WalConfig {
+            segment_size_bytes: 1 << 20,
+            record_size_bytes_max: 64 << 10,
+            flush_bytes_max: 256 << 10,
+            ..WalConfig::default()
+        },
+        lifecycle: LifecycleSettings {
+            retention: RetentionPolicy {
+                max_bytes: Some(2 << 20),
+                max_age_ms: None,
+            },
+            min_free_bytes: 0,
+        },
+    }
+}
+
+#[test]
+fn retention_moves_the_log_start_and_reads_below_it_are_out_of_range() {
+    with_shard_set_up(limits(8 << 20, 16), small_retained_wal(), async |shard| {
+        shard.await_leadership().await;
+        // 6 MiB of records: six segments' worth, three times the limit.
+        let record = Bytes::from(vec![7u8; 32 << 10]);
+        for _ in 0..48 {
+            shard.append(vec![record.clone(); 4]).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let info = loop {
+            let info = shard.info().await;
+            // The gauges are published on ticks, after the purge that moved the start.
+            let published = shard.metric("ringlog_raft_log_start_index") as u64;
+            let disk_bytes = shard.metric("ringlog_wal_disk_bytes");
+            if info.log_start > 1 && published == info.log_start && disk_bytes <= (3 << 20) as f64 {
+                break info;
+            }
+            assert!(Instant::now() < deadline, "retention never ran: {info:?}");
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(shard.metric("ringlog_retention_segments_removed_total") >= 3.0);
+        assert!(shard.metric("ringlog_retention_bytes_removed_total") >= (3 << 20) as f64);
+        assert!(shard.metric("ringlog_disk_free_bytes") > 0.0);
+        assert_eq!(shard.metric("ringlog_disk_low"), 0.0, "the check is off");
+        match shard.read(read_from(1, 0)).await {
+            Err(ServerError::OutOfRange { log_start, .. }) => {
+                assert_eq!(log_start, info.log_start)
+            }
+            other => panic!("expected OutOfRange, got {other:?}"),
+        }
+        let kept = shard
+            .read(read_from(info.log_start, 0))
+            .await
+            .expect("read");
+        assert_eq!(kept.records[0].index, info.log_start);
+        assert!(kept.records.iter().all(|r| r.payload == record));
+    });
+}
+
+#[test]
+fn a_leader_below_the_disk_watermark_refuses_appends_and_still_serves_reads() {
+    let setup = Setup {
+        lifecycle: LifecycleSettings {
+            retention: RetentionPolicy::default(),
+            // No filesystem has this much free: the disk is always low.
+            min_free_bytes: u64::MAX,
+        },
+        ..Setup::default()
+    };
+    with_shard_set_up(limits(1 << 20, 16), setup, async |shard| {
+        shard.await_leadership().await;
+        match shard.try_append(vec![Bytes::from_static(b"x")]).await {
+            Err(ServerError::DiskLow {
+                node: 1,
+                free_bytes,
+                min_free_bytes: u64::MAX,
+            }) => assert!(free_bytes < u64::MAX),
+            other => panic!("expected DiskLow, got {other:?}"),
+        }
+        assert_eq!(shard.metric("ringlog_disk_low"), 1.0);
+        assert_eq!(shard.metric("ringlog_appends_refused_total"), 1.0);
+        let answer = shard.read(read_from(1, 0)).await.expect("reads go on");
+        assert!(answer.records.is_empty());
     });
 }
