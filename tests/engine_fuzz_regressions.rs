@@ -67,3 +67,31 @@ fn hand_written_bad_messages_are_refused() {
     }));
     assert_eq!(check_peer_engine(&data), 2);
 }
+
+/// AppendEntries after the follower's last entry (index 5, term 3) carrying `entries`.
+fn entries_after_5(entries: Vec<Entry>, leader_commit: u64) -> Vec<u8> {
+    to_follower(MessageBody::AppendEntries {
+        prev_log_index: 5,
+        prev_log_term: 3,
+        entries,
+        leader_commit,
+    })
+}
+
+/// Trim entries reach the follower through the fuzz target's decoding: a
+/// well-formed one is appended and, once committed, applied; one whose payload is
+/// not 8 bytes and one that trims past itself are refused (`malformed_trim`).
+#[test]
+fn trims_well_formed_and_malformed_reach_the_engine() {
+    let mut data = entries_after_5(vec![Entry::trim(6, 3, 4)], 6);
+    let mut short = Entry::trim(7, 3, 7);
+    short.payload = bytes::Bytes::from_static(b"\x07\0\0\0\0\0\0");
+    data.extend(entries_after_5(vec![Entry::trim(6, 3, 4), short], 6));
+    data.extend(entries_after_5(
+        vec![Entry::trim(6, 3, 4), Entry::trim(7, 3, 8)],
+        6,
+    ));
+    // Report the follower's storage durable: the trim's purge finishes.
+    data.push(1);
+    assert_eq!(check_peer_engine(&data), 2);
+}
