@@ -11,31 +11,33 @@ use ringlog::transport::{ClientRequest, ClientResponse, ReadRequest, ServerError
 
 /// `GET path` on a node's metrics port: the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(20)).expect("HTTP port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// `http_get`, or the error when the node does not answer (not started yet, or
+/// gone).
+pub fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(20))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    stream.read_to_string(&mut answer)?;
     let status = answer
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {answer:?}")))?;
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_string())
+    Ok((status, body.to_string()))
 }
 
 /// The single series of `name` whose labels contain `label` (`""` for a metric
-/// without labels), or None while the node does not export it.
+/// without labels), or None while the node does not export it or does not answer.
 pub fn metric(addr: SocketAddr, name: &str, label: &str) -> Option<f64> {
-    let (_, page) = http_get(addr, "/metrics");
+    let (_, page) = try_http_get(addr, "/metrics").ok()?;
     let labelled = format!("{name}{{");
     let bare = format!("{name} ");
     let values: Vec<f64> = page
@@ -152,6 +154,12 @@ async fn read_once(
         }
         _ => Err(None),
     }
+}
+
+/// The log start an OutOfRange message names ("the log holds indexes S to E").
+pub fn named_log_start(message: &str) -> Option<u64> {
+    let after = message.split("the log holds indexes ").nth(1)?;
+    after.split_whitespace().next()?.parse().ok()
 }
 
 /// Reads index `index` of `partition` on node `addr` expecting OutOfRange, and
