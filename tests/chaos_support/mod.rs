@@ -98,8 +98,9 @@ pub struct Outcome {
     pub trims: TrimCounts,
     /// Every node's log start per partition at the final read.
     pub log_starts: LogStarts,
-    /// Summed over the nodes at the end: segments removed by retention, and
-    /// followers' logs reset to the leader's log start.
+    /// Summed over the nodes at the end, each counted since the node's last
+    /// start: segments removed by retention, and followers' logs reset to the
+    /// leader's log start.
     pub segments_removed: u64,
     pub log_resets: u64,
     /// Time from each leader kill to the first acknowledged append invoked after it.
@@ -114,7 +115,7 @@ impl Outcome {
         let median = gaps.get(gaps.len() / 2).copied().unwrap_or_default();
         let worst = gaps.last().copied().unwrap_or_default();
         format!(
-            "chaos (seed {}): {:.0} s of faults: {}; {} appends ({} acknowledged, {} unknown, {} refused), {} reads, {} trims ({} failed), {} segments removed by retention, {} log resets, final log starts {:?}; {}; unavailability after a leader kill: median {} ms, worst {} ms over {} kills",
+            "chaos (seed {}): {:.0} s of faults: {}; {} appends ({} acknowledged, {} unknown, {} refused), {} reads, {} trims ({} failed), {} segments removed by retention and {} log resets (counted since each node's last start), final log starts {:?}; {}; unavailability after a leader kill: median {} ms, worst {} ms over {} kills",
             self.seed,
             self.nemesis_time.as_secs_f64(),
             self.faults,
