@@ -281,6 +281,28 @@ fn idle_connections_are_closed() {
     });
 }
 
+/// Sends `bytes` on a fresh connection and decodes the first `count` answers.
+async fn answers_to(
+    addr: SocketAddr,
+    bytes: &[u8],
+    count: usize,
+) -> Vec<(u64, Result<ClientResponse, ServerError>)> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut got = BytesMut::new();
+    let mut answers = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while answers.len() < count {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed early");
+        got.extend_from_slice(&chunk[..n]);
+        while let Some(f) = decode_frame(&mut got, 1 << 20, None).unwrap() {
+            answers.push((f.request_id, decode_response(&f).unwrap()));
+        }
+    }
+    answers
+}
+
 /// A malformed body under a valid checksum is the sender's bug, not lost framing: the
 /// request gets InvalidRequest and the same connection keeps working.
 #[test]
@@ -288,30 +310,55 @@ fn malformed_body_gets_an_answer_and_the_connection_survives() {
     run(|| async {
         let handler = Rc::new(FakeHandler::default());
         let (addr, _) = start_listener(test_config(), handler);
-        let mut s = TcpStream::connect(addr).await.unwrap();
         let mut b = BytesMut::new();
         encode_frame(&mut b, FrameKind::AppendRequest, 5, |b| {
             b.put_u32_le(1);
             b.put_u32_le(1_000_000);
         });
         encode_request(&mut b, 6, &ClientRequest::Metadata);
-        s.write_all(&b).await.unwrap();
-        let mut got = BytesMut::new();
-        let mut answers = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while answers.len() < 2 {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "connection closed early");
-            got.extend_from_slice(&chunk[..n]);
-            while let Some(f) = decode_frame(&mut got, 1 << 20, None).unwrap() {
-                answers.push((f.request_id, decode_response(&f).unwrap()));
-            }
-        }
+        let answers = answers_to(addr, &b, 2).await;
         assert!(
             matches!(&answers[0], (5, Err(ServerError::InvalidRequest { reason })) if reason.contains("item count")),
             "{answers:?}"
         );
         assert!(matches!(&answers[1], (6, Ok(ClientResponse::Metadata(_)))));
+    });
+}
+
+/// The same for a trim: its reserved word must be zero, and the connection goes on.
+#[test]
+fn a_trim_with_its_reserved_word_set_gets_an_answer_and_the_connection_survives() {
+    run(|| async {
+        let handler = Rc::new(FakeHandler::default());
+        let (addr, _) = start_listener(test_config(), handler.clone());
+        let mut b = BytesMut::new();
+        encode_frame(&mut b, FrameKind::TrimRequest, 5, |b| {
+            b.put_u32_le(0);
+            b.put_u32_le(1);
+            b.put_u64_le(9);
+        });
+        let trim = TrimRequest {
+            partition: 0,
+            before: 9,
+        };
+        encode_request(&mut b, 6, &ClientRequest::Trim(trim));
+        let answers = answers_to(addr, &b, 2).await;
+        assert!(
+            matches!(&answers[0], (5, Err(ServerError::InvalidRequest { .. }))),
+            "{answers:?}"
+        );
+        assert!(
+            matches!(
+                &answers[1],
+                (6, Ok(ClientResponse::Trim(TrimOk { log_start: 9, .. })))
+            ),
+            "{answers:?}"
+        );
+        assert_eq!(
+            handler.trimmed.borrow()[&0],
+            9,
+            "only the valid trim applied"
+        );
     });
 }
 
