@@ -42,12 +42,13 @@ impl Engine {
         );
         self.commit_index = index;
         self.output.push(Command::Commit { index });
-        // Before any answer this commit releases: a client told its trim is done
-        // (or a read served after it) must find the records gone.
-        self.commit_trims();
         self.maybe_end_abstention();
         self.resolve_pending_appends();
         self.check_pending_reads();
+        // After the answers, which read the terms of the entries they name (a trim
+        // may remove them); still in this step, so the runtime, which acts on the
+        // answers only after it, already finds the records gone.
+        self.commit_trims();
     }
 
     /// Ends the abstention after a lost tail once this member holds, committed and

@@ -232,11 +232,34 @@ mod tests {
             e.take_commands(),
             vec![
                 Command::Commit { index: 5 },
-                Command::PurgeLog { op: 4, before: 3 },
                 answer(7, trim_ok(5)),
+                Command::PurgeLog { op: 4, before: 3 },
             ]
         );
         assert_eq!((e.log().start(), e.read_start()), (3, 3));
+    }
+
+    #[test]
+    fn appends_committed_with_a_trim_that_removes_them_are_still_acknowledged() {
+        // Two appends and a trim of everything before itself, committed at once:
+        // the first append's entry is below the new start's predecessor.
+        let mut e = committed_leader();
+        e.step(client_append(5, &["a"]));
+        e.step(client_append(6, &["b"]));
+        e.step(trim_event(7, 7));
+        e.step(Event::Durable { op: 5 });
+        e.take_commands();
+        e.step(msg(2, 1, 2, success(7)));
+        assert_eq!(
+            e.take_commands(),
+            vec![
+                Command::Commit { index: 7 },
+                answer(5, trim_ok(5)),
+                answer(6, trim_ok(6)),
+                answer(7, trim_ok(7)),
+                Command::PurgeLog { op: 6, before: 7 },
+            ]
+        );
     }
 
     #[test]
