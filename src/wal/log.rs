@@ -16,7 +16,7 @@ use super::format::{
     encode_segment_header, verify_record,
 };
 use super::hardstate::HardStateFile;
-use super::recovery::{RecoveryReport, SPARE_FILE_NAME, recover};
+use super::recovery::{RECYCLE_FILE_NAME, RecoveryReport, SPARE_FILE_NAME, recover};
 use super::segment::{SPARSE_STRIDE_BYTES, Segment, parse_segment_file_name, summary_file_name};
 use super::storage::{Storage, StorageFile};
 use super::summary::{Summary, write_summary};
@@ -122,8 +122,8 @@ struct Queued<F> {
     last_index: Index,
 }
 
-/// The background preparation of the next segment file.
-type Spare<F> = Task<io::Result<F>>;
+/// The background preparation of the next segment file (and whether it is recycled).
+type Spare<F> = Task<io::Result<(F, bool)>>;
 
 struct Inner<F> {
     failed: Option<String>,
@@ -161,6 +161,8 @@ struct Inner<F> {
     /// ones) are done: the next flush waits on it before it syncs.
     last_written: Rc<Semaphore>,
     spare: Option<Spare<F>>,
+    /// A purged segment is kept as `recycle.tmp` for the next spare.
+    recycle_present: bool,
     /// The newest flush taken removes files or writes the hard state: the next one
     /// must not write before that is durable, or a crash could keep its records but
     /// not the removal (a purge undone while later appends survive) or not the hard
@@ -309,6 +311,7 @@ impl<S: Storage> Wal<S> {
             last_done: Rc::new(Semaphore::new(1)),
             last_written: Rc::new(Semaphore::new(1)),
             spare: None,
+            recycle_present: rec.recycle_present,
             barrier_pending: false,
             stats: WalStats::default(),
             stats_at_segment_start: WalStats::default(),
@@ -336,7 +339,8 @@ impl<S: Storage> Wal<S> {
         // of the segment each one becomes.
         let size = self.shared.config.segment_size_bytes;
         let zero_fill = self.zero_fill_next();
-        let task = spawn_local(prepare_spare(storage, size, zero_fill));
+        let recycle = std::mem::take(&mut self.shared.inner.borrow_mut().recycle_present);
+        let task = spawn_local(prepare_spare(storage, size, zero_fill, recycle));
         let mut inner = self.shared.inner.borrow_mut();
         inner.spare = Some(task);
         inner.stats_at_segment_start = inner.stats;
@@ -377,8 +381,9 @@ impl<S: Storage> Wal<S> {
         }
     }
 
-    /// Bytes of the disk this log uses: live segment files, their summaries, and
-    /// the spare segment being prepared (one configured segment).
+    /// Bytes of the disk this log uses: live segment files, their summaries, the
+    /// spare segment being prepared and a purged segment kept for recycling (one
+    /// configured segment each).
     pub fn disk_bytes(&self) -> u64 {
         let inner = self.shared.inner.borrow();
         let segments: u64 = inner
@@ -386,12 +391,10 @@ impl<S: Storage> Wal<S> {
             .iter()
             .map(|s| s.info.segment_size_bytes + s.summary_bytes)
             .sum();
-        let spare = if inner.spare.is_some() {
-            self.shared.config.segment_size_bytes
-        } else {
-            0
-        };
-        segments + spare
+        let size = self.shared.config.segment_size_bytes;
+        let spare = if inner.spare.is_some() { size } else { 0 };
+        let recycle = if inner.recycle_present { size } else { 0 };
+        segments + spare + recycle
     }
 
     /// Bytes of memory the log's index takes (sparse index points, term runs, trim

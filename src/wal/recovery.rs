@@ -8,7 +8,7 @@ use super::format::{
     SEGMENT_HEADER_BYTES, SEGMENT_VERSION_UNSIZED, SegmentInfo, decode_segment_header,
     segment_header_version, segment_size_valid,
 };
-use super::scan::{END_OF_RECORDS, Stop, Tail, classify_tail, scan_segment};
+use super::scan::{Stop, Tail, classify_tail, is_clean_end, scan_segment};
 use super::segment::{
     Segment, parse_segment_file_name, parse_summary_file_name, segment_file_name, summary_file_name,
 };
@@ -20,6 +20,8 @@ use std::rc::Rc;
 
 /// Name of the segment being prepared ahead of the writer.
 pub const SPARE_FILE_NAME: &str = "spare.tmp";
+/// Name of a purged segment kept to become the next spare (recycling).
+pub const RECYCLE_FILE_NAME: &str = "recycle.tmp";
 
 /// Something recovery found and handled, reported to the operator.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +88,8 @@ pub struct Recovery<F> {
     pub flush_seq_max: u64,
     pub segment_seq_max: u64,
     pub reports: Vec<RecoveryReport>,
+    /// A purged segment waits to be recycled.
+    pub recycle_present: bool,
 }
 
 struct Found<F> {
@@ -157,6 +161,7 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
         flush_seq_max: 0,
         segment_seq_max: 0,
         reports: Vec::new(),
+        recycle_present: names.iter().any(|n| n == RECYCLE_FILE_NAME),
     };
     let mut found: Vec<(u64, Index, String)> = names
         .iter()
@@ -268,7 +273,7 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
             // An older segment is sealed: damage where its scan stopped lies beyond its
             // live entries now that this segment continues the log from there.
             if let Some(stop) = stops.get(&prev.name).cloned().flatten()
-                && stop.reason != END_OF_RECORDS
+                && !is_clean_end(stop.reason)
             {
                 rec.reports.push(RecoveryReport::IgnoredDamage {
                     file: prev.name.clone(),
@@ -380,7 +385,7 @@ async fn scan_into_segment<F: StorageFile>(
     seg.damage_offset = scan
         .stop
         .as_ref()
-        .filter(|s| s.reason != END_OF_RECORDS)
+        .filter(|s| !is_clean_end(s.reason))
         .map(|s| s.offset);
     for (offset, term) in &scan.entries {
         seg.push(*term, *offset);

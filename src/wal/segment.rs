@@ -223,6 +223,7 @@ mod tests {
             first_index: 10,
             prev_term: 2,
             reset: false,
+            recycled: false,
             segment_size_bytes: 1 << 20,
         }
     }

@@ -103,6 +103,7 @@ impl<S: Storage> Wal<S> {
         let mut writes_started = None;
         let mut deletions: Vec<String> = Vec::new();
         let mut summary = None;
+        let mut purged: Vec<String> = Vec::new();
         for item in &job.items {
             match item {
                 Item::NewSegment {
@@ -158,7 +159,7 @@ impl<S: Storage> Wal<S> {
                     }
                 }
                 Item::HardState(_) => {}
-                Item::Purge(names) => deletions.extend(names.iter().cloned()),
+                Item::Purge(names) => purged.extend(names.iter().cloned()),
             }
         }
         // Every earlier flush's writes must be done before this sync is issued, so
@@ -203,10 +204,38 @@ impl<S: Storage> Wal<S> {
             self.remove_file(&name).await?;
             self.remove_file(&summary_file_name(&name)).await?;
         }
+        for name in purged {
+            if let Some((_, seq)) = parse_segment_file_name(&name) {
+                self.forget_files(&[seq]);
+            }
+            self.recycle_or_remove(&name).await?;
+            self.remove_file(&summary_file_name(&name)).await?;
+        }
         if let Some((name, summary)) = summary {
             self.store_summary(name, summary).await?;
         }
         Ok(())
+    }
+
+    /// Removes purged segment `name`, or keeps it to become a later spare when no
+    /// purged segment waits for that yet: renamed, which takes its name away as
+    /// atomically as a removal, then the directory synced.
+    async fn recycle_or_remove(&self, name: &str) -> WalResult<()> {
+        let shared = &self.shared;
+        if shared.inner.borrow().recycle_present {
+            return self.remove_file(name).await;
+        }
+        shared
+            .storage
+            .rename(name, RECYCLE_FILE_NAME)
+            .await
+            .map_err(io_err(format!("renaming {name} for recycling")))?;
+        shared.inner.borrow_mut().recycle_present = true;
+        shared
+            .storage
+            .sync_dir()
+            .await
+            .map_err(io_err("syncing the WAL directory"))
     }
 
     /// Removes `name` (if it exists) and syncs the directory.
@@ -260,16 +289,29 @@ impl<S: Storage> Wal<S> {
     async fn create_segment(&self, info: &SegmentInfo, name: &str) -> WalResult<S::File> {
         let shared = &self.shared;
         let spare = shared.inner.borrow_mut().spare.take();
-        let file = match spare {
+        let (file, recycled) = match spare {
             Some(task) => task.await.map_err(io_err("preparing a segment"))?,
             None => prepare_spare(
                 shared.storage.clone(),
                 info.segment_size_bytes,
                 self.zero_fill_next(),
+                false,
             )
             .await
             .map_err(io_err("preparing a segment"))?,
         };
+        // Whether the file is recycled is known only now; the header says so, since
+        // recovery reads the bytes this segment has not written differently then.
+        let info = &SegmentInfo { recycled, ..*info };
+        if let Some(seg) = shared
+            .inner
+            .borrow_mut()
+            .segments
+            .iter_mut()
+            .find(|s| s.info.segment_seq == info.segment_seq)
+        {
+            seg.info.recycled = recycled;
+        }
         let mut block = vec![0u8; shared.block_bytes];
         encode_segment_header(&mut block, info, shared.block_bytes);
         assert!(SEGMENT_HEADER_BYTES <= shared.block_bytes);
@@ -436,9 +478,37 @@ pub(super) fn pad_to_block(
     assert_eq!(data.len() % block, 0);
 }
 
-/// Creates the spare segment file and prepares all of it: zero-filled and synced, or
-/// only allocated.
+/// Creates the spare segment file and prepares all of it: a recycled segment when
+/// `recycle` (renamed, its blocks already written), else zero-filled and synced, or
+/// only allocated. Returns whether the file is recycled.
 pub(super) async fn prepare_spare<S: Storage>(
+    storage: Rc<S>,
+    size: u64,
+    zero_fill: bool,
+    recycle: bool,
+) -> io::Result<(S::File, bool)> {
+    if recycle {
+        match storage.rename(RECYCLE_FILE_NAME, SPARE_FILE_NAME).await {
+            Ok(()) => {
+                // A segment of another size grows to this one; a larger one keeps its
+                // length (its header will say how much of it is the segment).
+                let file = storage.open(SPARE_FILE_NAME, false).await?;
+                file.allocate(size).await?;
+                file.sync().await?;
+                return Ok((file, true));
+            }
+            // A later purge replaced the file this spare was to take and the name was
+            // taken already: prepare a fresh one.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    prepare_fresh(storage, size, zero_fill)
+        .await
+        .map(|f| (f, false))
+}
+
+async fn prepare_fresh<S: Storage>(
     storage: Rc<S>,
     size: u64,
     zero_fill: bool,

@@ -183,6 +183,8 @@ impl<S: Storage> Wal<S> {
             first_index,
             prev_term,
             reset,
+            // Decided when the segment is created, by the file it gets.
+            recycled: false,
             segment_size_bytes: self.shared.config.segment_size_bytes,
         };
         inner.next_segment_seq += 1;
