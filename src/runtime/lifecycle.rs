@@ -214,6 +214,92 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{Entry, Message};
+
+    fn lifecycle(metrics: &Arc<NodeMetrics>) -> Lifecycle {
+        let settings = LifecycleSettings::default();
+        let health = HealthBoard::new(1);
+        Lifecycle::new((1, 0), settings, Path::new("."), 1 << 20, (metrics, health))
+    }
+
+    fn value(metrics: &NodeMetrics, name: &str) -> f64 {
+        let page = metrics.render();
+        let line = page
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn trims_count_once_committed_and_not_when_cut_or_reset() {
+        let metrics = NodeMetrics::new(1);
+        let mut lifecycle = lifecycle(&metrics);
+        lifecycle.recovered_trims(&[(2, 1), (4, 3)], 3);
+        let entries = vec![Entry::trim(6, 1, 5), Entry::trim(9, 1, 8)];
+        lifecycle.observe(&Command::AppendLog { op: 1, entries });
+        // The entry at 9 is cut by a new leader before it commits.
+        lifecycle.observe(&Command::TruncateLog { op: 2, from: 8 });
+        lifecycle.observe(&Command::Commit { index: 5 });
+        assert_eq!(
+            value(&metrics, "ringlog_trims_total"),
+            1.0,
+            "the recovered one at 4"
+        );
+        lifecycle.observe(&Command::Commit { index: 20 });
+        assert_eq!(
+            value(&metrics, "ringlog_trims_total"),
+            2.0,
+            "and the one at 6"
+        );
+        let entries = vec![Entry::trim(21, 2, 15)];
+        lifecycle.observe(&Command::AppendLog { op: 3, entries });
+        let reset = Command::ResetLog {
+            op: 4,
+            start: 30,
+            prev_term: 2,
+        };
+        lifecycle.observe(&reset);
+        lifecycle.observe(&Command::Commit { index: 40 });
+        assert_eq!(
+            value(&metrics, "ringlog_trims_total"),
+            2.0,
+            "gone with the reset"
+        );
+        assert_eq!(value(&metrics, "ringlog_log_resets_total"), 1.0);
+    }
+
+    #[test]
+    fn log_start_messages_and_removed_segments_are_counted() {
+        let metrics = NodeMetrics::new(1);
+        let mut lifecycle = lifecycle(&metrics);
+        let log_start = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::LogStart {
+                start_index: 10,
+                prev_term: 2,
+                leader_commit: 12,
+            },
+        };
+        lifecycle.observe(&Command::Send {
+            msg: log_start,
+            when: None,
+        });
+        assert_eq!(value(&metrics, "ringlog_log_start_sent_total"), 1.0);
+        lifecycle.purged(5 << 20, 2 << 20);
+        lifecycle.purged(2 << 20, 2 << 20);
+        assert_eq!(
+            value(&metrics, "ringlog_retention_segments_removed_total"),
+            3.0
+        );
+        assert_eq!(
+            value(&metrics, "ringlog_retention_bytes_removed_total"),
+            (3 << 20) as f64
+        );
+        assert_eq!(value(&metrics, "ringlog_wal_disk_bytes"), (2 << 20) as f64);
+    }
 
     #[test]
     fn free_bytes_of_a_real_directory_and_an_error_for_a_missing_one() {
