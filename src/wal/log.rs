@@ -369,9 +369,10 @@ impl<S: Storage> Wal<S> {
     }
 
     /// Notes the wall-clock time (ms since the Unix epoch); the runtime calls it every
-    /// tick. Sealed segments remember the time noted when they were sealed; segments
-    /// found sealed at recovery take the first time noted after it (so retention by
-    /// age never removes them earlier than it should).
+    /// tick. Sealed segments remember the time noted when they were sealed, and their
+    /// summaries keep it across restarts; a segment sealed before any time was noted
+    /// takes the first time noted after (so retention by age never removes it earlier
+    /// than it should).
     pub fn note_time_ms(&self, now_ms: u64) {
         let mut inner = self.shared.inner.borrow_mut();
         inner.now_ms = now_ms;

@@ -29,6 +29,7 @@ pub mod dir;
 pub mod error;
 pub mod format;
 pub mod hardstate;
+pub mod join;
 pub mod log;
 pub mod recovery;
 pub mod scan;

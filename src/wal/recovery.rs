@@ -8,12 +8,13 @@ use super::format::{
     SEGMENT_HEADER_BYTES, SEGMENT_VERSION_UNSIZED, SegmentInfo, decode_segment_header,
     segment_header_version, segment_size_valid,
 };
+use super::join::join_all;
 use super::scan::{Stop, Tail, classify_tail, is_clean_end, scan_segment};
 use super::segment::{
     Segment, parse_segment_file_name, parse_summary_file_name, segment_file_name, summary_file_name,
 };
 use super::storage::{Storage, StorageFile};
-use super::summary::read_summary;
+use super::summary::{decode_summary, read_summary_bytes};
 use crate::engine::{Index, Term};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -173,33 +174,34 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
     let mut stops: HashMap<String, Option<Stop>> = HashMap::new();
     let count = found.len();
     let all_names: Vec<String> = found.iter().map(|(_, _, n)| n.clone()).collect();
+    // Headers and summaries are read ahead, a batch at a time and concurrently, so
+    // that start-up time hardly grows with the number of sealed segments; the batch
+    // stays within the bound on open segment files.
+    let batch = config.open_segments_max.saturating_sub(1).max(1);
+    let mut ahead = std::collections::VecDeque::new();
     for (k, (seq, first, name)) in found.into_iter().enumerate() {
         let newest = k + 1 == count;
         rec.segment_seq_max = rec.segment_seq_max.max(seq);
-        let f = Found {
-            file: storage
-                .open(&name, false)
-                .await
-                .map_err(io_err(format!("opening {name}")))?,
-            name,
-        };
+        if ahead.is_empty() {
+            let upto = (k + batch).min(count);
+            let reads = all_names[k..upto]
+                .iter()
+                .enumerate()
+                .map(|(j, n)| read_ahead(storage, n, k + j + 1 == count, &names, config));
+            ahead.extend(join_all(reads.collect()).await);
+        }
+        let (f, header, summary) = ahead.pop_front().expect("read ahead")?;
+        debug_assert_eq!(f.name, name);
         let corrupt = |offset: u64, index: Index, reason: &str| WalError::Corrupt {
             file: f.name.clone(),
             offset,
             index,
             reason: reason.to_string(),
         };
-        let info = read_segment_header(&f, first, seq, block, config)
-            .await?
-            .map_err(|reason| corrupt(0, first, reason))?;
-        let summary_name = summary_file_name(&f.name);
-        // Sealed segments are trusted through their summary; the newest one is always
-        // scanned, since its tail may be torn.
-        let summary = if !newest && names.contains(&summary_name) {
-            read_summary(storage, &summary_name, &info).await?
-        } else {
-            None
-        };
+        let info = header.map_err(|reason| corrupt(0, first, reason))?;
+        // A summary of another header is no summary.
+        let summary =
+            summary.and_then(|(s, size)| decode_summary(&s, &info, block).map(|s| (s, size)));
         let (seg, stop) = match summary {
             Some((summary, summary_bytes)) => {
                 let mut seg = Segment::new(info, block);
@@ -318,6 +320,41 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
         }
     }
     Ok(rec)
+}
+
+/// What is read of a segment before it is chained: its open file, its header (or
+/// why it is corrupt) and its summary's bytes and size, if it has one and is sealed.
+type ReadAhead<F> = (
+    Found<F>,
+    Result<SegmentInfo, &'static str>,
+    Option<(Vec<u8>, u64)>,
+);
+
+async fn read_ahead<S: Storage>(
+    storage: &S,
+    name: &str,
+    newest: bool,
+    names: &[String],
+    config: &WalConfig,
+) -> WalResult<ReadAhead<S::File>> {
+    let (first, seq) = parse_segment_file_name(name).expect("a segment name");
+    let f = Found {
+        file: storage
+            .open(name, false)
+            .await
+            .map_err(io_err(format!("opening {name}")))?,
+        name: name.to_string(),
+    };
+    let header = read_segment_header(&f, first, seq, storage.block_bytes(), config).await?;
+    // Sealed segments are trusted through their summary; the newest one is always
+    // scanned, since its tail may be torn.
+    let summary_name = summary_file_name(name);
+    let summary = if !newest && header.is_ok() && names.contains(&summary_name) {
+        read_summary_bytes(storage, &summary_name).await?
+    } else {
+        None
+    };
+    Ok((f, header, summary))
 }
 
 /// Reads segment `f` whole and scans it: every record verified, the newest

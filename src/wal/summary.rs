@@ -329,14 +329,12 @@ pub async fn write_summary<S: Storage>(
     Ok(bytes.len() as u64)
 }
 
-/// Reads and verifies the summary `name` of a segment whose header is `info`:
-/// `Ok(None)` when it is invalid (the segment is then scanned). Returns the file's
-/// size with it.
-pub async fn read_summary<S: Storage>(
+/// Reads the bytes of summary `name` (verified later, against its segment's header)
+/// and the file's size; `None` when the file is too large to be a summary.
+pub async fn read_summary_bytes<S: Storage>(
     storage: &S,
     name: &str,
-    info: &SegmentInfo,
-) -> WalResult<Option<(Summary, u64)>> {
+) -> WalResult<Option<(Vec<u8>, u64)>> {
     let context = || format!("reading summary {name}");
     let file = storage.open(name, false).await.map_err(io_err(context()))?;
     let size = file.size().await.map_err(io_err(context()))?;
@@ -349,7 +347,7 @@ pub async fn read_summary<S: Storage>(
         .read_at(0, size as usize)
         .await
         .map_err(io_err(context()))?;
-    Ok(decode_summary(&bytes, info, storage.block_bytes()).map(|s| (s, size)))
+    Ok(Some((bytes.to_vec(), size)))
 }
 
 #[cfg(test)]

@@ -7,8 +7,6 @@
 
 use super::*;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
 
 impl<S: Storage> Wal<S> {
     /// Makes every op submitted before this call durable: one write per
@@ -541,30 +539,8 @@ async fn prepare_fresh<S: Storage>(
 /// Runs `futures` concurrently; the first error wins (the others still finish, since a
 /// buffer must not be freed while the device may read it).
 async fn join_all<F: Future<Output = io::Result<()>>>(futures: Vec<F>) -> io::Result<()> {
-    let mut pending: Vec<Option<Pin<Box<F>>>> =
-        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut result = Ok(());
-    std::future::poll_fn(|cx| {
-        let mut all_done = true;
-        for slot in pending.iter_mut() {
-            if let Some(fut) = slot {
-                match fut.as_mut().poll(cx) {
-                    Poll::Ready(r) => {
-                        if result.is_ok() {
-                            result = r;
-                        }
-                        *slot = None;
-                    }
-                    Poll::Pending => all_done = false,
-                }
-            }
-        }
-        if all_done {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
-    result
+    crate::wal::join::join_all(futures)
+        .await
+        .into_iter()
+        .collect()
 }
