@@ -14,11 +14,18 @@
 //!
 //! Run: `cargo bench --bench wal` (directory: `WAL_BENCH_DIR`, default
 //! `target/wal-bench`, on the disk to measure; seconds per case: `WAL_BENCH_SECONDS`).
+//!
+//! `WAL_BENCH_CASE=lifecycle cargo bench --bench wal` measures the cost of a long
+//! log instead: `Wal::open` with 1 GiB and with 10 GiB of 256-byte records retained
+//! (summaries trusted, and 1 GiB with the summaries removed, which scans it all), the
+//! index memory per GiB retained, and reads as the leader makes them to catch a
+//! follower up (1 MiB per call from the log's start). Sizes: `WAL_BENCH_GIB`
+//! (default "1,10"); it needs that much free disk and deletes it afterwards.
 
 use glommio::io::{DmaFile, OpenOptions};
 use glommio::{LocalExecutorBuilder, Placement, spawn_local};
 use ringlog::engine::{Entry, EntryKind};
-use ringlog::wal::{DmaStorage, Preallocate, Wal, WalConfig};
+use ringlog::wal::{DmaStorage, Preallocate, RetentionPolicy, Wal, WalConfig};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -59,12 +66,30 @@ enum Sync {
     Fdatasync,
 }
 
+/// Retention for a WAL run: keep at most this many segments' bytes, purging after
+/// every flush, so that purged segments are recycled as the next ones.
+const RETAINED_SEGMENTS: u64 = 3;
+
 async fn run_wal(
     dir: &Path,
     (sync, mode): (Sync, Preallocate),
     record_bytes: usize,
     batch: usize,
     secs: f64,
+) -> Run {
+    run_wal_retaining(dir, (sync, mode), record_bytes, batch, secs, false).await
+}
+
+/// A WAL run; with `retain`, the log is first filled with twice
+/// `RETAINED_SEGMENTS` segments under retention, so every segment of the measured
+/// part is a recycled one.
+async fn run_wal_retaining(
+    dir: &Path,
+    (sync, mode): (Sync, Preallocate),
+    record_bytes: usize,
+    batch: usize,
+    secs: f64,
+    retain: bool,
 ) -> Run {
     let _ = std::fs::remove_dir_all(dir);
     let config = WalConfig {
@@ -90,10 +115,31 @@ async fn run_wal(
         wal.append(*op, &entries).expect("append");
         *index += batch as u64;
     };
-    // Warm up: the first segment is created and the spare prepared.
-    for _ in 0..3 {
+    let policy = RetentionPolicy {
+        max_bytes: Some(RETAINED_SEGMENTS * WalConfig::default().segment_size_bytes),
+        max_age_ms: None,
+    };
+    let purge = |op: &mut u64| {
+        if let Some(before) = wal.retention_point(&policy, 0) {
+            *op += 1;
+            wal.purge(*op, before).expect("purge");
+        }
+    };
+    // Warm up: the first segment is created and the spare prepared; with retention,
+    // segments are purged and recycled until the spares are recycled ones.
+    let warm_up_bytes = if retain {
+        2 * RETAINED_SEGMENTS * WalConfig::default().segment_size_bytes
+    } else {
+        0
+    };
+    let mut warm_up = 0;
+    while warm_up < 3 || wal.stats().bytes_written < warm_up_bytes {
         append_batch(&mut index, &mut op);
         wal.flush().await.expect("flush");
+        if retain {
+            purge(&mut op);
+        }
+        warm_up += 1;
     }
     let before = wal.stats();
     let start = Instant::now();
@@ -103,6 +149,9 @@ async fn run_wal(
     let mut in_flight = VecDeque::new();
     while start.elapsed().as_secs_f64() < secs {
         append_batch(&mut index, &mut op);
+        if retain {
+            purge(&mut op);
+        }
         let wal = wal.clone();
         in_flight.push_back(spawn_local(
             async move { wal.flush().await.expect("flush") },
@@ -209,6 +258,171 @@ async fn run_raw(
     }
 }
 
+/// Fills a WAL in `dir` with `gib` GiB of 256-byte records (fsync off: the fill is
+/// setup, not measured) and returns the entry count.
+async fn fill(dir: &Path, gib: u64) -> u64 {
+    let config = WalConfig {
+        fsync_disabled: true,
+        ..WalConfig::default()
+    };
+    let (wal, _) = Wal::open(DmaStorage::new(dir).expect("dir"), config)
+        .await
+        .expect("open");
+    let payload = bytes::Bytes::from(vec![0x5au8; 256]);
+    let per_flush = 3_000u64;
+    let records = (gib << 30) / (256 + 48);
+    let (mut index, mut op) = (1u64, 0u64);
+    while index <= records {
+        let entries: Vec<Entry> = (index..index + per_flush)
+            .map(|i| Entry {
+                term: 1,
+                index: i,
+                kind: EntryKind::Record,
+                payload: payload.clone(),
+            })
+            .collect();
+        op += 1;
+        wal.append(op, &entries).expect("append");
+        wal.flush().await.expect("flush");
+        index += per_flush;
+    }
+    index - 1
+}
+
+async fn lifecycle(dir: &Path) {
+    let sizes: Vec<u64> = std::env::var("WAL_BENCH_GIB")
+        .unwrap_or_else(|_| "1,10".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("GiB"))
+        .collect();
+    println!(
+        "{:>4} {:>10} {:>9} {:>13} {:>15} {:>16} {:>14}",
+        "GiB", "entries", "segments", "open ms", "index KiB", "index KiB/GiB", "catch-up MB/s"
+    );
+    for gib in sizes {
+        let wal_dir = dir.join(format!("lifecycle-{gib}"));
+        let _ = std::fs::remove_dir_all(&wal_dir);
+        let entries = fill(&wal_dir, gib).await;
+        let mut opens = Vec::new();
+        let mut memory = 0;
+        let mut segments = 0;
+        for _ in 0..REPEATS {
+            let start = Instant::now();
+            let (wal, rec) = Wal::open(
+                DmaStorage::new(&wal_dir).expect("dir"),
+                WalConfig::default(),
+            )
+            .await
+            .expect("open");
+            opens.push(start.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(rec.last_index, entries);
+            memory = wal.index_memory_bytes();
+            segments = wal.disk_bytes() / WalConfig::default().segment_size_bytes;
+        }
+        opens.sort_by(f64::total_cmp);
+        // Catch-up reads over the first GiB, 1 MiB per call as send_from_wal asks.
+        let (wal, rec) = Wal::open(
+            DmaStorage::new(&wal_dir).expect("dir"),
+            WalConfig::default(),
+        )
+        .await
+        .expect("open");
+        let (mut next, mut bytes) = (rec.log_start, 0u64);
+        let end = rec.last_index.min((1 << 30) / (256 + 48)) + 1;
+        let start = Instant::now();
+        while next < end {
+            let batch = wal.read(next, end, 1 << 20).await.expect("read");
+            next += batch.len() as u64;
+            bytes += batch.iter().map(|e| e.payload.len() as u64).sum::<u64>();
+        }
+        let read_rate = bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
+        drop(wal);
+        println!(
+            "{:>4} {:>10} {:>9} {:>13.1} {:>15.1} {:>16.1} {:>14.0}",
+            gib,
+            entries,
+            segments,
+            opens[REPEATS / 2],
+            memory as f64 / 1024.0,
+            memory as f64 / 1024.0 / gib as f64,
+            read_rate
+        );
+        if gib == 1 {
+            // The same log with every summary removed: each segment is scanned.
+            for entry in std::fs::read_dir(&wal_dir).expect("list") {
+                let path = entry.expect("entry").path();
+                if path.extension().is_some_and(|x| x == "sum") {
+                    std::fs::remove_file(path).expect("remove summary");
+                }
+            }
+            let start = Instant::now();
+            let (wal, _) = Wal::open(
+                DmaStorage::new(&wal_dir).expect("dir"),
+                WalConfig::default(),
+            )
+            .await
+            .expect("open");
+            println!(
+                "{:>4} open without summaries (scanning every segment, then writing them): {:.1} ms",
+                gib,
+                start.elapsed().as_secs_f64() * 1e3
+            );
+            drop(wal);
+        }
+        std::fs::remove_dir_all(&wal_dir).expect("remove bench data");
+    }
+}
+
+/// WAL over raw at large writes, with fresh segments and with recycled ones, side
+/// by side: for each write size the three runs alternate, `REPEATS` times.
+async fn recycling(dir: &Path, secs: f64) {
+    println!(
+        "4 KiB records, O_DSYNC writes, auto preallocation; WAL/raw: WAL flushes/s over raw \
+         O_DIRECT|O_DSYNC writes/s of equal size into a zero-filled file; median of {REPEATS}"
+    );
+    println!(
+        "{:>6} {:>10} {:>13} {:>12} {:>16} {:>14} {:>11}",
+        "batch",
+        "write B",
+        "raw writes/s",
+        "fresh WAL/raw",
+        "fresh MB/s",
+        "recycled WAL/raw",
+        "recycled MB/s"
+    );
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[REPEATS / 2]
+    };
+    let mode = (Sync::WriteThrough, Preallocate::Auto);
+    for batch in [176usize, 216, 252] {
+        let (mut raws, mut fresh, mut recycled) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fresh_mb, mut recycled_mb) = (Vec::new(), Vec::new());
+        let mut size = 0;
+        for _ in 0..REPEATS {
+            let run = run_wal_retaining(&dir.join("wal"), mode, 4096, batch, secs, false).await;
+            size = run.bytes_per_round;
+            let raw = run_raw(&dir.join("raw"), (Sync::WriteThrough, true), size, secs, 1).await;
+            let again = run_wal_retaining(&dir.join("wal"), mode, 4096, batch, secs, true).await;
+            raws.push(raw.round_rate());
+            fresh.push(run.round_rate() / raw.round_rate());
+            fresh_mb.push(run.per_sec(run.payload_bytes) / 1e6);
+            recycled.push(again.round_rate() / raw.round_rate());
+            recycled_mb.push(again.per_sec(again.payload_bytes) / 1e6);
+        }
+        println!(
+            "{:>6} {:>10} {:>13.0} {:>12.2} {:>16.0} {:>14.2} {:>11.0}",
+            batch,
+            size,
+            median(raws),
+            median(fresh),
+            median(fresh_mb),
+            median(recycled),
+            median(recycled_mb)
+        );
+    }
+}
+
 fn main() {
     let dir: PathBuf = std::env::var("WAL_BENCH_DIR")
         .unwrap_or_else(|_| "target/wal-bench".into())
@@ -221,6 +435,14 @@ fn main() {
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(2 << 20)
         .spawn(move || async move {
+            if std::env::var("WAL_BENCH_CASE").is_ok_and(|c| c == "lifecycle") {
+                lifecycle(&dir).await;
+                return;
+            }
+            if std::env::var("WAL_BENCH_CASE").is_ok_and(|c| c == "recycle") {
+                recycling(&dir, secs).await;
+                return;
+            }
             println!(
                 "WAL (group commit, O_DSYNC writes, auto preallocation) vs raw O_DIRECT | O_DSYNC \
                  writes at equal write size, {FLUSHES_IN_FLIGHT} WAL flushes in flight; median of \

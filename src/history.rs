@@ -56,10 +56,21 @@ pub struct History {
 /// Each node's log at the end, per partition: (index, record), in index order.
 pub type FinalLogs = BTreeMap<NodeId, BTreeMap<Partition, Vec<(Index, Bytes)>>>;
 
+/// Each node's log start per partition as the final read observed it: every index
+/// below it had been removed (by retention or a trim) when it was asked for. A
+/// missing entry means nothing was removed.
+pub type LogStarts = BTreeMap<NodeId, BTreeMap<Partition, Index>>;
+
 /// Every violation found, each a sentence naming partition, index and record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub acked_records: u64,
+    /// Acknowledged records missing from a node's final log because their index is
+    /// below that node's log start, counted once per (record, node).
+    pub removed_records: u64,
+    /// Records returned by reads whose index every node has since removed: they
+    /// are checked against the appends instead of the final logs.
+    pub removed_reads: u64,
     pub unknown_records_present: u64,
     pub lost: Vec<String>,
     pub duplicated: Vec<String>,
@@ -90,8 +101,9 @@ impl Report {
     /// One line of counts, for test output and notes.
     pub fn summary(&self) -> String {
         format!(
-            "{} acknowledged records checked; lost {}, duplicated {}, misplaced {}, divergent {}, phantom {}, refused-but-present {}, read mismatches {}, stale reads {}; {} unknown-outcome records present once",
+            "{} acknowledged records checked ({} record copies removed below a node's log start); lost {}, duplicated {}, misplaced {}, divergent {}, phantom {}, refused-but-present {}, read mismatches {} ({} reads of removed records checked against the appends), stale reads {}; {} unknown-outcome records present once",
             self.acked_records,
+            self.removed_records,
             self.lost.len(),
             self.duplicated.len(),
             self.misplaced.len(),
@@ -99,6 +111,7 @@ impl Report {
             self.phantom.len(),
             self.refused_present.len(),
             self.read_mismatch.len(),
+            self.removed_reads,
             self.stale_reads.len(),
             self.unknown_records_present
         )
@@ -108,7 +121,15 @@ impl Report {
 /// Where each record was appended from: (append number, position in its batch).
 type Origins<'h> = HashMap<&'h Bytes, (usize, usize)>;
 
+/// Checks a history against final logs from which nothing was removed.
 pub fn check(history: &History, finals: &FinalLogs) -> Report {
+    check_retained(history, finals, &LogStarts::new())
+}
+
+/// Checks a history against final logs read from each node's log start `starts`:
+/// an acknowledged record is excused from a node's log only when its index is below
+/// that node's start, and a read record only when every node removed its index.
+pub fn check_retained(history: &History, finals: &FinalLogs, starts: &LogStarts) -> Report {
     let mut report = Report::default();
     let origins: Origins = history
         .appends
@@ -120,8 +141,14 @@ pub fn check(history: &History, finals: &FinalLogs) -> Report {
     for (&partition, log) in &agreed {
         check_final_log(history, &origins, partition, log, &mut report);
     }
-    check_acknowledged(history, finals, &mut report);
-    check_reads(history, &agreed, &mut report);
+    check_acknowledged(history, finals, starts, &mut report);
+    check_reads(
+        history,
+        &origins,
+        &agreed,
+        &removed_below(finals, starts),
+        &mut report,
+    );
     report
 }
 
@@ -188,8 +215,38 @@ fn check_final_log(
     }
 }
 
-/// Every acknowledged record is on every node, exactly at its acknowledged index.
-fn check_acknowledged(history: &History, finals: &FinalLogs, report: &mut Report) {
+/// Node `node`'s log start of `partition` (1: nothing removed).
+fn start_of(starts: &LogStarts, node: NodeId, partition: Partition) -> Index {
+    starts
+        .get(&node)
+        .and_then(|p| p.get(&partition))
+        .copied()
+        .unwrap_or(1)
+}
+
+/// Per partition, the index below which every node has removed its log.
+fn removed_below(finals: &FinalLogs, starts: &LogStarts) -> BTreeMap<Partition, Index> {
+    let mut lowest: BTreeMap<Partition, Index> = BTreeMap::new();
+    for (&node, partitions) in finals {
+        for &partition in partitions.keys() {
+            let start = start_of(starts, node, partition);
+            lowest
+                .entry(partition)
+                .and_modify(|s| *s = (*s).min(start))
+                .or_insert(start);
+        }
+    }
+    lowest
+}
+
+/// Every acknowledged record is on every node, exactly at its acknowledged index,
+/// unless that index is below the node's log start.
+fn check_acknowledged(
+    history: &History,
+    finals: &FinalLogs,
+    starts: &LogStarts,
+    report: &mut Report,
+) {
     let positions: BTreeMap<(NodeId, Partition), HashMap<&Bytes, Index>> = finals
         .iter()
         .flat_map(|(&node, partitions)| {
@@ -210,6 +267,9 @@ fn check_acknowledged(history: &History, finals: &FinalLogs, report: &mut Report
                     .get(&(node, op.partition))
                     .and_then(|p| p.get(record));
                 match found {
+                    None if expected < start_of(starts, node, op.partition) => {
+                        report.removed_records += 1
+                    }
                     None => report.lost.push(format!(
                         "partition {} node {node}: acknowledged {record:?} (index {expected}) is missing",
                         op.partition
@@ -225,10 +285,13 @@ fn check_acknowledged(history: &History, finals: &FinalLogs, report: &mut Report
     }
 }
 
-/// Reads return what the log holds, and a client never sees the commit index fall.
+/// Reads return what the log holds (or, for an index every node has removed since,
+/// what was appended there), and a client never sees the commit index fall.
 fn check_reads(
     history: &History,
+    origins: &Origins,
     agreed: &BTreeMap<Partition, BTreeMap<Index, Bytes>>,
+    removed_below: &BTreeMap<Partition, Index>,
     report: &mut Report,
 ) {
     let mut last_commit: HashMap<(ClientId, Partition), Index> = HashMap::new();
@@ -243,8 +306,15 @@ fn check_reads(
             last_commit.insert(key, previous);
         }
         let log = agreed.get(&read.partition);
+        let removed = removed_below.get(&read.partition).copied().unwrap_or(1);
         for (index, record) in &read.records {
-            if log.and_then(|l| l.get(index)) != Some(record) {
+            let held = log.and_then(|l| l.get(index));
+            if held.is_none() && *index < removed {
+                report.removed_reads += 1;
+                if let Some(wrong) = removed_read_mismatch(history, origins, read, *index, record) {
+                    report.read_mismatch.push(wrong);
+                }
+            } else if held != Some(record) {
                 report.read_mismatch.push(format!(
                     "client {} partition {} index {index}: read {record:?}, the log holds {:?}",
                     read.client,
@@ -253,6 +323,37 @@ fn check_reads(
                 ));
             }
         }
+    }
+}
+
+/// A read returned `record` at `index`, which every node has removed since: it must
+/// have been appended to this partition and, if acknowledged, at this index.
+fn removed_read_mismatch(
+    history: &History,
+    origins: &Origins,
+    read: &ReadOp,
+    index: Index,
+    record: &Bytes,
+) -> Option<String> {
+    let what = format!(
+        "client {} partition {} index {index} (since removed): read {record:?}",
+        read.client, read.partition
+    );
+    let Some(&(a, k)) = origins.get(record) else {
+        return Some(format!("{what}, which was never appended"));
+    };
+    let op = &history.appends[a];
+    match op.outcome {
+        _ if op.partition != read.partition => Some(format!(
+            "{what}, which was appended to partition {}",
+            op.partition
+        )),
+        AppendOutcome::Acked { first_index } if first_index + k as Index != index => Some(format!(
+            "{what}, which was acknowledged at {}",
+            first_index + k as Index
+        )),
+        AppendOutcome::Refused => Some(format!("{what}, which was refused")),
+        _ => None,
     }
 }
 
@@ -363,6 +464,48 @@ mod tests {
             (1, 1),
             "{report:?}"
         );
+    }
+
+    fn starts(start: Index, nodes: &[NodeId]) -> LogStarts {
+        nodes
+            .iter()
+            .map(|&n| (n, BTreeMap::from([(0, start)])))
+            .collect()
+    }
+
+    #[test]
+    fn records_below_the_log_start_are_removed_not_lost() {
+        // Every node starts at 3: "a" (index 2) was removed, "b" must still be there.
+        let finals = three_nodes(&[(3, "b"), (5, "c")]);
+        let report = check_retained(&good_history(), &finals, &starts(3, &[1, 2, 3]));
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(
+            (report.removed_records, report.removed_reads),
+            (3, 1),
+            "a is removed on three nodes, and the read of it is checked against the appends"
+        );
+    }
+
+    #[test]
+    fn a_start_excuses_only_its_own_node_and_only_below_it() {
+        // Node 1 starts at 3 and lacks "a" (removed); node 2 starts at 1 and lacks
+        // "a" (lost); node 3 starts at 3 and lacks "b" at 3 (lost).
+        let mut finals = three_nodes(&[(3, "b")]);
+        finals.insert(2, log(&[(3, "b")]));
+        finals.insert(3, log(&[]));
+        let mut log_starts = starts(3, &[1, 3]);
+        log_starts.insert(2, BTreeMap::from([(0, 1)]));
+        let report = check_retained(&good_history(), &finals, &log_starts);
+        assert_eq!(report.removed_records, 2, "{report:?}");
+        assert_eq!(report.lost.len(), 2, "{report:?}");
+    }
+
+    #[test]
+    fn a_wrong_read_of_a_removed_index_is_caught() {
+        let mut history = good_history();
+        history.reads[0].records = vec![(2, rec("b"))];
+        let report = check_retained(&history, &three_nodes(&[(3, "b")]), &starts(3, &[1, 2, 3]));
+        assert_eq!(report.read_mismatch.len(), 1, "{report:?}");
     }
 
     #[test]

@@ -317,6 +317,19 @@ fn enumerate_cuts(disk: Disk, preallocate: Preallocate, seed: u64, steps: usize)
             }
         }
         let events = disk.event_count();
+        // Segment summaries are written while the workload runs (create, write, sync,
+        // rename, directory sync), so the cuts below fall at every point of them too;
+        // each image is then opened twice, the second time trusting the summaries
+        // the first open wrote for the segments it scanned.
+        let summaries = disk
+            .events()
+            .iter()
+            .filter(|e| matches!(e, ringlog::wal::sim::SimEvent::Rename { to, .. } if to.ends_with(".sum")))
+            .count();
+        assert!(
+            summaries >= 2,
+            "seed {seed}: the workload wrote {summaries} summaries"
+        );
         let mut rng = Lcg(seed ^ 0xfeed);
         let mut images = 0;
         for cut in 0..=events {

@@ -47,6 +47,9 @@ pub struct WalConfig {
     /// Recovery: truncate the log at a corruption instead of refusing to start. Only
     /// for a member that will catch up from peers without voting.
     pub truncate_corrupt_tail: bool,
+    /// Segment files held open at once: the newest segment, plus a cache of sealed
+    /// ones opened on demand for reads (least recently used closed first). At least 2.
+    pub open_segments_max: usize,
 }
 
 /// Default segment size: 64 MiB.
@@ -67,6 +70,8 @@ pub const CACHE_BYTES_MAX_DEFAULT: usize = 8 << 20;
 /// preparation halves it (1,265 / 2 MB/s), while below 64 KiB a write to a zero-filled
 /// segment is about 1.5 times faster.
 pub const ZERO_FILL_WRITE_BYTES_MAX_DEFAULT: usize = 256 << 10;
+/// Default bound on open segment files: 16.
+pub const OPEN_SEGMENTS_MAX_DEFAULT: usize = 16;
 /// Zero-filling writes at most this many bytes per write.
 pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
@@ -83,6 +88,7 @@ impl Default for WalConfig {
             zero_fill_write_bytes_max: ZERO_FILL_WRITE_BYTES_MAX_DEFAULT,
             fsync_disabled: false,
             truncate_corrupt_tail: false,
+            open_segments_max: OPEN_SEGMENTS_MAX_DEFAULT,
         }
     }
 }
@@ -119,6 +125,11 @@ impl WalConfig {
             || (self.buffered_bytes_max as u64) < record_max + 2 * block
         {
             return Err("buffered_bytes_max must hold a flush and the largest record".into());
+        }
+        if self.open_segments_max < 2 {
+            return Err(
+                "open_segments_max must be at least 2 (the newest segment and one other)".into(),
+            );
         }
         if self.flushes_in_flight_max == 0 {
             return Err("flushes_in_flight_max must be at least 1".into());

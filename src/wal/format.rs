@@ -26,6 +26,9 @@ pub const RECORD_MAGIC: u8 = 0xA7;
 pub const KIND_PAD: u8 = 0xFE;
 /// Segment header flag: this segment discards every older segment (ResetLog).
 pub const SEGMENT_FLAG_RESET: u16 = 1;
+/// Segment header flag: the file is a recycled segment, so blocks this segment has
+/// not written hold stale records of an older segment (see docs/wal-format.md).
+pub const SEGMENT_FLAG_RECYCLED: u16 = 2;
 /// Hard-state flag: `voted_for` holds a vote.
 pub const HARD_STATE_FLAG_VOTED: u32 = 1;
 
@@ -223,6 +226,8 @@ pub struct SegmentInfo {
     pub first_index: Index,
     pub prev_term: Term,
     pub reset: bool,
+    /// The file was a purged segment before: unwritten blocks hold stale records.
+    pub recycled: bool,
     /// The size of the segment file, header block included.
     pub segment_size_bytes: u64,
 }
@@ -247,7 +252,14 @@ pub fn encode_segment_header(block: &mut [u8], info: &SegmentInfo, block_bytes: 
     let mut header = SegmentHeader {
         magic: SEGMENT_MAGIC,
         version: U16::new(SEGMENT_VERSION),
-        flags: U16::new(if info.reset { SEGMENT_FLAG_RESET } else { 0 }),
+        flags: U16::new(
+            if info.reset { SEGMENT_FLAG_RESET } else { 0 }
+                | if info.recycled {
+                    SEGMENT_FLAG_RECYCLED
+                } else {
+                    0
+                },
+        ),
         segment_size_bytes: U32::new(info.segment_size_bytes as u32),
         segment_seq: U64::new(info.segment_seq),
         first_index: U64::new(info.first_index),
@@ -280,6 +292,7 @@ pub fn decode_segment_header(
             first_index: header.first_index.get(),
             prev_term: header.prev_term.get(),
             reset: header.flags.get() & SEGMENT_FLAG_RESET != 0,
+            recycled: header.flags.get() & SEGMENT_FLAG_RECYCLED != 0,
             segment_size_bytes: header.segment_size_bytes.get() as u64,
         },
         SEGMENT_VERSION_UNSIZED => decode_unsized(bytes, unsized_segment_bytes)?,
@@ -309,6 +322,7 @@ fn decode_unsized(bytes: &[u8], segment_size_bytes: u64) -> Option<SegmentInfo> 
         first_index: header.first_index.get(),
         prev_term: header.prev_term.get(),
         reset: header.flags.get() & u32::from(SEGMENT_FLAG_RESET) != 0,
+        recycled: false,
         segment_size_bytes,
     })
 }
@@ -385,6 +399,7 @@ mod tests {
             first_index: 100,
             prev_term: 2,
             reset: true,
+            recycled: true,
             segment_size_bytes: 64 << 10,
         };
         let mut block = vec![0u8; 512];
@@ -450,6 +465,7 @@ mod tests {
                 first_index: 50,
                 prev_term: 2,
                 reset: true,
+                recycled: false,
                 segment_size_bytes: 8 << 10,
             })
         );

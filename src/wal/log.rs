@@ -16,9 +16,10 @@ use super::format::{
     encode_segment_header, verify_record,
 };
 use super::hardstate::HardStateFile;
-use super::recovery::{RecoveryReport, SPARE_FILE_NAME, recover};
-use super::segment::Segment;
+use super::recovery::{RECYCLE_FILE_NAME, RecoveryReport, SPARE_FILE_NAME, recover};
+use super::segment::{SPARSE_STRIDE_BYTES, Segment, parse_segment_file_name, summary_file_name};
 use super::storage::{Storage, StorageFile};
+use super::summary::{Summary, write_summary};
 use crate::engine::{Entry, HardState, Index, Term};
 use bytes::Bytes;
 use glommio::sync::Semaphore;
@@ -83,8 +84,10 @@ pub struct WalStats {
     pub syncs: u64,
 }
 
-/// A segment file handle that exists once the flush creating the file has run.
-type FileSlot<F> = Rc<OnceCell<F>>;
+/// A segment file handle that exists once the flush creating the file has run. Only
+/// the newest segments keep theirs; sealed ones are opened on demand through the
+/// bounded cache of open files.
+type FileSlot<F> = Rc<OnceCell<Rc<F>>>;
 
 enum Item<F> {
     /// Encoded records for one segment, starting at block-aligned `pos`.
@@ -95,12 +98,15 @@ enum Item<F> {
         data: Vec<u8>,
         flush_seq: u64,
     },
-    /// Create a segment file; then delete the segments it supersedes (newest first).
+    /// Create a segment file; then delete the segments it supersedes (newest first),
+    /// then write the summary of the segment before it, as it was when this one was
+    /// queued (consistent with this segment's header).
     NewSegment {
         info: SegmentInfo,
         name: String,
         slot: FileSlot<F>,
         superseded: Vec<String>,
+        summary_of_prev: Option<Box<(String, Summary)>>,
     },
     HardState(HardState),
     /// Delete these segments (oldest first).
@@ -116,8 +122,8 @@ struct Queued<F> {
     last_index: Index,
 }
 
-/// The background preparation of the next segment file.
-type Spare<F> = Task<io::Result<F>>;
+/// The background preparation of the next segment file (and whether it is recycled).
+type Spare<F> = Task<io::Result<(F, bool)>>;
 
 struct Inner<F> {
     failed: Option<String>,
@@ -155,6 +161,8 @@ struct Inner<F> {
     /// ones) are done: the next flush waits on it before it syncs.
     last_written: Rc<Semaphore>,
     spare: Option<Spare<F>>,
+    /// A purged segment is kept as `recycle.tmp` for the next spare.
+    recycle_present: bool,
     /// The newest flush taken removes files or writes the hard state: the next one
     /// must not write before that is durable, or a crash could keep its records but
     /// not the removal (a purge undone while later appends survive) or not the hard
@@ -182,6 +190,9 @@ struct Shared<S: Storage> {
     hard_state_file: RefCell<Option<HardStateFile<S::File>>>,
     /// Told the duration of each segment fdatasync (for metrics).
     sync_observer: RefCell<Option<SyncObserver>>,
+    /// Sealed segments opened for reads, most recently used last, by segment_seq:
+    /// at most `open_segments_max - 1`, the newest segment holding the last place.
+    open_files: RefCell<VecDeque<(u64, Rc<S::File>)>>,
 }
 
 /// One shard's write-ahead log. Cloning gives another handle to the same log (so a
@@ -240,9 +251,6 @@ impl<S: Storage> Wal<S> {
         for mut seg in rec.segments {
             let slot = Rc::new(OnceCell::new());
             if let Some(file) = seg.file.take() {
-                let file = Rc::try_unwrap(file).map_err(|_| {
-                    WalError::Usage("segment file handle shared during recovery".into())
-                })?;
                 let _ = slot.set(file);
             }
             slots.push_back(slot);
@@ -255,6 +263,19 @@ impl<S: Storage> Wal<S> {
                 .await
                 .map_err(io_err("syncing the newest segment"))?;
         }
+        // Sealed segments that had to be scanned get their summary now, so the next
+        // start trusts it. Superseded segments are gone by now, so each summary (of
+        // the segment as chained, cut where a later segment continues the log)
+        // agrees with every segment left on disk.
+        let sealed = segments.len().saturating_sub(1);
+        for seg in segments.iter_mut().take(sealed).filter(|s| !s.summarized) {
+            seg.summary_bytes = write_summary(&storage, &seg.name, &Summary::of(seg)).await?;
+            seg.summarized = true;
+        }
+        let trims: Vec<(Index, Index)> = segments
+            .iter()
+            .flat_map(|s| s.trims.iter().copied())
+            .collect();
         let (last_index, last_term) = match segments.back() {
             Some(seg) => (seg.last_index(), seg.last_term()),
             None => (rec.log_start - 1, rec.start_prev_term),
@@ -266,7 +287,7 @@ impl<S: Storage> Wal<S> {
             last_index,
             last_term,
             reports,
-            trims: Vec::new(),
+            trims,
         };
         let inner = Inner {
             failed: None,
@@ -290,6 +311,7 @@ impl<S: Storage> Wal<S> {
             last_done: Rc::new(Semaphore::new(1)),
             last_written: Rc::new(Semaphore::new(1)),
             spare: None,
+            recycle_present: rec.recycle_present,
             barrier_pending: false,
             stats: WalStats::default(),
             stats_at_segment_start: WalStats::default(),
@@ -304,6 +326,7 @@ impl<S: Storage> Wal<S> {
                 inner: RefCell::new(inner),
                 hard_state_file: RefCell::new(Some(hs_file)),
                 sync_observer: RefCell::new(None),
+                open_files: RefCell::new(VecDeque::new()),
             }),
         };
         wal.start_spare();
@@ -316,7 +339,8 @@ impl<S: Storage> Wal<S> {
         // of the segment each one becomes.
         let size = self.shared.config.segment_size_bytes;
         let zero_fill = self.zero_fill_next();
-        let task = spawn_local(prepare_spare(storage, size, zero_fill));
+        let recycle = std::mem::take(&mut self.shared.inner.borrow_mut().recycle_present);
+        let task = spawn_local(prepare_spare(storage, size, zero_fill, recycle));
         let mut inner = self.shared.inner.borrow_mut();
         inner.spare = Some(task);
         inner.stats_at_segment_start = inner.stats;
@@ -345,9 +369,10 @@ impl<S: Storage> Wal<S> {
     }
 
     /// Notes the wall-clock time (ms since the Unix epoch); the runtime calls it every
-    /// tick. Sealed segments remember the time noted when they were sealed; segments
-    /// found sealed at recovery take the first time noted after it (so retention by
-    /// age never removes them earlier than it should).
+    /// tick. Sealed segments remember the time noted when they were sealed, and their
+    /// summaries keep it across restarts; a segment sealed before any time was noted
+    /// takes the first time noted after (so retention by age never removes it earlier
+    /// than it should).
     pub fn note_time_ms(&self, now_ms: u64) {
         let mut inner = self.shared.inner.borrow_mut();
         inner.now_ms = now_ms;
@@ -357,14 +382,32 @@ impl<S: Storage> Wal<S> {
         }
     }
 
-    /// Bytes of the live segment files (the disk this log uses, spare excluded).
+    /// Bytes of the disk this log uses: live segment files, their summaries, the
+    /// spare segment being prepared and a purged segment kept for recycling (one
+    /// configured segment each).
     pub fn disk_bytes(&self) -> u64 {
+        let inner = self.shared.inner.borrow();
+        let segments: u64 = inner
+            .segments
+            .iter()
+            .map(|s| s.info.segment_size_bytes + s.summary_bytes)
+            .sum();
+        let size = self.shared.config.segment_size_bytes;
+        let spare = if inner.spare.is_some() { size } else { 0 };
+        let recycle = if inner.recycle_present { size } else { 0 };
+        segments + spare + recycle
+    }
+
+    /// Bytes of memory the log's index takes (sparse index points, term runs, trim
+    /// entries and per-segment bookkeeping; the read cache is not counted).
+    pub fn index_memory_bytes(&self) -> usize {
         let inner = self.shared.inner.borrow();
         inner
             .segments
             .iter()
-            .map(|s| s.info.segment_size_bytes)
-            .sum()
+            .map(|s| s.index_memory_bytes())
+            .sum::<usize>()
+            + inner.segments.capacity() * size_of::<FileSlot<S::File>>()
     }
 
     /// The index before which `policy` removes the log at `now_ms`: the first index

@@ -29,14 +29,16 @@ pub mod dir;
 pub mod error;
 pub mod format;
 pub mod hardstate;
+pub mod join;
 pub mod log;
 pub mod recovery;
 pub mod scan;
 pub mod segment;
 pub mod sim;
 pub mod storage;
+pub mod summary;
 
-pub use config::{Preallocate, WalConfig};
+pub use config::{OPEN_SEGMENTS_MAX_DEFAULT, Preallocate, WalConfig};
 pub use error::{WalError, WalResult};
 pub use log::{Durable, Recovered, RetentionPolicy, Wal, WalStats};
 pub use recovery::RecoveryReport;

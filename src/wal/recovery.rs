@@ -8,15 +8,21 @@ use super::format::{
     SEGMENT_HEADER_BYTES, SEGMENT_VERSION_UNSIZED, SegmentInfo, decode_segment_header,
     segment_header_version, segment_size_valid,
 };
-use super::scan::{END_OF_RECORDS, Stop, Tail, classify_tail, scan_segment};
-use super::segment::{Segment, parse_segment_file_name};
+use super::join::join_all;
+use super::scan::{Stop, Tail, classify_tail, is_clean_end, scan_segment};
+use super::segment::{
+    Segment, parse_segment_file_name, parse_summary_file_name, segment_file_name, summary_file_name,
+};
 use super::storage::{Storage, StorageFile};
+use super::summary::{decode_summary, read_summary_bytes};
 use crate::engine::{Index, Term};
 use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Name of the segment being prepared ahead of the writer.
 pub const SPARE_FILE_NAME: &str = "spare.tmp";
+/// Name of a purged segment kept to become the next spare (recycling).
+pub const RECYCLE_FILE_NAME: &str = "recycle.tmp";
 
 /// Something recovery found and handled, reported to the operator.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +89,8 @@ pub struct Recovery<F> {
     pub flush_seq_max: u64,
     pub segment_seq_max: u64,
     pub reports: Vec<RecoveryReport>,
+    /// A purged segment waits to be recycled.
+    pub recycle_present: bool,
 }
 
 struct Found<F> {
@@ -142,7 +150,6 @@ async fn read_segment_header<F: StorageFile>(
 /// Recovers the log in `storage`.
 pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<Recovery<S::File>> {
     let block = storage.block_bytes();
-    let payload_max = config.record_size_bytes_max;
     let names = storage
         .list()
         .await
@@ -155,6 +162,7 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
         flush_seq_max: 0,
         segment_seq_max: 0,
         reports: Vec::new(),
+        recycle_present: names.iter().any(|n| n == RECYCLE_FILE_NAME),
     };
     let mut found: Vec<(u64, Index, String)> = names
         .iter()
@@ -166,75 +174,55 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
     let mut stops: HashMap<String, Option<Stop>> = HashMap::new();
     let count = found.len();
     let all_names: Vec<String> = found.iter().map(|(_, _, n)| n.clone()).collect();
+    // Headers and summaries are read ahead, a batch at a time and concurrently, so
+    // that start-up time hardly grows with the number of sealed segments; the batch
+    // stays within the bound on open segment files.
+    let batch = config.open_segments_max.saturating_sub(1).max(1);
+    let mut ahead = std::collections::VecDeque::new();
     for (k, (seq, first, name)) in found.into_iter().enumerate() {
         let newest = k + 1 == count;
         rec.segment_seq_max = rec.segment_seq_max.max(seq);
-        let f = Found {
-            file: storage
-                .open(&name, false)
-                .await
-                .map_err(io_err(format!("opening {name}")))?,
-            name,
-        };
+        if ahead.is_empty() {
+            let upto = (k + batch).min(count);
+            let reads = all_names[k..upto]
+                .iter()
+                .enumerate()
+                .map(|(j, n)| read_ahead(storage, n, k + j + 1 == count, &names, config));
+            ahead.extend(join_all(reads.collect()).await);
+        }
+        let (f, header, summary) = ahead.pop_front().expect("read ahead")?;
+        debug_assert_eq!(f.name, name);
         let corrupt = |offset: u64, index: Index, reason: &str| WalError::Corrupt {
             file: f.name.clone(),
             offset,
             index,
             reason: reason.to_string(),
         };
-        let info = read_segment_header(&f, first, seq, block, config)
-            .await?
-            .map_err(|reason| corrupt(0, first, reason))?;
-        let size_bytes = info.segment_size_bytes as usize;
-        let mut bytes = f
-            .file
-            .read_at(0, size_bytes)
-            .await
-            .map_err(io_err(format!("reading {}", f.name)))?
-            .to_vec();
-        // Blocks never written read as zeros (a first-version segment's file may be
-        // shorter than the configured size it is read with).
-        bytes.resize(size_bytes, 0);
-        let mut scan = scan_segment(&bytes, &info, block, payload_max);
-        // A configuration change applies to new segments only: a newest segment of
-        // another size keeps its entries but takes no more, so appends go on in a
-        // segment of the configured size.
-        let mut sealed = !newest || info.segment_size_bytes != config.segment_size_bytes;
-        if newest {
-            match classify_tail(&bytes, &mut scan, &info, block, payload_max) {
-                Tail::Clean => {}
-                Tail::Torn => {
-                    let stop = scan.stop.clone().expect("a torn tail has a stop");
-                    rec.reports.push(RecoveryReport::TornTail {
-                        file: f.name.clone(),
-                        offset: stop.offset,
-                        index: stop.index,
-                    });
-                    sealed = true;
-                }
-                Tail::Corrupt { reason } => {
-                    let stop = scan.stop.clone().expect("corruption has a stop");
-                    if !config.truncate_corrupt_tail {
-                        return Err(corrupt(stop.offset, stop.index, &reason));
-                    }
-                    rec.reports.push(RecoveryReport::TruncatedCorruption {
-                        file: f.name.clone(),
-                        offset: stop.offset,
-                        index: stop.index,
-                    });
-                    sealed = true;
-                }
+        let info = header.map_err(|reason| corrupt(0, first, reason))?;
+        // A summary of another header is no summary.
+        let summary =
+            summary.and_then(|(s, size)| decode_summary(&s, &info, block).map(|s| (s, size)));
+        let (seg, stop) = match summary {
+            Some((summary, summary_bytes)) => {
+                let mut seg = Segment::new(info, block);
+                summary.restore(&mut seg);
+                seg.summary_bytes = summary_bytes;
+                let stop = seg.damage_offset.map(|offset| Stop {
+                    offset,
+                    index: seg.last_index() + 1,
+                    reason: "damage recorded in the segment's summary",
+                });
+                (seg, stop)
             }
-        }
-        rec.flush_seq_max = rec.flush_seq_max.max(scan.flush_seq_max);
-        let mut seg = Segment::new(info, block);
+            None => scan_into_segment(&f, info, newest, config, block, &mut rec).await?,
+        };
+        let mut seg = seg;
         seg.name = f.name.clone();
-        seg.file = Some(Rc::new(f.file));
-        seg.sealed = sealed;
-        seg.end_pos = scan.end_pos;
-        for (offset, term) in &scan.entries {
-            seg.push(*term, *offset);
+        if newest {
+            seg.file = Some(Rc::new(f.file));
         }
+        rec.flush_seq_max = rec.flush_seq_max.max(seg.flush_seq_max);
+        let scan_stop = stop;
 
         // Chain it after the live segments.
         let supersedes_all =
@@ -287,7 +275,7 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
             // An older segment is sealed: damage where its scan stopped lies beyond its
             // live entries now that this segment continues the log from there.
             if let Some(stop) = stops.get(&prev.name).cloned().flatten()
-                && stop.reason != END_OF_RECORDS
+                && !is_clean_end(stop.reason)
             {
                 rec.reports.push(RecoveryReport::IgnoredDamage {
                     file: prev.name.clone(),
@@ -305,13 +293,139 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
                 ));
             }
         }
-        stops.insert(seg.name.clone(), scan.stop.clone());
+        stops.insert(seg.name.clone(), scan_stop);
         rec.segments.push(seg);
     }
     dead.reverse();
-    rec.obsolete = dead;
-    if names.iter().any(|n| n == SPARE_FILE_NAME) {
-        rec.obsolete.push(SPARE_FILE_NAME.to_string());
+    // A dead segment's summary goes right after it; summaries without a live segment
+    // (their segment's removal completed, theirs did not) and unfinished summary
+    // files go too.
+    for name in dead {
+        let summary = summary_file_name(&name);
+        rec.obsolete.push(name);
+        if names.contains(&summary) {
+            rec.obsolete.push(summary);
+        }
+    }
+    for name in &names {
+        let orphan = parse_summary_file_name(name).is_some_and(|(first, seq)| {
+            !rec.segments
+                .iter()
+                .any(|s| s.name == segment_file_name(first, seq))
+        });
+        if (orphan || name.ends_with(".sum.tmp") || name == SPARE_FILE_NAME)
+            && !rec.obsolete.contains(name)
+        {
+            rec.obsolete.push(name.clone());
+        }
     }
     Ok(rec)
+}
+
+/// What is read of a segment before it is chained: its open file, its header (or
+/// why it is corrupt) and its summary's bytes and size, if it has one and is sealed.
+type ReadAhead<F> = (
+    Found<F>,
+    Result<SegmentInfo, &'static str>,
+    Option<(Vec<u8>, u64)>,
+);
+
+async fn read_ahead<S: Storage>(
+    storage: &S,
+    name: &str,
+    newest: bool,
+    names: &[String],
+    config: &WalConfig,
+) -> WalResult<ReadAhead<S::File>> {
+    let (first, seq) = parse_segment_file_name(name).expect("a segment name");
+    let f = Found {
+        file: storage
+            .open(name, false)
+            .await
+            .map_err(io_err(format!("opening {name}")))?,
+        name: name.to_string(),
+    };
+    let header = read_segment_header(&f, first, seq, storage.block_bytes(), config).await?;
+    // Sealed segments are trusted through their summary; the newest one is always
+    // scanned, since its tail may be torn.
+    let summary_name = summary_file_name(name);
+    let summary = if !newest && header.is_ok() && names.contains(&summary_name) {
+        read_summary_bytes(storage, &summary_name).await?
+    } else {
+        None
+    };
+    Ok((f, header, summary))
+}
+
+/// Reads segment `f` whole and scans it: every record verified, the newest
+/// segment's tail classified. Returns the segment and where the scan stopped.
+async fn scan_into_segment<F: StorageFile>(
+    f: &Found<F>,
+    info: SegmentInfo,
+    newest: bool,
+    config: &WalConfig,
+    block: usize,
+    rec: &mut Recovery<F>,
+) -> WalResult<(Segment<F>, Option<Stop>)> {
+    let payload_max = config.record_size_bytes_max;
+    let size_bytes = info.segment_size_bytes as usize;
+    let mut bytes = f
+        .file
+        .read_at(0, size_bytes)
+        .await
+        .map_err(io_err(format!("reading {}", f.name)))?
+        .to_vec();
+    // Blocks never written read as zeros (a first-version segment's file may be
+    // shorter than the configured size it is read with).
+    bytes.resize(size_bytes, 0);
+    let mut scan = scan_segment(&bytes, &info, block, payload_max);
+    // A configuration change applies to new segments only: a newest segment of
+    // another size keeps its entries but takes no more, so appends go on in a
+    // segment of the configured size.
+    let mut sealed = !newest || info.segment_size_bytes != config.segment_size_bytes;
+    if newest {
+        match classify_tail(&bytes, &mut scan, &info, block, payload_max) {
+            Tail::Clean => {}
+            Tail::Torn => {
+                let stop = scan.stop.clone().expect("a torn tail has a stop");
+                rec.reports.push(RecoveryReport::TornTail {
+                    file: f.name.clone(),
+                    offset: stop.offset,
+                    index: stop.index,
+                });
+                sealed = true;
+            }
+            Tail::Corrupt { reason } => {
+                let stop = scan.stop.clone().expect("corruption has a stop");
+                if !config.truncate_corrupt_tail {
+                    return Err(WalError::Corrupt {
+                        file: f.name.clone(),
+                        offset: stop.offset,
+                        index: stop.index,
+                        reason,
+                    });
+                }
+                rec.reports.push(RecoveryReport::TruncatedCorruption {
+                    file: f.name.clone(),
+                    offset: stop.offset,
+                    index: stop.index,
+                });
+                sealed = true;
+            }
+        }
+    }
+    let mut seg = Segment::new(info, block);
+    seg.sealed = sealed;
+    seg.end_pos = scan.end_pos;
+    seg.flush_seq_max = scan.flush_seq_max;
+    seg.trims = scan.trims;
+    seg.damage_offset = scan
+        .stop
+        .as_ref()
+        .filter(|s| !is_clean_end(s.reason))
+        .map(|s| s.offset);
+    for (offset, term) in &scan.entries {
+        seg.push(*term, *offset);
+    }
+    Ok((seg, scan.stop))
 }

@@ -2,17 +2,39 @@
 //! dense, and the first position that is not a valid record is classified (see
 //! "Recovery rules" in `docs/wal-format.md`).
 
-use super::format::{DecodeError, RECORD_HEADER_BYTES, SegmentInfo, verify_record};
-use crate::engine::{Index, Term};
+use super::format::{
+    DecodeError, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordHeader, SegmentInfo, verify_record,
+};
+use crate::engine::{EntryKind, Index, Term};
+use zerocopy::FromBytes;
 
 /// The stop reason of a zero-filled end: where a log normally ends.
 pub const END_OF_RECORDS: &str = "end of records";
+/// The stop reason in a recycled segment at a block boundary that holds no header
+/// of this segment: the stale bytes of the file's previous segment begin there.
+pub const STALE_END: &str = "end of records (stale bytes of a recycled file follow)";
+
+/// Whether a scan that stopped for `reason` found the segment's normal end.
+pub fn is_clean_end(reason: &str) -> bool {
+    reason == END_OF_RECORDS || reason == STALE_END
+}
+
+/// Whether `bytes` start with what this segment's writer would have put there: the
+/// record magic and this segment's number. A torn or damaged write of this segment
+/// keeps both (a sector is written whole, and the header is a sector's first 48
+/// bytes); a stale record of the file's previous segment carries another number.
+fn own_header(bytes: &[u8], segment_seq: u64) -> bool {
+    RecordHeader::read_from_prefix(bytes)
+        .is_ok_and(|(h, _)| h.magic == RECORD_MAGIC && h.segment_seq.get() == segment_seq as u32)
+}
 
 /// The result of scanning one segment.
 #[derive(Debug, Default)]
 pub struct Scan {
     /// (offset, term) of each valid entry, from the segment's first index on.
     pub entries: Vec<(u64, Term)>,
+    /// (index, before) of each valid trim entry.
+    pub trims: Vec<(Index, Index)>,
     /// The byte after the last valid record (or padding).
     pub end_pos: u64,
     /// Where scanning stopped, if before the end of the segment.
@@ -94,6 +116,11 @@ pub fn scan_segment(
                     scan.stop = Some(stop(pos, next_index, "entry term decreases"));
                     break;
                 } else {
+                    if meta.kind == Some(EntryKind::Trim) && meta.payload_len == 8 {
+                        let body = pos + RECORD_HEADER_BYTES;
+                        let before = bytes[body..body + 8].try_into().expect("8 bytes");
+                        scan.trims.push((meta.index, Index::from_le_bytes(before)));
+                    }
                     scan.entries.push((pos as u64, meta.term));
                     next_index += 1;
                     last_term = meta.term;
@@ -109,6 +136,14 @@ pub fn scan_segment(
             }
             Err(DecodeError::Short) => {
                 scan.stop = Some(stop(pos, next_index, "record extends past the segment end"));
+                break;
+            }
+            Err(DecodeError::Invalid)
+                if info.recycled
+                    && pos.is_multiple_of(block_bytes)
+                    && !own_header(&bytes[pos..], info.segment_seq) =>
+            {
+                scan.stop = Some(stop(pos, next_index, STALE_END));
                 break;
             }
             Err(DecodeError::Invalid) => {
@@ -158,6 +193,17 @@ pub fn classify_tail(
     // before it in this segment (positions only grow with flush numbers): the damage
     // is corruption, not a torn write. Otherwise everything after the damage belongs
     // to flushes that never completed, which is exactly a torn tail.
+    // In a recycled segment, bytes after a block boundary that holds no header of this
+    // segment, with no valid record of this segment anywhere after them, are the
+    // previous segment's: nothing of this segment was written there (or what was is
+    // gone without a trace that could ever pass as a record), so appends may go on.
+    if info.recycled
+        && start.is_multiple_of(block_bytes)
+        && later.is_empty()
+        && !own_header(&bytes[start..], info.segment_seq)
+    {
+        return Tail::Clean;
+    }
     let durable = scan.durable_seq_max;
     if let Some((pos, meta)) = later.iter().find(|(_, m)| m.flush_seq <= durable) {
         return Tail::Corrupt {

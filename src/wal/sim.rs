@@ -78,6 +78,24 @@ struct SimState {
     next_event_id: u64,
     fail_write_number: Option<u64>,
     fail_sync_number: Option<u64>,
+    /// Open handles per inode, to count the segment files held open.
+    open_handles: BTreeMap<usize, usize>,
+    /// The most segment files (named `*.wal`) ever open at once.
+    open_segments_max_seen: usize,
+}
+
+impl SimState {
+    /// Open files currently named as segments.
+    fn open_segments(&self) -> usize {
+        self.names
+            .iter()
+            .filter(|(name, ino)| name.ends_with(".wal") && self.open_handles.contains_key(ino))
+            .count()
+    }
+
+    fn note_open_segments(&mut self) {
+        self.open_segments_max_seen = self.open_segments_max_seen.max(self.open_segments());
+    }
 }
 
 /// A simulated directory. Clones share the same state.
@@ -204,11 +222,19 @@ impl SimStorage {
             }
             None => return Err(not_found(name)),
         };
+        *s.open_handles.entry(ino).or_insert(0) += 1;
+        s.note_open_segments();
         Ok(SimFile {
             state: self.state.clone(),
             ino,
             write_through,
         })
+    }
+
+    /// Segment files (named `*.wal`) open now, and the most ever open at once.
+    pub fn open_segment_files(&self) -> (usize, usize) {
+        let s = self.state.borrow();
+        (s.open_segments(), s.open_segments_max_seen)
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -447,6 +473,7 @@ impl Storage for SimStorage {
         let mut s = self.state.borrow_mut();
         let ino = s.names.remove(from).ok_or_else(|| not_found(from))?;
         s.names.insert(to.to_string(), ino);
+        s.note_open_segments();
         s.events.push(SimEvent::Rename {
             from: from.to_string(),
             to: to.to_string(),
@@ -485,6 +512,18 @@ impl SimFile {
         s.next_event_id += 1;
         s.events.push(event(id));
         id
+    }
+}
+
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        let mut s = self.state.borrow_mut();
+        if let Some(n) = s.open_handles.get_mut(&self.ino) {
+            *n -= 1;
+            if *n == 0 {
+                s.open_handles.remove(&self.ino);
+            }
+        }
     }
 }
 

@@ -12,16 +12,34 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringlog::history::{self, FinalLogs, Report};
+use ringlog::history::{self, FinalLogs, LogStarts, Report};
 use ringlog::proxy::FaultProxy;
 use ringlog::transport::{ClientRequest, ClientResponse};
 
-use crate::cluster_support::{TestCluster, client, on_executor, read_all};
+use crate::cluster_support::observe::read_retained;
+use crate::cluster_support::{TestCluster, client, metric_sum, on_executor};
 pub use nemesis::{FaultCounts, Nemesis};
-pub use workload::{OpTiming, Workload};
+pub use workload::{OpTiming, TrimCounts, Trimming, Workload};
 
 pub const NODES: usize = 3;
 pub const PARTITIONS: u32 = 2;
+
+/// Retention on every node: 1 MiB segments and a partition kept to 4 MiB of them,
+/// so that a run of a few minutes exceeds it many times; records of the workload
+/// are small, so the largest record is lowered to fit such a segment.
+pub const RETENTION: [(&str, &str); 4] = [
+    ("wal.segment_size_bytes", "1048576"),
+    ("wal.flush_bytes_max", "262144"),
+    ("wal.record_size_bytes_max", "65536"),
+    ("retention.max_bytes", "4194304"),
+];
+
+/// A client trim of each partition every 3 s, keeping the last 1,000 entries: less
+/// than retention keeps, so that trims, not only retention, move the log start.
+pub const TRIMMING: Trimming = Trimming {
+    every: Duration::from_secs(3),
+    tail_entries: 1_000,
+};
 
 /// How long and how hard to shake the cluster.
 #[derive(Clone, Debug)]
@@ -78,6 +96,14 @@ pub struct Outcome {
     pub appends_unknown: usize,
     pub appends_refused: usize,
     pub reads: usize,
+    pub trims: TrimCounts,
+    /// Every node's log start per partition at the final read.
+    pub log_starts: LogStarts,
+    /// Summed over the nodes at the end, each counted since the node's last
+    /// start: segments removed by retention, and followers' logs reset to the
+    /// leader's log start.
+    pub segments_removed: u64,
+    pub log_resets: u64,
     /// Time from each leader kill to the first acknowledged append invoked after it.
     pub unavailable_after_kill: Vec<Duration>,
     pub nemesis_time: Duration,
@@ -90,7 +116,7 @@ impl Outcome {
         let median = gaps.get(gaps.len() / 2).copied().unwrap_or_default();
         let worst = gaps.last().copied().unwrap_or_default();
         format!(
-            "chaos (seed {}): {:.0} s of faults: {}; {} appends ({} acknowledged, {} unknown, {} refused), {} reads; {}; unavailability after a leader kill: median {} ms, worst {} ms over {} kills",
+            "chaos (seed {}): {:.0} s of faults: {}; {} appends ({} acknowledged, {} unknown, {} refused), {} reads, {} trims ({} failed), {} segments removed by retention and {} log resets (counted since each node's last start), final log starts {:?}; {}; unavailability after a leader kill: median {} ms, worst {} ms over {} kills",
             self.seed,
             self.nemesis_time.as_secs_f64(),
             self.faults,
@@ -99,6 +125,11 @@ impl Outcome {
             self.appends_unknown,
             self.appends_refused,
             self.reads,
+            self.trims.acked,
+            self.trims.failed,
+            self.segments_removed,
+            self.log_resets,
+            self.log_starts,
             self.report.summary(),
             median.as_millis(),
             worst.as_millis(),
@@ -110,12 +141,15 @@ impl Outcome {
 pub fn run_chaos(plan: &ChaosPlan) -> Outcome {
     let proxies: Arc<Mutex<Proxies>> = Arc::default();
     let routes = proxies.clone();
-    let cluster = TestCluster::start_routed(NODES as u32, PARTITIONS, move |from, to, addr| {
-        let proxy = FaultProxy::start(addr).expect("start a fault proxy");
-        let local = proxy.local_addr();
-        routes.lock().unwrap().insert((from, to), proxy);
-        local
-    });
+    let mut cluster =
+        TestCluster::configure_routed(NODES as u32, PARTITIONS, move |from, to, addr| {
+            let proxy = FaultProxy::start(addr).expect("start a fault proxy");
+            let local = proxy.local_addr();
+            routes.lock().unwrap().insert((from, to), proxy);
+            local
+        });
+    cluster.set_all(&RETENTION);
+    cluster.spawn_all();
     let proxies = Arc::try_unwrap(proxies)
         .ok()
         .expect("routes done")
@@ -132,7 +166,8 @@ pub fn run_chaos(plan: &ChaosPlan) -> Outcome {
     });
 
     let stop = Arc::new(AtomicBool::new(false));
-    let workload = Workload::start(addrs.clone(), PARTITIONS, stop.clone());
+    let workload =
+        Workload::start_trimming(addrs.clone(), PARTITIONS, stop.clone(), Some(TRIMMING));
     let mut nemesis = Nemesis::new(cluster, proxies, plan.seed);
     let started = Instant::now();
     nemesis.run(plan);
@@ -142,11 +177,20 @@ pub fn run_chaos(plan: &ChaosPlan) -> Outcome {
     // not all faults.
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
-    let (history, timings) = workload.join();
+    let workload::Recorded {
+        history,
+        timings,
+        trims,
+    } = workload.join_all();
     let (cluster, _proxies, record) = nemesis.finish();
 
-    let finals = final_logs(&cluster);
-    let report = history::check(&history, &finals);
+    let (finals, log_starts) = final_logs_retained(&cluster);
+    let report = history::check_retained(&history, &finals, &log_starts);
+    let summed = |name: &str| {
+        (0..NODES)
+            .map(|k| metric_sum(metrics_addr(&cluster, k), name, "partition=") as u64)
+            .sum()
+    };
     let count = |f: &dyn Fn(&history::AppendOutcome) -> bool| {
         history.appends.iter().filter(|a| f(&a.outcome)).count()
     };
@@ -158,6 +202,10 @@ pub fn run_chaos(plan: &ChaosPlan) -> Outcome {
         appends_unknown: count(&|o| matches!(o, Unknown)),
         appends_refused: count(&|o| matches!(o, Refused)),
         reads: history.reads.len(),
+        trims,
+        log_starts,
+        segments_removed: summed("ringlog_retention_segments_removed_total"),
+        log_resets: summed("ringlog_log_resets_total"),
         report,
         unavailable_after_kill: unavailability(&record.leader_kills, &timings),
         faults: record.counts,
@@ -167,22 +215,30 @@ pub fn run_chaos(plan: &ChaosPlan) -> Outcome {
 
 /// Reads every partition from every node once all agree on commit and last index.
 pub fn final_logs(cluster: &TestCluster) -> FinalLogs {
+    final_logs_retained(cluster).0
+}
+
+/// `final_logs`, each read from the node's log start, with the start each node
+/// named when asked for an index below it (1 where nothing was removed).
+pub fn final_logs_retained(cluster: &TestCluster) -> (FinalLogs, LogStarts) {
     let addrs = cluster.client_addrs();
     on_executor(async move || {
         let c = client(addrs.clone());
         let commits = converge(&c, &addrs).await;
-        let mut finals = FinalLogs::new();
+        let (mut finals, mut starts) = (FinalLogs::new(), LogStarts::new());
         for (k, addr) in addrs.iter().enumerate() {
+            let node = k as u32 + 1;
             for partition in 0..PARTITIONS {
                 let until = commits[partition as usize];
-                let log = read_all(&c, addr, partition, until, Duration::from_secs(60)).await;
+                let log = read_retained(&c, addr, partition, until, Duration::from_secs(60)).await;
                 finals
-                    .entry(k as u32 + 1)
+                    .entry(node)
                     .or_default()
-                    .insert(partition, log);
+                    .insert(partition, log.records);
+                starts.entry(node).or_default().insert(partition, log.start);
             }
         }
-        finals
+        (finals, starts)
     })
 }
 

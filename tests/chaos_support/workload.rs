@@ -1,6 +1,7 @@
 //! The chaos workload: writers appending unique records (one operation at a time
 //! each, batches of one to three records) and one linearizable reader per
-//! partition following the log, all recording what they were told.
+//! partition following the log, all recording what they were told; optionally a
+//! trimmer per partition removing all but the log's recent tail now and then.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringlog::client::{Client, ClientConfig, ClientError};
 use ringlog::history::{AppendOp, AppendOutcome, History, ReadOp};
-use ringlog::transport::ReadRequest;
+use ringlog::transport::{ReadRequest, ServerError};
 
 use crate::cluster_support::spawn_on_executor;
 
@@ -28,24 +29,56 @@ pub struct OpTiming {
     pub acked: bool,
 }
 
+/// Trims requested by the trimmers, by what the client was told.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrimCounts {
+    pub acked: usize,
+    pub failed: usize,
+}
+
+/// How the trimmers trim: every `every`, each partition's records below its commit
+/// index less `tail_entries`.
+#[derive(Clone, Copy, Debug)]
+pub struct Trimming {
+    pub every: Duration,
+    pub tail_entries: u64,
+}
+
 #[derive(Default)]
-struct Recorded {
-    history: History,
-    timings: Vec<OpTiming>,
+pub struct Recorded {
+    pub history: History,
+    pub timings: Vec<OpTiming>,
+    pub trims: TrimCounts,
 }
 
 pub struct Workload {
-    thread: JoinHandle<(History, Vec<OpTiming>)>,
+    thread: JoinHandle<Recorded>,
 }
 
 impl Workload {
     pub fn start(addrs: Vec<String>, partitions: u32, stop: Arc<AtomicBool>) -> Workload {
-        let thread = spawn_on_executor(async move || run(addrs, partitions, stop).await);
+        Workload::start_trimming(addrs, partitions, stop, None)
+    }
+
+    /// Like `start`, with a trimmer per partition when `trimming` says how.
+    pub fn start_trimming(
+        addrs: Vec<String>,
+        partitions: u32,
+        stop: Arc<AtomicBool>,
+        trimming: Option<Trimming>,
+    ) -> Workload {
+        let thread = spawn_on_executor(async move || run(addrs, partitions, stop, trimming).await);
         Workload { thread }
     }
 
     /// Waits for every client to finish its current operation (after `stop`).
     pub fn join(self) -> (History, Vec<OpTiming>) {
+        let recorded = self.join_all();
+        (recorded.history, recorded.timings)
+    }
+
+    /// `join`, with the trims' outcomes.
+    pub fn join_all(self) -> Recorded {
         self.thread.join().expect("workload thread")
     }
 }
@@ -54,7 +87,8 @@ async fn run(
     addrs: Vec<String>,
     partitions: u32,
     stop: Arc<AtomicBool>,
-) -> (History, Vec<OpTiming>) {
+    trimming: Option<Trimming>,
+) -> Recorded {
     let recorded = Rc::new(RefCell::new(Recorded::default()));
     let mut tasks = Vec::new();
     let mut next_id = 0;
@@ -73,15 +107,17 @@ async fn run(
             tasks.push(glommio::spawn_local(writer(worker(partition))));
         }
         tasks.push(glommio::spawn_local(reader(worker(partition))));
+        if let Some(trimming) = trimming {
+            tasks.push(glommio::spawn_local(trimmer(worker(partition), trimming)));
+        }
     }
     for task in tasks {
         task.await;
     }
-    let recorded = Rc::try_unwrap(recorded)
+    Rc::try_unwrap(recorded)
         .ok()
         .expect("every task done")
-        .into_inner();
-    (recorded.history, recorded.timings)
+        .into_inner()
 }
 
 fn chaos_client(addrs: Vec<String>) -> Client {
@@ -182,7 +218,48 @@ async fn reader(w: Worker) {
                     commit_index: ok.commit_index,
                 });
             }
+            // Retention or a trim removed what the reader was about to read: it
+            // goes on from the log start (reads there are checked like any other).
+            Err(e) if log_start_above(&e, next).is_some() => {
+                next = log_start_above(&e, next).expect("just matched");
+            }
             Err(_) => glommio::timer::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The log start an OutOfRange answer names, when it lies above `next`.
+fn log_start_above(error: &ClientError, next: u64) -> Option<u64> {
+    match error {
+        ClientError::Server {
+            source: ServerError::OutOfRange { log_start, .. },
+            ..
+        } if *log_start > next => Some(*log_start),
+        ClientError::RetriesExhausted { last, .. } => log_start_above(last, next),
+        _ => None,
+    }
+}
+
+/// Now and then removes the partition's records below its commit index less the
+/// tail to keep, through the log like any client trim.
+async fn trimmer(w: Worker, trimming: Trimming) {
+    while !w.stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(trimming.every).await;
+        let Ok(meta) = w.client.metadata().await else {
+            continue;
+        };
+        let Some(p) = meta.partitions.iter().find(|p| p.partition == w.partition) else {
+            continue;
+        };
+        let before = p.commit_index.saturating_sub(trimming.tail_entries);
+        if before <= p.log_start || w.stop.load(Ordering::Relaxed) {
+            continue;
+        }
+        let result = w.client.trim(w.partition, before).await;
+        let mut r = w.recorded.borrow_mut();
+        match result {
+            Ok(_) => r.trims.acked += 1,
+            Err(_) => r.trims.failed += 1,
         }
     }
 }

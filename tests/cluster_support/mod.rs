@@ -4,6 +4,11 @@
 
 #![allow(dead_code)]
 
+pub mod disk;
+pub mod load;
+pub mod observe;
+pub mod settings;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,9 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringlog::client::{Client, ClientConfig};
-use ringlog::runtime::config::{
-    ClientSettings, Listen, Member, NodeConfig, RaftSettings, WalSettings,
-};
+use ringlog::runtime::config::{Listen, Member, NodeConfig};
 use ringlog::transport::{Metadata, ReadRequest};
 
 /// A free port from the project's allocator (`ringlog::ports`): never one handed
@@ -36,6 +39,9 @@ pub struct TestCluster {
     paths: Vec<PathBuf>,
     children: Vec<Option<Child>>,
     envs: Vec<Vec<(String, String)>>,
+    /// A program (and its arguments) node `k` is started through, which then runs
+    /// `ringlog serve …`; empty: started directly.
+    wrappers: Vec<Vec<String>>,
 }
 
 impl TestCluster {
@@ -73,45 +79,27 @@ impl TestCluster {
                 client_address: loopback(ports[i as usize][0]).to_string(),
             })
             .collect();
-        let configs: Vec<NodeConfig> = (0..nodes)
-            .map(|i| NodeConfig {
-                node_id: i + 1,
-                cluster_id: 42,
-                data_dir: dir.path().join(format!("node-{}", i + 1)),
-                shards,
-                pin: false,
-                listen: Listen {
-                    client: loopback(ports[i as usize][0]),
-                    peer: loopback(ports[i as usize][1]),
-                    metrics: loopback(ports[i as usize][2]),
-                },
-                nodes: members
+        let configs: Vec<NodeConfig> = (0..nodes as usize)
+            .map(|i| {
+                let listen = Listen {
+                    client: loopback(ports[i][0]),
+                    peer: loopback(ports[i][1]),
+                    metrics: loopback(ports[i][2]),
+                };
+                let routed: Vec<Member> = members
                     .iter()
                     .enumerate()
                     .map(|(to, m)| Member {
-                        peer_address: if to == i as usize {
+                        peer_address: if to == i {
                             m.peer_address.clone()
                         } else {
-                            route(i as usize, to, m.peer_address.parse().unwrap()).to_string()
+                            route(i, to, m.peer_address.parse().unwrap()).to_string()
                         },
                         ..m.clone()
                     })
-                    .collect(),
-                wal: WalSettings {
-                    segment_size_bytes: 4 << 20,
-                    flush_bytes_max: 1 << 20,
-                    ..WalSettings::default()
-                },
-                reads: Default::default(),
-                raft: RaftSettings {
-                    tick_ms: 10,
-                    election_timeout_min_ms: 150,
-                    election_timeout_max_ms: 300,
-                    heartbeat_interval_ms: 30,
-                    ..RaftSettings::default()
-                },
-                clients: ClientSettings::default(),
-                retention: Default::default(),
+                    .collect();
+                let data_dir = dir.path().join(format!("node-{}", i + 1));
+                settings::node_config(i as u32 + 1, &data_dir, shards, &listen, &routed)
             })
             .collect();
         let paths: Vec<PathBuf> = configs
@@ -128,6 +116,7 @@ impl TestCluster {
             paths,
             children: (0..nodes).map(|_| None).collect(),
             envs: (0..nodes).map(|_| Vec::new()).collect(),
+            wrappers: (0..nodes).map(|_| Vec::new()).collect(),
         }
     }
 
@@ -142,13 +131,27 @@ impl TestCluster {
         self.envs[k].push((key.to_string(), value.to_string()));
     }
 
+    /// Node `k` is started, from its next start on, as `wrapper… ringlog serve …`.
+    pub fn set_wrapper(&mut self, k: usize, wrapper: Vec<String>) {
+        self.wrappers[k] = wrapper;
+    }
+
     pub fn spawn(&mut self, k: usize) {
         self.spawn_with_args(k, &[]);
     }
 
     /// Starts node `k` with extra `serve` arguments.
     pub fn spawn_with_args(&mut self, k: usize, args: &[&str]) {
-        let child = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        let binary = env!("CARGO_BIN_EXE_ringlog");
+        let mut command = match self.wrappers[k].split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&self.paths[k])
@@ -508,19 +511,7 @@ pub fn metric_sum(addr: SocketAddr, name: &str, label: &str) -> f64 {
 /// The value of every series of `name` whose labels contain `label`, from the
 /// metrics page at `addr`.
 pub fn metric_values(addr: SocketAddr, name: &str, label: &str) -> Vec<f64> {
-    use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(20)).expect("metrics port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut page = String::new();
-    stream.read_to_string(&mut page).unwrap();
+    let (_, page) = observe::http_get(addr, "/metrics");
     let prefix = format!("{name}{{");
     page.lines()
         .filter(|l| l.starts_with(&prefix) && l.contains(label))

@@ -60,6 +60,7 @@ pub fn small_config() -> WalConfig {
         zero_fill_write_bytes_max: 256 << 10,
         fsync_disabled: false,
         truncate_corrupt_tail: false,
+        open_segments_max: 4,
     }
 }
 

@@ -7,8 +7,6 @@
 
 use super::*;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
 
 impl<S: Storage> Wal<S> {
     /// Makes every op submitted before this call durable: one write per
@@ -102,6 +100,8 @@ impl<S: Storage> Wal<S> {
         let mut to_sync: Vec<FileSlot<S::File>> = Vec::new();
         let mut writes_started = None;
         let mut deletions: Vec<String> = Vec::new();
+        let mut summary = None;
+        let mut purged: Vec<String> = Vec::new();
         for item in &job.items {
             match item {
                 Item::NewSegment {
@@ -109,6 +109,7 @@ impl<S: Storage> Wal<S> {
                     name,
                     slot,
                     superseded,
+                    summary_of_prev,
                 } => {
                     // A new segment is written only once everything before it is
                     // durable, so an older segment never has an unsynced tail when a
@@ -118,8 +119,9 @@ impl<S: Storage> Wal<S> {
                         waited = true;
                     }
                     let file = self.create_segment(info, name).await?;
-                    let _ = slot.set(file);
+                    let _ = slot.set(Rc::new(file));
                     deletions.extend(superseded.iter().cloned());
+                    summary = summary_of_prev.as_deref();
                 }
                 Item::Bytes {
                     slot, pos, data, ..
@@ -155,7 +157,7 @@ impl<S: Storage> Wal<S> {
                     }
                 }
                 Item::HardState(_) => {}
-                Item::Purge(names) => deletions.extend(names.iter().cloned()),
+                Item::Purge(names) => purged.extend(names.iter().cloned()),
             }
         }
         // Every earlier flush's writes must be done before this sync is issued, so
@@ -192,18 +194,75 @@ impl<S: Storage> Wal<S> {
             wait_previous(job).await?;
         }
         for name in deletions {
-            match shared.storage.remove(&name).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(format!("removing {name}"))(e)),
+            // A segment's summary goes right after it (recovery removes a summary
+            // whose segment is gone).
+            if let Some((_, seq)) = parse_segment_file_name(&name) {
+                self.forget_files(&[seq]);
             }
-            // One directory sync per removal keeps the removals in order on disk,
-            // which recovery relies on (see docs/wal-format.md).
-            shared
-                .storage
-                .sync_dir()
-                .await
-                .map_err(io_err("syncing the WAL directory"))?;
+            self.remove_file(&name).await?;
+            self.remove_file(&summary_file_name(&name)).await?;
+        }
+        for name in purged {
+            if let Some((_, seq)) = parse_segment_file_name(&name) {
+                self.forget_files(&[seq]);
+            }
+            self.recycle_or_remove(&name).await?;
+            self.remove_file(&summary_file_name(&name)).await?;
+        }
+        if let Some((name, summary)) = summary {
+            self.store_summary(name, summary).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes purged segment `name`, or keeps it to become a later spare when no
+    /// purged segment waits for that yet: renamed, which takes its name away as
+    /// atomically as a removal, then the directory synced.
+    async fn recycle_or_remove(&self, name: &str) -> WalResult<()> {
+        let shared = &self.shared;
+        if shared.inner.borrow().recycle_present {
+            return self.remove_file(name).await;
+        }
+        shared
+            .storage
+            .rename(name, RECYCLE_FILE_NAME)
+            .await
+            .map_err(io_err(format!("renaming {name} for recycling")))?;
+        shared.inner.borrow_mut().recycle_present = true;
+        shared
+            .storage
+            .sync_dir()
+            .await
+            .map_err(io_err("syncing the WAL directory"))
+    }
+
+    /// Removes `name` (if it exists) and syncs the directory.
+    async fn remove_file(&self, name: &str) -> WalResult<()> {
+        let shared = &self.shared;
+        match shared.storage.remove(name).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(format!("removing {name}"))(e)),
+        }
+        // One directory sync per removal keeps the removals in order on disk,
+        // which recovery relies on (see docs/wal-format.md).
+        shared
+            .storage
+            .sync_dir()
+            .await
+            .map_err(io_err("syncing the WAL directory"))
+    }
+
+    /// Writes the summary of sealed segment `name`, then lets go of its file handle:
+    /// reads of it go through the cache of open files from now on.
+    async fn store_summary(&self, name: &str, summary: &Summary) -> WalResult<()> {
+        let shared = &self.shared;
+        let bytes = write_summary(&*shared.storage, name, summary).await?;
+        let mut inner = shared.inner.borrow_mut();
+        let inner = &mut *inner;
+        if let Some(k) = inner.segments.iter().position(|s| s.name == name) {
+            inner.segments[k].summary_bytes = bytes;
+            inner.slots[k] = Rc::new(OnceCell::new());
         }
         Ok(())
     }
@@ -228,16 +287,29 @@ impl<S: Storage> Wal<S> {
     async fn create_segment(&self, info: &SegmentInfo, name: &str) -> WalResult<S::File> {
         let shared = &self.shared;
         let spare = shared.inner.borrow_mut().spare.take();
-        let file = match spare {
+        let (file, recycled) = match spare {
             Some(task) => task.await.map_err(io_err("preparing a segment"))?,
             None => prepare_spare(
                 shared.storage.clone(),
                 info.segment_size_bytes,
                 self.zero_fill_next(),
+                false,
             )
             .await
             .map_err(io_err("preparing a segment"))?,
         };
+        // Whether the file is recycled is known only now; the header says so, since
+        // recovery reads the bytes this segment has not written differently then.
+        let info = &SegmentInfo { recycled, ..*info };
+        if let Some(seg) = shared
+            .inner
+            .borrow_mut()
+            .segments
+            .iter_mut()
+            .find(|s| s.info.segment_seq == info.segment_seq)
+        {
+            seg.info.recycled = recycled;
+        }
         let mut block = vec![0u8; shared.block_bytes];
         encode_segment_header(&mut block, info, shared.block_bytes);
         assert!(SEGMENT_HEADER_BYTES <= shared.block_bytes);
@@ -404,9 +476,37 @@ pub(super) fn pad_to_block(
     assert_eq!(data.len() % block, 0);
 }
 
-/// Creates the spare segment file and prepares all of it: zero-filled and synced, or
-/// only allocated.
+/// Creates the spare segment file and prepares all of it: a recycled segment when
+/// `recycle` (renamed, its blocks already written), else zero-filled and synced, or
+/// only allocated. Returns whether the file is recycled.
 pub(super) async fn prepare_spare<S: Storage>(
+    storage: Rc<S>,
+    size: u64,
+    zero_fill: bool,
+    recycle: bool,
+) -> io::Result<(S::File, bool)> {
+    if recycle {
+        match storage.rename(RECYCLE_FILE_NAME, SPARE_FILE_NAME).await {
+            Ok(()) => {
+                // A segment of another size grows to this one; a larger one keeps its
+                // length (its header will say how much of it is the segment).
+                let file = storage.open(SPARE_FILE_NAME, false).await?;
+                file.allocate(size).await?;
+                file.sync().await?;
+                return Ok((file, true));
+            }
+            // A later purge replaced the file this spare was to take and the name was
+            // taken already: prepare a fresh one.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    prepare_fresh(storage, size, zero_fill)
+        .await
+        .map(|f| (f, false))
+}
+
+async fn prepare_fresh<S: Storage>(
     storage: Rc<S>,
     size: u64,
     zero_fill: bool,
@@ -439,30 +539,8 @@ pub(super) async fn prepare_spare<S: Storage>(
 /// Runs `futures` concurrently; the first error wins (the others still finish, since a
 /// buffer must not be freed while the device may read it).
 async fn join_all<F: Future<Output = io::Result<()>>>(futures: Vec<F>) -> io::Result<()> {
-    let mut pending: Vec<Option<Pin<Box<F>>>> =
-        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut result = Ok(());
-    std::future::poll_fn(|cx| {
-        let mut all_done = true;
-        for slot in pending.iter_mut() {
-            if let Some(fut) = slot {
-                match fut.as_mut().poll(cx) {
-                    Poll::Ready(r) => {
-                        if result.is_ok() {
-                            result = r;
-                        }
-                        *slot = None;
-                    }
-                    Poll::Pending => all_done = false,
-                }
-            }
-        }
-        if all_done {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
-    result
+    crate::wal::join::join_all(futures)
+        .await
+        .into_iter()
+        .collect()
 }

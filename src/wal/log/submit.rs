@@ -157,6 +157,10 @@ impl<S: Storage> Wal<S> {
         let seg = &mut inner.segments[seg_index];
         seg.push(e.term, record_pos);
         seg.end_pos = end;
+        seg.flush_seq_max = seg.flush_seq_max.max(flush_seq);
+        if let Some(before) = e.trim_before() {
+            seg.trims.push((e.index, before));
+        }
         inner.last_index = e.index;
         inner.last_term = e.term;
         inner.cache_payload_bytes += e.payload.len();
@@ -179,13 +183,25 @@ impl<S: Storage> Wal<S> {
             first_index,
             prev_term,
             reset,
+            // Decided when the segment is created, by the file it gets.
+            recycled: false,
             segment_size_bytes: self.shared.config.segment_size_bytes,
         };
         inner.next_segment_seq += 1;
         let now_ms = inner.now_ms;
+        let mut summary_of_prev = None;
         if let Some(prev) = inner.segments.back_mut() {
             prev.sealed = true;
-            prev.sealed_at_ms.get_or_insert(now_ms);
+            if now_ms != 0 {
+                prev.sealed_at_ms.get_or_insert(now_ms);
+            }
+            // Taken now, so that it agrees with this segment's header whatever is
+            // submitted later; written once this segment and the removals before it
+            // are durable, when every record of `prev` is too.
+            if !prev.summarized {
+                prev.summarized = true;
+                summary_of_prev = Some(Box::new((prev.name.clone(), Summary::of(prev))));
+            }
         }
         let seg: Segment<S::File> = Segment::new(info, self.shared.block_bytes);
         let slot = Rc::new(OnceCell::new());
@@ -197,6 +213,7 @@ impl<S: Storage> Wal<S> {
                 name: seg.name.clone(),
                 slot: slot.clone(),
                 superseded,
+                summary_of_prev,
             },
             first_op: op,
             last_op: op,
@@ -277,8 +294,11 @@ impl<S: Storage> Wal<S> {
         let mut inner = self.shared.inner.borrow_mut();
         inner.check(op)?;
         let mut names = Vec::new();
+        let mut seqs = Vec::new();
         while inner.segments.len() > 1 && inner.segments[1].info.first_index <= before {
-            names.push(inner.segments.pop_front().expect("checked").name);
+            let seg = inner.segments.pop_front().expect("checked");
+            seqs.push(seg.info.segment_seq);
+            names.push(seg.name);
             inner.slots.pop_front();
         }
         if !names.is_empty() {
@@ -299,7 +319,10 @@ impl<S: Storage> Wal<S> {
             });
         }
         inner.submitted_op = op;
-        Ok(inner.log_start)
+        let log_start = inner.log_start;
+        drop(inner);
+        self.forget_files(&seqs);
+        Ok(log_start)
     }
 
     /// Queues a durable write of the hard state (term and vote).
