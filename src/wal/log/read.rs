@@ -79,6 +79,7 @@ impl<S: Storage> Wal<S> {
             file: &*file,
             plan: &plan,
             base: plan.point_offset,
+            first: None,
             buf: Vec::new(),
         };
         reader
@@ -165,11 +166,14 @@ impl<F: StorageFile> Inner<F> {
 }
 
 /// Reads records forward from an index point, growing its buffer as needed.
-struct SpanReader<'a, F> {
+struct SpanReader<'a, F: StorageFile> {
     file: &'a F,
     plan: &'a Plan<F>,
     /// The segment offset of `buf[0]`.
     base: u64,
+    /// The first read, used as it is (no copy) while it holds everything needed.
+    first: Option<F::Read>,
+    /// The bytes read, once a second read had to extend the first.
     buf: Vec<u8>,
 }
 
@@ -191,9 +195,17 @@ impl<F: StorageFile> SpanReader<'_, F> {
         )
     }
 
+    /// The bytes read so far, from `base` on.
+    fn bytes(&self) -> &[u8] {
+        match &self.first {
+            Some(first) if self.buf.is_empty() => first,
+            _ => &self.buf,
+        }
+    }
+
     /// Makes sure the buffer holds the segment's bytes up to `end`.
     async fn fill_to(&mut self, end: u64, index: Index) -> WalResult<()> {
-        let have = self.base + self.buf.len() as u64;
+        let have = self.base + self.bytes().len() as u64;
         if end <= have {
             return Ok(());
         }
@@ -201,8 +213,8 @@ impl<F: StorageFile> SpanReader<'_, F> {
             return Err(self.corrupt(have, index, "record extends past the segment's written end"));
         }
         // Later reads grow with what was read, so a bad first guess costs few reads.
-        let more = READ_CHUNK_BYTES.max(self.buf.len() / 2) as u64;
-        let want = if self.buf.is_empty() {
+        let more = READ_CHUNK_BYTES.max(self.bytes().len() / 2) as u64;
+        let want = if self.first.is_none() {
             self.plan.guess_end
         } else {
             have + more
@@ -216,7 +228,15 @@ impl<F: StorageFile> SpanReader<'_, F> {
         if (bytes.len() as u64) < end - have {
             return Err(self.corrupt(have, index, "segment shorter than its index says"));
         }
-        self.buf.extend_from_slice(&bytes);
+        match &self.first {
+            None => self.first = Some(bytes),
+            Some(first) => {
+                if self.buf.is_empty() {
+                    self.buf.extend_from_slice(first);
+                }
+                self.buf.extend_from_slice(&bytes);
+            }
+        }
         Ok(())
     }
 
@@ -240,7 +260,7 @@ impl<F: StorageFile> SpanReader<'_, F> {
                 // The writer leaves a block's last bytes zero when no header fits.
                 self.fill_to(pos + room, index).await?;
                 let at = (pos - self.base) as usize;
-                if self.buf[at..at + room as usize].iter().any(|b| *b != 0) {
+                if self.bytes()[at..at + room as usize].iter().any(|b| *b != 0) {
                     return Err(self.corrupt(pos, index, "non-zero bytes in a block's unused end"));
                 }
                 pos += room;
@@ -252,14 +272,14 @@ impl<F: StorageFile> SpanReader<'_, F> {
             let verify = |buf: &[u8]| verify_record(&buf[at..], plan.segment_seq, payload_max);
             // Usually the record is in the buffer already: one verification. When it
             // is not, its header says how far to read.
-            let meta = match verify(&self.buf) {
+            let meta = match verify(self.bytes()) {
                 Err(DecodeError::Short) => {
-                    let len = decode_header(&self.buf[at..], plan.segment_seq, payload_max)
+                    let len = decode_header(&self.bytes()[at..], plan.segment_seq, payload_max)
                         .map(|(_, m)| m.payload_len)
                         .map_err(|e| self.read_failure(pos, index, e))?;
                     self.fill_to(pos + (RECORD_HEADER_BYTES + len) as u64, index)
                         .await?;
-                    verify(&self.buf)
+                    verify(self.bytes())
                 }
                 other => other,
             }
@@ -283,7 +303,7 @@ impl<F: StorageFile> SpanReader<'_, F> {
                     term: meta.term,
                     index,
                     kind,
-                    payload: Bytes::copy_from_slice(&self.buf[body..body + meta.payload_len]),
+                    payload: Bytes::copy_from_slice(&self.bytes()[body..body + meta.payload_len]),
                 });
             }
             index += 1;
