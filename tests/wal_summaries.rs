@@ -178,3 +178,46 @@ fn a_damaged_summary_falls_back_to_a_scan_and_is_written_again() {
         assert!(disk.file_contents(&summary).is_some());
     });
 }
+
+#[test]
+fn reads_that_outgrow_their_first_guess_read_on() {
+    run(|| async {
+        // Tiny records first, then large ones: a read over the tiny ones needs far
+        // more disk per payload byte than the segment's mean, so its first read
+        // falls short and it must read on.
+        let config = WalConfig {
+            segment_size_bytes: 1 << 20,
+            record_size_bytes_max: 64 << 10,
+            flush_bytes_max: 64 << 10,
+            buffered_bytes_max: 256 << 10,
+            ..config()
+        };
+        let disk = SimStorage::new(512);
+        let (wal, _) = Wal::open(disk.clone(), config.clone()).await.expect("open");
+        let mut entries = Vec::new();
+        for i in 1..=2020u64 {
+            let e = entry(i, 1, if i <= 2000 { 16 } else { 30 << 10 });
+            wal.append(i, std::slice::from_ref(&e)).expect("append");
+            entries.push(e);
+            if i % 50 == 0 || i > 2000 {
+                wal.flush().await.expect("flush");
+            }
+        }
+        wal.flush().await.expect("flush");
+        drop(wal);
+        let (wal, _) = Wal::open(disk, config).await.expect("reopen");
+        for from in [1u64, 700, 1990] {
+            let got = wal.read(from, 2021, 64 << 10).await.expect("read");
+            let mut payload = 0;
+            let want: Vec<Entry> = entries[(from - 1) as usize..]
+                .iter()
+                .take_while(|e| {
+                    payload += e.payload.len();
+                    payload <= 64 << 10
+                })
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "read from {from}");
+        }
+    });
+}

@@ -4,7 +4,7 @@
 //! from there; sealed segments are opened through a bounded cache of open files.
 
 use super::*;
-use crate::wal::format::decode_header;
+use crate::wal::format::{DecodeError, decode_header};
 
 /// Bytes read at once when the span a read needs is not known in advance.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -49,8 +49,19 @@ impl<S: Storage> Wal<S> {
             let seg = &inner.segments[k];
             let hi = to.min(seg.last_index() + 1).min(cache_first.max(from + 1));
             let (point_index, point_offset) = seg.point_at_or_below(from);
-            let slack = (SPARSE_STRIDE_BYTES as usize + bytes_max).max(READ_CHUNK_BYTES);
-            let cap = point_offset.saturating_add(slack as u64).min(seg.end_pos);
+            // `bytes_max` counts payload; on disk each entry also has its header (and
+            // its share of padding): scale by the segment's mean, so that one read
+            // usually covers the whole answer.
+            let disk_per_entry = (seg.end_pos - self.shared.block_bytes as u64) / seg.len().max(1);
+            let payload_per_entry = disk_per_entry
+                .saturating_sub(RECORD_HEADER_BYTES as u64)
+                .max(1);
+            let want = (bytes_max as u128 * disk_per_entry as u128 / payload_per_entry as u128)
+                .min(u64::MAX as u128) as u64;
+            let slack = want
+                .saturating_add(SPARSE_STRIDE_BYTES)
+                .max(READ_CHUNK_BYTES as u64);
+            let cap = point_offset.saturating_add(slack).min(seg.end_pos);
             let guess_end = seg.point_above(hi - 1).map_or(cap, |p| p.min(cap));
             Plan {
                 slot: inner.slots[k].clone(),
@@ -68,6 +79,7 @@ impl<S: Storage> Wal<S> {
             file: &*file,
             plan: &plan,
             base: plan.point_offset,
+            first: None,
             buf: Vec::new(),
         };
         reader
@@ -154,11 +166,14 @@ impl<F: StorageFile> Inner<F> {
 }
 
 /// Reads records forward from an index point, growing its buffer as needed.
-struct SpanReader<'a, F> {
+struct SpanReader<'a, F: StorageFile> {
     file: &'a F,
     plan: &'a Plan<F>,
     /// The segment offset of `buf[0]`.
     base: u64,
+    /// The first read, used as it is (no copy) while it holds everything needed.
+    first: Option<F::Read>,
+    /// The bytes read, once a second read had to extend the first.
     buf: Vec<u8>,
 }
 
@@ -172,19 +187,37 @@ impl<F: StorageFile> SpanReader<'_, F> {
         }
     }
 
+    fn read_failure(&self, offset: u64, index: Index, e: DecodeError) -> WalError {
+        self.corrupt(
+            offset,
+            index,
+            &format!("record fails verification on read ({e:?})"),
+        )
+    }
+
+    /// The bytes read so far, from `base` on.
+    fn bytes(&self) -> &[u8] {
+        match &self.first {
+            Some(first) if self.buf.is_empty() => first,
+            _ => &self.buf,
+        }
+    }
+
     /// Makes sure the buffer holds the segment's bytes up to `end`.
     async fn fill_to(&mut self, end: u64, index: Index) -> WalResult<()> {
-        let have = self.base + self.buf.len() as u64;
+        let have = self.base + self.bytes().len() as u64;
         if end <= have {
             return Ok(());
         }
         if end > self.plan.end_pos {
             return Err(self.corrupt(have, index, "record extends past the segment's written end"));
         }
-        let want = if self.buf.is_empty() {
+        // Later reads grow with what was read, so a bad first guess costs few reads.
+        let more = READ_CHUNK_BYTES.max(self.bytes().len() / 2) as u64;
+        let want = if self.first.is_none() {
             self.plan.guess_end
         } else {
-            have + READ_CHUNK_BYTES as u64
+            have + more
         };
         let upto = want.max(end).min(self.plan.end_pos);
         let bytes = self
@@ -195,7 +228,15 @@ impl<F: StorageFile> SpanReader<'_, F> {
         if (bytes.len() as u64) < end - have {
             return Err(self.corrupt(have, index, "segment shorter than its index says"));
         }
-        self.buf.extend_from_slice(&bytes);
+        match &self.first {
+            None => self.first = Some(bytes),
+            Some(first) => {
+                if self.buf.is_empty() {
+                    self.buf.extend_from_slice(first);
+                }
+                self.buf.extend_from_slice(&bytes);
+            }
+        }
         Ok(())
     }
 
@@ -219,7 +260,7 @@ impl<F: StorageFile> SpanReader<'_, F> {
                 // The writer leaves a block's last bytes zero when no header fits.
                 self.fill_to(pos + room, index).await?;
                 let at = (pos - self.base) as usize;
-                if self.buf[at..at + room as usize].iter().any(|b| *b != 0) {
+                if self.bytes()[at..at + room as usize].iter().any(|b| *b != 0) {
                     return Err(self.corrupt(pos, index, "non-zero bytes in a block's unused end"));
                 }
                 pos += room;
@@ -228,25 +269,23 @@ impl<F: StorageFile> SpanReader<'_, F> {
             self.fill_to(pos + RECORD_HEADER_BYTES as u64, index)
                 .await?;
             let at = (pos - self.base) as usize;
-            let (_, meta) =
-                decode_header(&self.buf[at..], plan.segment_seq, payload_max).map_err(|e| {
-                    self.corrupt(
-                        pos,
-                        index,
-                        &format!("record fails verification on read ({e:?})"),
-                    )
-                })?;
-            let end = pos + (RECORD_HEADER_BYTES + meta.payload_len) as u64;
-            self.fill_to(end, index).await?;
+            let verify = |buf: &[u8]| verify_record(&buf[at..], plan.segment_seq, payload_max);
+            // Usually the record is in the buffer already: one verification. When it
+            // is not, its header says how far to read.
+            let meta = match verify(self.bytes()) {
+                Err(DecodeError::Short) => {
+                    let len = decode_header(&self.bytes()[at..], plan.segment_seq, payload_max)
+                        .map(|(_, m)| m.payload_len)
+                        .map_err(|e| self.read_failure(pos, index, e))?;
+                    self.fill_to(pos + (RECORD_HEADER_BYTES + len) as u64, index)
+                        .await?;
+                    verify(self.bytes())
+                }
+                other => other,
+            }
+            .map_err(|e| self.read_failure(pos, index, e))?;
             let at = (pos - self.base) as usize;
-            let meta =
-                verify_record(&self.buf[at..], plan.segment_seq, payload_max).map_err(|e| {
-                    self.corrupt(
-                        pos,
-                        index,
-                        &format!("record fails verification on read ({e:?})"),
-                    )
-                })?;
+            let end = pos + (RECORD_HEADER_BYTES + meta.payload_len) as u64;
             let Some(kind) = meta.kind else {
                 pos = end;
                 continue;
@@ -264,7 +303,7 @@ impl<F: StorageFile> SpanReader<'_, F> {
                     term: meta.term,
                     index,
                     kind,
-                    payload: Bytes::copy_from_slice(&self.buf[body..body + meta.payload_len]),
+                    payload: Bytes::copy_from_slice(&self.bytes()[body..body + meta.payload_len]),
                 });
             }
             index += 1;
