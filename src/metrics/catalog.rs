@@ -82,6 +82,7 @@ pub const SHARD_PENDING_APPENDS: &str = "ringlog_shard_pending_appends";
 pub const SHARD_INBOX_REFUSED: &str = "ringlog_shard_inbox_refused_total";
 pub const PEER_MESSAGES_DROPPED: &str = "ringlog_peer_messages_dropped_total";
 pub const WAL_DISK_BYTES: &str = "ringlog_wal_disk_bytes";
+pub const WAL_INDEX_MEMORY_BYTES: &str = "ringlog_wal_index_memory_bytes";
 pub const RETENTION_SEGMENTS_REMOVED: &str = "ringlog_retention_segments_removed_total";
 pub const RETENTION_BYTES_REMOVED: &str = "ringlog_retention_bytes_removed_total";
 pub const LOG_RESETS: &str = "ringlog_log_resets_total";
@@ -364,7 +365,14 @@ pub const METRICS: &[MetricDef] = &[
         Gauge,
         Some(Unit::Bytes),
         P,
-        "Bytes of the partition's WAL files on this node, as the WAL counts them (segment files, each at its full allocated size).",
+        "Bytes of the partition's WAL files on this node: segment files at their full allocated size, their summaries, the spare segment and a segment waiting to be recycled.",
+    ),
+    def(
+        WAL_INDEX_MEMORY_BYTES,
+        Gauge,
+        Some(Unit::Bytes),
+        P,
+        "Memory the partition's WAL index takes on this node (sparse index points, term runs, trims, per-segment bookkeeping; not the read cache).",
     ),
     def(
         RETENTION_SEGMENTS_REMOVED,

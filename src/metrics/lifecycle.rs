@@ -10,6 +10,7 @@ use super::catalog::*;
 /// (one filesystem holds the data directory), so whichever shard checked last sets them.
 pub struct LifecycleMetrics {
     disk_bytes: Gauge,
+    index_memory_bytes: Gauge,
     segments_removed: Counter,
     bytes_removed: Counter,
     log_resets: Counter,
@@ -26,6 +27,7 @@ impl LifecycleMetrics {
         let p = [("partition", partition.as_str())];
         LifecycleMetrics {
             disk_bytes: node.gauge(WAL_DISK_BYTES, &p),
+            index_memory_bytes: node.gauge(WAL_INDEX_MEMORY_BYTES, &p),
             segments_removed: node.counter(RETENTION_SEGMENTS_REMOVED, &p),
             bytes_removed: node.counter(RETENTION_BYTES_REMOVED, &p),
             log_resets: node.counter(LOG_RESETS, &p),
@@ -42,6 +44,10 @@ impl LifecycleMetrics {
 
     pub fn disk_bytes(&self, bytes: u64) {
         self.disk_bytes.set(bytes as f64);
+    }
+
+    pub fn index_memory_bytes(&self, bytes: usize) {
+        self.index_memory_bytes.set(bytes as f64);
     }
 
     /// Segments the WAL removed from this member's log, and their bytes.

@@ -122,6 +122,9 @@ pub struct WalSettings {
     /// Below this many free bytes on the data directory's filesystem the node
     /// refuses appends (`DiskLow`); 0 disables the check.
     pub min_free_bytes: u64,
+    /// At most this many segment files of one partition open at once (the one being
+    /// written included); older segments are opened on demand for reads.
+    pub open_segments_max: u32,
 }
 
 impl Default for WalSettings {
@@ -135,6 +138,7 @@ impl Default for WalSettings {
             write_through: true,
             truncate_corrupt_tail: false,
             min_free_bytes: MIN_FREE_BYTES_DEFAULT,
+            open_segments_max: crate::wal::OPEN_SEGMENTS_MAX_DEFAULT as u32,
         }
     }
 }
@@ -479,6 +483,10 @@ impl NodeConfig {
         if wal.flushes_inflight_max == 0 {
             return Err(invalid("wal.flushes_inflight_max", "must be at least 1"));
         }
+        if wal.open_segments_max < 2 {
+            let reason = "must be at least 2: the segment being written and one to read";
+            return Err(invalid("wal.open_segments_max", reason));
+        }
         Ok(())
     }
 
@@ -592,6 +600,7 @@ impl NodeConfig {
             flushes_in_flight_max: wal.flushes_inflight_max as usize,
             fsync_disabled: wal.fsync == FsyncPolicy::Never,
             truncate_corrupt_tail: wal.truncate_corrupt_tail,
+            open_segments_max: wal.open_segments_max as usize,
             ..WalConfig::default()
         }
     }

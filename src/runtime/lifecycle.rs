@@ -42,8 +42,6 @@ pub(super) struct Lifecycle {
     /// Free bytes at the last successful measurement, and whether that is low.
     free_bytes: Option<u64>,
     low: bool,
-    /// Segments are counted from the bytes removed in units of this size.
-    segment_size_bytes: u64,
     /// Indexes of trim entries in the log not yet known committed, ascending.
     pending_trims: VecDeque<Index>,
     metrics: LifecycleMetrics,
@@ -55,7 +53,6 @@ impl Lifecycle {
         (node_id, shard): (NodeId, u32),
         settings: LifecycleSettings,
         dir: &Path,
-        segment_size_bytes: u64,
         (metrics, health): (&NodeMetrics, Arc<HealthBoard>),
     ) -> Lifecycle {
         Lifecycle {
@@ -65,7 +62,6 @@ impl Lifecycle {
             next_check: Instant::now(),
             free_bytes: None,
             low: false,
-            segment_size_bytes: segment_size_bytes.max(1),
             pending_trims: VecDeque::new(),
             metrics: LifecycleMetrics::new(metrics, shard),
             health,
@@ -97,6 +93,7 @@ impl Lifecycle {
         self.next_check = now + CHECK_INTERVAL;
         self.check_disk();
         self.metrics.disk_bytes(wal.disk_bytes());
+        self.metrics.index_memory_bytes(wal.index_memory_bytes());
         let now_ms = wall_clock_ms();
         wal.note_time_ms(now_ms);
         let policy = self.settings.retention;
@@ -146,13 +143,13 @@ impl Lifecycle {
         Some(self.disk_low_error(free))
     }
 
-    /// A purge took the WAL's files from `bytes_before` to `bytes_after`.
-    pub(super) fn purged(&self, bytes_before: u64, bytes_after: u64) {
-        let removed = bytes_before.saturating_sub(bytes_after);
-        if removed > 0 {
-            let segments = removed.div_ceil(self.segment_size_bytes);
-            self.metrics.removed(segments, removed);
-            self.metrics.disk_bytes(bytes_after);
+    /// A purge removed `segments` segments of `bytes` in all (the WAL's own count,
+    /// which is exact whatever size each segment was written with, and which a
+    /// recycled segment does not hide), leaving the WAL at `disk_bytes`.
+    pub(super) fn purged(&self, segments: u64, bytes: u64, disk_bytes: u64) {
+        if segments > 0 {
+            self.metrics.removed(segments, bytes);
+            self.metrics.disk_bytes(disk_bytes);
         }
     }
 
@@ -219,7 +216,7 @@ mod tests {
     fn lifecycle(metrics: &Arc<NodeMetrics>) -> Lifecycle {
         let settings = LifecycleSettings::default();
         let health = HealthBoard::new(1);
-        Lifecycle::new((1, 0), settings, Path::new("."), 1 << 20, (metrics, health))
+        Lifecycle::new((1, 0), settings, Path::new("."), (metrics, health))
     }
 
     fn value(metrics: &NodeMetrics, name: &str) -> f64 {
@@ -288,8 +285,8 @@ mod tests {
             when: None,
         });
         assert_eq!(value(&metrics, "ringlog_log_start_sent_total"), 1.0);
-        lifecycle.purged(5 << 20, 2 << 20);
-        lifecycle.purged(2 << 20, 2 << 20);
+        lifecycle.purged(3, 3 << 20, 2 << 20);
+        lifecycle.purged(0, 0, 2 << 20);
         assert_eq!(
             value(&metrics, "ringlog_retention_segments_removed_total"),
             3.0

@@ -317,7 +317,6 @@ impl Shard {
             (parts.node_id, shard),
             parts.lifecycle,
             &parts.wal_dir,
-            wal_limits.segment_size_bytes,
             (&parts.metrics, parts.health.clone()),
         );
         lifecycle.recovered_trims(&recovered.trims, engine.commit_index());
@@ -590,9 +589,14 @@ impl Shard {
                     prev_term,
                 } => self.storage(|wal| wal.reset(op, start, prev_term)).await?,
                 Command::PurgeLog { op, before } => {
-                    let bytes_before = self.wal.disk_bytes();
+                    let stats_before = self.wal.stats();
                     self.storage(|wal| wal.purge(op, before).map(drop)).await?;
-                    self.lifecycle.purged(bytes_before, self.wal.disk_bytes());
+                    let stats = self.wal.stats();
+                    self.lifecycle.purged(
+                        stats.segments_purged - stats_before.segments_purged,
+                        stats.segment_bytes_purged - stats_before.segment_bytes_purged,
+                        self.wal.disk_bytes(),
+                    );
                 }
                 Command::Send { msg, when } => match when {
                     Some(engine::Condition::Durable { op }) if op > self.durable_op => {

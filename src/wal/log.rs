@@ -82,6 +82,10 @@ pub struct WalStats {
     pub bytes_written: u64,
     /// fdatasync calls on segments and the hard-state file.
     pub syncs: u64,
+    /// Segments removed by purges (retention and trims), and their bytes (segment
+    /// file and summary), counted when the purge is submitted.
+    pub segments_purged: u64,
+    pub segment_bytes_purged: u64,
 }
 
 /// A segment file handle that exists once the flush creating the file has run. Only

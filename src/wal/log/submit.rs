@@ -297,6 +297,8 @@ impl<S: Storage> Wal<S> {
         let mut seqs = Vec::new();
         while inner.segments.len() > 1 && inner.segments[1].info.first_index <= before {
             let seg = inner.segments.pop_front().expect("checked");
+            inner.stats.segments_purged += 1;
+            inner.stats.segment_bytes_purged += seg.info.segment_size_bytes + seg.summary_bytes;
             seqs.push(seg.info.segment_seq);
             names.push(seg.name);
             inner.slots.pop_front();
