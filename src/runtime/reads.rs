@@ -2,6 +2,7 @@
 //! that keep to `max_bytes`, `max_records` and the client frame limit, and the
 //! reads that wait (long-poll) for the commit index to reach them.
 
+use glommio::sync::Semaphore;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,18 @@ struct Budget {
     payload_bytes_max: usize,
     records_max: usize,
     body_bytes_max: usize,
+}
+
+impl Budget {
+    /// KiB a read within this budget may hold at most: the answer's payload (the
+    /// frame limit caps it) and one more record, which may pass `payload_bytes_max`
+    /// as an answer's first record (and which the frame limit also caps), with
+    /// their copy in the WAL's read buffer counted by the same margin.
+    fn memory_kib(&self) -> u64 {
+        let answer = self.payload_bytes_max.min(self.body_bytes_max) as u64;
+        let units = (answer + self.body_bytes_max as u64).div_ceil(1024);
+        units.min(READ_MEMORY_BYTES_MAX >> 10)
+    }
 }
 
 /// An answer being filled, record by record, within its budget.
@@ -176,7 +189,16 @@ pub struct Reads {
     limits: ReadLimits,
     wal: Rc<Wal<DmaStorage>>,
     waiting: Vec<WaitingRead>,
+    /// KiB that reads being served may hold at once (see [`READ_MEMORY_BYTES_MAX`]).
+    memory: Rc<Semaphore>,
 }
+
+/// Bytes of memory the reads a shard serves at once may hold: the WAL's read
+/// buffers and the records copied out of them. Without it, every pipelined read of
+/// every connection ran at once, and 512 pipelined one-record reads of 256-KiB
+/// records grew a node by 500 MiB (tests/hostile_client_flood.rs); reads beyond it
+/// wait their turn, bounded in number by the connections' own limits.
+pub const READ_MEMORY_BYTES_MAX: u64 = 64 << 20;
 
 impl Reads {
     pub fn new(limits: ReadLimits, wal: Rc<Wal<DmaStorage>>) -> Reads {
@@ -184,6 +206,7 @@ impl Reads {
             limits,
             wal,
             waiting: Vec::new(),
+            memory: Rc::new(Semaphore::new(READ_MEMORY_BYTES_MAX >> 10)),
         }
     }
 
@@ -230,6 +253,7 @@ impl Reads {
     /// Answers `request` from the committed log, in the background.
     pub fn serve(&self, at: LogBounds, request: ReadRequest, reply: Reply<ReadOk>) {
         let (wal, budget) = (self.wal.clone(), self.limits.budget(&request));
+        let memory = self.memory.clone();
         glommio::spawn_local(async move {
             let empty = ReadOk {
                 records: Vec::new(),
@@ -240,6 +264,8 @@ impl Reads {
                 reply.send(Ok(empty));
                 return;
             }
+            // The semaphore is never closed, so acquiring only waits.
+            let _held = memory.acquire_permit(budget.memory_kib()).await;
             let read = read_records(&wal, request.from_index, at.commit + 1, budget).await;
             let answer = match read {
                 Ok(records) => Ok(ReadOk { records, ..empty }),

@@ -56,8 +56,13 @@ impl<S: Storage> Wal<S> {
             let payload_per_entry = disk_per_entry
                 .saturating_sub(RECORD_HEADER_BYTES as u64)
                 .max(1);
+            // An answer holds at least one entry, however small `bytes_max`: with large
+            // records a guess below one mean entry would read twice and copy the
+            // first read into a second buffer (seen as 1.2× the RSS under a flood of
+            // one-record reads).
             let want = (bytes_max as u128 * disk_per_entry as u128 / payload_per_entry as u128)
                 .min(u64::MAX as u128) as u64;
+            let want = want.max(disk_per_entry);
             let slack = want
                 .saturating_add(SPARSE_STRIDE_BYTES)
                 .max(READ_CHUNK_BYTES as u64);
