@@ -161,6 +161,14 @@ async fn read_records(
     Ok(answer.records)
 }
 
+/// The refusal of a read below the start of what may be read.
+fn out_of_range(at: LogBounds) -> ServerError {
+    ServerError::OutOfRange {
+        log_start: at.log_start,
+        log_end: at.commit,
+    }
+}
+
 /// Client records of `entries`; leader no-ops leave gaps that reads skip.
 fn records_of(entries: Vec<Entry>) -> impl Iterator<Item = Record> {
     let records = entries.into_iter().filter(|e| e.kind == EntryKind::Record);
@@ -223,11 +231,7 @@ impl Reads {
     /// reaches it (a long poll), or refuses it when out of range.
     pub fn serve_or_wait(&mut self, at: LogBounds, request: ReadRequest, reply: Reply<ReadOk>) {
         if request.from_index < at.log_start {
-            reply.send(Err(ServerError::OutOfRange {
-                log_start: at.log_start,
-                log_end: at.commit,
-            }));
-            return;
+            return reply.send(Err(out_of_range(at)));
         }
         // Past the commit index (a follower may lag the leader by a heartbeat, and
         // a `--follow` reader asks for what comes next): wait, or answer with no
@@ -250,8 +254,15 @@ impl Reads {
         });
     }
 
-    /// Answers `request` from the committed log, in the background.
+    /// Answers `request` from the committed log, in the background. The start is
+    /// checked here again, not only when the read arrived: a long poll parked above
+    /// the commit index may be released by the very commit that applied a trim
+    /// past it, and the WAL (which removes whole segments) may still hold those
+    /// records.
     pub fn serve(&self, at: LogBounds, request: ReadRequest, reply: Reply<ReadOk>) {
+        if request.from_index < at.log_start {
+            return reply.send(Err(out_of_range(at)));
+        }
         let (wal, budget) = (self.wal.clone(), self.limits.budget(&request));
         let memory = self.memory.clone();
         glommio::spawn_local(async move {
@@ -269,10 +280,7 @@ impl Reads {
             let read = read_records(&wal, request.from_index, at.commit + 1, budget).await;
             let answer = match read {
                 Ok(records) => Ok(ReadOk { records, ..empty }),
-                Err(WalError::OutOfRange { .. }) => Err(ServerError::OutOfRange {
-                    log_start: at.log_start,
-                    log_end: at.commit,
-                }),
+                Err(WalError::OutOfRange { .. }) => Err(out_of_range(at)),
                 Err(e) => Err(ServerError::Unavailable {
                     reason: e.to_string(),
                 }),

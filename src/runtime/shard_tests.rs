@@ -337,3 +337,37 @@ fn a_leader_below_the_disk_watermark_refuses_appends_and_still_serves_reads() {
         assert!(answer.records.is_empty());
     });
 }
+
+/// A long poll parked above the commit index, released by the commit that also
+/// applies a trim past the records it waited for, is refused as out of range: the
+/// WAL (which removes whole segments) still holds those records, and an old check,
+/// made only when the read arrived, served them below an acknowledged trim.
+#[test]
+fn a_parked_read_released_by_a_trim_past_it_is_out_of_range() {
+    with_shard(limits(1 << 20, 16), async |shard| {
+        shard.await_leadership().await;
+        shard.append(vec![Bytes::from_static(b"old"); 4]).await;
+        let next = shard.info().await.last_index + 1;
+        let parked = shard.send(|reply| ShardInput::Read {
+            request: read_from(next, 30_000),
+            reply,
+        });
+        // Both inputs are queued before the shard runs again, so they share a turn
+        // and a flush: the commit index reaches the trim entry in one step.
+        let appended = shard.send(|reply| ShardInput::Append {
+            records: vec![Bytes::from_static(b"new"); 10],
+            reply,
+        });
+        let trimmed = shard.send(|reply| ShardInput::Trim {
+            before: next + 10,
+            reply,
+        });
+        appended.await.expect("answered").expect("appended");
+        let trim = trimmed.await.expect("answered").expect("trimmed");
+        assert_eq!(trim.log_start, next + 10);
+        match parked.await.expect("answered") {
+            Err(ServerError::OutOfRange { log_start, .. }) => assert_eq!(log_start, next + 10),
+            other => panic!("a read below an acknowledged trim must be refused: {other:?}"),
+        }
+    });
+}
