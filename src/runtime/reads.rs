@@ -228,11 +228,10 @@ impl Reads {
     }
 
     /// Serves a read of committed records, or parks it until the commit index
-    /// reaches it (a long poll), or refuses it when out of range.
+    /// reaches it (a long poll). A read below the start is at or below the commit
+    /// index (the start is at most commit + 1), so it goes to `serve`, which
+    /// refuses it.
     pub fn serve_or_wait(&mut self, at: LogBounds, request: ReadRequest, reply: Reply<ReadOk>) {
-        if request.from_index < at.log_start {
-            return reply.send(Err(out_of_range(at)));
-        }
         // Past the commit index (a follower may lag the leader by a heartbeat, and
         // a `--follow` reader asks for what comes next): wait, or answer with no
         // records and the commit index, so the client knows where things stand.
