@@ -280,10 +280,27 @@ impl Conn {
 }
 
 /// A client of a ringlog cluster. Single-threaded: use one per glommio executor.
+/// A pooled connection's node address and the partition it is for.
+type ConnKey = (String, Option<u32>);
+
+/// The partition `request` is for; None for metadata.
+fn request_partition(request: &ClientRequest) -> Option<u32> {
+    match request {
+        ClientRequest::Append(r) => Some(r.partition),
+        ClientRequest::Read(r) => Some(r.partition),
+        ClientRequest::Trim(r) => Some(r.partition),
+        ClientRequest::Metadata => None,
+    }
+}
+
 pub struct Client {
     config: ClientConfig,
-    pool: RefCell<HashMap<String, Rc<Conn>>>,
-    connect_gates: RefCell<HashMap<String, Rc<Semaphore>>>,
+    /// One connection per (node address, partition): a node serves each connection
+    /// on the core of the partition its first request names, so a connection per
+    /// partition keeps every request on its partition's core. Metadata has its own
+    /// (partition None).
+    pool: RefCell<HashMap<ConnKey, Rc<Conn>>>,
+    connect_gates: RefCell<HashMap<ConnKey, Rc<Semaphore>>>,
     leaders: RefCell<HashMap<u32, String>>,
     next_bootstrap: Cell<usize>,
     jitter: Cell<u64>,
@@ -386,37 +403,35 @@ impl Client {
         })
     }
 
-    async fn connection(&self, addr: &str) -> Result<Rc<Conn>, CallError> {
-        if let Some(c) = self.pool.borrow().get(addr)
+    async fn connection(&self, key: &ConnKey) -> Result<Rc<Conn>, CallError> {
+        if let Some(c) = self.pool.borrow().get(key)
             && c.shared.broken.borrow().is_none()
         {
             return Ok(c.clone());
         }
-        // One connect per address at a time: callers arriving while it is under way
+        // One connect per key at a time: callers arriving while it is under way
         // wait for it and then share the connection instead of opening their own.
         let gate = self
             .connect_gates
             .borrow_mut()
-            .entry(addr.to_string())
+            .entry(key.clone())
             .or_insert_with(|| Rc::new(Semaphore::new(1)))
             .clone();
         let _permit = gate
             .acquire_permit(1)
             .await
             .map_err(|e| CallError::NotSent(e.to_string()))?;
-        if let Some(c) = self.pool.borrow().get(addr)
+        if let Some(c) = self.pool.borrow().get(key)
             && c.shared.broken.borrow().is_none()
         {
             return Ok(c.clone());
         }
         let conn = Rc::new(
-            Conn::open(addr, &self.config)
+            Conn::open(&key.0, &self.config)
                 .await
                 .map_err(CallError::Connect)?,
         );
-        self.pool
-            .borrow_mut()
-            .insert(addr.to_string(), conn.clone());
+        self.pool.borrow_mut().insert(key.clone(), conn.clone());
         Ok(conn)
     }
 
@@ -425,7 +440,8 @@ impl Client {
         addr: &str,
         request: &ClientRequest,
     ) -> Result<Result<ClientResponse, ServerError>, CallError> {
-        let conn = self.connection(addr).await?;
+        let key = (addr.to_string(), request_partition(request));
+        let conn = self.connection(&key).await?;
         let wait_ms = match request {
             ClientRequest::Read(r) => u64::from(r.wait_timeout_ms),
             _ => 0,
@@ -434,8 +450,8 @@ impl Client {
         let result = conn.call(request, timeout).await;
         if matches!(result, Err(CallError::Lost(_) | CallError::NotSent(_))) {
             let mut pool = self.pool.borrow_mut();
-            if pool.get(addr).is_some_and(|c| Rc::ptr_eq(c, &conn)) {
-                pool.remove(addr);
+            if pool.get(&key).is_some_and(|c| Rc::ptr_eq(c, &conn)) {
+                pool.remove(&key);
             }
         }
         result

@@ -36,7 +36,7 @@ fn start_acceptor(
 ) -> (
     SocketAddr,
     Rc<Collect>,
-    Rc<ringlog::transport::peer::AcceptorStats>,
+    std::sync::Arc<ringlog::transport::peer::AcceptorStats>,
 ) {
     let collect = Rc::new(Collect::default());
     let acceptor =

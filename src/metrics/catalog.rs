@@ -42,6 +42,7 @@ const P: &[&str] = &["partition"];
 const PP: &[&str] = &["partition", "peer"];
 const PPR: &[&str] = &["partition", "peer", "reason"];
 const NONE: &[&str] = &[];
+const PK: &[&str] = &["partition", "kind"];
 
 pub const BUILD_INFO: &str = "ringlog_build_info";
 pub const CLIENT_CONNECTIONS: &str = "ringlog_client_connections";
@@ -52,6 +53,7 @@ pub const CLIENT_RECEIVED_BYTES: &str = "ringlog_client_received_bytes_total";
 pub const CLIENT_REQUESTS: &str = "ringlog_client_requests_total";
 pub const CLIENT_REQUEST_SECONDS: &str = "ringlog_client_request_duration_seconds";
 pub const PEER_CONNECTIONS: &str = "ringlog_peer_connections";
+pub const CONNECTIONS_SERVED: &str = "ringlog_connections_served_total";
 pub const PEER_HANDSHAKES_REFUSED: &str = "ringlog_peer_handshakes_refused_total";
 pub const PEER_MESSAGES_REFUSED: &str = "ringlog_peer_messages_refused_total";
 pub const APPEND_RECORDS: &str = "ringlog_append_records_total";
@@ -156,6 +158,13 @@ pub const METRICS: &[MetricDef] = &[
         Some(Unit::Count),
         NONE,
         "Inbound peer connections open now (two lanes per peer and shard).",
+    ),
+    def(
+        CONNECTIONS_SERVED,
+        Counter,
+        Some(Unit::Count),
+        PK,
+        "Connections the shard of this partition began serving; kind: client or peer.",
     ),
     def(
         PEER_HANDSHAKES_REFUSED,

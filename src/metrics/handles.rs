@@ -1,9 +1,10 @@
 //! The handles each part of a node records into, registered once at start.
 //!
-//! [`RouterMetrics`] lives with the client and peer routers on shard 0 and counts
-//! requests for every partition; [`ShardMetrics`] lives on its shard and publishes
+//! [`RouterMetrics`] lives with the client and peer routers, one per shard (all
+//! shards' handles are the same series), and counts requests; [`ShardMetrics`] lives on its shard and publishes
 //! the shard's Raft, WAL and link state.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
@@ -67,6 +68,8 @@ pub struct RouterMetrics {
     client_bytes: Counter,
     peer_connections: Gauge,
     handshakes_refused: Counter,
+    /// `served[partition]`: connections its shard began serving, [client, peer].
+    served: Vec<[Counter; 2]>,
 }
 
 impl RouterMetrics {
@@ -120,6 +123,15 @@ impl RouterMetrics {
             client_bytes: node.counter(CLIENT_RECEIVED_BYTES, &[]),
             peer_connections: node.gauge(PEER_CONNECTIONS, &[]),
             handshakes_refused: node.counter(PEER_HANDSHAKES_REFUSED, &[]),
+            served: (0..partitions)
+                .map(|p| {
+                    let partition = p.to_string();
+                    ["client", "peer"].map(|kind| {
+                        let labels = [("partition", partition.as_str()), ("kind", kind)];
+                        node.counter(CONNECTIONS_SERVED, &labels)
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -162,21 +174,32 @@ impl RouterMetrics {
         }
     }
 
-    /// Copies the listener's and acceptor's own counters (kept as plain cells on
-    /// shard 0) into their series; called just before each render.
-    pub fn collect(&self, clients: &ListenerStats, peers: &AcceptorStats) {
-        self.connections.set(clients.connections_open.get() as f64);
+    /// Copies the client and peer services' own counters (one set per shard, each
+    /// written by its shard) into their series, adding up the shards; called just
+    /// before each render.
+    pub fn collect(&self, clients: &[Arc<ListenerStats>], peers: &[Arc<AcceptorStats>]) {
+        let sum = |f: fn(&ListenerStats) -> u64| clients.iter().map(|s| f(s)).sum::<u64>();
+        let open = sum(|s| s.connections_open.get() + s.connections_placing.get());
+        self.connections.set(open as f64);
         self.accepted
-            .absolute(clients.connections_accepted_total.get());
+            .absolute(sum(|s| s.connections_accepted_total.get()));
         self.refused
-            .absolute(clients.connections_refused_total.get());
-        self.failed.absolute(clients.connections_failed_total.get());
+            .absolute(sum(|s| s.connections_refused_total.get()));
+        self.failed
+            .absolute(sum(|s| s.connections_failed_total.get()));
         self.client_bytes
-            .absolute(clients.bytes_received_total.get());
-        self.peer_connections
-            .set(peers.connections_open.get() as f64);
+            .absolute(sum(|s| s.bytes_received_total.get()));
+        let sum = |f: fn(&AcceptorStats) -> u64| peers.iter().map(|s| f(s)).sum::<u64>();
+        let open = sum(|s| s.connections_open.get() + s.connections_placing.get());
+        self.peer_connections.set(open as f64);
         self.handshakes_refused
-            .absolute(peers.handshakes_refused_total.get());
+            .absolute(sum(|s| s.handshakes_refused_total.get()));
+        for (shard, [client, peer]) in self.served.iter().enumerate() {
+            if let (Some(c), Some(p)) = (clients.get(shard), peers.get(shard)) {
+                client.absolute(c.connections_served_total.get());
+                peer.absolute(p.connections_served_total.get());
+            }
+        }
     }
 }
 

@@ -1,17 +1,20 @@
 //! A node: one process running S shards, each on its own glommio executor thread
-//! (unpinned unless `pin`), plus the client listener and peer acceptor on shard 0.
+//! (unpinned unless `pin`). Shard 0 also accepts the client and peer connections
+//! and serves metrics; each connection is served by the shard it uses
+//! ([`super::doors`]).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::Placement;
 use thiserror::Error;
 
 use super::config::{FsyncPolicy, NodeConfig};
+use super::doors::{Listen, NodeDoors, ShardDoors};
+use super::executor::shard_executor;
 use super::inbox::{
     INBOX_BYTES_MAX, INBOX_CAPACITY, LaneReceiver, LaneSender, PEER_INBOX_BYTES_MAX,
     PEER_INBOX_CAPACITY, ShardInput, lane,
@@ -19,14 +22,12 @@ use super::inbox::{
 use super::lifecycle::LifecycleSettings;
 use super::preflight::{self, PreflightError};
 use super::reads::ReadLimits;
-use super::router::{ClientRouter, PeerRouter, node_infos};
 use super::shard::{ShardContext, ShardError, run_shard};
 use crate::engine::{Message, NodeId};
+use crate::metrics::NodeMetrics;
 use crate::metrics::health::HealthBoard;
-use crate::metrics::http::MetricsServer;
-use crate::metrics::{NodeMetrics, RouterMetrics};
-use crate::transport::peer::{CloseRequests, LinkCloser, PeerAcceptor, PeerConfig, link_closer};
-use crate::transport::server::{ClientListener, ServerConfig};
+use crate::transport::peer::{LinkCloser, PeerConfig, link_closer};
+use crate::transport::placement;
 
 /// Memory each executor registers with io_uring for its I/O buffers.
 const IO_MEMORY_BYTES: usize = 2 << 20;
@@ -81,19 +82,50 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
         health: HealthBoard::new(shards),
     };
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| inboxes()).unzip();
-    let (closer, close_requests) = link_closer();
-    let mut close_requests = Some(close_requests);
-    let threads: Vec<_> = receivers
+    let (client_doors, client_queues) = placement::doors(shards);
+    let (peer_doors, peer_queues) = placement::doors(shards);
+    let node_doors = NodeDoors {
+        cluster_id: config.cluster_id,
+        node_id: config.node_id,
+        members: config
+            .nodes
+            .iter()
+            .map(|m| (m.node_id, m.client_address.clone()))
+            .collect(),
+        client_lanes: senders.iter().map(|s| s.clients.clone()).collect(),
+        peer_lanes: senders.iter().map(|s| s.peers.clone()).collect(),
+        client_doors,
+        peer_doors,
+        client_stats: (0..shards).map(|_| Arc::default()).collect(),
+        peer_stats: (0..shards).map(|_| Arc::default()).collect(),
+        client_limits: config.clients.server_config(),
+        observe: observe.clone(),
+    };
+    let queues = receivers
         .into_iter()
+        .zip(client_queues.into_iter().zip(peer_queues));
+    let threads: Vec<_> = queues
         .enumerate()
-        .map(|(shard, inbox)| {
+        .map(|(shard, (inbox, (client_queue, peer_queue)))| {
             let shard = shard as u32;
-            let parts = (inbox, stop.clone(), closer.clone());
+            let (closer, close_requests) = link_closer();
+            let parts = (inbox, stop.clone(), closer);
             let context = shard_context(&config, shard, &peer_addrs, parts, &observe);
-            let front = (shard == 0).then(|| {
-                let requests = close_requests.take().expect("shard 0 comes once");
-                FrontDoors::new(&config, senders.clone(), observe.clone(), requests)
-            });
+            let mut node = node_doors.clone();
+            node.client_doors = node.client_doors.at(shard);
+            node.peer_doors = node.peer_doors.at(shard);
+            let doors = ShardDoors {
+                shard,
+                node,
+                client_queue,
+                peer_queue,
+                close_requests,
+                listen: (shard == 0).then_some(Listen {
+                    client: config.listen.client,
+                    peer: config.listen.peer,
+                    metrics: config.listen.metrics,
+                }),
+            };
             let placement = if config.pin {
                 Placement::Fixed(shard as usize)
             } else {
@@ -101,11 +133,11 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
             };
             std::thread::Builder::new()
                 .name(format!("shard-{shard}"))
-                .spawn(move || run_executor(shard, placement, context, front))
+                .spawn(move || run_executor(shard, placement, context, doors))
                 .expect("spawning a shard thread")
         })
         .collect();
-    drop(senders);
+    drop((senders, node_doors));
     let mut first_error = None;
     for (shard, thread) in threads.into_iter().enumerate() {
         let result = thread.join().unwrap_or_else(|_| {
@@ -220,119 +252,18 @@ fn shard_context(
 
 /// The node's metrics registry and health board, shared by all shards.
 #[derive(Clone)]
-struct Observe {
-    metrics: Arc<NodeMetrics>,
-    health: Arc<HealthBoard>,
-}
-
-/// The client listener, peer acceptor and metrics server, started on shard 0's
-/// executor. Their routers hold `Rc`s, so they are built there, from these parts.
-struct FrontDoors {
-    client: SocketAddr,
-    peer: SocketAddr,
-    metrics: SocketAddr,
-    cluster_id: u64,
-    node_id: NodeId,
-    members: Vec<(NodeId, String)>,
-    shards: Vec<InboxSenders>,
-    observe: Observe,
-    /// The shards' requests to close the links of peers that broke the rules.
-    close_requests: CloseRequests,
-    client_limits: ServerConfig,
-}
-
-impl FrontDoors {
-    fn new(
-        config: &NodeConfig,
-        shards: Vec<InboxSenders>,
-        observe: Observe,
-        close_requests: CloseRequests,
-    ) -> FrontDoors {
-        FrontDoors {
-            client: config.listen.client,
-            peer: config.listen.peer,
-            metrics: config.listen.metrics,
-            cluster_id: config.cluster_id,
-            node_id: config.node_id,
-            members: config
-                .nodes
-                .iter()
-                .map(|m| (m.node_id, m.client_address.clone()))
-                .collect(),
-            shards,
-            observe,
-            close_requests,
-            client_limits: config.clients.server_config(),
-        }
-    }
-
-    fn open(self) -> Result<(), NodeError> {
-        let listen_error = |what, address| {
-            move |e: std::io::Error| NodeError::Listen {
-                what,
-                address,
-                reason: e.to_string(),
-            }
-        };
-        let peers: Vec<NodeId> = self
-            .members
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| *id != self.node_id)
-            .collect();
-        let router_metrics = Rc::new(RouterMetrics::new(
-            &self.observe.metrics,
-            self.shards.len() as u32,
-            &peers,
-        ));
-        let client_router = ClientRouter {
-            cluster_id: self.cluster_id,
-            nodes: node_infos(&self.members),
-            shards: self.shards.iter().map(|s| s.clients.clone()).collect(),
-            metrics: router_metrics.clone(),
-        };
-        let peer_router = PeerRouter {
-            shards: self.shards.into_iter().map(|s| s.peers).collect(),
-            peers,
-            metrics: router_metrics.clone(),
-        };
-        let clients = ClientListener::bind(self.client, self.client_limits, Rc::new(client_router))
-            .map_err(listen_error("client", self.client))?;
-        let peer_config = PeerConfig::new(self.cluster_id, self.node_id);
-        let peers = PeerAcceptor::bind(self.peer, Rc::new(peer_config), Rc::new(peer_router))
-            .map_err(listen_error("peer", self.peer))?
-            .closing_on(self.close_requests);
-        let (client_stats, peer_stats) = (clients.stats(), peers.stats());
-        let collect = Rc::new(move || router_metrics.collect(&client_stats, &peer_stats));
-        let scrapes = MetricsServer::bind(
-            self.metrics,
-            self.observe.metrics.clone(),
-            self.observe.health.clone(),
-            collect,
-        )
-        .map_err(listen_error("metrics", self.metrics))?;
-        glommio::spawn_local(clients.run()).detach();
-        glommio::spawn_local(peers.run()).detach();
-        glommio::spawn_local(scrapes.run()).detach();
-        log::info!(
-            "serving clients on {}, peers on {} and metrics on http://{}/metrics",
-            self.client,
-            self.peer,
-            self.metrics
-        );
-        Ok(())
-    }
+pub struct Observe {
+    pub metrics: Arc<NodeMetrics>,
+    pub health: Arc<HealthBoard>,
 }
 
 fn run_executor(
     shard: u32,
     placement: Placement,
     context: ShardContext,
-    front: Option<FrontDoors>,
+    doors: ShardDoors,
 ) -> Result<(), NodeError> {
-    let executor = LocalExecutorBuilder::new(placement)
-        .name(&format!("shard-{shard}"))
-        .io_memory(IO_MEMORY_BYTES)
+    let executor = shard_executor(shard, placement, IO_MEMORY_BYTES)
         .make()
         .map_err(|e| NodeError::Executor {
             shard,
@@ -341,7 +272,7 @@ fn run_executor(
     let stop = context.stop.clone();
     let _stop_on_panic = StopOnPanic(stop.clone());
     executor.run(async move {
-        if let Some(Err(e)) = front.map(FrontDoors::open) {
+        if let Err(e) = doors.open() {
             stop.store(true, Ordering::Relaxed);
             return Err(e);
         }

@@ -1,6 +1,9 @@
-//! The node's front doors: the client listener's request handler and the peer
-//! acceptor's message handler. Both run on shard 0's executor and route by
-//! partition (= shard) to that shard's inbox, so clients never see cores.
+//! The routers: the client service's request handler and the peer service's
+//! message handler. Every shard has both, for the connections placed on it; they
+//! route by partition (= shard) to that shard's inbox. A connection is placed on
+//! the shard of its first request, so most requests go to the router's own shard;
+//! requests for other partitions on the same connection cross cores, and clients
+//! never need to know about cores.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};

@@ -6,9 +6,13 @@
 //! - [`client_msg`]: client request/response bodies.
 //! - [`client_error`]: the error response and its codes.
 //! - [`conn`]: reading frames under deadlines, bounded writes, small sync helpers.
-//! - [`server`]: the client listener and the [`server::RequestHandler`] trait.
+//! - [`server`]: the client listener and service, and the [`server::RequestHandler`]
+//!   trait; `client_conn` serves one client connection.
 //! - [`peer`]: outbound peer links (two lanes, bounded queues, reconnect) and the
-//!   inbound peer acceptor.
+//!   inbound peer acceptor and service.
+//! - [`placement`]: which executor serves an accepted connection, and the hand-off
+//!   of its socket to that executor.
+//! - [`count`]: counters one executor writes and the metrics server reads.
 //!
 //! # For the runtime
 //!
@@ -19,12 +23,13 @@
 //!   hand the message back: treat it as lost (Raft retransmits) or hold it. Keep
 //!   AppendEntries batches under `PeerConfig::frame_body_bytes_max` (48 bytes plus 24
 //!   per entry plus payloads).
-//! - Inbound peer traffic: a [`peer::PeerAcceptor`] calls `PeerHandler::deliver(shard,
-//!   message)` on the executor that accepted the connection. With one peer port per
-//!   node, forward to the shard's executor (glommio shared channels); alternatively
-//!   bind one peer port per shard. `PeerHandler::accept` can refuse unknown shards.
-//! - Client traffic: a [`server::ClientListener`] calls `RequestHandler::handle`,
-//!   which may await (commit, long-poll). Only NotLeader, Overloaded and Unavailable
+//! - Inbound peer traffic: a [`peer::PeerAcceptor`] accepts on one executor and, given
+//!   [`placement::Doors`], hands each connection to the executor of the shard its
+//!   handshake names, whose [`peer::PeerService`] calls `PeerHandler::deliver(shard,
+//!   message)` there. `PeerHandler::accept` can refuse unknown shards.
+//! - Client traffic: a [`server::ClientListener`] places each connection by the
+//!   partition of its first request; the [`server::ClientService`] of that executor
+//!   calls `RequestHandler::handle`, which may await (commit, long-poll). Only NotLeader, Overloaded and Unavailable
 //!   may be answered for requests that were not applied: the client library retries
 //!   appends on exactly those. Cap read answers by `max_bytes` and below the frame
 //!   limit (an answer over the limit is replaced with InvalidRequest).
@@ -32,14 +37,17 @@
 //!   they arrived in: keeping one alive keeps that frame's buffer alive. Copy records
 //!   that are retained for long (a cache) rather than pinning receive buffers.
 
+mod client_conn;
 pub mod client_error;
 pub mod client_msg;
 pub mod conn;
+pub mod count;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod peer;
 pub mod peer_msg;
+pub mod placement;
 pub mod server;
 
 pub use client_msg::*;

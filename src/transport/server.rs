@@ -1,27 +1,22 @@
-//! The client listener: accepts client connections, decodes requests, hands them to a
+//! The client listener and the client service. The listener accepts connections
+//! and places each on the executor that owns the partition it uses
+//! ([`super::placement`]); the service of that executor serves it
+//! ([`super::client_conn`]): it decodes requests, hands them to a
 //! [`RequestHandler`] (the runtime in production, a fake in tests) and writes the
-//! answers back, many per write. Each connection's memory is bounded in bytes: one
-//! receive buffer that grows with the frame's bytes as they arrive, requests being
-//! handled (`inflight_requests_max`, `inflight_bytes_max`) and answers not yet
-//! written (`unwritten_bytes_max`). When the connection ends, its requests still
-//! being handled are dropped, so nothing waits on behalf of a client that is gone.
+//! answers back.
 
-use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use futures_lite::io::split;
 use glommio::net::{TcpListener, TcpStream};
 
-use super::client_msg::{
-    ClientRequest, ClientResponse, CloseCause, ClosingNotice, ServerError, decode_request,
-    encode_closing_notice, encode_response,
-};
-use super::conn::{Cancel, ConnError, FrameReader, Notify, write_all_within};
-use super::frame::{FRAME_BODY_BYTES_MAX_DEFAULT, FRAME_HEADER_BYTES, Frame, FrameError};
+use super::client_msg::{ClientRequest, ClientResponse, ServerError};
+use super::count::Count;
+use super::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
+use super::placement::{DoorQueue, Doors, Placing, client_partition, place, take_handed_in};
 
 /// Serves client requests. Implemented by the runtime; `handle` runs on the executor
 /// that accepted the connection and may await (for a commit, or for new data when a
@@ -84,468 +79,172 @@ impl Default for ServerConfig {
     }
 }
 
-/// Counters of one listener, readable by the runtime (metrics) and by tests.
+/// Counters of one executor's client service (and, on the accepting executor, of
+/// its listener), readable from any thread by the metrics server and by tests.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
-    pub connections_open: Cell<u64>,
-    pub connections_accepted_total: Cell<u64>,
-    pub connections_refused_total: Cell<u64>,
+    /// Connections this executor serves now.
+    pub connections_open: Count,
+    /// Connections accepted and not yet placed (their first frame is awaited).
+    pub connections_placing: Count,
+    pub connections_accepted_total: Count,
+    pub connections_refused_total: Count,
     /// Connections closed because the client broke the protocol or a timeout.
-    pub connections_failed_total: Cell<u64>,
-    pub requests_total: Cell<u64>,
+    pub connections_failed_total: Count,
+    /// Connections this executor began serving, handed in or accepted here.
+    pub connections_served_total: Count,
+    /// Connections this executor took from the one that accepted them.
+    pub connections_handed_in_total: Count,
+    pub requests_total: Count,
     /// Requests answered with InvalidRequest because their body did not decode.
-    pub requests_invalid_total: Cell<u64>,
-    pub bytes_received_total: Cell<u64>,
+    pub requests_invalid_total: Count,
+    pub bytes_received_total: Count,
 }
 
-fn bump(c: &Cell<u64>, by: u64) {
-    c.set(c.get() + by);
+/// Serves client connections on one executor, whichever executor accepted them.
+pub struct ClientService<H: RequestHandler> {
+    handler: Rc<H>,
+    config: Rc<ServerConfig>,
+    stats: Arc<ListenerStats>,
+}
+
+impl<H: RequestHandler> ClientService<H> {
+    pub fn new(config: ServerConfig, handler: Rc<H>) -> Rc<ClientService<H>> {
+        Self::with_stats(config, handler, Arc::default())
+    }
+
+    /// A service counting into `stats`, which the metrics server may already hold.
+    pub fn with_stats(
+        config: ServerConfig,
+        handler: Rc<H>,
+        stats: Arc<ListenerStats>,
+    ) -> Rc<ClientService<H>> {
+        Rc::new(ClientService {
+            handler,
+            config: Rc::new(config),
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        self.stats.clone()
+    }
+
+    /// Serves `stream` in a task of its own until it closes.
+    pub fn serve(self: &Rc<Self>, stream: TcpStream) {
+        let service = self.clone();
+        self.stats.connections_served_total.add(1);
+        self.stats.connections_open.add(1);
+        glommio::spawn_local(async move {
+            let (handler, config, stats) = (
+                service.handler.clone(),
+                service.config.clone(),
+                service.stats.clone(),
+            );
+            super::client_conn::serve_connection(stream, handler, config, stats).await;
+            service.stats.connections_open.sub(1);
+        })
+        .detach();
+    }
+
+    /// Serves the connections other executors hand to this one, until they all
+    /// stop handing.
+    pub async fn serve_handed_in(self: Rc<Self>, queue: DoorQueue) {
+        let handed_in = &self.stats.connections_handed_in_total;
+        take_handed_in(queue, handed_in, |stream| self.serve(stream)).await;
+    }
 }
 
 /// A bound client listener. `run` accepts until the task is dropped.
 pub struct ClientListener<H: RequestHandler> {
     listener: TcpListener,
-    handler: Rc<H>,
-    config: Rc<ServerConfig>,
-    stats: Rc<ListenerStats>,
+    service: Rc<ClientService<H>>,
+    /// Where connections go; None serves all of them here.
+    placing: Option<Placing>,
+    /// Every executor's stats, this one's included: `connections_max` counts the
+    /// connections of the whole node.
+    all_stats: Vec<Arc<ListenerStats>>,
 }
 
 impl<H: RequestHandler> ClientListener<H> {
-    /// Binds `addr` (port 0 picks a free port; see [`ClientListener::local_addr`]).
+    /// Binds `addr` (port 0 picks a free port; see [`ClientListener::local_addr`])
+    /// and serves every connection on this executor.
     pub fn bind(
         addr: SocketAddr,
         config: ServerConfig,
         handler: Rc<H>,
     ) -> io::Result<ClientListener<H>> {
+        Self::bind_service(addr, ClientService::new(config, handler))
+    }
+
+    /// Binds `addr` for `service`, which serves what is not placed elsewhere.
+    pub fn bind_service(
+        addr: SocketAddr,
+        service: Rc<ClientService<H>>,
+    ) -> io::Result<ClientListener<H>> {
         let listener = super::conn::listen_exclusive(addr)?;
+        let all_stats = vec![service.stats()];
         Ok(ClientListener {
             listener,
-            handler,
-            config: Rc::new(config),
-            stats: Rc::new(ListenerStats::default()),
+            service,
+            placing: None,
+            all_stats,
         })
+    }
+
+    /// Places each connection on the executor that owns the partition of its first
+    /// request; `all_stats` are the services of every executor.
+    pub fn placing(mut self, doors: Doors, all_stats: Vec<Arc<ListenerStats>>) -> Self {
+        self.placing = Some(Placing {
+            doors,
+            owner_of: client_partition,
+            wait: Duration::from_millis(self.service.config.frame_timeout_ms),
+        });
+        self.all_stats = all_stats;
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr().map_err(io::Error::from)
     }
 
-    pub fn stats(&self) -> Rc<ListenerStats> {
-        self.stats.clone()
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        self.service.stats()
     }
 
-    /// Accepts connections forever, each served by its own task.
+    fn connections_open(&self) -> u64 {
+        let stats = self.all_stats.iter();
+        stats
+            .map(|s| s.connections_open.get() + s.connections_placing.get())
+            .sum()
+    }
+
+    /// Accepts connections forever, each placed and then served by a task.
     pub async fn run(self) {
+        let stats = self.service.stats();
         loop {
             let stream = super::conn::accept_retrying(&self.listener, "client listener").await;
-            if self.stats.connections_open.get() as usize >= self.config.connections_max {
-                bump(&self.stats.connections_refused_total, 1);
+            if self.connections_open() as usize >= self.service.config.connections_max {
+                stats.connections_refused_total.add(1);
                 log::warn!(
                     "client listener: refusing connection from {:?}: {} connections open",
                     stream.peer_addr().ok(),
-                    self.config.connections_max
+                    self.service.config.connections_max
                 );
                 drop(stream);
                 continue;
             }
-            bump(&self.stats.connections_accepted_total, 1);
-            bump(&self.stats.connections_open, 1);
-            let (handler, config, stats) = (
-                self.handler.clone(),
-                self.config.clone(),
-                self.stats.clone(),
-            );
-            glommio::spawn_local(async move {
-                serve_connection(stream, handler, config, stats.clone()).await;
-                stats.connections_open.set(stats.connections_open.get() - 1);
-            })
-            .detach();
+            stats.connections_accepted_total.add(1);
+            let service = self.service.clone();
+            let pending = (stats.clone(), placing_count as fn(&_) -> &_);
+            place(stream, self.placing.as_ref(), pending, move |s| {
+                service.serve(s)
+            });
         }
     }
 }
 
-/// State shared by one connection's reader, writer and request tasks.
-struct Shared {
-    /// Encoded answers waiting for the writer.
-    out: RefCell<BytesMut>,
-    /// Bytes the writer has taken from `out` and not finished writing.
-    writing_bytes: Cell<usize>,
-    inflight: Cell<usize>,
-    inflight_bytes: Cell<usize>,
-    waiting_reads: Cell<usize>,
-    /// Set when the connection is ending; `abort` also drops unwritten answers.
-    closing: Cell<bool>,
-    abort: Cell<bool>,
-    /// Cancelled when the connection ends: drops the requests still being handled.
-    requests: Cancel,
-    writer_wake: Notify,
-    reader_wake: Notify,
-}
-
-impl Shared {
-    fn unwritten_bytes(&self) -> usize {
-        self.out.borrow().len() + self.writing_bytes.get()
-    }
-
-    /// Queues an answer and wakes the writer.
-    fn answer(&self, request_id: u64, answer: &Result<ClientResponse, ServerError>) {
-        encode_response(&mut self.out.borrow_mut(), request_id, answer);
-        self.writer_wake.notify();
-    }
-
-    /// Waits until `ready` holds; `false` if the connection started closing first.
-    async fn wait_for(&self, ready: impl Fn(&Shared) -> bool) -> bool {
-        loop {
-            if self.closing.get() {
-                return false;
-            }
-            if ready(self) {
-                return true;
-            }
-            self.reader_wake.notified().await;
-        }
-    }
-}
-
-/// A request admitted on a connection, with what it counts against its limits.
-struct Admitted {
-    request_id: u64,
-    request: ClientRequest,
-    cost_bytes: usize,
-    waits: bool,
-}
-
-/// What is in flight on behalf of one request; given back when it is dropped, whether
-/// the request was answered or cancelled with its connection.
-struct InflightGuard {
-    shared: Rc<Shared>,
-    cost_bytes: usize,
-    waits: bool,
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        let s = &self.shared;
-        s.inflight.set(s.inflight.get() - 1);
-        s.inflight_bytes
-            .set(s.inflight_bytes.get() - self.cost_bytes);
-        if self.waits {
-            s.waiting_reads.set(s.waiting_reads.get() - 1);
-        }
-        s.writer_wake.notify();
-        s.reader_wake.notify();
-    }
-}
-
-/// Answer bytes reserved for a metadata request: enough for hundreds of nodes and
-/// partitions, and small beside the frame limit.
-const METADATA_ANSWER_BYTES_ESTIMATE: usize = 16 * 1024;
-/// Answer bytes of an append or a trim (two positions) or an error, header included.
-const SMALL_ANSWER_BYTES: usize = 64;
-
-/// Bytes `request` may hold while being handled: its frame (appended records are
-/// slices of it) and the largest answer it may get. An answer beyond the frame limit
-/// is replaced by an error, so that limit caps the answer's share.
-fn inflight_cost_bytes(request: &ClientRequest, body_bytes: usize, body_bytes_max: u32) -> usize {
-    let answer_bytes = match request {
-        ClientRequest::Append(_) | ClientRequest::Trim(_) => SMALL_ANSWER_BYTES,
-        ClientRequest::Read(r) => (r.max_bytes as usize).saturating_add(SMALL_ANSWER_BYTES),
-        ClientRequest::Metadata => METADATA_ANSWER_BYTES_ESTIMATE,
-    };
-    FRAME_HEADER_BYTES + body_bytes + answer_bytes.min(body_bytes_max as usize)
-}
-
-async fn serve_connection<H: RequestHandler>(
-    stream: TcpStream,
-    handler: Rc<H>,
-    config: Rc<ServerConfig>,
-    stats: Rc<ListenerStats>,
-) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
-    let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = split(stream);
-    let shared = Rc::new(Shared {
-        out: RefCell::new(BytesMut::new()),
-        writing_bytes: Cell::new(0),
-        inflight: Cell::new(0),
-        inflight_bytes: Cell::new(0),
-        waiting_reads: Cell::new(0),
-        closing: Cell::new(false),
-        abort: Cell::new(false),
-        requests: Cancel::default(),
-        writer_wake: Notify::default(),
-        reader_wake: Notify::default(),
-    });
-    let write_timeout = Duration::from_millis(config.write_timeout_ms);
-    let writer = glommio::spawn_local(write_answers(
-        shared.clone(),
-        write_half,
-        write_timeout,
-        peer.clone(),
-    ));
-    let reader = FrameReader::with_read_chunk(
-        read_half,
-        config.frame_body_bytes_max,
-        config.read_chunk_bytes,
-    );
-    let connection = Connection {
-        shared: shared.clone(),
-        handler,
-        config,
-        stats: stats.clone(),
-        peer: peer.clone(),
-    };
-    let failure = connection.read_requests(reader).await;
-    // The client is gone or being cut off: nothing it asked for is worth finishing.
-    shared.requests.cancel();
-    if let Some(e) = &failure {
-        bump(&stats.connections_failed_total, 1);
-        log::warn!("client {peer}: closing connection: {e}");
-        if let Some(notice) = closing_notice(e) {
-            encode_closing_notice(&mut shared.out.borrow_mut(), &notice);
-        }
-        shared.abort.set(true);
-    }
-    shared.closing.set(true);
-    shared.writer_wake.notify();
-    writer.await;
-}
-
-/// What to tell a client before closing its connection because of `e`, when the
-/// stream can still carry it.
-fn closing_notice(e: &ConnError) -> Option<ClosingNotice> {
-    let cause = match e {
-        ConnError::Frame(_) => CloseCause::ProtocolError,
-        ConnError::IdleTimeout { .. } | ConnError::FrameTimeout { .. } => CloseCause::Timeout,
-        ConnError::Io(_) | ConnError::WriteTimeout { .. } | ConnError::Closed => return None,
-    };
-    Some(ClosingNotice {
-        cause,
-        reason: e.to_string(),
-    })
-}
-
-/// Writes the connection's answers, many per write, until it closes.
-async fn write_answers<W: futures_lite::io::AsyncWrite + Unpin>(
-    s: Rc<Shared>,
-    mut write_half: W,
-    write_timeout: Duration,
-    peer: String,
-) {
-    loop {
-        let batch = s.out.borrow_mut().split();
-        if !batch.is_empty() {
-            s.writing_bytes.set(batch.len());
-            let written = write_all_within(&mut write_half, &batch, write_timeout).await;
-            s.writing_bytes.set(0);
-            // Room for answers again: the reader may take requests.
-            s.reader_wake.notify();
-            if let Err(e) = written {
-                log::warn!("client {peer}: closing connection: {e}");
-                s.abort.set(true);
-                s.closing.set(true);
-                s.requests.cancel();
-                return;
-            }
-            continue;
-        }
-        if s.abort.get() || (s.closing.get() && s.inflight.get() == 0) {
-            use futures_lite::io::AsyncWriteExt;
-            let _ = write_half.close().await;
-            return;
-        }
-        s.writer_wake.notified().await;
-    }
-}
-
-/// The reading side of one client connection.
-struct Connection<H: RequestHandler> {
-    shared: Rc<Shared>,
-    handler: Rc<H>,
-    config: Rc<ServerConfig>,
-    stats: Rc<ListenerStats>,
-    peer: String,
-}
-
-impl<H: RequestHandler> Connection<H> {
-    /// Reads and admits requests until the connection ends; the error, if it ended
-    /// because of one.
-    async fn read_requests<R: futures_lite::io::AsyncRead + Unpin>(
-        &self,
-        mut reader: FrameReader<R>,
-    ) -> Option<ConnError> {
-        let (s, config) = (&self.shared, &self.config);
-        let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
-        let frame_timeout = Duration::from_millis(config.frame_timeout_ms);
-        // Bytes already added to `stats.bytes_received_total`, which grows per frame
-        // so that long-lived connections show up while they live.
-        let mut counted_bytes = 0;
-        loop {
-            // Back-pressure: while too much is in flight or unwritten, the client's
-            // bytes stay in the kernel's buffers and TCP slows it down.
-            let room = s
-                .wait_for(|s| {
-                    s.inflight.get() < config.inflight_requests_max
-                        && s.unwritten_bytes() <= config.unwritten_bytes_max
-                })
-                .await;
-            if !room {
-                return None;
-            }
-            // Idle time only counts while nothing is outstanding: a client waiting
-            // for a long-polling read is not idle.
-            let idle = (s.inflight.get() == 0).then_some(idle_timeout);
-            let next = futures_lite::future::or(reader.next_frame(idle, frame_timeout), async {
-                s.wait_for(|_| false).await;
-                Err(ConnError::Closed)
-            })
-            .await;
-            let read_total = reader.bytes_read_total();
-            bump(&self.stats.bytes_received_total, read_total - counted_bytes);
-            counted_bytes = read_total;
-            let frame = match next {
-                Ok(Some(frame)) => frame,
-                Ok(None) | Err(ConnError::Closed) => return None,
-                Err(e) => return Some(e),
-            };
-            match self.admit(frame) {
-                Ok(Some(admitted)) => {
-                    if !self.start(admitted).await {
-                        return None;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => return Some(e),
-            }
-        }
-    }
-
-    /// Checks one frame: a request to carry out, `None` when it was answered at once
-    /// (refused), or an error that ends the connection.
-    fn admit(&self, frame: Frame) -> Result<Option<Admitted>, ConnError> {
-        let (s, config) = (&self.shared, &self.config);
-        if !frame.kind.is_client_request() {
-            // Framing is intact but this is not something a client may send: answer
-            // and close, since a peer frame here means a misrouted or confused sender.
-            return Err(ConnError::Frame(FrameError::Unexpected {
-                kind: frame.kind,
-                context: "not a client request",
-            }));
-        }
-        bump(&self.stats.requests_total, 1);
-        let request_id = frame.request_id;
-        let refuse = |reason: String| {
-            // The frame's checksum held, so framing is intact: answer this request
-            // with the reason and keep serving the connection.
-            bump(&self.stats.requests_invalid_total, 1);
-            log::info!(
-                "client {}: invalid request {request_id}: {reason}",
-                self.peer
-            );
-            s.answer(request_id, &Err(ServerError::InvalidRequest { reason }));
-            Ok(None)
-        };
-        if request_id == 0 {
-            return refuse(
-                "request_id 0 is reserved (answers are matched by id); use a non-zero id".into(),
-            );
-        }
-        let request = match decode_request(&frame) {
-            Ok(r) => r,
-            Err(e) => return refuse(e.to_string()),
-        };
-        let waits = matches!(&request, ClientRequest::Read(r) if r.wait_timeout_ms > 0);
-        if waits && s.waiting_reads.get() >= config.waiting_reads_per_connection_max {
-            // Not applied, so the client may retry once one of its waits ends.
-            log::debug!(
-                "client {}: refusing read {request_id}: waiting_reads_per_connection_max ({}) reached",
-                self.peer,
-                config.waiting_reads_per_connection_max
-            );
-            s.answer(request_id, &Err(ServerError::Overloaded));
-            return Ok(None);
-        }
-        let cost_bytes =
-            inflight_cost_bytes(&request, frame.body.len(), config.frame_body_bytes_max);
-        Ok(Some(Admitted {
-            request_id,
-            request,
-            cost_bytes,
-            waits,
-        }))
-    }
-
-    /// Starts handling `admitted` once the connection's in-flight bytes leave room for
-    /// it (a connection's only request always has room); `false` if the connection
-    /// closed first.
-    async fn start(&self, admitted: Admitted) -> bool {
-        let (s, budget) = (&self.shared, self.config.inflight_bytes_max);
-        let cost = admitted.cost_bytes;
-        let room = s
-            .wait_for(|s| s.inflight.get() == 0 || s.inflight_bytes.get() + cost <= budget)
-            .await;
-        if !room {
-            return false;
-        }
-        s.inflight.set(s.inflight.get() + 1);
-        s.inflight_bytes.set(s.inflight_bytes.get() + cost);
-        if admitted.waits {
-            s.waiting_reads.set(s.waiting_reads.get() + 1);
-        }
-        let guard = InflightGuard {
-            shared: s.clone(),
-            cost_bytes: cost,
-            waits: admitted.waits,
-        };
-        let (h, body_bytes_max) = (self.handler.clone(), self.config.frame_body_bytes_max);
-        glommio::spawn_local(async move {
-            let s = guard.shared.clone();
-            let handled =
-                futures_lite::future::or(async { Some(h.handle(admitted.request).await) }, async {
-                    s.requests.cancelled().await;
-                    None
-                })
-                .await;
-            if let Some(answer) = handled
-                && !s.abort.get()
-            {
-                encode_bounded(
-                    &mut s.out.borrow_mut(),
-                    admitted.request_id,
-                    &answer,
-                    body_bytes_max,
-                );
-            }
-            drop(guard);
-        })
-        .detach();
-        true
-    }
-}
-
-/// Encodes an answer; one larger than the frame limit would be refused by a client
-/// with the same limit and cost it its connection, so it is replaced by an error the
-/// client can act on.
-fn encode_bounded(
-    out: &mut BytesMut,
-    request_id: u64,
-    answer: &Result<ClientResponse, ServerError>,
-    body_bytes_max: u32,
-) {
-    let start = out.len();
-    encode_response(out, request_id, answer);
-    let body_bytes = out.len() - start - FRAME_HEADER_BYTES;
-    if body_bytes > body_bytes_max as usize {
-        out.truncate(start);
-        let reason = format!(
-            "answer of {body_bytes} bytes exceeds the {body_bytes_max}-byte frame limit; ask for fewer bytes"
-        );
-        encode_response(
-            out,
-            request_id,
-            &Err(ServerError::InvalidRequest { reason }),
-        );
-    }
+/// The counter of connections being placed, for [`place`].
+fn placing_count(stats: &ListenerStats) -> &Count {
+    &stats.connections_placing
 }

@@ -202,7 +202,10 @@ impl RequestHandler for FakeHandler {
 pub fn start_listener(
     config: ServerConfig,
     handler: Rc<FakeHandler>,
-) -> (SocketAddr, Rc<ringlog::transport::server::ListenerStats>) {
+) -> (
+    SocketAddr,
+    std::sync::Arc<ringlog::transport::server::ListenerStats>,
+) {
     let listener = ClientListener::bind("127.0.0.1:0".parse().unwrap(), config, handler).unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = listener.stats();

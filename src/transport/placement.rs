@@ -1,0 +1,318 @@
+//! Connection placement: which executor serves an accepted connection.
+//!
+//! A node has one client port and one peer port, accepted on shard 0, but every
+//! connection is served by the shard that owns what it carries: a peer link names
+//! its shard in its handshake, and a client connection names a partition (= shard)
+//! in every append, read or trim. The acceptor *peeks* at the connection's first
+//! frame (MSG_PEEK: the bytes stay in the kernel's buffer), picks the owner from it
+//! and hands the socket itself to the owner's executor through a bounded queue.
+//! The owner then reads the connection from its first byte, handshake included, so
+//! every byte of it is read, checked and answered on the core that owns it, and
+//! nothing read before the move has to travel with it.
+//!
+//! Connections whose first frame names no partition (a metadata request, garbage, a
+//! silent client) stay where they were accepted and reach other shards through
+//! their inboxes, as before. ScyllaDB publishes a port per shard instead; one port
+//! keeps the configuration, the firewall rules and third-party clients unchanged,
+//! and the client library gets placement for free by opening one connection per
+//! partition it uses (see `docs/wire-protocol.md`, *Connection placement*).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpStream;
+
+use super::count::Count;
+use super::frame::{FRAME_HEADER_BYTES, FRAME_MAGIC, FrameKind, PROTOCOL_VERSION};
+
+/// Bytes the acceptor peeks: the frame header and the first 20 bytes of the body,
+/// enough for a PeerHello's shard id (body offset 16) and a client request's
+/// partition (body offset 0).
+pub const PEEK_BYTES: usize = FRAME_HEADER_BYTES + 20;
+
+/// Connections queued for one executor before the acceptor serves further ones
+/// itself: a shard too busy to take its connections must not make them wait
+/// unboundedly, and a connection served on the accepting shard is still correct.
+pub const HANDOFF_QUEUE_MAX: usize = 256;
+
+/// Pause between peeks while the first frame has arrived only in part.
+const PEEK_RETRY_MS: u64 = 1;
+
+/// The kind of the frame `peeked` starts with, if its header is one of ours.
+fn first_kind(peeked: &[u8]) -> Option<FrameKind> {
+    if peeked.len() < FRAME_HEADER_BYTES {
+        return None;
+    }
+    let magic = u32::from_le_bytes(peeked[0..4].try_into().expect("4 bytes"));
+    if magic != FRAME_MAGIC || peeked[4] != PROTOCOL_VERSION {
+        return None;
+    }
+    FrameKind::from_u8(peeked[5])
+}
+
+/// The little-endian u32 at `offset` of the first frame's body, if it was peeked.
+fn body_u32(peeked: &[u8], offset: usize) -> Option<u32> {
+    let at = FRAME_HEADER_BYTES + offset;
+    let bytes = peeked.get(at..at + 4)?;
+    Some(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+}
+
+/// The partition a client connection's first request names: appends, reads and
+/// trims carry it first in their body. None for anything else.
+pub fn client_partition(peeked: &[u8]) -> Option<u32> {
+    match first_kind(peeked)? {
+        FrameKind::AppendRequest | FrameKind::ReadRequest | FrameKind::TrimRequest => {
+            body_u32(peeked, 0)
+        }
+        _ => None,
+    }
+}
+
+/// The shard a peer connection's handshake names (PeerHello, body offset 16).
+pub fn peer_shard(peeked: &[u8]) -> Option<u32> {
+    match first_kind(peeked)? {
+        FrameKind::PeerHello => body_u32(peeked, 16),
+        _ => None,
+    }
+}
+
+/// How many of the first bytes placement needs, given those `peeked` so far: the
+/// header, then as much of the first body as [`PEEK_BYTES`] covers (a short frame,
+/// such as a metadata request, has no more to wait for).
+fn bytes_wanted(peeked: &[u8]) -> usize {
+    if peeked.len() < FRAME_HEADER_BYTES {
+        return FRAME_HEADER_BYTES;
+    }
+    let body_len = u32::from_le_bytes(peeked[8..12].try_into().expect("4 bytes")) as usize;
+    FRAME_HEADER_BYTES + body_len.min(PEEK_BYTES - FRAME_HEADER_BYTES)
+}
+
+/// The connection's first bytes, as many as placement needs ([`bytes_wanted`]),
+/// left unread for whoever serves it. Waits up to `wait` for them; fewer (or none)
+/// when the connection closes, fails or stays silent, which its server then
+/// handles as it would have anyway.
+pub async fn peek_prefix(stream: &TcpStream, wait: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + wait;
+    let mut buf = vec![0u8; PEEK_BYTES];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let peeked = futures_lite::future::or(async { stream.peek(&mut buf).await.ok() }, async {
+            glommio::timer::sleep(left).await;
+            None
+        })
+        .await;
+        let n = match peeked {
+            Some(n) if n > 0 => n,
+            _ => return Vec::new(),
+        };
+        if n >= bytes_wanted(&buf[..n]) {
+            buf.truncate(n);
+            return buf;
+        }
+        // The first frame arrived in part: a peek returns at once while bytes
+        // wait, so give the rest a moment rather than spin.
+        let pause = Duration::from_millis(PEEK_RETRY_MS);
+        if Instant::now() + pause >= deadline {
+            buf.truncate(n);
+            return buf;
+        }
+        glommio::timer::sleep(pause).await;
+    }
+}
+
+/// An accepted connection on its way to another executor: the socket without the
+/// accepting executor's state, which is all a glommio stream is bound to.
+#[derive(Debug)]
+pub struct Handoff(OwnedFd);
+
+impl Handoff {
+    /// Takes `stream` off this executor. glommio streams cannot give up their
+    /// descriptor, so this keeps a duplicate and closes the original: the socket
+    /// lives on (its data, its peer) for as long as the duplicate is open.
+    pub fn detach(stream: TcpStream) -> io::Result<Handoff> {
+        // SAFETY: dup of a descriptor the stream owns and keeps open for the call.
+        let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        drop(stream);
+        // SAFETY: `fd` was just returned by fcntl and is owned by nothing else.
+        Ok(Handoff(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// The connection as a stream of the current executor.
+    pub fn attach(self) -> TcpStream {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: the descriptor is an open, connected TCP socket owned by `self`,
+        // handed over whole (glommio's own `bind_to_executor` does the same).
+        unsafe { TcpStream::from_raw_fd(self.0.into_raw_fd()) }
+    }
+}
+
+/// The executors' queues of handed-off connections, indexed by shard, as seen
+/// from one executor (`local`).
+#[derive(Clone)]
+pub struct Doors {
+    local: u32,
+    queues: Vec<flume::Sender<Handoff>>,
+}
+
+/// The receiving end of one executor's queue.
+pub type DoorQueue = flume::Receiver<Handoff>;
+
+/// One queue per shard: the senders (clone them for each executor with
+/// [`Doors::at`]) and each shard's receiving end.
+pub fn doors(shards: u32) -> (Doors, Vec<DoorQueue>) {
+    let (queues, receivers) = (0..shards)
+        .map(|_| flume::bounded(HANDOFF_QUEUE_MAX))
+        .unzip();
+    (Doors { local: 0, queues }, receivers)
+}
+
+impl Doors {
+    /// The same queues, seen from shard `local`'s executor.
+    pub fn at(&self, local: u32) -> Doors {
+        Doors {
+            local,
+            queues: self.queues.clone(),
+        }
+    }
+
+    /// Serves `stream` where `owner` says: hands it to that shard's executor and
+    /// returns None, or gives it back to be served here when the owner is this
+    /// executor, unknown (its own server refuses what must be refused), or cannot
+    /// take it now.
+    pub fn hand_to(&self, owner: Option<u32>, stream: TcpStream) -> Option<TcpStream> {
+        let Some(shard) = owner.filter(|s| *s != self.local) else {
+            return Some(stream);
+        };
+        let Some(queue) = self.queues.get(shard as usize) else {
+            return Some(stream);
+        };
+        if queue.is_full() {
+            return Some(stream);
+        }
+        let handoff = match Handoff::detach(stream) {
+            Ok(h) => h,
+            Err(e) => {
+                // The original was consumed; this connection is lost, and its
+                // client reconnects as after any dropped connection.
+                log::warn!("cannot hand a connection to shard {shard}: {e}");
+                return None;
+            }
+        };
+        match queue.try_send(handoff) {
+            Ok(()) => None,
+            // Full since the check (another acceptor) or the shard is stopping.
+            Err(flume::TrySendError::Full(h) | flume::TrySendError::Disconnected(h)) => {
+                Some(h.attach())
+            }
+        }
+    }
+}
+
+/// Serves, with `serve`, the connections other executors hand to this one through
+/// `queue`, counting them in `handed_in`, until every sender is gone.
+pub async fn take_handed_in(queue: DoorQueue, handed_in: &Count, serve: impl Fn(TcpStream)) {
+    while let Ok(handoff) = queue.recv_async().await {
+        handed_in.add(1);
+        serve(handoff.attach());
+    }
+}
+
+/// How an acceptor places its connections.
+#[derive(Clone)]
+pub struct Placing {
+    pub doors: Doors,
+    /// The owner a connection's first bytes name ([`client_partition`],
+    /// [`peer_shard`]).
+    pub owner_of: fn(&[u8]) -> Option<u32>,
+    /// How long to wait for the first frame before serving the connection here.
+    pub wait: Duration,
+}
+
+/// Serves an accepted `stream` where it belongs: without `placing`, here at once;
+/// otherwise a task peeks at its first frame, hands it to its owner or, when it
+/// stays, serves it here with `serve`. `pending` is the counter of `stats` that
+/// counts connections being placed.
+pub fn place<S: 'static>(
+    stream: TcpStream,
+    placing: Option<&Placing>,
+    (stats, pending): (Arc<S>, fn(&S) -> &Count),
+    serve: impl FnOnce(TcpStream) + 'static,
+) {
+    let Some(placing) = placing.cloned() else {
+        serve(stream);
+        return;
+    };
+    pending(&stats).add(1);
+    glommio::spawn_local(async move {
+        let peeked = peek_prefix(&stream, placing.wait).await;
+        let here = placing.doors.hand_to((placing.owner_of)(&peeked), stream);
+        pending(&stats).sub(1);
+        if let Some(stream) = here {
+            serve(stream);
+        }
+    })
+    .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::frame::encode_frame;
+    use bytes::{BufMut, BytesMut};
+
+    fn frame(kind: FrameKind, body: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        encode_frame(&mut out, kind, 7, |b| b.put_slice(body));
+        out.to_vec()
+    }
+
+    #[test]
+    fn a_client_request_names_its_partition_and_metadata_names_none() {
+        let mut body = 3u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&[0u8; 24]);
+        for kind in [
+            FrameKind::AppendRequest,
+            FrameKind::ReadRequest,
+            FrameKind::TrimRequest,
+        ] {
+            assert_eq!(client_partition(&frame(kind, &body)[..PEEK_BYTES]), Some(3));
+        }
+        assert_eq!(
+            client_partition(&frame(FrameKind::MetadataRequest, &[])),
+            None
+        );
+        assert_eq!(client_partition(&frame(FrameKind::PeerHello, &body)), None);
+        assert_eq!(client_partition(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
+        // A header alone, its body not yet arrived, names nothing.
+        let whole = frame(FrameKind::AppendRequest, &body);
+        assert_eq!(client_partition(&whole[..FRAME_HEADER_BYTES]), None);
+    }
+
+    #[test]
+    fn placement_waits_for_no_more_than_the_first_frame_holds() {
+        assert_eq!(bytes_wanted(&[]), FRAME_HEADER_BYTES);
+        let metadata = frame(FrameKind::MetadataRequest, &[]);
+        assert_eq!(bytes_wanted(&metadata), FRAME_HEADER_BYTES);
+        let small_append = frame(FrameKind::AppendRequest, &[0u8; 13]);
+        assert_eq!(bytes_wanted(&small_append), small_append.len());
+        let large_append = frame(FrameKind::AppendRequest, &[0u8; 4096]);
+        assert_eq!(bytes_wanted(&large_append[..30]), PEEK_BYTES);
+    }
+
+    #[test]
+    fn a_peer_hello_names_its_shard() {
+        let mut body = vec![0u8; 16];
+        body.extend_from_slice(&5u32.to_le_bytes());
+        body.extend_from_slice(&[1, 1, 0, 0]);
+        assert_eq!(peer_shard(&frame(FrameKind::PeerHello, &body)), Some(5));
+        assert_eq!(peer_shard(&frame(FrameKind::Heartbeat, &body)), None);
+        let mut wrong_version = frame(FrameKind::PeerHello, &body);
+        wrong_version[4] = 9;
+        assert_eq!(peer_shard(&wrong_version), None);
+    }
+}
