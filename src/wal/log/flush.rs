@@ -65,6 +65,9 @@ impl<S: Storage> Wal<S> {
         }
     }
 
+    /// Carries out `job` in its turn: the hard state first, then the new segment and
+    /// the records, their sync, and once the previous flush is complete the removals
+    /// and the summary of the segment sealed.
     async fn run_job(&self, job: &Job<S::File>) -> WalResult<()> {
         let mut turn = Turn { job, waited: false };
         if job.write_barrier {
