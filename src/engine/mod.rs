@@ -11,6 +11,7 @@ mod commit;
 pub mod config;
 mod election;
 pub mod event;
+mod follower;
 mod invariants;
 pub mod log;
 pub mod progress;

@@ -14,6 +14,7 @@
 //! refuse them, and only them.
 
 mod checker;
+mod commands;
 mod disk;
 mod faults;
 mod liar;
@@ -26,9 +27,7 @@ mod workload;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::engine::rng::Rng;
-use crate::engine::{
-    Command, Condition, Config, Engine, Event, Index, Message, MessageBody, NodeId, Role,
-};
+use crate::engine::{Command, Config, Engine, Event, Index, Message, NodeId};
 use checker::{Check, Checker};
 use disk::Disk;
 use network::Network;
@@ -399,138 +398,6 @@ impl Sim {
         // runtime serves them, and checked against everything the batch committed.
         for (index, floor) in std::mem::take(&mut self.reads_to_serve) {
             self.serve_read(k, index, floor)?;
-        }
-        Ok(())
-    }
-
-    /// The promise itself: an acknowledged record is on disk on a majority. (An
-    /// entry a member has purged since counts: only committed entries on its disk
-    /// are ever purged. So does a member abstaining after a corruption cut its log:
-    /// the leader may have counted its acknowledgement from before the cut, and until
-    /// it has the entries back it refuses to vote for any log without them, which is
-    /// what keeps them safe.)
-    fn check_on_majority_disks(&self, request_id: u64, last_index: u64) -> Check {
-        let payload = self.checker.last_payload_of(request_id);
-        let holders = self.nodes.iter().filter(|node| {
-            node.disk.lost_tail_in_term.is_some()
-                || match node.disk.durable_entry(last_index) {
-                    Some(entry) => Some(&entry.payload) == payload.as_ref(),
-                    None => node.disk.start() > last_index,
-                }
-        });
-        let quorum = self.nodes.len() / 2 + 1;
-        let count = holders.count();
-        if count < quorum {
-            return Err(format!(
-                "append {request_id} acknowledged with index {last_index} on only {count} disks"
-            ));
-        }
-        Ok(())
-    }
-
-    /// Does what the runtime would: storage to the disk, messages to the network
-    /// (held until their condition holds), answers to the checker.
-    fn carry_out(&mut self, k: usize, command: Command) -> Check {
-        let id = k as NodeId + 1;
-        let node = &mut self.nodes[k];
-        let engine = node.engine.as_ref().expect("live member");
-        if node.disk.submit(&command) {
-            if node.flush_at.is_none() {
-                node.flush_at = Some(self.now + self.rng.range(0, 4));
-            }
-            return match command {
-                Command::AppendLog { entries, .. } => {
-                    self.checker.on_append_log(id, &entries, engine.log())
-                }
-                Command::PurgeLog { before, .. } => {
-                    node.batch_start = node.batch_start.max(before);
-                    self.check_purge(k, before)
-                }
-                Command::ResetLog { start, .. } => {
-                    node.batch_start = node.batch_start.max(start);
-                    self.log_resets += 1;
-                    Ok(())
-                }
-                _ => Ok(()),
-            };
-        }
-        match command {
-            Command::Send { msg, when } if self.liar == Some(id) => {
-                let (msg, extra) = match liar::lie_about(msg, &mut self.rng) {
-                    liar::Lie::Honest(msg) | liar::Lie::Instead(msg) => (msg, None),
-                    liar::Lie::Besides(msg, bad) => (msg, Some(bad)),
-                };
-                let node = &mut self.nodes[k];
-                match when {
-                    Some(Condition::Durable { op }) if op > node.disk.durable_op => {
-                        node.held.push((op, msg))
-                    }
-                    _ => self.network.send(msg, self.now, &mut self.rng),
-                }
-                if let Some(bad) = extra {
-                    self.network.send(bad, self.now, &mut self.rng);
-                }
-            }
-            Command::Send { msg, when } => match when {
-                Some(Condition::Durable { op }) if op > node.disk.durable_op => {
-                    node.held.push((op, msg))
-                }
-                _ => self.network.send(msg, self.now, &mut self.rng),
-            },
-            Command::SendLogRange {
-                mut msg,
-                last_index,
-                bytes_max,
-            } => {
-                if let MessageBody::AppendEntries {
-                    prev_log_index,
-                    entries,
-                    ..
-                } = &mut msg.body
-                {
-                    *entries = node
-                        .disk
-                        .read_range(*prev_log_index + 1, last_index, bytes_max);
-                }
-                self.log_reads += 1;
-                self.network.send(msg, self.now, &mut self.rng);
-            }
-            Command::Commit { index } => {
-                let (log, disk) = (engine.log(), &node.disk);
-                let lookup = |i| log.get(i).cloned().or_else(|| disk.durable_entry(i));
-                self.checker
-                    .on_commit(id, index, node.batch_start, &lookup)?;
-                self.check_read_start(k, index)?
-            }
-            Command::AppendResult { request_id, result } => {
-                node.requests.retain(|&r| r != request_id);
-                if let Ok(ok) = result {
-                    self.check_on_majority_disks(request_id, ok.last_index)?;
-                }
-                self.checker.on_append_result(request_id, result)?
-            }
-            Command::ReadResult { request_id, result } => {
-                node.requests.retain(|&r| r != request_id);
-                if let Some(floor) = self.checker.on_read_result(request_id, result)? {
-                    let index = result.expect("a served read has an index");
-                    self.reads_to_serve.push((index, floor));
-                }
-            }
-            Command::RefusePeer { from, fault } => {
-                if self.liar != Some(from) {
-                    return Err(format!(
-                        "member {id} refused a message of honest member {from}: {fault}"
-                    ));
-                }
-                self.refusals += 1;
-            }
-            Command::RoleChanged { role, term, .. } => {
-                self.checker.on_role(id, role, term, engine.log())?;
-                if role == Role::Leader && !self.healed && self.rng.chance(1, 4) {
-                    node.crash_at = Some(self.now + self.rng.range(0, 4));
-                }
-            }
-            storage => unreachable!("storage command not taken by the disk: {storage:?}"),
         }
         Ok(())
     }

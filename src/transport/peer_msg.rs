@@ -5,7 +5,8 @@ use bytes::{BufMut, BytesMut};
 
 use super::frame::{BodyReader, Frame, FrameError, FrameKind, encode_frame};
 use crate::engine::{
-    AppendResponse, Campaign, ConflictHint, Entry, EntryKind, Message, MessageBody, NodeId,
+    AppendResponse, Campaign, ConflictHint, Entry, EntryKind, Index, Message, MessageBody, NodeId,
+    Term,
 };
 
 /// Bytes of the prefix every peer message body starts with (from, to, term).
@@ -178,89 +179,110 @@ pub fn encode_message(dst: &mut BytesMut, msg: &Message) {
         b.put_u32_le(msg.from);
         b.put_u32_le(msg.to);
         b.put_u64_le(msg.term);
-        match &msg.body {
-            MessageBody::PreVote {
-                last_log_index,
-                last_log_term,
-            } => {
-                b.put_u64_le(*last_log_index);
-                b.put_u64_le(*last_log_term);
-            }
-            MessageBody::PreVoteResponse { granted }
-            | MessageBody::RequestVoteResponse { granted } => {
-                b.put_u8(u8::from(*granted));
-                b.put_bytes(0, 7);
-            }
-            MessageBody::RequestVote {
-                last_log_index,
-                last_log_term,
-                campaign,
-            } => {
-                b.put_u64_le(*last_log_index);
-                b.put_u64_le(*last_log_term);
-                b.put_u8(match campaign {
-                    Campaign::Election => 1,
-                    Campaign::Transfer => 2,
-                });
-                b.put_bytes(0, 7);
-            }
-            MessageBody::AppendEntries {
-                prev_log_index,
-                prev_log_term,
-                entries,
-                leader_commit,
-            } => {
-                b.put_u64_le(*prev_log_index);
-                b.put_u64_le(*prev_log_term);
-                b.put_u64_le(*leader_commit);
-                b.put_u32_le(u32::try_from(entries.len()).expect("entry count fits u32"));
-                b.put_u32_le(0);
-                for e in entries {
-                    b.put_u64_le(e.term);
-                    b.put_u64_le(e.index);
-                    b.put_u8(e.kind as u8);
-                    b.put_bytes(0, 3);
-                    b.put_u32_le(u32::try_from(e.payload.len()).expect("payload fits u32"));
-                    b.put_slice(&e.payload);
-                }
-            }
-            MessageBody::AppendEntriesResponse { result } => {
-                let (tag, a, b2, c) = match result {
-                    AppendResponse::Success { match_index } => (1u8, *match_index, 0, 0),
-                    AppendResponse::Reject {
-                        rejected_prev_index,
-                        hint,
-                    } => (2u8, *rejected_prev_index, hint.index, hint.conflict_term),
-                };
-                b.put_u8(tag);
-                b.put_bytes(0, 7);
-                b.put_u64_le(a);
-                b.put_u64_le(b2);
-                b.put_u64_le(c);
-            }
-            MessageBody::Heartbeat { leader_commit, seq } => {
-                b.put_u64_le(*leader_commit);
-                b.put_u64_le(*seq);
-            }
-            MessageBody::HeartbeatResponse {
-                seq,
-                last_log_index,
-            } => {
-                b.put_u64_le(*seq);
-                b.put_u64_le(*last_log_index);
-            }
-            MessageBody::LogStart {
-                start_index,
-                prev_term,
-                leader_commit,
-            } => {
-                b.put_u64_le(*start_index);
-                b.put_u64_le(*prev_term);
-                b.put_u64_le(*leader_commit);
-            }
-            MessageBody::TimeoutNow => {}
-        }
+        encode_body(b, &msg.body);
     });
+}
+
+/// Writes what follows the prefix of a peer message body.
+fn encode_body(b: &mut BytesMut, body: &MessageBody) {
+    match body {
+        MessageBody::PreVote {
+            last_log_index,
+            last_log_term,
+        } => {
+            b.put_u64_le(*last_log_index);
+            b.put_u64_le(*last_log_term);
+        }
+        MessageBody::PreVoteResponse { granted } | MessageBody::RequestVoteResponse { granted } => {
+            b.put_u8(u8::from(*granted));
+            b.put_bytes(0, 7);
+        }
+        MessageBody::RequestVote {
+            last_log_index,
+            last_log_term,
+            campaign,
+        } => encode_request_vote(b, *last_log_index, *last_log_term, *campaign),
+        MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+        } => encode_append_entries(b, *prev_log_index, *prev_log_term, *leader_commit, entries),
+        MessageBody::AppendEntriesResponse { result } => encode_append_response(b, result),
+        MessageBody::Heartbeat { leader_commit, seq } => {
+            b.put_u64_le(*leader_commit);
+            b.put_u64_le(*seq);
+        }
+        MessageBody::HeartbeatResponse {
+            seq,
+            last_log_index,
+        } => {
+            b.put_u64_le(*seq);
+            b.put_u64_le(*last_log_index);
+        }
+        MessageBody::LogStart {
+            start_index,
+            prev_term,
+            leader_commit,
+        } => {
+            b.put_u64_le(*start_index);
+            b.put_u64_le(*prev_term);
+            b.put_u64_le(*leader_commit);
+        }
+        MessageBody::TimeoutNow => {}
+    }
+}
+
+fn encode_request_vote(
+    b: &mut BytesMut,
+    last_log_index: Index,
+    last_log_term: Term,
+    campaign: Campaign,
+) {
+    b.put_u64_le(last_log_index);
+    b.put_u64_le(last_log_term);
+    b.put_u8(match campaign {
+        Campaign::Election => 1,
+        Campaign::Transfer => 2,
+    });
+    b.put_bytes(0, 7);
+}
+
+fn encode_append_entries(
+    b: &mut BytesMut,
+    prev_log_index: Index,
+    prev_log_term: Term,
+    leader_commit: Index,
+    entries: &[Entry],
+) {
+    b.put_u64_le(prev_log_index);
+    b.put_u64_le(prev_log_term);
+    b.put_u64_le(leader_commit);
+    b.put_u32_le(u32::try_from(entries.len()).expect("entry count fits u32"));
+    b.put_u32_le(0);
+    for e in entries {
+        b.put_u64_le(e.term);
+        b.put_u64_le(e.index);
+        b.put_u8(e.kind as u8);
+        b.put_bytes(0, 3);
+        b.put_u32_le(u32::try_from(e.payload.len()).expect("payload fits u32"));
+        b.put_slice(&e.payload);
+    }
+}
+
+fn encode_append_response(b: &mut BytesMut, result: &AppendResponse) {
+    let (tag, a, b2, c) = match result {
+        AppendResponse::Success { match_index } => (1u8, *match_index, 0, 0),
+        AppendResponse::Reject {
+            rejected_prev_index,
+            hint,
+        } => (2u8, *rejected_prev_index, hint.index, hint.conflict_term),
+    };
+    b.put_u8(tag);
+    b.put_bytes(0, 7);
+    b.put_u64_le(a);
+    b.put_u64_le(b2);
+    b.put_u64_le(c);
 }
 
 /// Decodes a peer message frame. Entry payloads are slices of `frame.body`.
@@ -275,7 +297,19 @@ pub fn decode_message(frame: &Frame) -> Result<Message, FrameError> {
     let from = r.u32()?;
     let to = r.u32()?;
     let term = r.u64()?;
-    let body = match frame.kind {
+    let body = decode_body(frame.kind, &mut r)?;
+    r.finish()?;
+    Ok(Message {
+        from,
+        to,
+        term,
+        body,
+    })
+}
+
+/// Reads what follows the prefix of a peer message body of frame kind `kind`.
+fn decode_body(kind: FrameKind, r: &mut BodyReader) -> Result<MessageBody, FrameError> {
+    Ok(match kind {
         FrameKind::PreVote => MessageBody::PreVote {
             last_log_index: r.u64()?,
             last_log_term: r.u64()?,
@@ -283,76 +317,15 @@ pub fn decode_message(frame: &Frame) -> Result<Message, FrameError> {
         FrameKind::PreVoteResponse | FrameKind::RequestVoteResponse => {
             let granted = r.bool()?;
             r.reserved(7)?;
-            if frame.kind == FrameKind::PreVoteResponse {
+            if kind == FrameKind::PreVoteResponse {
                 MessageBody::PreVoteResponse { granted }
             } else {
                 MessageBody::RequestVoteResponse { granted }
             }
         }
-        FrameKind::RequestVote => {
-            let last_log_index = r.u64()?;
-            let last_log_term = r.u64()?;
-            let campaign = match r.u8()? {
-                1 => Campaign::Election,
-                2 => Campaign::Transfer,
-                _ => return Err(r.malformed("unknown campaign code")),
-            };
-            r.reserved(7)?;
-            MessageBody::RequestVote {
-                last_log_index,
-                last_log_term,
-                campaign,
-            }
-        }
-        FrameKind::AppendEntries => {
-            let prev_log_index = r.u64()?;
-            let prev_log_term = r.u64()?;
-            let leader_commit = r.u64()?;
-            let count = r.u32()?;
-            r.reserved(4)?;
-            let count = r.check_count(count, ENTRY_HEADER_BYTES)?;
-            let mut entries = Vec::with_capacity(count);
-            for _ in 0..count {
-                let term = r.u64()?;
-                let index = r.u64()?;
-                let kind = EntryKind::from_u8(r.u8()?).ok_or(r.malformed("unknown entry kind"))?;
-                r.reserved(3)?;
-                let len = r.u32()? as usize;
-                let payload = r.bytes(len)?;
-                entries.push(Entry {
-                    term,
-                    index,
-                    kind,
-                    payload,
-                });
-            }
-            MessageBody::AppendEntries {
-                prev_log_index,
-                prev_log_term,
-                entries,
-                leader_commit,
-            }
-        }
-        FrameKind::AppendEntriesResponse => {
-            let tag = r.u8()?;
-            r.reserved(7)?;
-            let a = r.u64()?;
-            let b = r.u64()?;
-            let c = r.u64()?;
-            let result = match tag {
-                1 if b == 0 && c == 0 => AppendResponse::Success { match_index: a },
-                1 => return Err(r.malformed("success response with reject fields set")),
-                2 => AppendResponse::Reject {
-                    rejected_prev_index: a,
-                    hint: ConflictHint {
-                        index: b,
-                        conflict_term: c,
-                    },
-                },
-                _ => return Err(r.malformed("unknown append result tag")),
-            };
-            MessageBody::AppendEntriesResponse { result }
-        }
+        FrameKind::RequestVote => decode_request_vote(r)?,
+        FrameKind::AppendEntries => decode_append_entries(r)?,
+        FrameKind::AppendEntriesResponse => decode_append_response(r)?,
         FrameKind::Heartbeat => MessageBody::Heartbeat {
             leader_commit: r.u64()?,
             seq: r.u64()?,
@@ -373,12 +346,76 @@ pub fn decode_message(frame: &Frame) -> Result<Message, FrameError> {
                 context: "expected a Raft peer message",
             });
         }
-    };
-    r.finish()?;
-    Ok(Message {
-        from,
-        to,
-        term,
-        body,
     })
+}
+
+fn decode_request_vote(r: &mut BodyReader) -> Result<MessageBody, FrameError> {
+    let last_log_index = r.u64()?;
+    let last_log_term = r.u64()?;
+    let campaign = match r.u8()? {
+        1 => Campaign::Election,
+        2 => Campaign::Transfer,
+        _ => return Err(r.malformed("unknown campaign code")),
+    };
+    r.reserved(7)?;
+    Ok(MessageBody::RequestVote {
+        last_log_index,
+        last_log_term,
+        campaign,
+    })
+}
+
+fn decode_append_entries(r: &mut BodyReader) -> Result<MessageBody, FrameError> {
+    let prev_log_index = r.u64()?;
+    let prev_log_term = r.u64()?;
+    let leader_commit = r.u64()?;
+    let count = r.u32()?;
+    r.reserved(4)?;
+    let count = r.check_count(count, ENTRY_HEADER_BYTES)?;
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        entries.push(decode_entry(r)?);
+    }
+    Ok(MessageBody::AppendEntries {
+        prev_log_index,
+        prev_log_term,
+        entries,
+        leader_commit,
+    })
+}
+
+fn decode_entry(r: &mut BodyReader) -> Result<Entry, FrameError> {
+    let term = r.u64()?;
+    let index = r.u64()?;
+    let kind = EntryKind::from_u8(r.u8()?).ok_or(r.malformed("unknown entry kind"))?;
+    r.reserved(3)?;
+    let len = r.u32()? as usize;
+    let payload = r.bytes(len)?;
+    Ok(Entry {
+        term,
+        index,
+        kind,
+        payload,
+    })
+}
+
+fn decode_append_response(r: &mut BodyReader) -> Result<MessageBody, FrameError> {
+    let tag = r.u8()?;
+    r.reserved(7)?;
+    let a = r.u64()?;
+    let b = r.u64()?;
+    let c = r.u64()?;
+    let result = match tag {
+        1 if b == 0 && c == 0 => AppendResponse::Success { match_index: a },
+        1 => return Err(r.malformed("success response with reject fields set")),
+        2 => AppendResponse::Reject {
+            rejected_prev_index: a,
+            hint: ConflictHint {
+                index: b,
+                conflict_term: c,
+            },
+        },
+        _ => return Err(r.malformed("unknown append result tag")),
+    };
+    Ok(MessageBody::AppendEntriesResponse { result })
 }

@@ -9,15 +9,16 @@ use super::format::{
     segment_header_version, segment_size_valid,
 };
 use super::join::join_all;
-use super::scan::{Stop, Tail, classify_tail, is_clean_end, scan_segment};
-use super::segment::{
-    Segment, parse_segment_file_name, parse_summary_file_name, segment_file_name, summary_file_name,
-};
+use super::scan::{Scan, Stop, Tail, classify_tail, is_clean_end, scan_segment};
+use super::segment::{Segment, parse_segment_file_name, summary_file_name};
 use super::storage::{Storage, StorageFile};
 use super::summary::{decode_summary, read_summary_bytes};
 use crate::engine::{Index, Term};
-use std::collections::HashMap;
+use chain::{Chain, Linked};
+use std::collections::VecDeque;
 use std::rc::Rc;
+
+mod chain;
 
 /// Name of the segment being prepared ahead of the writer.
 pub const SPARE_FILE_NAME: &str = "spare.tmp";
@@ -154,172 +155,86 @@ pub async fn recover<S: Storage>(storage: &S, config: &WalConfig) -> WalResult<R
         .list()
         .await
         .map_err(io_err("listing the WAL directory"))?;
-    let mut rec = Recovery {
-        segments: Vec::new(),
-        obsolete: Vec::new(),
-        log_start: 1,
-        start_prev_term: 0,
-        flush_seq_max: 0,
-        segment_seq_max: 0,
-        reports: Vec::new(),
-        recycle_present: names.iter().any(|n| n == RECYCLE_FILE_NAME),
-    };
+    let mut chain = Chain::new(names.iter().any(|n| n == RECYCLE_FILE_NAME));
+    let found = segments_in_creation_order(&names);
+    let count = found.len();
+    // Headers and summaries are read ahead, a batch at a time and concurrently, so
+    // that start-up time hardly grows with the number of sealed segments; the batch
+    // stays within the bound on open segment files.
+    let batch = config.open_segments_max.saturating_sub(1).max(1);
+    let mut ahead = VecDeque::new();
+    for (k, &(seq, first, ref name)) in found.iter().enumerate() {
+        let newest = k + 1 == count;
+        chain.rec.segment_seq_max = chain.rec.segment_seq_max.max(seq);
+        if ahead.is_empty() {
+            let upto = (k + batch).min(count);
+            let reads = found[k..upto]
+                .iter()
+                .enumerate()
+                .map(|(j, (_, _, n))| read_ahead(storage, n, k + j + 1 == count, &names, config));
+            ahead.extend(join_all(reads.collect()).await);
+        }
+        let read = ahead.pop_front().expect("read ahead")?;
+        debug_assert_eq!(&read.0.name, name);
+        let (seg, stop) = load_segment(read, first, newest, config, block, &mut chain.rec).await?;
+        let this_and_later = found[k..].iter().map(|(_, _, n)| n.clone());
+        if chain.link(seg, stop, this_and_later, config)? == Linked::Cut {
+            break;
+        }
+    }
+    Ok(chain.finish(&names))
+}
+
+/// The segment files among `names` as (segment_seq, first index, name), in creation
+/// order.
+fn segments_in_creation_order(names: &[String]) -> Vec<(u64, Index, String)> {
     let mut found: Vec<(u64, Index, String)> = names
         .iter()
         .filter_map(|n| parse_segment_file_name(n).map(|(first, seq)| (seq, first, n.clone())))
         .collect();
     found.sort();
-    let mut dead: Vec<String> = Vec::new();
-    // Where each live segment's scan stopped, to name the spot when a gap shows up.
-    let mut stops: HashMap<String, Option<Stop>> = HashMap::new();
-    let count = found.len();
-    let all_names: Vec<String> = found.iter().map(|(_, _, n)| n.clone()).collect();
-    // Headers and summaries are read ahead, a batch at a time and concurrently, so
-    // that start-up time hardly grows with the number of sealed segments; the batch
-    // stays within the bound on open segment files.
-    let batch = config.open_segments_max.saturating_sub(1).max(1);
-    let mut ahead = std::collections::VecDeque::new();
-    for (k, (seq, first, name)) in found.into_iter().enumerate() {
-        let newest = k + 1 == count;
-        rec.segment_seq_max = rec.segment_seq_max.max(seq);
-        if ahead.is_empty() {
-            let upto = (k + batch).min(count);
-            let reads = all_names[k..upto]
-                .iter()
-                .enumerate()
-                .map(|(j, n)| read_ahead(storage, n, k + j + 1 == count, &names, config));
-            ahead.extend(join_all(reads.collect()).await);
-        }
-        let (f, header, summary) = ahead.pop_front().expect("read ahead")?;
-        debug_assert_eq!(f.name, name);
-        let corrupt = |offset: u64, index: Index, reason: &str| WalError::Corrupt {
-            file: f.name.clone(),
-            offset,
-            index,
-            reason: reason.to_string(),
-        };
-        let info = header.map_err(|reason| corrupt(0, first, reason))?;
-        // A summary of another header is no summary.
-        let summary =
-            summary.and_then(|(s, size)| decode_summary(&s, &info, block).map(|s| (s, size)));
-        let (seg, stop) = match summary {
-            Some((summary, summary_bytes)) => {
-                let mut seg = Segment::new(info, block);
-                summary.restore(&mut seg);
-                seg.summary_bytes = summary_bytes;
-                let stop = seg.damage_offset.map(|offset| Stop {
-                    offset,
-                    index: seg.last_index() + 1,
-                    reason: "damage recorded in the segment's summary",
-                });
-                (seg, stop)
-            }
-            None => scan_into_segment(&f, info, newest, config, block, &mut rec).await?,
-        };
-        let mut seg = seg;
-        seg.name = f.name.clone();
-        if newest {
-            seg.file = Some(Rc::new(f.file));
-        }
-        rec.flush_seq_max = rec.flush_seq_max.max(seg.flush_seq_max);
-        let scan_stop = stop;
+    found
+}
 
-        // Chain it after the live segments.
-        let supersedes_all =
-            rec.segments.is_empty() || info.reset || info.first_index <= rec.log_start;
-        if supersedes_all {
-            dead.extend(rec.segments.drain(..).map(|s| s.name));
-            rec.log_start = info.first_index;
-            rec.start_prev_term = info.prev_term;
-        } else {
-            let prev = rec.segments.last().expect("not empty");
-            if info.first_index > prev.last_index() + 1 {
-                let (offset, index, reason) = match stops.get(&prev.name).cloned().flatten() {
-                    Some(s) => (s.offset, s.index, s.reason.to_string()),
-                    None => (
-                        prev.end_pos,
-                        prev.last_index() + 1,
-                        "entries missing before the next segment".to_string(),
-                    ),
-                };
-                if !config.truncate_corrupt_tail {
-                    return Err(WalError::Corrupt {
-                        file: prev.name.clone(),
-                        offset,
-                        index,
-                        reason: format!(
-                            "{reason}; next segment {} starts at {}",
-                            seg.name, info.first_index
-                        ),
-                    });
-                }
-                rec.reports.push(RecoveryReport::TruncatedCorruption {
-                    file: prev.name.clone(),
-                    offset,
-                    index,
-                });
-                // This and every later segment depend on the missing entries: they are
-                // dead, and the log ends at the damage.
-                dead.extend(all_names[k..].iter().cloned());
-                rec.segments.last_mut().expect("not empty").sealed = true;
-                break;
-            }
-            while rec
-                .segments
-                .last()
-                .is_some_and(|s| s.info.first_index >= info.first_index)
-            {
-                dead.push(rec.segments.pop().expect("checked").name);
-            }
-            let prev = rec.segments.last_mut().expect("a segment starts below");
-            // An older segment is sealed: damage where its scan stopped lies beyond its
-            // live entries now that this segment continues the log from there.
-            if let Some(stop) = stops.get(&prev.name).cloned().flatten()
-                && !is_clean_end(stop.reason)
-            {
-                rec.reports.push(RecoveryReport::IgnoredDamage {
-                    file: prev.name.clone(),
-                    offset: stop.offset,
-                });
-            }
-            prev.truncate(info.first_index);
-            prev.sealed = true;
-            let expected_term = prev.term_at(info.first_index - 1);
-            if expected_term != Some(info.prev_term) {
-                return Err(corrupt(
-                    0,
-                    info.first_index,
-                    "segment's previous term does not match the preceding segment",
-                ));
-            }
+/// Makes segment `first` from what was read ahead of it: restored from its summary
+/// when it has a valid one, else scanned. Returns the segment and where its scan
+/// stopped (or where its summary says damage begins).
+async fn load_segment<F: StorageFile>(
+    (f, header, summary): ReadAhead<F>,
+    first: Index,
+    newest: bool,
+    config: &WalConfig,
+    block: usize,
+    rec: &mut Recovery<F>,
+) -> WalResult<(Segment<F>, Option<Stop>)> {
+    let info = header.map_err(|reason| WalError::Corrupt {
+        file: f.name.clone(),
+        offset: 0,
+        index: first,
+        reason: reason.to_string(),
+    })?;
+    // A summary of another header is no summary.
+    let summary = summary.and_then(|(s, size)| decode_summary(&s, &info, block).map(|s| (s, size)));
+    let (mut seg, stop) = match summary {
+        Some((summary, summary_bytes)) => {
+            let mut seg = Segment::new(info, block);
+            summary.restore(&mut seg);
+            seg.summary_bytes = summary_bytes;
+            let stop = seg.damage_offset.map(|offset| Stop {
+                offset,
+                index: seg.last_index() + 1,
+                reason: "damage recorded in the segment's summary",
+            });
+            (seg, stop)
         }
-        stops.insert(seg.name.clone(), scan_stop);
-        rec.segments.push(seg);
+        None => scan_into_segment(&f, info, newest, config, block, rec).await?,
+    };
+    seg.name = f.name.clone();
+    if newest {
+        seg.file = Some(Rc::new(f.file));
     }
-    dead.reverse();
-    // A dead segment's summary goes right after it; summaries without a live segment
-    // (their segment's removal completed, theirs did not) and unfinished summary
-    // files go too.
-    for name in dead {
-        let summary = summary_file_name(&name);
-        rec.obsolete.push(name);
-        if names.contains(&summary) {
-            rec.obsolete.push(summary);
-        }
-    }
-    for name in &names {
-        let orphan = parse_summary_file_name(name).is_some_and(|(first, seq)| {
-            !rec.segments
-                .iter()
-                .any(|s| s.name == segment_file_name(first, seq))
-        });
-        if (orphan || name.ends_with(".sum.tmp") || name == SPARE_FILE_NAME)
-            && !rec.obsolete.contains(name)
-        {
-            rec.obsolete.push(name.clone());
-        }
-    }
-    Ok(rec)
+    rec.flush_seq_max = rec.flush_seq_max.max(seg.flush_seq_max);
+    Ok((seg, stop))
 }
 
 /// What is read of a segment before it is chained: its open file, its header (or
@@ -384,35 +299,8 @@ async fn scan_into_segment<F: StorageFile>(
     // segment of the configured size.
     let mut sealed = !newest || info.segment_size_bytes != config.segment_size_bytes;
     if newest {
-        match classify_tail(&bytes, &mut scan, &info, block, payload_max) {
-            Tail::Clean => {}
-            Tail::Torn => {
-                let stop = scan.stop.clone().expect("a torn tail has a stop");
-                rec.reports.push(RecoveryReport::TornTail {
-                    file: f.name.clone(),
-                    offset: stop.offset,
-                    index: stop.index,
-                });
-                sealed = true;
-            }
-            Tail::Corrupt { reason } => {
-                let stop = scan.stop.clone().expect("corruption has a stop");
-                if !config.truncate_corrupt_tail {
-                    return Err(WalError::Corrupt {
-                        file: f.name.clone(),
-                        offset: stop.offset,
-                        index: stop.index,
-                        reason,
-                    });
-                }
-                rec.reports.push(RecoveryReport::TruncatedCorruption {
-                    file: f.name.clone(),
-                    offset: stop.offset,
-                    index: stop.index,
-                });
-                sealed = true;
-            }
-        }
+        let tail = classify_tail(&bytes, &mut scan, &info, block, payload_max);
+        sealed |= handle_tail(tail, &scan, &f.name, config, rec)?;
     }
     let mut seg = Segment::new(info, block);
     seg.sealed = sealed;
@@ -428,4 +316,45 @@ async fn scan_into_segment<F: StorageFile>(
         seg.push(*term, *offset);
     }
     Ok((seg, scan.stop))
+}
+
+/// Reports the `tail` of the newest segment `file`, whose scan is `scan`. Returns
+/// whether the segment takes no more appends (its tail was cut), or the corruption
+/// when the log may not be cut at it.
+fn handle_tail<F>(
+    tail: Tail,
+    scan: &Scan,
+    file: &str,
+    config: &WalConfig,
+    rec: &mut Recovery<F>,
+) -> WalResult<bool> {
+    match tail {
+        Tail::Clean => Ok(false),
+        Tail::Torn => {
+            let stop = scan.stop.clone().expect("a torn tail has a stop");
+            rec.reports.push(RecoveryReport::TornTail {
+                file: file.to_string(),
+                offset: stop.offset,
+                index: stop.index,
+            });
+            Ok(true)
+        }
+        Tail::Corrupt { reason } => {
+            let stop = scan.stop.clone().expect("corruption has a stop");
+            if !config.truncate_corrupt_tail {
+                return Err(WalError::Corrupt {
+                    file: file.to_string(),
+                    offset: stop.offset,
+                    index: stop.index,
+                    reason,
+                });
+            }
+            rec.reports.push(RecoveryReport::TruncatedCorruption {
+                file: file.to_string(),
+                offset: stop.offset,
+                index: stop.index,
+            });
+            Ok(true)
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! "Recovery rules" in `docs/wal-format.md`).
 
 use super::format::{
-    DecodeError, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordHeader, SegmentInfo, verify_record,
+    DecodeError, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordHeader, RecordMeta, SegmentInfo,
+    verify_record,
 };
 use crate::engine::{EntryKind, Index, Term};
 use zerocopy::FromBytes;
@@ -72,90 +73,121 @@ pub fn scan_segment(
     block_bytes: usize,
     payload_max: usize,
 ) -> Scan {
-    let mut scan = Scan::default();
-    let mut pos = block_bytes;
-    let mut next_index = info.first_index;
-    let mut last_term = info.prev_term;
-    let stop = |pos: usize, index: Index, reason: &'static str| Stop {
-        offset: pos as u64,
-        index,
-        reason,
+    let mut scanner = Scanner {
+        scan: Scan::default(),
+        info,
+        block_bytes,
+        payload_max,
+        next_index: info.first_index,
+        last_term: info.prev_term,
     };
+    let mut pos = block_bytes;
     while pos < bytes.len() {
         let room = block_bytes - pos % block_bytes;
-        if room < RECORD_HEADER_BYTES {
-            // The writer never starts a record this close to a block end; it leaves
-            // zeros, which must still be zeros.
-            if bytes[pos..(pos + room).min(bytes.len())]
-                .iter()
-                .any(|b| *b != 0)
-            {
-                scan.stop = Some(stop(
-                    pos,
-                    next_index,
-                    "non-zero bytes in a block's unused end",
-                ));
-                break;
-            }
-            pos += room;
-            scan.end_pos = pos as u64;
-            continue;
-        }
-        match verify_record(&bytes[pos..], info.segment_seq, payload_max) {
-            Ok(meta) => {
-                let end = pos + RECORD_HEADER_BYTES + meta.payload_len;
-                if meta.kind.is_none() {
-                    if !end.is_multiple_of(block_bytes) {
-                        scan.stop = Some(stop(pos, next_index, "padding does not end a block"));
-                        break;
-                    }
-                } else if meta.index != next_index {
-                    scan.stop = Some(stop(pos, next_index, "entry index out of sequence"));
-                    break;
-                } else if meta.term < last_term {
-                    scan.stop = Some(stop(pos, next_index, "entry term decreases"));
-                    break;
-                } else {
-                    if meta.kind == Some(EntryKind::Trim) && meta.payload_len == 8 {
-                        let body = pos + RECORD_HEADER_BYTES;
-                        let before = bytes[body..body + 8].try_into().expect("8 bytes");
-                        scan.trims.push((meta.index, Index::from_le_bytes(before)));
-                    }
-                    scan.entries.push((pos as u64, meta.term));
-                    next_index += 1;
-                    last_term = meta.term;
-                }
-                scan.flush_seq_max = scan.flush_seq_max.max(meta.flush_seq);
-                scan.durable_seq_max = scan.durable_seq_max.max(meta.durable_seq);
+        let step = if room < RECORD_HEADER_BYTES {
+            skip_block_end(bytes, pos, room)
+        } else {
+            scanner.record_at(bytes, pos)
+        };
+        match step {
+            Ok(end) => {
                 pos = end;
-                scan.end_pos = end as u64;
+                scanner.scan.end_pos = end as u64;
             }
-            Err(DecodeError::Zero) => {
-                scan.stop = Some(stop(pos, next_index, END_OF_RECORDS));
+            Err(reason) => {
+                scanner.scan.stop = Some(Stop {
+                    offset: pos as u64,
+                    index: scanner.next_index,
+                    reason,
+                });
                 break;
             }
-            Err(DecodeError::Short) => {
-                scan.stop = Some(stop(pos, next_index, "record extends past the segment end"));
-                break;
-            }
+        }
+    }
+    let mut scan = scanner.scan;
+    if scan.end_pos == 0 {
+        scan.end_pos = block_bytes as u64;
+    }
+    scan
+}
+
+/// Passes over the `room` bytes at `pos`, too few for a record header. The writer
+/// never starts a record this close to a block end; it leaves zeros, which must
+/// still be zeros. Returns where the next block starts, or why the scan stops.
+fn skip_block_end(bytes: &[u8], pos: usize, room: usize) -> Result<usize, &'static str> {
+    if bytes[pos..(pos + room).min(bytes.len())]
+        .iter()
+        .any(|b| *b != 0)
+    {
+        return Err("non-zero bytes in a block's unused end");
+    }
+    Ok(pos + room)
+}
+
+/// A scan in progress through one segment.
+struct Scanner<'a> {
+    scan: Scan,
+    info: &'a SegmentInfo,
+    block_bytes: usize,
+    payload_max: usize,
+    /// The index the next entry must have.
+    next_index: Index,
+    /// The term of the last entry (or of the segment's predecessor).
+    last_term: Term,
+}
+
+impl Scanner<'_> {
+    /// Verifies the record at `pos` and takes it in. Returns where the next record
+    /// would start, or why the scan stops.
+    fn record_at(&mut self, bytes: &[u8], pos: usize) -> Result<usize, &'static str> {
+        let (info, block_bytes) = (self.info, self.block_bytes);
+        match verify_record(&bytes[pos..], info.segment_seq, self.payload_max) {
+            Ok(meta) => self.take_in(bytes, pos, &meta),
+            Err(DecodeError::Zero) => Err(END_OF_RECORDS),
+            Err(DecodeError::Short) => Err("record extends past the segment end"),
             Err(DecodeError::Invalid)
                 if info.recycled
                     && pos.is_multiple_of(block_bytes)
                     && !own_header(&bytes[pos..], info.segment_seq) =>
             {
-                scan.stop = Some(stop(pos, next_index, STALE_END));
-                break;
+                Err(STALE_END)
             }
-            Err(DecodeError::Invalid) => {
-                scan.stop = Some(stop(pos, next_index, "record header or checksum invalid"));
-                break;
-            }
+            Err(DecodeError::Invalid) => Err("record header or checksum invalid"),
         }
     }
-    if scan.end_pos == 0 {
-        scan.end_pos = block_bytes as u64;
+
+    /// Takes in valid record `meta` at `pos`: padding must end a block, and entries
+    /// must continue the segment's indexes with terms that never decrease.
+    fn take_in(
+        &mut self,
+        bytes: &[u8],
+        pos: usize,
+        meta: &RecordMeta,
+    ) -> Result<usize, &'static str> {
+        let end = pos + RECORD_HEADER_BYTES + meta.payload_len;
+        let scan = &mut self.scan;
+        if meta.kind.is_none() {
+            if !end.is_multiple_of(self.block_bytes) {
+                return Err("padding does not end a block");
+            }
+        } else if meta.index != self.next_index {
+            return Err("entry index out of sequence");
+        } else if meta.term < self.last_term {
+            return Err("entry term decreases");
+        } else {
+            if meta.kind == Some(EntryKind::Trim) && meta.payload_len == 8 {
+                let body = pos + RECORD_HEADER_BYTES;
+                let before = bytes[body..body + 8].try_into().expect("8 bytes");
+                scan.trims.push((meta.index, Index::from_le_bytes(before)));
+            }
+            scan.entries.push((pos as u64, meta.term));
+            self.next_index += 1;
+            self.last_term = meta.term;
+        }
+        scan.flush_seq_max = scan.flush_seq_max.max(meta.flush_seq);
+        scan.durable_seq_max = scan.durable_seq_max.max(meta.durable_seq);
+        Ok(end)
     }
-    scan
 }
 
 /// Classifies what follows `stop` in the newest segment. Valid records are looked for

@@ -49,6 +49,8 @@ impl<S: Storage> Wal<S> {
         Ok(())
     }
 
+    /// Encodes entry `e` of op `op` into the newest buffer of records of the segment
+    /// appends go to, starting a new segment or buffer when needed.
     fn encode_entry(&self, inner: &mut Inner<S::File>, op: u64, e: &Entry) {
         let block = self.shared.block_bytes as u64;
         let need = (RECORD_HEADER_BYTES + e.payload.len()) as u64;
@@ -62,8 +64,6 @@ impl<S: Storage> Wal<S> {
             let prev_term = inner.last_term;
             self.start_segment(inner, op, e.index, prev_term, false, Vec::new());
         }
-        let durable_seq = inner.durable_flush_seq;
-        let last_index = e.index;
         let seg_index = inner.segments.len() - 1;
         let segment_seq = inner.segments[seg_index].info.segment_seq;
         let reuse = matches!(
@@ -71,100 +71,9 @@ impl<S: Storage> Wal<S> {
             Some(Queued { item: Item::Bytes { segment_seq: s, .. }, .. }) if *s == segment_seq
         );
         if !reuse {
-            // An earlier buffer of this segment may still be queued behind other items
-            // (hard state, purge): close it with padding so the new one starts on a
-            // block boundary.
-            let earlier = inner
-                .queue
-                .iter_mut()
-                .rev()
-                .find_map(|q| match &mut q.item {
-                    Item::Bytes {
-                        segment_seq: s,
-                        pos,
-                        data,
-                        flush_seq,
-                        ..
-                    } if *s == segment_seq => Some((pos, data, flush_seq)),
-                    _ => None,
-                });
-            if let Some((pos, data, flush_seq)) = earlier {
-                let before = data.len();
-                pad_to_block(
-                    data,
-                    *pos,
-                    block as usize,
-                    segment_seq,
-                    *flush_seq,
-                    durable_seq,
-                );
-                let (added, end) = (data.len() - before, *pos + data.len() as u64);
-                inner.buffered_bytes += added;
-                inner.segments[seg_index].end_pos = end;
-            }
-            let end_pos = inner.segments[seg_index].end_pos;
-            assert_eq!(end_pos % block, 0, "a new write starts at a block boundary");
-            // Every buffer gets its own flush number: no two flushes write records
-            // with the same number, which recovery's torn-tail rule relies on.
-            inner.open_flush_seq += 1;
-            let flush_seq = inner.open_flush_seq;
-            let slot = inner.slots[seg_index].clone();
-            inner.queue.push_back(Queued {
-                item: Item::Bytes {
-                    slot,
-                    segment_seq,
-                    pos: end_pos,
-                    data: inner.buffer_pool.pop().unwrap_or_default(),
-                    flush_seq,
-                },
-                first_op: op,
-                last_op: op,
-                last_index,
-            });
+            inner.open_buffer(op, e.index, seg_index, block);
         }
-        let queued = inner.queue.back_mut().expect("pushed above");
-        queued.last_op = op;
-        queued.last_index = last_index;
-        let Item::Bytes {
-            pos,
-            data,
-            flush_seq,
-            ..
-        } = &mut queued.item
-        else {
-            unreachable!("checked above")
-        };
-        let flush_seq = *flush_seq;
-        let before = data.len();
-        let abs = *pos + data.len() as u64;
-        let room = (block - abs % block) as usize;
-        if room < RECORD_HEADER_BYTES {
-            data.resize(data.len() + room, 0);
-        }
-        let record_pos = *pos + data.len() as u64;
-        let meta = RecordMeta {
-            index: e.index,
-            term: e.term,
-            kind: Some(e.kind),
-            payload_len: e.payload.len(),
-            flush_seq,
-            durable_seq,
-        };
-        encode_record(data, &meta, segment_seq, &e.payload);
-        let end = *pos + data.len() as u64;
-        let added = data.len() - before;
-        inner.buffered_bytes += added;
-        let seg = &mut inner.segments[seg_index];
-        seg.push(e.term, record_pos);
-        seg.end_pos = end;
-        seg.flush_seq_max = seg.flush_seq_max.max(flush_seq);
-        if let Some(before) = e.trim_before() {
-            seg.trims.push((e.index, before));
-        }
-        inner.last_index = e.index;
-        inner.last_term = e.term;
-        inner.cache_payload_bytes += e.payload.len();
-        inner.cache.push_back((e.clone(), flush_seq));
+        inner.push_record(op, e, seg_index, block);
     }
 
     /// Queues the creation of a new segment starting at `first_index` and makes it
@@ -340,5 +249,109 @@ impl<S: Storage> Wal<S> {
         });
         inner.submitted_op = op;
         Ok(())
+    }
+}
+
+impl<F: StorageFile> Inner<F> {
+    /// Queues a new buffer of records for segment `seg_index`, starting at its end.
+    /// An earlier buffer of this segment may still be queued behind other items (hard
+    /// state, purge): it is closed with padding so the new one starts on a block
+    /// boundary.
+    fn open_buffer(&mut self, op: u64, last_index: Index, seg_index: usize, block: u64) {
+        let durable_seq = self.durable_flush_seq;
+        let segment_seq = self.segments[seg_index].info.segment_seq;
+        let earlier = self.queue.iter_mut().rev().find_map(|q| match &mut q.item {
+            Item::Bytes {
+                segment_seq: s,
+                pos,
+                data,
+                flush_seq,
+                ..
+            } if *s == segment_seq => Some((pos, data, flush_seq)),
+            _ => None,
+        });
+        if let Some((pos, data, flush_seq)) = earlier {
+            let before = data.len();
+            pad_to_block(
+                data,
+                *pos,
+                block as usize,
+                segment_seq,
+                *flush_seq,
+                durable_seq,
+            );
+            let (added, end) = (data.len() - before, *pos + data.len() as u64);
+            self.buffered_bytes += added;
+            self.segments[seg_index].end_pos = end;
+        }
+        let end_pos = self.segments[seg_index].end_pos;
+        assert_eq!(end_pos % block, 0, "a new write starts at a block boundary");
+        // Every buffer gets its own flush number: no two flushes write records
+        // with the same number, which recovery's torn-tail rule relies on.
+        self.open_flush_seq += 1;
+        let flush_seq = self.open_flush_seq;
+        let slot = self.slots[seg_index].clone();
+        self.queue.push_back(Queued {
+            item: Item::Bytes {
+                slot,
+                segment_seq,
+                pos: end_pos,
+                data: self.buffer_pool.pop().unwrap_or_default(),
+                flush_seq,
+            },
+            first_op: op,
+            last_op: op,
+            last_index,
+        });
+    }
+
+    /// Encodes entry `e` of op `op` at the end of the newest queued buffer (of
+    /// segment `seg_index`), then indexes and caches it.
+    fn push_record(&mut self, op: u64, e: &Entry, seg_index: usize, block: u64) {
+        let durable_seq = self.durable_flush_seq;
+        let segment_seq = self.segments[seg_index].info.segment_seq;
+        let queued = self.queue.back_mut().expect("pushed above");
+        queued.last_op = op;
+        queued.last_index = e.index;
+        let Item::Bytes {
+            pos,
+            data,
+            flush_seq,
+            ..
+        } = &mut queued.item
+        else {
+            unreachable!("checked above")
+        };
+        let flush_seq = *flush_seq;
+        let before = data.len();
+        let abs = *pos + data.len() as u64;
+        let room = (block - abs % block) as usize;
+        if room < RECORD_HEADER_BYTES {
+            data.resize(data.len() + room, 0);
+        }
+        let record_pos = *pos + data.len() as u64;
+        let meta = RecordMeta {
+            index: e.index,
+            term: e.term,
+            kind: Some(e.kind),
+            payload_len: e.payload.len(),
+            flush_seq,
+            durable_seq,
+        };
+        encode_record(data, &meta, segment_seq, &e.payload);
+        let end = *pos + data.len() as u64;
+        let added = data.len() - before;
+        self.buffered_bytes += added;
+        let seg = &mut self.segments[seg_index];
+        seg.push(e.term, record_pos);
+        seg.end_pos = end;
+        seg.flush_seq_max = seg.flush_seq_max.max(flush_seq);
+        if let Some(before) = e.trim_before() {
+            seg.trims.push((e.index, before));
+        }
+        self.last_index = e.index;
+        self.last_term = e.term;
+        self.cache_payload_bytes += e.payload.len();
+        self.cache.push_back((e.clone(), flush_seq));
     }
 }
