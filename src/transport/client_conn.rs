@@ -115,6 +115,7 @@ fn inflight_cost_bytes(request: &ClientRequest, body_bytes: usize, body_bytes_ma
 
 pub(super) async fn serve_connection<H: RequestHandler>(
     stream: TcpStream,
+    received: &[u8],
     handler: Rc<H>,
     config: Rc<ServerConfig>,
     stats: Arc<ListenerStats>,
@@ -147,7 +148,8 @@ pub(super) async fn serve_connection<H: RequestHandler>(
         read_half,
         config.frame_body_bytes_max,
         config.read_chunk_bytes,
-    );
+    )
+    .with_received(received);
     let connection = Connection {
         shared: shared.clone(),
         handler,

@@ -102,6 +102,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The same reader, with `received` (bytes another executor read off the
+    /// stream before handing it over) as the start of what it reads.
+    pub fn with_received(mut self, received: &[u8]) -> FrameReader<R> {
+        self.buf.extend_from_slice(received);
+        self.bytes_read_total += received.len() as u64;
+        self
+    }
+
     /// The underlying stream, for writing answers on the same connection.
     pub fn inner_mut(&mut self) -> &mut R {
         &mut self.inner

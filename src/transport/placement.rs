@@ -3,12 +3,14 @@
 //! A node has one client port and one peer port, accepted on shard 0, but every
 //! connection is served by the shard that owns what it carries: a peer link names
 //! its shard in its handshake, and a client connection names a partition (= shard)
-//! in every append, read or trim. The acceptor *peeks* at the connection's first
-//! frame (MSG_PEEK: the bytes stay in the kernel's buffer), picks the owner from it
-//! and hands the socket itself to the owner's executor through a bounded queue.
-//! The owner then reads the connection from its first byte, handshake included, so
-//! every byte of it is read, checked and answered on the core that owns it, and
-//! nothing read before the move has to travel with it.
+//! in every append, read or trim. The acceptor reads the first 24 to 44 bytes of
+//! the connection (the first frame's header and the start of its body), picks the
+//! owner from them and hands the socket, with those bytes, to the owner's executor
+//! through a bounded queue. The owner checks and serves the connection from its
+//! first frame on, handshake included, so every byte past those few is read,
+//! checked and answered on the core that owns it. (Peeking with MSG_PEEK instead
+//! would leave nothing to hand over, but a frame that arrives in parts can only be
+//! waited for by peeking again and again; a read just waits.)
 //!
 //! Connections whose first frame names no partition (a metadata request, garbage, a
 //! silent client) stay where they were accepted and reach other shards through
@@ -24,114 +26,102 @@ use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
 
+use super::conn::with_deadline;
 use super::count::Count;
 use super::frame::{FRAME_HEADER_BYTES, FRAME_MAGIC, FrameKind, PROTOCOL_VERSION};
 
-/// Bytes the acceptor peeks: the frame header and the first 20 bytes of the body,
+/// Bytes the acceptor reads at most: the frame header and the first 20 bytes of the body,
 /// enough for a PeerHello's shard id (body offset 16) and a client request's
 /// partition (body offset 0).
-pub const PEEK_BYTES: usize = FRAME_HEADER_BYTES + 20;
+pub const PLACEMENT_BYTES: usize = FRAME_HEADER_BYTES + 20;
 
 /// Connections queued for one executor before the acceptor serves further ones
 /// itself: a shard too busy to take its connections must not make them wait
 /// unboundedly, and a connection served on the accepting shard is still correct.
 pub const HANDOFF_QUEUE_MAX: usize = 256;
 
-/// Pause between peeks while the first frame has arrived only in part.
-const PEEK_RETRY_MS: u64 = 1;
-
-/// The kind of the frame `peeked` starts with, if its header is one of ours.
-fn first_kind(peeked: &[u8]) -> Option<FrameKind> {
-    if peeked.len() < FRAME_HEADER_BYTES {
+/// The kind of the frame `first` starts with, if its header is one of ours.
+fn first_kind(first: &[u8]) -> Option<FrameKind> {
+    if first.len() < FRAME_HEADER_BYTES {
         return None;
     }
-    let magic = u32::from_le_bytes(peeked[0..4].try_into().expect("4 bytes"));
-    if magic != FRAME_MAGIC || peeked[4] != PROTOCOL_VERSION {
+    let magic = u32::from_le_bytes(first[0..4].try_into().expect("4 bytes"));
+    if magic != FRAME_MAGIC || first[4] != PROTOCOL_VERSION {
         return None;
     }
-    FrameKind::from_u8(peeked[5])
+    FrameKind::from_u8(first[5])
 }
 
-/// The little-endian u32 at `offset` of the first frame's body, if it was peeked.
-fn body_u32(peeked: &[u8], offset: usize) -> Option<u32> {
+/// The little-endian u32 at `offset` of the first frame's body, if it was read.
+fn body_u32(first: &[u8], offset: usize) -> Option<u32> {
     let at = FRAME_HEADER_BYTES + offset;
-    let bytes = peeked.get(at..at + 4)?;
+    let bytes = first.get(at..at + 4)?;
     Some(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
 }
 
 /// The partition a client connection's first request names: appends, reads and
 /// trims carry it first in their body. None for anything else.
-pub fn client_partition(peeked: &[u8]) -> Option<u32> {
-    match first_kind(peeked)? {
+pub fn client_partition(first: &[u8]) -> Option<u32> {
+    match first_kind(first)? {
         FrameKind::AppendRequest | FrameKind::ReadRequest | FrameKind::TrimRequest => {
-            body_u32(peeked, 0)
+            body_u32(first, 0)
         }
         _ => None,
     }
 }
 
 /// The shard a peer connection's handshake names (PeerHello, body offset 16).
-pub fn peer_shard(peeked: &[u8]) -> Option<u32> {
-    match first_kind(peeked)? {
-        FrameKind::PeerHello => body_u32(peeked, 16),
+pub fn peer_shard(first: &[u8]) -> Option<u32> {
+    match first_kind(first)? {
+        FrameKind::PeerHello => body_u32(first, 16),
         _ => None,
     }
 }
 
-/// How many of the first bytes placement needs, given those `peeked` so far: the
-/// header, then as much of the first body as [`PEEK_BYTES`] covers (a short frame,
+/// How many of the first bytes placement needs, given the `first` ones read so far: the
+/// header, then as much of the first body as [`PLACEMENT_BYTES`] covers (a short frame,
 /// such as a metadata request, has no more to wait for).
-fn bytes_wanted(peeked: &[u8]) -> usize {
-    if peeked.len() < FRAME_HEADER_BYTES {
+fn bytes_wanted(first: &[u8]) -> usize {
+    if first.len() < FRAME_HEADER_BYTES {
         return FRAME_HEADER_BYTES;
     }
-    let body_len = u32::from_le_bytes(peeked[8..12].try_into().expect("4 bytes")) as usize;
-    FRAME_HEADER_BYTES + body_len.min(PEEK_BYTES - FRAME_HEADER_BYTES)
+    let body_len = u32::from_le_bytes(first[8..12].try_into().expect("4 bytes")) as usize;
+    FRAME_HEADER_BYTES + body_len.min(PLACEMENT_BYTES - FRAME_HEADER_BYTES)
 }
 
-/// The connection's first bytes, as many as placement needs ([`bytes_wanted`]),
-/// left unread for whoever serves it. Waits up to `wait` for them; fewer (or none)
-/// when the connection closes, fails or stays silent, which its server then
-/// handles as it would have anyway.
-pub async fn peek_prefix(stream: &TcpStream, wait: Duration) -> Vec<u8> {
-    let deadline = Instant::now() + wait;
-    let mut buf = vec![0u8; PEEK_BYTES];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let peeked = futures_lite::future::or(async { stream.peek(&mut buf).await.ok() }, async {
-            glommio::timer::sleep(left).await;
-            None
-        })
-        .await;
-        let n = match peeked {
-            Some(n) if n > 0 => n,
-            _ => return Vec::new(),
-        };
-        if n >= bytes_wanted(&buf[..n]) {
-            buf.truncate(n);
-            return buf;
+/// The connection's first bytes, as many as placement needs ([`bytes_wanted`]).
+/// Waits up to `wait` for them; fewer (or none) when the connection closes, fails
+/// or stays silent, which its server then handles as it would have anyway.
+pub async fn read_prefix(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    use futures_lite::io::AsyncReadExt;
+    let deadline = Some(Instant::now() + wait);
+    let mut buf = vec![0u8; PLACEMENT_BYTES];
+    let mut len = 0;
+    while len < bytes_wanted(&buf[..len]) {
+        let want = bytes_wanted(&buf[..len]);
+        match with_deadline(deadline, stream.read(&mut buf[len..want])).await {
+            Some(Ok(n)) if n > 0 => len += n,
+            _ => break,
         }
-        // The first frame arrived in part: a peek returns at once while bytes
-        // wait, so give the rest a moment rather than spin.
-        let pause = Duration::from_millis(PEEK_RETRY_MS);
-        if Instant::now() + pause >= deadline {
-            buf.truncate(n);
-            return buf;
-        }
-        glommio::timer::sleep(pause).await;
     }
+    buf.truncate(len);
+    buf
 }
 
 /// An accepted connection on its way to another executor: the socket without the
-/// accepting executor's state, which is all a glommio stream is bound to.
+/// accepting executor's state, which is all a glommio stream is bound to, and the
+/// bytes already read off it.
 #[derive(Debug)]
-pub struct Handoff(OwnedFd);
+pub struct Handoff {
+    fd: OwnedFd,
+    received: Vec<u8>,
+}
 
 impl Handoff {
     /// Takes `stream` off this executor. glommio streams cannot give up their
     /// descriptor, so this keeps a duplicate and closes the original: the socket
     /// lives on (its data, its peer) for as long as the duplicate is open.
-    pub fn detach(stream: TcpStream) -> io::Result<Handoff> {
+    pub fn detach(stream: TcpStream, received: Vec<u8>) -> io::Result<Handoff> {
         // SAFETY: dup of a descriptor the stream owns and keeps open for the call.
         let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
         if fd < 0 {
@@ -139,17 +129,23 @@ impl Handoff {
         }
         drop(stream);
         // SAFETY: `fd` was just returned by fcntl and is owned by nothing else.
-        Ok(Handoff(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Handoff { fd, received })
     }
 
-    /// The connection as a stream of the current executor.
-    pub fn attach(self) -> TcpStream {
+    /// The connection as a stream of the current executor, and the bytes already
+    /// read off it.
+    pub fn attach(self) -> Accepted {
         use std::os::fd::IntoRawFd;
         // SAFETY: the descriptor is an open, connected TCP socket owned by `self`,
         // handed over whole (glommio's own `bind_to_executor` does the same).
-        unsafe { TcpStream::from_raw_fd(self.0.into_raw_fd()) }
+        let stream = unsafe { TcpStream::from_raw_fd(self.fd.into_raw_fd()) };
+        (stream, self.received)
     }
 }
+
+/// A connection to serve: its stream and the first bytes already read off it.
+pub type Accepted = (TcpStream, Vec<u8>);
 
 /// The executors' queues of handed-off connections, indexed by shard, as seen
 /// from one executor (`local`).
@@ -180,21 +176,21 @@ impl Doors {
         }
     }
 
-    /// Serves `stream` where `owner` says: hands it to that shard's executor and
+    /// Serves a connection where `owner` says: hands it to that shard's executor and
     /// returns None, or gives it back to be served here when the owner is this
     /// executor, unknown (its own server refuses what must be refused), or cannot
     /// take it now.
-    pub fn hand_to(&self, owner: Option<u32>, stream: TcpStream) -> Option<TcpStream> {
+    pub fn hand_to(&self, owner: Option<u32>, (stream, received): Accepted) -> Option<Accepted> {
         let Some(shard) = owner.filter(|s| *s != self.local) else {
-            return Some(stream);
+            return Some((stream, received));
         };
         let Some(queue) = self.queues.get(shard as usize) else {
-            return Some(stream);
+            return Some((stream, received));
         };
         if queue.is_full() {
-            return Some(stream);
+            return Some((stream, received));
         }
-        let handoff = match Handoff::detach(stream) {
+        let handoff = match Handoff::detach(stream, received) {
             Ok(h) => h,
             Err(e) => {
                 // The original was consumed; this connection is lost, and its
@@ -215,7 +211,7 @@ impl Doors {
 
 /// Serves, with `serve`, the connections other executors hand to this one through
 /// `queue`, counting them in `handed_in`, until every sender is gone.
-pub async fn take_handed_in(queue: DoorQueue, handed_in: &Count, serve: impl Fn(TcpStream)) {
+pub async fn take_handed_in(queue: DoorQueue, handed_in: &Count, serve: impl Fn(Accepted)) {
     while let Ok(handoff) = queue.recv_async().await {
         handed_in.add(1);
         serve(handoff.attach());
@@ -234,23 +230,25 @@ pub struct Placing {
 }
 
 /// Serves an accepted `stream` where it belongs: without `placing`, here at once;
-/// otherwise a task peeks at its first frame, hands it to its owner or, when it
-/// stays, serves it here with `serve`. `pending` is the counter of `stats` that
+/// otherwise a task reads the start of its first frame, hands it to its owner or,
+/// when it stays, serves it here with `serve`. `pending` is the counter of `stats` that
 /// counts connections being placed.
 pub fn place<S: 'static>(
     stream: TcpStream,
     placing: Option<&Placing>,
     (stats, pending): (Arc<S>, fn(&S) -> &Count),
-    serve: impl FnOnce(TcpStream) + 'static,
+    serve: impl FnOnce(Accepted) + 'static,
 ) {
     let Some(placing) = placing.cloned() else {
-        serve(stream);
+        serve((stream, Vec::new()));
         return;
     };
     pending(&stats).add(1);
     glommio::spawn_local(async move {
-        let peeked = peek_prefix(&stream, placing.wait).await;
-        let here = placing.doors.hand_to((placing.owner_of)(&peeked), stream);
+        let mut stream = stream;
+        let received = read_prefix(&mut stream, placing.wait).await;
+        let owner = (placing.owner_of)(&received);
+        let here = placing.doors.hand_to(owner, (stream, received));
         pending(&stats).sub(1);
         if let Some(stream) = here {
             serve(stream);
@@ -280,7 +278,10 @@ mod tests {
             FrameKind::ReadRequest,
             FrameKind::TrimRequest,
         ] {
-            assert_eq!(client_partition(&frame(kind, &body)[..PEEK_BYTES]), Some(3));
+            assert_eq!(
+                client_partition(&frame(kind, &body)[..PLACEMENT_BYTES]),
+                Some(3)
+            );
         }
         assert_eq!(
             client_partition(&frame(FrameKind::MetadataRequest, &[])),
@@ -301,7 +302,7 @@ mod tests {
         let small_append = frame(FrameKind::AppendRequest, &[0u8; 13]);
         assert_eq!(bytes_wanted(&small_append), small_append.len());
         let large_append = frame(FrameKind::AppendRequest, &[0u8; 4096]);
-        assert_eq!(bytes_wanted(&large_append[..30]), PEEK_BYTES);
+        assert_eq!(bytes_wanted(&large_append[..30]), PLACEMENT_BYTES);
     }
 
     #[test]

@@ -11,12 +11,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
 use super::client_msg::{ClientRequest, ClientResponse, ServerError};
 use super::count::Count;
 use super::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
-use super::placement::{DoorQueue, Doors, Placing, client_partition, place, take_handed_in};
+use super::placement::{
+    Accepted, DoorQueue, Doors, Placing, client_partition, place, take_handed_in,
+};
 
 /// Serves client requests. Implemented by the runtime; `handle` runs on the executor
 /// that accepted the connection and may await (for a commit, or for new data when a
@@ -130,8 +132,9 @@ impl<H: RequestHandler> ClientService<H> {
         self.stats.clone()
     }
 
-    /// Serves `stream` in a task of its own until it closes.
-    pub fn serve(self: &Rc<Self>, stream: TcpStream) {
+    /// Serves a connection (its stream and the bytes already read off it) in a
+    /// task of its own until it closes.
+    pub fn serve(self: &Rc<Self>, (stream, received): Accepted) {
         let service = self.clone();
         self.stats.connections_served_total.add(1);
         self.stats.connections_open.add(1);
@@ -141,7 +144,7 @@ impl<H: RequestHandler> ClientService<H> {
                 service.config.clone(),
                 service.stats.clone(),
             );
-            super::client_conn::serve_connection(stream, handler, config, stats).await;
+            super::client_conn::serve_connection(stream, &received, handler, config, stats).await;
             service.stats.connections_open.sub(1);
         })
         .detach();

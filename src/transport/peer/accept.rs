@@ -21,7 +21,9 @@ use super::super::frame::{FRAME_HEADER_BYTES, FrameError, FrameKind, PROTOCOL_VE
 use super::super::peer_msg::{
     Hello, Lane, decode_hello, decode_message, encode_hello, encode_refused,
 };
-use super::super::placement::{DoorQueue, Doors, Placing, peer_shard, place, take_handed_in};
+use super::super::placement::{
+    Accepted, DoorQueue, Doors, Placing, peer_shard, place, take_handed_in,
+};
 use super::PeerConfig;
 use crate::engine::{Message, NodeId};
 
@@ -194,13 +196,14 @@ impl<H: PeerHandler> PeerService<H> {
         .detach();
     }
 
-    /// Serves `stream` in a task of its own until it closes.
-    pub fn serve(self: &Rc<Self>, stream: TcpStream) {
+    /// Serves a connection (its stream and the bytes already read off it) in a
+    /// task of its own until it closes.
+    pub fn serve(self: &Rc<Self>, (stream, received): Accepted) {
         let service = self.clone();
         self.stats.connections_served_total.add(1);
         self.stats.connections_open.add(1);
         glommio::spawn_local(async move {
-            serve_peer(stream, &service).await;
+            serve_peer(stream, &received, &service).await;
             service.stats.connections_open.sub(1);
         })
         .detach();
@@ -387,7 +390,11 @@ async fn handshake<H: PeerHandler>(
     Some(hello)
 }
 
-async fn serve_peer<H: PeerHandler>(mut stream: TcpStream, service: &PeerService<H>) {
+async fn serve_peer<H: PeerHandler>(
+    mut stream: TcpStream,
+    received: &[u8],
+    service: &PeerService<H>,
+) {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
@@ -396,7 +403,8 @@ async fn serve_peer<H: PeerHandler>(mut stream: TcpStream, service: &PeerService
         &mut stream,
         config.frame_body_bytes_max,
         config.read_chunk_bytes,
-    );
+    )
+    .with_received(received);
     let Some(hello) = handshake(&mut reader, service, &peer).await else {
         return;
     };
