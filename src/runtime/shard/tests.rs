@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::config::ReadSettings;
-use super::inbox::{LaneError, LaneSender, Reply, ShardInput, lane, reply_channel};
-use super::lifecycle::LifecycleSettings;
-use super::oneshot;
-use super::reads::{READ_ANSWER_HEADER_BYTES, READ_RECORD_OVERHEAD_BYTES, ReadLimits};
-use super::shard::{ShardContext, run_shard};
+use crate::runtime::config::ReadSettings;
+use crate::runtime::inbox::{LaneError, LaneSender, Reply, ShardInput, lane, reply_channel};
+use crate::runtime::lifecycle::LifecycleSettings;
+use crate::runtime::oneshot;
+use crate::runtime::reads::{READ_ANSWER_HEADER_BYTES, READ_RECORD_OVERHEAD_BYTES, ReadLimits};
+use super::{ShardContext, run_shard};
 use crate::engine::{self, Index, Message};
 use crate::metrics::NodeMetrics;
 use crate::metrics::health::HealthBoard;
