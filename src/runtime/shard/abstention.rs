@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::Shard;
 use crate::engine::Term;
+
 /// The file in a shard's WAL directory that says the member abstains (holds the
 /// term in which its log lost entries), so that a crash before it catches up does
 /// not make it forget.
@@ -26,7 +27,11 @@ pub(super) fn mark_abstention_pending(marker: &Path) -> std::io::Result<()> {
 /// The term after which the member may vote again, if it must abstain: from the
 /// marker (a pending one, or a cut in this start's recovery, means the recovered
 /// term), which is then rewritten to hold that term.
-pub(super) fn abstention(marker: &Path, truncated: bool, term: Term) -> std::io::Result<Option<Term>> {
+pub(super) fn abstention(
+    marker: &Path,
+    truncated: bool,
+    term: Term,
+) -> std::io::Result<Option<Term>> {
     let text = match std::fs::read_to_string(marker) {
         Ok(text) => Some(text.trim().to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -82,7 +87,6 @@ impl Shard {
             }
         }
     }
-
 }
 
 #[cfg(test)]

@@ -4,11 +4,16 @@
 use super::{Shard, ShardError};
 use crate::engine::{self, AppendError, NodeId, ReadError};
 use crate::transport::{AppendOk, ServerError, TrimOk};
+
 impl Shard {
     /// Answers the append or trim `request_id` (both are entries of the log). A
     /// trim's answer carries the log start after the engine applied it: commands
     /// are carried out after the whole step, so the engine's log is already there.
-    pub(super) fn answer_append(&mut self, request_id: u64, result: Result<engine::AppendOk, AppendError>) {
+    pub(super) fn answer_append(
+        &mut self,
+        request_id: u64,
+        result: Result<engine::AppendOk, AppendError>,
+    ) {
         if let Some(reply) = self.appends.remove(&request_id) {
             let answer = result
                 .map(|ok| AppendOk {

@@ -2,10 +2,11 @@
 //! flush covers a turn's appends (group commit), and the rest go to peers or clients.
 
 use super::{Shard, ShardError};
-use crate::engine::{self, Command};
+use crate::engine::{self, Command, Index, NodeId, Role, Term};
 use crate::wal::error::{WalError, WalResult};
 use crate::wal::log::Wal;
 use crate::wal::storage::DmaStorage;
+
 impl Shard {
     pub(super) async fn carry_out(&mut self, commands: Vec<Command>) -> Result<(), ShardError> {
         for command in commands {
@@ -29,16 +30,7 @@ impl Shard {
                     start,
                     prev_term,
                 } => self.storage(|wal| wal.reset(op, start, prev_term)).await?,
-                Command::PurgeLog { op, before } => {
-                    let stats_before = self.wal.stats();
-                    self.storage(|wal| wal.purge(op, before).map(drop)).await?;
-                    let stats = self.wal.stats();
-                    self.lifecycle.purged(
-                        stats.segments_purged - stats_before.segments_purged,
-                        stats.segment_bytes_purged - stats_before.segment_bytes_purged,
-                        self.wal.disk_bytes(),
-                    );
-                }
+                Command::PurgeLog { op, before } => self.purge(op, before).await?,
                 Command::Send { msg, when } => match when {
                     Some(engine::Condition::Durable { op }) if op > self.durable_op => {
                         self.held.push((op, msg))
@@ -72,18 +64,34 @@ impl Shard {
                     super::refusal::refuse_peer(self.id, from, fault, metrics, closer)
                 }
                 Command::RoleChanged { role, term, leader } => {
-                    if (role, leader) != (self.role, self.leader) {
-                        let leader =
-                            leader.map_or("no leader".into(), |l| format!("leader node {l}"));
-                        log::info!("shard {}: {role:?} in term {term}, {leader}", self.id);
-                    }
-                    (self.role, self.term, self.leader) = (role, term, leader);
-                    self.metrics.role_changed(role, term, leader);
-                    self.publish();
+                    self.role_changed(role, term, leader)
                 }
             }
         }
         Ok(())
+    }
+
+    /// Removes the log's segments before `before`, and tells retention what went.
+    async fn purge(&mut self, op: u64, before: Index) -> Result<(), ShardError> {
+        let stats_before = self.wal.stats();
+        self.storage(|wal| wal.purge(op, before).map(drop)).await?;
+        let stats = self.wal.stats();
+        self.lifecycle.purged(
+            stats.segments_purged - stats_before.segments_purged,
+            stats.segment_bytes_purged - stats_before.segment_bytes_purged,
+            self.wal.disk_bytes(),
+        );
+        Ok(())
+    }
+
+    fn role_changed(&mut self, role: Role, term: Term, leader: Option<NodeId>) {
+        if (role, leader) != (self.role, self.leader) {
+            let leader = leader.map_or("no leader".into(), |l| format!("leader node {l}"));
+            log::info!("shard {}: {role:?} in term {term}, {leader}", self.id);
+        }
+        (self.role, self.term, self.leader) = (role, term, leader);
+        self.metrics.role_changed(role, term, leader);
+        self.publish();
     }
 
     /// Submits one storage command; when the WAL's buffer is full, flushes first
@@ -145,5 +153,4 @@ impl Shard {
         }
         (self.unflushed_entries, self.unflushed_bytes) = (0, 0);
     }
-
 }

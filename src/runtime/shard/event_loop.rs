@@ -10,6 +10,7 @@ use crate::engine::{Event, Message, Role};
 use crate::runtime::inbox::ShardInput;
 use crate::wal::error::WalResult;
 use crate::wal::log::Durable;
+
 /// Events fed to the engine in one turn at most; the rest wait for the next turn,
 /// so that one turn's latency stays bounded under a flood.
 const TURN_EVENTS_MAX: usize = 4096;

@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use super::Shard;
 use crate::transport::{PartitionInfo, ServerError};
+
 /// What one record costs in the WAL's buffer beyond its payload (its header, and
 /// the end of a block it may skip), as the WAL counts it.
 const WAL_RECORD_COST_BYTES: usize = 2 * crate::wal::format::RECORD_HEADER_BYTES;

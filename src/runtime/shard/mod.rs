@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 // The loop's code names these relative to the shard's module.
-use super::{failpoint, refusal};
 use super::inbox::{LaneReceiver, Reply, ShardInput};
 use super::lifecycle::{Lifecycle, LifecycleSettings};
 use super::reads::{ReadLimits, Reads};
+use super::{failpoint, refusal};
 use crate::engine::{self, Engine, Index, Message, NodeId, Role, Term};
 use crate::metrics::health::HealthBoard;
 use crate::metrics::{NodeMetrics, ShardMetrics};

@@ -4,6 +4,7 @@
 use super::Shard;
 use crate::engine::{Index, Message, MessageBody};
 use crate::transport::peer::SendError;
+
 impl Shard {
     pub(super) fn release_held(&mut self) {
         let durable = self.durable_op;
@@ -55,5 +56,4 @@ impl Shard {
         })
         .detach();
     }
-
 }

@@ -7,6 +7,7 @@ use super::Shard;
 use crate::runtime::inbox::Reply;
 use crate::runtime::reads::LogBounds;
 use crate::transport::{ReadOk, ReadRequest};
+
 impl Shard {
     /// Where the log stands for reads now.
     fn log_bounds(&self) -> LogBounds {
@@ -38,5 +39,4 @@ impl Shard {
         self.reads.expire(at, now);
         self.barriers.retain(|_, (_, reply)| !reply.is_closed());
     }
-
 }
