@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
-use super::cpu::cpu_seconds;
+use super::cpu::{CpuSample, CpuUsed};
 use super::progress::{Progress, Snapshot, write_stderr};
 use super::{BenchConfig, BenchReport, Limit, Percentiles};
 use crate::client::{Client, ClientConfig};
@@ -107,7 +107,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
     let measure = async {
         glommio::timer::sleep(config.warmup).await;
         tally.measuring_since.set(Some(Instant::now()));
-        cpu_at_start.set(cpu_seconds(&config.server_pids));
+        cpu_at_start.set(Some(CpuSample::take(&config.server_pids)));
         for task in tasks {
             task.await;
         }
@@ -118,17 +118,9 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
         write_stderr(&text);
     }
     let seconds = tally.seconds(Instant::now());
-    let server_cpu_seconds = cpu_at_start
-        .get()
-        .zip(cpu_seconds(&config.server_pids))
-        .map(|(start, end)| end - start);
-    Ok(report(
-        config,
-        partitions,
-        &tally,
-        seconds,
-        server_cpu_seconds,
-    ))
+    let cpu_at_end = CpuSample::take(&config.server_pids);
+    let cpu = (cpu_at_start.take()).map_or_else(CpuUsed::default, |start| cpu_at_end.since(&start));
+    Ok(report(config, partitions, &tally, seconds, cpu))
 }
 
 /// The connections the clients share round robin (etcd's benchmark has the same
@@ -255,7 +247,7 @@ fn report(
     partitions: u32,
     tally: &Tally,
     seconds: f64,
-    server_cpu_seconds: Option<f64>,
+    cpu: CpuUsed,
 ) -> BenchReport {
     let records = tally.records.get();
     let latency = tally.latency.borrow();
@@ -274,7 +266,8 @@ fn report(
             p999: latency.value_at_quantile(0.999),
             max: latency.max(),
         },
-        server_cpu_seconds,
+        server_cpu_seconds: cpu.seconds,
+        server_cpu_threads: cpu.threads,
         config,
     }
 }

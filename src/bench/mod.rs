@@ -24,18 +24,21 @@
 //!   the warmup to the last measured answer.
 //!
 //! The parts: [`load`] runs the clients and tallies what they measure, [`cpu`]
-//! reads the servers' CPU time from `/proc`, [`report`] says what was measured (text
-//! and JSON), and [`progress`] shows it on stderr while the benchmark runs.
+//! reads the servers' CPU time from `/proc` and [`threads`] splits it by thread,
+//! [`report`] says what was measured (text and JSON), and [`progress`] shows it on
+//! stderr while the benchmark runs.
 
 mod cpu;
 mod load;
 mod progress;
 mod report;
+mod threads;
 
 use std::time::Duration;
 
 pub use load::run;
 pub use report::{BenchReport, Percentiles};
+pub use threads::ThreadCpu;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchConfig {
@@ -57,7 +60,8 @@ pub struct BenchConfig {
     /// How progress is shown on stderr while the benchmark runs.
     pub progress: ProgressStyle,
     /// Server processes on this machine whose CPU time (user + system, from
-    /// `/proc`) is charged to the measured records (`bench --local` sets them).
+    /// `/proc`) is charged to the measured records and split by thread (`bench
+    /// --local` sets them, node 1 first).
     pub server_pids: Vec<u32>,
 }
 

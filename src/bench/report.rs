@@ -1,5 +1,6 @@
 //! What a benchmark measured, as text for people and JSON for scripts.
 
+use super::threads::ThreadCpu;
 use super::{BenchConfig, Limit};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +20,9 @@ pub struct BenchReport {
     pub latency_us: Percentiles,
     /// CPU seconds the server processes used while measuring, when known.
     pub server_cpu_seconds: Option<f64>,
+    /// Per node (node 1 first), how its CPU time while measuring divides between
+    /// its executor threads and the rest, when known.
+    pub server_cpu_threads: Option<Vec<Vec<ThreadCpu>>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -63,6 +67,7 @@ impl BenchReport {
             },
             "server_cpu_seconds": self.server_cpu_seconds,
             "server_cpu_us_per_record": self.server_cpu_us_per_record(),
+            "server_cpu_threads": self.threads_json(),
         })
         .to_string()
     }
@@ -109,6 +114,7 @@ impl BenchReport {
             l.p999,
             l.max
         ) + &self.cpu_text()
+            + &self.threads_text()
     }
 
     /// The server CPU line, when the servers' CPU time is known.
@@ -119,6 +125,48 @@ impl BenchReport {
             ),
             _ => String::new(),
         }
+    }
+
+    /// `server_cpu_threads` in JSON: per node, its number and its threads.
+    fn threads_json(&self) -> serde_json::Value {
+        let Some(nodes) = &self.server_cpu_threads else {
+            return serde_json::Value::Null;
+        };
+        let thread = |t: &ThreadCpu| {
+            serde_json::json!({
+                "thread": t.thread,
+                "cpu_seconds": t.cpu_seconds,
+                "share": t.share,
+            })
+        };
+        (nodes.iter().enumerate())
+            .map(|(k, threads)| {
+                let threads: Vec<_> = threads.iter().map(thread).collect();
+                serde_json::json!({ "node": k + 1, "threads": threads })
+            })
+            .collect()
+    }
+
+    /// A line per node: how its CPU time divides between its threads.
+    fn threads_text(&self) -> String {
+        let Some(nodes) = &self.server_cpu_threads else {
+            return String::new();
+        };
+        (nodes.iter().enumerate())
+            .map(|(k, threads)| {
+                let split: Vec<String> = (threads.iter())
+                    .map(|t| {
+                        let percent = t.share * 100.0;
+                        format!("{} {percent:.0}% ({:.2} s)", t.thread, t.cpu_seconds)
+                    })
+                    .collect();
+                format!(
+                    "\nserver CPU by thread, node {}: {}",
+                    k + 1,
+                    split.join(", ")
+                )
+            })
+            .collect()
     }
 
     fn mode(&self) -> &'static str {
@@ -195,6 +243,7 @@ mod tests {
                 max: 2000,
             },
             server_cpu_seconds: None,
+            server_cpu_threads: None,
         }
     }
 
@@ -246,5 +295,49 @@ mod tests {
             text.ends_with("p50 400 p90 600 p99 900 p99.9 1500 max 2000"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_cpu_split_by_thread_is_reported_per_node() {
+        let thread = |name: &str, cpu_seconds: f64, share: f64| ThreadCpu {
+            thread: name.to_string(),
+            cpu_seconds,
+            share,
+        };
+        let measured = BenchReport {
+            server_cpu_seconds: Some(6.0),
+            server_cpu_threads: Some(vec![
+                vec![
+                    thread("shard-0", 0.96, 0.48),
+                    thread("shard-1", 0.9, 0.45),
+                    thread("other", 0.14, 0.07),
+                ],
+                vec![thread("shard-0", 3.5, 0.875), thread("other", 0.5, 0.125)],
+            ]),
+            ..report(Limit::Records(6000), None)
+        };
+        let text = measured.to_text();
+        assert!(
+            text.ends_with(
+                "\nserver CPU (all nodes, user + system): 6.00 s, 1000.0 µs per record\n\
+                 server CPU by thread, node 1: shard-0 48% (0.96 s), shard-1 45% (0.90 s), other 7% (0.14 s)\n\
+                 server CPU by thread, node 2: shard-0 88% (3.50 s), other 12% (0.50 s)"
+            ),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&measured.to_json()).unwrap();
+        let nodes = v["server_cpu_threads"].as_array().unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[1]["node"], 2);
+        let first = &nodes[0]["threads"][0];
+        assert_eq!(first["thread"], "shard-0");
+        assert_eq!(first["cpu_seconds"], 0.96);
+        assert_eq!(first["share"], 0.48);
+        assert_eq!(nodes[0]["threads"][2]["thread"], "other");
+        // Without server processes to read, the field is null and the text silent.
+        let unknown = report(Limit::Records(6000), None);
+        let v: serde_json::Value = serde_json::from_str(&unknown.to_json()).unwrap();
+        assert!(v["server_cpu_threads"].is_null());
+        assert!(!unknown.to_text().contains("by thread"));
     }
 }
