@@ -23,9 +23,9 @@
 //!   is not retried, so `records` is then below N. `seconds` runs from the end of
 //!   the warmup to the last measured answer.
 //!
-//! The parts: [`load`] runs the clients and tallies what they measure, [`cpu`]
-//! reads the servers' CPU time from `/proc` and [`threads`] splits it by thread,
-//! [`report`] says what was measured (text and JSON), and [`progress`] shows it on
+//! The parts: `load` runs the clients and tallies what they measure, `cpu`
+//! reads the servers' CPU time from `/proc` and `threads` splits it by thread,
+//! `report` says what was measured (text and JSON), and `progress` shows it on
 //! stderr while the benchmark runs.
 
 mod cpu;

@@ -2,8 +2,8 @@
 //! Every key is documented in `docs/configuration.md`; `examples/node.toml` shows one.
 //! Errors name the key and the reason, so an operator never has to guess.
 //!
-//! By concern: [`wal`] (`[wal]`), [`raft`] (`[raft]` and the engine's settings),
-//! [`clients`] (`[reads]` and `[clients]`), and [`sizes`] (what a record and a
+//! By concern: `wal` (`[wal]`), `raft` (`[raft]` and the engine's settings),
+//! `clients` (`[reads]` and `[clients]`), and `sizes` (what a record and a
 //! message must fit in, across sections); the node's own keys and `[[nodes]]` here.
 
 mod clients;

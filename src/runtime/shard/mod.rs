@@ -8,11 +8,11 @@
 //! turn's appends while earlier flushes may still run; messages go to the peer
 //! links, which write many per syscall; answers go back to waiting clients.
 //!
-//! The shard's parts, by concern: [`open`] recovers the WAL and builds the engine,
-//! [`event_loop`] waits, drains and feeds the engine, [`inputs`] admits client
-//! requests, [`commands`] carries out the engine's commands (storage and group
-//! commit among them), [`send`] sends peer messages, [`answers`] and
-//! [`waiting_reads`] answer clients, and [`abstention`] keeps the marker of a log
+//! The shard's parts, by concern: `open` recovers the WAL and builds the engine,
+//! `event_loop` waits, drains and feeds the engine, `inputs` admits client
+//! requests, `commands` carries out the engine's commands (storage and group
+//! commit among them), `send` sends peer messages, `answers` and
+//! `waiting_reads` answer clients, and `abstention` keeps the marker of a log
 //! that lost entries.
 
 mod abstention;
