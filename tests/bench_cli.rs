@@ -166,6 +166,17 @@ fn a_timed_local_benchmark_reports_throughput_and_latency() {
         f64_field(&report, "server_cpu_us_per_record") > 0.0,
         "{report}"
     );
+    // It also splits each node's CPU time by thread: its executor, then the rest.
+    let nodes = report["server_cpu_threads"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no server_cpu_threads in {report}"));
+    assert_eq!(nodes.len(), 3, "{report}");
+    for node in nodes {
+        let threads = node["threads"].as_array().expect("threads");
+        assert_eq!(threads[0]["thread"], "shard-0", "{report}");
+        let shares: f64 = threads.iter().filter_map(|t| t["share"].as_f64()).sum();
+        assert!((shares - 1.0).abs() < 1e-9, "{report}");
+    }
 }
 
 #[test]

@@ -20,5 +20,3 @@ mod refusal;
 pub mod retention;
 pub mod router;
 pub mod shard;
-#[cfg(test)]
-mod shard_tests;

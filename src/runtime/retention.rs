@@ -1,6 +1,6 @@
 //! The log's lifecycle settings: `[retention]` (when a partition's oldest segments
 //! are removed) and `[wal] min_free_bytes` (the low-disk watermark), with their
-//! validation. Kept apart from `config.rs`, which holds every other table.
+//! validation. Kept apart from `config/`, which holds every other table.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,100 @@
+//! Answers to clients: appends and trims once the engine decides, the errors
+//! clients see, and the answers of everything still waiting when the shard stops.
+
+use super::{Shard, ShardError};
+use crate::engine::{self, AppendError, NodeId, ReadError};
+use crate::transport::{AppendOk, ServerError, TrimOk};
+
+impl Shard {
+    /// Answers the append or trim `request_id` (both are entries of the log). A
+    /// trim's answer carries the log start after the engine applied it: commands
+    /// are carried out after the whole step, so the engine's log is already there.
+    pub(super) fn answer_append(
+        &mut self,
+        request_id: u64,
+        result: Result<engine::AppendOk, AppendError>,
+    ) {
+        if let Some(reply) = self.appends.remove(&request_id) {
+            let answer = result
+                .map(|ok| AppendOk {
+                    first_index: ok.first_index,
+                    last_index: ok.last_index,
+                })
+                .map_err(|e| self.append_error(e));
+            reply.send(answer);
+        } else if let Some(reply) = self.trims.remove(&request_id) {
+            let answer = result
+                .map(|ok| TrimOk {
+                    trim_index: ok.last_index,
+                    log_start: self.engine.read_start(),
+                })
+                .map_err(|e| self.append_error(e));
+            reply.send(answer);
+        }
+    }
+
+    pub(super) fn leader_error(&self, leader: Option<NodeId>) -> ServerError {
+        ServerError::NotLeader {
+            leader,
+            leader_addr: leader.and_then(|l| self.client_addrs.get(&l).cloned()),
+        }
+    }
+
+    fn append_error(&self, error: AppendError) -> ServerError {
+        match error {
+            AppendError::NotLeader { leader } => self.leader_error(leader),
+            AppendError::Overloaded => ServerError::Overloaded,
+            AppendError::LeaderTransferring => ServerError::Unavailable {
+                reason: "leadership is being transferred; retry shortly".into(),
+            },
+            AppendError::EmptyBatch => ServerError::InvalidRequest {
+                reason: "an append needs at least one record".into(),
+            },
+            AppendError::TrimBeyondLog { .. } => ServerError::InvalidRequest {
+                reason: error.to_string(),
+            },
+            // The records may be committed after all: the client must not take this
+            // for a refusal and retry blindly (it does retry Unavailable), so it is
+            // reported as a timeout, whose outcome clients treat as unknown.
+            AppendError::Unknown => ServerError::Timeout,
+        }
+    }
+
+    pub(super) fn read_error(&self, error: ReadError) -> ServerError {
+        match error {
+            ReadError::NotLeader { leader } => self.leader_error(leader),
+            ReadError::Overloaded => ServerError::Overloaded,
+        }
+    }
+
+    /// Answers every client still waiting: appends with Timeout (their outcome is
+    /// open: they may commit elsewhere, and Unavailable would invite a blind retry
+    /// and a duplicate), reads with `refusal`.
+    pub(super) fn answer_all_waiting(&mut self, refusal: ServerError) {
+        for (_, reply) in self.appends.drain() {
+            reply.send(Err(ServerError::Timeout));
+        }
+        for (_, reply) in self.trims.drain() {
+            reply.send(Err(ServerError::Timeout));
+        }
+        for (_, (_, reply)) in self.barriers.drain() {
+            reply.send(Err(refusal.clone()));
+        }
+        self.reads.refuse_all(&refusal);
+    }
+
+    /// Stops: answers everything still waiting, then makes the WAL durable.
+    pub(super) async fn shut_down(mut self) -> Result<(), ShardError> {
+        self.answer_all_waiting(ServerError::Unavailable {
+            reason: "node shutting down".into(),
+        });
+        self.wal
+            .flush()
+            .await
+            .map(drop)
+            .map_err(|source| ShardError::Wal {
+                shard: self.id,
+                source,
+            })
+    }
+}

@@ -1,0 +1,168 @@
+//! The shard's event loop: wait for something, drain what else is ready, and feed
+//! it all to the engine as one batch (see the module documentation of [`super`]).
+
+use std::time::Instant;
+
+use futures_lite::future;
+
+use super::{Shard, ShardError};
+use crate::engine::{Event, Message, Role};
+use crate::runtime::inbox::ShardInput;
+use crate::wal::error::WalResult;
+use crate::wal::log::Durable;
+
+/// Events fed to the engine in one turn at most; the rest wait for the next turn,
+/// so that one turn's latency stays bounded under a flood.
+const TURN_EVENTS_MAX: usize = 4096;
+
+/// Why the loop woke up.
+enum Wake {
+    Peer(Message),
+    Input(Option<ShardInput>),
+    Flushed(WalResult<Durable>),
+    Timer,
+}
+
+impl Shard {
+    pub(super) async fn turn(&mut self) -> Result<(), ShardError> {
+        let wake = self.wait().await;
+        let mut events = Vec::new();
+        self.absorb(wake, &mut events)?;
+        self.drain_inboxes(&mut events)?;
+        while let Ok(flushed) = self.flushed_rx.try_recv() {
+            self.absorb(Wake::Flushed(flushed), &mut events)?;
+        }
+        let now = Instant::now();
+        if now >= self.next_tick {
+            events.push(Event::Tick);
+            self.next_tick = (self.next_tick + self.tick).max(now);
+            self.publish();
+        }
+        let log_start = self.engine.log().start();
+        if let Some(purge) = self.lifecycle.check(now, &self.wal, log_start) {
+            events.push(purge);
+        }
+        if !events.is_empty() {
+            self.engine.step_batch(events);
+            let commands = self.engine.take_commands();
+            self.carry_out(commands).await?;
+        }
+        self.start_flush_if_needed();
+        self.expire_waiting_reads(now);
+        self.end_abstention_if_caught_up();
+        Ok(())
+    }
+
+    /// Takes what is ready in the inboxes, peer messages first: the turn's room
+    /// goes to Raft's own traffic before client requests, and a client flood
+    /// waits for later turns rather than delay heartbeats and votes.
+    fn drain_inboxes(&mut self, events: &mut Vec<Event>) -> Result<(), ShardError> {
+        while events.len() < TURN_EVENTS_MAX {
+            let Some(msg) = self.peer_inbox.try_recv() else {
+                break;
+            };
+            events.push(Event::Message(msg));
+        }
+        while events.len() < TURN_EVENTS_MAX {
+            let Some(input) = self.inbox.try_recv() else {
+                break;
+            };
+            self.absorb(Wake::Input(Some(input)), events)?;
+        }
+        Ok(())
+    }
+
+    async fn wait(&self) -> Wake {
+        let until_tick = self.next_tick.saturating_duration_since(Instant::now());
+        // With every sender gone (the node is stopping) there is nothing to wait for:
+        // stay pending rather than wake at once, round after round.
+        let input = async {
+            match self.inbox.recv_async().await {
+                Some(input) => Wake::Input(Some(input)),
+                None => future::pending().await,
+            }
+        };
+        let peer = async {
+            match self.peer_inbox.recv_async().await {
+                Some(msg) => Wake::Peer(msg),
+                None => future::pending().await,
+            }
+        };
+        let flushed = async {
+            match self.flushed_rx.recv_async().await {
+                Ok(result) => Wake::Flushed(result),
+                Err(_) => future::pending().await,
+            }
+        };
+        let timer = async {
+            glommio::timer::sleep(until_tick).await;
+            Wake::Timer
+        };
+        // `or` polls its first future first: peer messages before client input.
+        future::or(flushed, future::or(peer, future::or(input, timer))).await
+    }
+
+    fn absorb(&mut self, wake: Wake, events: &mut Vec<Event>) -> Result<(), ShardError> {
+        match wake {
+            Wake::Timer | Wake::Input(None) => {}
+            Wake::Peer(msg) => events.push(Event::Message(msg)),
+            Wake::Input(Some(ShardInput::Append { records, reply })) => {
+                super::failpoint::on_append(self.id);
+                if let Err(refusal) = self.check_batch(&records) {
+                    reply.send(Err(refusal));
+                    return Ok(());
+                }
+                // Only a leader refuses for its disk: elsewhere the engine answers
+                // NotLeader, which sends the client to the node that decides.
+                if self.role == Role::Leader
+                    && let Some(refusal) = self.lifecycle.append_refusal()
+                {
+                    reply.send(Err(refusal));
+                    return Ok(());
+                }
+                let request_id = self.next_request();
+                self.appends.insert(request_id, reply);
+                events.push(Event::ClientAppend {
+                    request_id,
+                    records,
+                });
+            }
+            Wake::Input(Some(ShardInput::Read { request, reply })) => {
+                if let Err(refusal) = self.reads.limits().check(&request) {
+                    reply.send(Err(refusal));
+                } else if self.role == Role::Leader {
+                    let request_id = self.next_request();
+                    self.barriers.insert(request_id, (request, reply));
+                    events.push(Event::ReadIndex { request_id });
+                } else if request.any_replica {
+                    self.serve_or_wait(request, reply);
+                } else {
+                    reply.send(Err(self.leader_error(self.leader)));
+                }
+            }
+            Wake::Input(Some(ShardInput::Info { reply })) => {
+                reply.send(self.info());
+            }
+            Wake::Input(Some(ShardInput::Trim { before, reply })) => {
+                let request_id = self.next_request();
+                self.trims.insert(request_id, reply);
+                events.push(Event::ClientTrim { request_id, before });
+            }
+            Wake::Flushed(Ok(durable)) => {
+                self.flushes_in_flight = self.flushes_in_flight.saturating_sub(1);
+                if durable.op > self.durable_op {
+                    self.durable_op = durable.op;
+                    self.release_held();
+                    events.push(Event::Durable { op: durable.op });
+                }
+            }
+            Wake::Flushed(Err(source)) => {
+                return Err(ShardError::Wal {
+                    shard: self.id,
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+}
