@@ -170,8 +170,9 @@ struct BenchArgs {
     /// Appends each client keeps outstanding.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     inflight: u32,
-    /// Client connections (to each node) the clients share, round robin, as etcd's
-    /// benchmark does; at most --clients.
+    /// Client connection pools the clients share, round robin, as etcd's benchmark
+    /// does; at most --clients. Each pool opens one connection per node and
+    /// partition it appends to, so that each is served by its partition's core.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     connections: u32,
     #[arg(long, default_value_t = 256)]
