@@ -63,19 +63,7 @@ pub enum NodeError {
 /// Runs the node until `stop` is set (then shuts down gracefully) or a shard fails.
 pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
     let shards = shard_count(&config);
-    super::failpoint::init_from_env()?;
-    preflight::check_io_uring()?;
-    preflight::check_memlock(shards as u64 * LOCKED_BYTES_PER_SHARD)?;
-    preflight::check_data_dir(&config.data_dir, config.cluster_id, config.node_id)?;
-    let _lock = preflight::lock_data_dir(&config.data_dir)?;
-    preflight::check_address_free("client", config.listen.client)?;
-    preflight::check_address_free("peer", config.listen.peer)?;
-    preflight::check_address_free("metrics", config.listen.metrics)?;
-    if config.wal.fsync == FsyncPolicy::Never {
-        log::warn!(
-            "fsync = \"never\": acknowledged records are NOT durable; use this for benchmarks only"
-        );
-    }
+    let _lock = check_before_start(&config, shards)?;
     let peer_addrs = resolve_peers(&config)?;
     let observe = Observe {
         metrics: NodeMetrics::new(config.node_id),
@@ -126,18 +114,55 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
                     metrics: config.listen.metrics,
                 }),
             };
-            let placement = if config.pin {
-                Placement::Fixed(shard as usize)
-            } else {
-                Placement::Unbound
-            };
-            std::thread::Builder::new()
-                .name(format!("shard-{shard}"))
-                .spawn(move || run_executor(shard, placement, context, doors))
-                .expect("spawning a shard thread")
+            spawn_shard(&config, context, doors)
         })
         .collect();
     drop((senders, node_doors));
+    join_shards(threads, &stop)
+}
+
+/// Everything that can be checked before a shard starts, in words rather than
+/// panics; the data directory's lock, held while the node runs.
+fn check_before_start(config: &NodeConfig, shards: u32) -> Result<std::fs::File, NodeError> {
+    super::failpoint::init_from_env()?;
+    preflight::check_io_uring()?;
+    preflight::check_memlock(shards as u64 * LOCKED_BYTES_PER_SHARD)?;
+    preflight::check_data_dir(&config.data_dir, config.cluster_id, config.node_id)?;
+    let lock = preflight::lock_data_dir(&config.data_dir)?;
+    preflight::check_address_free("client", config.listen.client)?;
+    preflight::check_address_free("peer", config.listen.peer)?;
+    preflight::check_address_free("metrics", config.listen.metrics)?;
+    if config.wal.fsync == FsyncPolicy::Never {
+        log::warn!(
+            "fsync = \"never\": acknowledged records are NOT durable; use this for benchmarks only"
+        );
+    }
+    Ok(lock)
+}
+
+/// Starts the thread of one shard's executor.
+fn spawn_shard(
+    config: &NodeConfig,
+    context: ShardContext,
+    doors: ShardDoors,
+) -> std::thread::JoinHandle<Result<(), NodeError>> {
+    let shard = context.shard_id;
+    let placement = if config.pin {
+        Placement::Fixed(shard as usize)
+    } else {
+        Placement::Unbound
+    };
+    std::thread::Builder::new()
+        .name(format!("shard-{shard}"))
+        .spawn(move || run_executor(shard, placement, context, doors))
+        .expect("spawning a shard thread")
+}
+
+/// Waits for every shard; the first failure, after telling the others to stop.
+fn join_shards(
+    threads: Vec<std::thread::JoinHandle<Result<(), NodeError>>>,
+    stop: &AtomicBool,
+) -> Result<(), NodeError> {
     let mut first_error = None;
     for (shard, thread) in threads.into_iter().enumerate() {
         let result = thread.join().unwrap_or_else(|_| {

@@ -1,7 +1,8 @@
 //! The Rust client library, used by the CLI and the benchmark.
 //!
-//! A [`Client`] keeps one connection per node (opened on first use, dropped when it
-//! fails) and pipelines requests on it: each request carries an id, many can be
+//! A [`Client`] keeps one connection per node and partition (opened on first use,
+//! dropped when it fails; a node serves each connection on the core of the partition
+//! its first request names) and pipelines requests on it: each request carries an id, many can be
 //! outstanding, and answers are matched by id in whatever order they come. It routes
 //! partition requests to the partition's leader, following `NotLeader` redirects, and
 //! retries with exponential backoff, within limits.
@@ -21,21 +22,22 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures_lite::io::split;
-use glommio::net::TcpStream;
+use bytes::Bytes;
 use glommio::sync::Semaphore;
-use glommio::task::JoinHandle;
 use thiserror::Error;
+
+mod conn;
+mod retry;
+
+use conn::{CallError, Conn};
+use retry::{Next, Outcome};
 
 use crate::engine::Index;
 use crate::transport::client_msg::{
     AppendOk, AppendRequest, ClientRequest, ClientResponse, Metadata, ReadOk, ReadRequest,
-    ServerError, TrimOk, TrimRequest, decode_closing_notice, decode_response, encode_request,
-    request_body_bytes,
+    ServerError, TrimOk, TrimRequest, request_body_bytes,
 };
-use crate::transport::conn::{FrameReader, Notify, OneShot, with_deadline, write_all_within};
-use crate::transport::frame::{FRAME_BODY_BYTES_MAX_DEFAULT, FrameKind};
+use crate::transport::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -127,159 +129,6 @@ pub enum ClientError {
     },
 }
 
-/// A pipelined connection to one node.
-struct Conn {
-    shared: Rc<ConnShared>,
-    tasks: [JoinHandle<()>; 2],
-}
-
-type Answer = Result<Result<ClientResponse, ServerError>, String>;
-
-struct ConnShared {
-    pending: RefCell<HashMap<u64, Rc<OneShot<Answer>>>>,
-    out: RefCell<BytesMut>,
-    writer_wake: Notify,
-    broken: RefCell<Option<String>>,
-    slots: Semaphore,
-    next_request_id: Cell<u64>,
-}
-
-impl ConnShared {
-    /// Marks the connection dead and fails every outstanding request with `reason`.
-    fn break_with(&self, reason: String) {
-        if self.broken.borrow().is_none() {
-            *self.broken.borrow_mut() = Some(reason.clone());
-        }
-        let pending: Vec<_> = self.pending.borrow_mut().drain().collect();
-        for (_, slot) in pending {
-            slot.fill(Err(reason.clone()));
-        }
-        self.writer_wake.notify();
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.cancel();
-        }
-    }
-}
-
-/// How one attempt on one connection failed.
-enum CallError {
-    Connect(io::Error),
-    /// Broken before this request was written: safe to retry anything.
-    NotSent(String),
-    /// Broken or timed out after the request may have been written.
-    Lost(String),
-    Timeout(u64),
-}
-
-impl Conn {
-    async fn open(addr: &str, config: &ClientConfig) -> Result<Conn, io::Error> {
-        let stream = TcpStream::connect_timeout(
-            addr,
-            Duration::from_millis(config.connect_timeout_ms.max(1)),
-        )
-        .await
-        .map_err(io::Error::from)?;
-        let _ = stream.set_nodelay(true);
-        let (read_half, mut write_half) = split(stream);
-        let shared = Rc::new(ConnShared {
-            pending: RefCell::new(HashMap::new()),
-            out: RefCell::new(BytesMut::new()),
-            writer_wake: Notify::default(),
-            broken: RefCell::new(None),
-            slots: Semaphore::new(config.inflight_requests_max.max(1) as u64),
-            next_request_id: Cell::new(1),
-        });
-        let s = shared.clone();
-        let write_timeout = Duration::from_millis(config.write_timeout_ms);
-        let writer = glommio::spawn_local(async move {
-            loop {
-                if s.broken.borrow().is_some() {
-                    return;
-                }
-                let batch = s.out.borrow_mut().split();
-                if batch.is_empty() {
-                    s.writer_wake.notified().await;
-                    continue;
-                }
-                if let Err(e) = write_all_within(&mut write_half, &batch, write_timeout).await {
-                    s.break_with(format!("write failed: {e}"));
-                    return;
-                }
-            }
-        })
-        .detach();
-        let s = shared.clone();
-        let frame_timeout = Duration::from_millis(config.request_timeout_ms);
-        let mut reader = FrameReader::new(read_half, config.frame_body_bytes_max);
-        let reader_task = glommio::spawn_local(async move {
-            loop {
-                let frame = match reader.next_frame(None, frame_timeout).await {
-                    Ok(Some(f)) => f,
-                    Ok(None) => return s.break_with("server closed the connection".into()),
-                    Err(e) => return s.break_with(format!("read failed: {e}")),
-                };
-                if frame.kind == FrameKind::ClosingNotice {
-                    // The server says why it is closing: the best reason we will get.
-                    return s.break_with(match decode_closing_notice(&frame) {
-                        Ok(notice) => notice.to_string(),
-                        Err(e) => format!("bad closing notice: {e}"),
-                    });
-                }
-                let answer = match decode_response(&frame) {
-                    Ok(a) => a,
-                    Err(e) => return s.break_with(format!("bad response frame: {e}")),
-                };
-                let slot = s.pending.borrow_mut().remove(&frame.request_id);
-                if let Some(slot) = slot {
-                    slot.fill(Ok(answer));
-                }
-                // An answer to a request that already timed out is dropped.
-            }
-        })
-        .detach();
-        Ok(Conn {
-            shared,
-            tasks: [writer, reader_task],
-        })
-    }
-
-    async fn call(
-        &self,
-        request: &ClientRequest,
-        timeout: Duration,
-    ) -> Result<Result<ClientResponse, ServerError>, CallError> {
-        let s = &self.shared;
-        let _permit = s
-            .slots
-            .acquire_permit(1)
-            .await
-            .map_err(|e| CallError::NotSent(e.to_string()))?;
-        if let Some(reason) = s.broken.borrow().clone() {
-            return Err(CallError::NotSent(reason));
-        }
-        let id = s.next_request_id.get();
-        s.next_request_id.set(id + 1);
-        let slot = OneShot::new();
-        s.pending.borrow_mut().insert(id, slot.clone());
-        encode_request(&mut s.out.borrow_mut(), id, request);
-        s.writer_wake.notify();
-        match with_deadline(Some(Instant::now() + timeout), slot.wait()).await {
-            Some(Ok(answer)) => Ok(answer),
-            Some(Err(reason)) => Err(CallError::Lost(reason)),
-            None => {
-                s.pending.borrow_mut().remove(&id);
-                Err(CallError::Timeout(timeout.as_millis() as u64))
-            }
-        }
-    }
-}
-
-/// A client of a ringlog cluster. Single-threaded: use one per glommio executor.
 /// A pooled connection's node address and the partition it is for.
 type ConnKey = (String, Option<u32>);
 
@@ -293,6 +142,7 @@ fn request_partition(request: &ClientRequest) -> Option<u32> {
     }
 }
 
+/// A client of a ringlog cluster. Single-threaded: use one per glommio executor.
 pub struct Client {
     config: ClientConfig,
     /// One connection per (node address, partition): a node serves each connection
@@ -405,7 +255,7 @@ impl Client {
 
     async fn connection(&self, key: &ConnKey) -> Result<Rc<Conn>, CallError> {
         if let Some(c) = self.pool.borrow().get(key)
-            && c.shared.broken.borrow().is_none()
+            && !c.is_broken()
         {
             return Ok(c.clone());
         }
@@ -422,7 +272,7 @@ impl Client {
             .await
             .map_err(|e| CallError::NotSent(e.to_string()))?;
         if let Some(c) = self.pool.borrow().get(key)
-            && c.shared.broken.borrow().is_none()
+            && !c.is_broken()
         {
             return Ok(c.clone());
         }
@@ -499,12 +349,10 @@ impl Client {
         let (mut retries, mut redirects) = (0u32, 0u32);
         loop {
             let result = self.attempt(&addr, request).await;
-            let (failure, next_addr) = match result {
-                Ok(Ok(response)) => return Ok((addr, response)),
-                Ok(Err(ServerError::NotLeader {
-                    leader_addr: Some(leader),
-                    ..
-                })) if redirects < self.config.redirects_max => {
+            let (failure, next) = match retry::classify(&addr, is_append, result) {
+                Outcome::Done(response) => return Ok((addr, response)),
+                Outcome::Fail(error) => return Err(error),
+                Outcome::Redirect { leader, .. } if redirects < self.config.redirects_max => {
                     redirects += 1;
                     if let Some(p) = partition {
                         self.leaders.borrow_mut().insert(p, leader.clone());
@@ -512,81 +360,21 @@ impl Client {
                     addr = leader;
                     continue;
                 }
-                Ok(Err(e @ ServerError::NotLeader { .. })) => {
-                    self.forget_leader(partition);
-                    (
-                        ClientError::Server {
-                            addr: addr.clone(),
-                            source: e,
-                        },
-                        None,
-                    )
-                }
-                Ok(Err(e @ (ServerError::Overloaded | ServerError::Unavailable { .. }))) => (
-                    ClientError::Server {
-                        addr: addr.clone(),
-                        source: e,
+                Outcome::Redirect { failure, .. } => (
+                    failure,
+                    Next::NextNode {
+                        forget_leader: true,
                     },
-                    Some(addr.clone()),
                 ),
-                Ok(Err(ServerError::Timeout)) if is_append => {
-                    return Err(ClientError::AppendAmbiguous {
-                        addr,
-                        reason: "server timed out waiting for the commit".into(),
-                    });
-                }
-                Ok(Err(e @ ServerError::Timeout)) => (
-                    ClientError::Server {
-                        addr: addr.clone(),
-                        source: e,
-                    },
-                    Some(addr.clone()),
-                ),
-                Ok(Err(e)) => return Err(ClientError::Server { addr, source: e }),
-                Err(CallError::Connect(source)) => {
-                    self.forget_leader(partition);
-                    (
-                        ClientError::Connect {
-                            addr: addr.clone(),
-                            source,
-                        },
-                        None,
-                    )
-                }
-                Err(CallError::NotSent(reason)) => {
-                    self.forget_leader(partition);
-                    (
-                        ClientError::ConnectionLost {
-                            addr: addr.clone(),
-                            reason,
-                        },
-                        None,
-                    )
-                }
-                Err(CallError::Lost(reason)) if is_append => {
-                    return Err(ClientError::AppendAmbiguous { addr, reason });
-                }
-                Err(CallError::Timeout(timeout_ms)) if is_append => {
-                    return Err(ClientError::AppendAmbiguous {
-                        addr,
-                        reason: format!("no answer within {timeout_ms} ms"),
-                    });
-                }
-                Err(CallError::Lost(reason)) => (
-                    ClientError::ConnectionLost {
-                        addr: addr.clone(),
-                        reason,
-                    },
-                    None,
-                ),
-                Err(CallError::Timeout(timeout_ms)) => (
-                    ClientError::Timeout {
-                        addr: addr.clone(),
-                        timeout_ms,
-                    },
-                    None,
-                ),
+                Outcome::Retry { failure, next } => (failure, next),
             };
+            if next
+                == (Next::NextNode {
+                    forget_leader: true,
+                })
+            {
+                self.forget_leader(partition);
+            }
             let backoff = Duration::from_millis(self.backoff_ms(retries));
             if retries >= self.config.retries_max || Instant::now() + backoff >= deadline {
                 return Err(ClientError::RetriesExhausted {
@@ -599,9 +387,9 @@ impl Client {
             log::debug!("retrying after: {failure}");
             glommio::timer::sleep(backoff).await;
             retries += 1;
-            addr = match next_addr {
-                Some(a) => a,
-                None => self.next_bootstrap_addr().ok_or(ClientError::NoNodes)?,
+            addr = match next {
+                Next::SameNode => addr,
+                Next::NextNode { .. } => self.next_bootstrap_addr().ok_or(ClientError::NoNodes)?,
             };
         }
     }
