@@ -302,6 +302,9 @@ impl Client {
             let mut pool = self.pool.borrow_mut();
             if pool.get(&key).is_some_and(|c| Rc::ptr_eq(c, &conn)) {
                 pool.remove(&key);
+                // Its gate goes too, so that the gates of addresses a client
+                // stopped using (old leaders, many partitions) do not pile up.
+                self.connect_gates.borrow_mut().remove(&key);
             }
         }
         result

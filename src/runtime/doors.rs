@@ -76,6 +76,7 @@ impl ShardDoors {
             metrics: router_metrics.clone(),
         };
         let peer_router = PeerRouter {
+            local: self.shard,
             shards: node.peer_lanes.clone(),
             peers,
             metrics: router_metrics.clone(),

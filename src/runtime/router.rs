@@ -159,6 +159,9 @@ impl RequestHandler for ClientRouter {
 }
 
 pub struct PeerRouter {
+    /// The shard whose executor this router serves links on: it takes only links
+    /// to that shard.
+    pub local: u32,
     /// Each shard's peer lane, apart from its client lane.
     pub shards: Vec<LaneSender<Message>>,
     /// The other members: links from any other node id are refused.
@@ -175,15 +178,24 @@ impl PeerHandler for PeerRouter {
                 nodes_in_words(&self.peers)
             ));
         }
-        if (hello.shard_id as usize) < self.shards.len() {
-            Ok(())
-        } else {
-            Err(format!(
+        if hello.shard_id as usize >= self.shards.len() {
+            return Err(format!(
                 "no shard {} here: this node runs {} shards (all nodes of a cluster need the same shard count)",
                 hello.shard_id,
                 self.shards.len()
-            ))
+            ));
         }
+        // A link is served only by its own shard, so that a reconnect replaces the
+        // link it supersedes and a refusal closes it; one that reached another
+        // shard (its hello came too late to place, or its shard was too busy to
+        // take it) reconnects.
+        if hello.shard_id != self.local {
+            return Err(format!(
+                "this link to shard {} reached shard {} (its hello came late or the shard was busy); reconnect",
+                hello.shard_id, self.local
+            ));
+        }
+        Ok(())
     }
 
     fn deliver(&self, shard_id: u32, message: Message) {
@@ -277,6 +289,7 @@ mod tests {
             metrics: metrics.clone(),
         };
         let peer_router = PeerRouter {
+            local: 0,
             shards: vec![peers],
             peers: vec![2],
             metrics,
@@ -317,6 +330,33 @@ mod tests {
             refused.ends_with("(the other members are node 2)"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn a_link_is_taken_only_by_the_shard_it_names() {
+        let node = NodeMetrics::new(1);
+        let metrics = Rc::new(RouterMetrics::new(&node, 2, &[2]));
+        let lanes = || lane(PEER_INBOX_CAPACITY, PEER_INBOX_BYTES_MAX);
+        let ((lane_0, _inbox_0), (lane_1, _inbox_1)) = (lanes(), lanes());
+        let router = PeerRouter {
+            local: 1,
+            shards: vec![lane_0, lane_1],
+            peers: vec![2],
+            metrics,
+        };
+        let hello = |shard_id| Hello {
+            cluster_id: 7,
+            node_id: 2,
+            peer_node_id: 1,
+            shard_id,
+            lane: crate::transport::Lane::Bulk,
+            protocol_version: crate::transport::PROTOCOL_VERSION,
+        };
+        assert_eq!(router.accept(&hello(1)), Ok(()));
+        let refused = router.accept(&hello(0)).unwrap_err();
+        assert!(refused.contains("reached shard 1"), "{refused}");
+        let refused = router.accept(&hello(5)).unwrap_err();
+        assert!(refused.starts_with("no shard 5 here"), "{refused}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::client_msg::{
 };
 use super::conn::{Cancel, ConnError, FrameReader, Notify, write_all_within};
 use super::frame::{FRAME_HEADER_BYTES, Frame, FrameError};
+use super::placement::Received;
 use super::server::{ListenerStats, RequestHandler, ServerConfig};
 
 /// State shared by one connection's reader, writer and request tasks.
@@ -115,7 +116,7 @@ fn inflight_cost_bytes(request: &ClientRequest, body_bytes: usize, body_bytes_ma
 
 pub(super) async fn serve_connection<H: RequestHandler>(
     stream: TcpStream,
-    received: &[u8],
+    received: &Received,
     handler: Rc<H>,
     config: Rc<ServerConfig>,
     stats: Arc<ListenerStats>,
@@ -149,7 +150,7 @@ pub(super) async fn serve_connection<H: RequestHandler>(
         config.frame_body_bytes_max,
         config.read_chunk_bytes,
     )
-    .with_received(received);
+    .with_received(&received.bytes, received.since);
     let connection = Connection {
         shared: shared.clone(),
         handler,

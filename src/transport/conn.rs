@@ -74,6 +74,9 @@ pub struct FrameReader<R> {
     read_chunk_bytes: usize,
     body_bytes_max: u32,
     bytes_read_total: u64,
+    /// When the first frame began to be awaited, if that was before this reader
+    /// existed (see `with_received`).
+    first_frame_since: Option<Instant>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -99,14 +102,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             read_chunk_bytes: read_chunk_bytes.max(FRAME_HEADER_BYTES),
             body_bytes_max,
             bytes_read_total: 0,
+            first_frame_since: None,
         }
     }
 
     /// The same reader, with `received` (bytes another executor read off the
-    /// stream before handing it over) as the start of what it reads.
-    pub fn with_received(mut self, received: &[u8]) -> FrameReader<R> {
+    /// stream before handing it over) as the start of what it reads; the first
+    /// frame's timeout counts from `since`, when those bytes began to be awaited.
+    pub fn with_received(mut self, received: &[u8], since: Instant) -> FrameReader<R> {
         self.buf.extend_from_slice(received);
         self.bytes_read_total += received.len() as u64;
+        self.first_frame_since = Some(since);
         self
     }
 
@@ -130,7 +136,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         idle_timeout: Option<Duration>,
         frame_timeout: Duration,
     ) -> Result<Option<Frame>, ConnError> {
-        let mut frame_deadline = (!self.buf.is_empty()).then(|| Instant::now() + frame_timeout);
+        let since = self.first_frame_since.take();
+        let mut frame_deadline =
+            (!self.buf.is_empty()).then(|| since.unwrap_or_else(Instant::now) + frame_timeout);
         let idle_deadline = idle_timeout.map(|t| Instant::now() + t);
         loop {
             let mut want_bytes = 0usize;
@@ -461,6 +469,36 @@ mod tests {
             "{err}"
         );
         r.buf.capacity()
+    }
+
+    /// A stream whose next bytes never come.
+    struct Silent;
+
+    impl AsyncRead for Silent {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// Bytes read before a hand-over start the first frame's clock when they were
+    /// first awaited, not when the new reader starts: placement does not extend
+    /// the slowloris budget.
+    #[test]
+    fn the_first_frame_of_a_handed_over_stream_is_timed_from_the_accept() {
+        let timed_out_at_once = on_executor(async || {
+            let accepted = Instant::now() - Duration::from_millis(900);
+            let mut reader = FrameReader::new(Silent, 1 << 20).with_received(b"RLOG", accepted);
+            let started = Instant::now();
+            let result = reader.next_frame(None, Duration::from_secs(1)).await;
+            let waited = started.elapsed();
+            matches!(result, Err(ConnError::FrameTimeout { .. }))
+                && waited < Duration::from_millis(900)
+        });
+        assert!(timed_out_at_once);
     }
 
     /// A small frame, a large one (read in place) and a small one again, then a

@@ -114,20 +114,25 @@ pub async fn read_prefix(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
 #[derive(Debug)]
 pub struct Handoff {
     fd: OwnedFd,
-    received: Vec<u8>,
+    received: Received,
 }
 
 impl Handoff {
     /// Takes `stream` off this executor. glommio streams cannot give up their
     /// descriptor, so this keeps a duplicate and closes the original: the socket
-    /// lives on (its data, its peer) for as long as the duplicate is open.
-    pub fn detach(stream: TcpStream, received: Vec<u8>) -> io::Result<Handoff> {
+    /// lives on (its data, its peer) for as long as the duplicate is open. When
+    /// the duplicate cannot be made (no descriptors left), the stream is kept and
+    /// the bytes come back, to serve it where it is.
+    pub fn detach(stream: &mut Option<TcpStream>, received: Received) -> Result<Handoff, Received> {
+        let raw = stream.as_ref().expect("a stream to detach").as_raw_fd();
         // SAFETY: dup of a descriptor the stream owns and keeps open for the call.
-        let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        let fd = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
         if fd < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            log::warn!("cannot hand a connection to another shard, serving it here: {e}");
+            return Err(received);
         }
-        drop(stream);
+        drop(stream.take());
         // SAFETY: `fd` was just returned by fcntl and is owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Handoff { fd, received })
@@ -145,24 +150,55 @@ impl Handoff {
 }
 
 /// A connection to serve: its stream and the first bytes already read off it.
-pub type Accepted = (TcpStream, Vec<u8>);
+pub type Accepted = (TcpStream, Received);
+
+/// What was read off a connection before it was handed over, and since when: the
+/// first frame must arrive whole within its timeout of the accept, wherever it is
+/// served, so the time spent placing counts.
+#[derive(Debug)]
+pub struct Received {
+    pub bytes: Vec<u8>,
+    pub since: Instant,
+}
+
+impl Received {
+    /// Nothing read yet, as of now.
+    pub fn none() -> Received {
+        Received {
+            bytes: Vec::new(),
+            since: Instant::now(),
+        }
+    }
+}
 
 /// The executors' queues of handed-off connections, indexed by shard, as seen
 /// from one executor (`local`).
 #[derive(Clone)]
 pub struct Doors {
     local: u32,
-    queues: Vec<flume::Sender<Handoff>>,
+    queues: Vec<(flume::Sender<Handoff>, Arc<Count>)>,
 }
 
-/// The receiving end of one executor's queue.
-pub type DoorQueue = flume::Receiver<Handoff>;
+/// The receiving end of one executor's queue, and the count of connections in it:
+/// they are open, so `connections_max` counts them until their shard takes them.
+pub struct DoorQueue {
+    receiver: flume::Receiver<Handoff>,
+    queued: Arc<Count>,
+}
 
 /// One queue per shard: the senders (clone them for each executor with
 /// [`Doors::at`]) and each shard's receiving end.
 pub fn doors(shards: u32) -> (Doors, Vec<DoorQueue>) {
     let (queues, receivers) = (0..shards)
-        .map(|_| flume::bounded(HANDOFF_QUEUE_MAX))
+        .map(|_| {
+            let (sender, receiver) = flume::bounded(HANDOFF_QUEUE_MAX);
+            let queued = Arc::new(Count::default());
+            let door = DoorQueue {
+                receiver,
+                queued: queued.clone(),
+            };
+            ((sender, queued), door)
+        })
         .unzip();
     (Doors { local: 0, queues }, receivers)
 }
@@ -176,6 +212,11 @@ impl Doors {
         }
     }
 
+    /// Connections handed off and not yet taken by their shard, in all queues.
+    pub fn queued(&self) -> u64 {
+        self.queues.iter().map(|(_, queued)| queued.get()).sum()
+    }
+
     /// Serves a connection where `owner` says: hands it to that shard's executor and
     /// returns None, or gives it back to be served here when the owner is this
     /// executor, unknown (its own server refuses what must be refused), or cannot
@@ -184,25 +225,24 @@ impl Doors {
         let Some(shard) = owner.filter(|s| *s != self.local) else {
             return Some((stream, received));
         };
-        let Some(queue) = self.queues.get(shard as usize) else {
+        let Some((queue, queued)) = self.queues.get(shard as usize) else {
             return Some((stream, received));
         };
         if queue.is_full() {
             return Some((stream, received));
         }
-        let handoff = match Handoff::detach(stream, received) {
+        let mut stream = Some(stream);
+        let handoff = match Handoff::detach(&mut stream, received) {
             Ok(h) => h,
-            Err(e) => {
-                // The original was consumed; this connection is lost, and its
-                // client reconnects as after any dropped connection.
-                log::warn!("cannot hand a connection to shard {shard}: {e}");
-                return None;
-            }
+            Err(received) => return Some((stream.expect("kept when detaching fails"), received)),
         };
+        // Counted before it is queued, so that its shard never takes it uncounted.
+        queued.add(1);
         match queue.try_send(handoff) {
             Ok(()) => None,
             // Full since the check (another acceptor) or the shard is stopping.
             Err(flume::TrySendError::Full(h) | flume::TrySendError::Disconnected(h)) => {
+                queued.sub(1);
                 Some(h.attach())
             }
         }
@@ -212,7 +252,8 @@ impl Doors {
 /// Serves, with `serve`, the connections other executors hand to this one through
 /// `queue`, counting them in `handed_in`, until every sender is gone.
 pub async fn take_handed_in(queue: DoorQueue, handed_in: &Count, serve: impl Fn(Accepted)) {
-    while let Ok(handoff) = queue.recv_async().await {
+    while let Ok(handoff) = queue.receiver.recv_async().await {
+        queue.queued.sub(1);
         handed_in.add(1);
         serve(handoff.attach());
     }
@@ -240,15 +281,17 @@ pub fn place<S: 'static>(
     serve: impl FnOnce(Accepted) + 'static,
 ) {
     let Some(placing) = placing.cloned() else {
-        serve((stream, Vec::new()));
+        serve((stream, Received::none()));
         return;
     };
     pending(&stats).add(1);
     glommio::spawn_local(async move {
-        let mut stream = stream;
-        let received = read_prefix(&mut stream, placing.wait).await;
-        let owner = (placing.owner_of)(&received);
-        let here = placing.doors.hand_to(owner, (stream, received));
+        let (mut stream, since) = (stream, Instant::now());
+        let bytes = read_prefix(&mut stream, placing.wait).await;
+        let owner = (placing.owner_of)(&bytes);
+        let here = placing
+            .doors
+            .hand_to(owner, (stream, Received { bytes, since }));
         pending(&stats).sub(1);
         if let Some(stream) = here {
             serve(stream);

@@ -217,9 +217,10 @@ impl<H: RequestHandler> ClientListener<H> {
 
     fn connections_open(&self) -> u64 {
         let stats = self.all_stats.iter();
-        stats
+        let served_or_placing: u64 = stats
             .map(|s| s.connections_open.get() + s.connections_placing.get())
-            .sum()
+            .sum();
+        served_or_placing + self.placing.as_ref().map_or(0, |p| p.doors.queued())
     }
 
     /// Accepts connections forever, each placed and then served by a task.

@@ -22,7 +22,7 @@ use super::super::peer_msg::{
     Hello, Lane, decode_hello, decode_message, encode_hello, encode_refused,
 };
 use super::super::placement::{
-    Accepted, DoorQueue, Doors, Placing, peer_shard, place, take_handed_in,
+    Accepted, DoorQueue, Doors, Placing, Received, peer_shard, place, take_handed_in,
 };
 use super::PeerConfig;
 use crate::engine::{Message, NodeId};
@@ -273,9 +273,10 @@ impl<H: PeerHandler> PeerAcceptor<H> {
 
     fn connections_open(&self) -> u64 {
         let stats = self.all_stats.iter();
-        stats
+        let served_or_placing: u64 = stats
             .map(|s| s.connections_open.get() + s.connections_placing.get())
-            .sum()
+            .sum();
+        served_or_placing + self.placing.as_ref().map_or(0, |p| p.doors.queued())
     }
 
     /// Accepts connections forever, each placed and then served by a task.
@@ -392,7 +393,7 @@ async fn handshake<H: PeerHandler>(
 
 async fn serve_peer<H: PeerHandler>(
     mut stream: TcpStream,
-    received: &[u8],
+    received: &Received,
     service: &PeerService<H>,
 ) {
     let peer = stream
@@ -404,7 +405,7 @@ async fn serve_peer<H: PeerHandler>(
         config.frame_body_bytes_max,
         config.read_chunk_bytes,
     )
-    .with_received(received);
+    .with_received(&received.bytes, received.since);
     let Some(hello) = handshake(&mut reader, service, &peer).await else {
         return;
     };
