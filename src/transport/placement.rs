@@ -25,10 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
+use zerocopy::FromBytes;
 
 use super::conn::with_deadline;
 use super::count::Count;
-use super::frame::{FRAME_HEADER_BYTES, FRAME_MAGIC, FrameKind, PROTOCOL_VERSION};
+
+use super::frame::{FRAME_HEADER_BYTES, FrameHeader, FrameKind, check_header};
 
 /// Bytes the acceptor reads at most: the frame header and the first 20 bytes of the body,
 /// enough for a PeerHello's shard id (body offset 16) and a client request's
@@ -40,16 +42,18 @@ pub const PLACEMENT_BYTES: usize = FRAME_HEADER_BYTES + 20;
 /// unboundedly, and a connection served on the accepting shard is still correct.
 pub const HANDOFF_QUEUE_MAX: usize = 256;
 
-/// The kind of the frame `first` starts with, if its header is one of ours.
+/// The header `first` starts with, if it has arrived whole.
+fn first_header(first: &[u8]) -> Option<FrameHeader> {
+    FrameHeader::read_from_prefix(first)
+        .ok()
+        .map(|(header, _)| header)
+}
+
+/// The kind of the frame `first` starts with, if its header is one a receiver
+/// takes (the frame reader's own check; the body's size limit is the server's
+/// business, not placement's).
 fn first_kind(first: &[u8]) -> Option<FrameKind> {
-    if first.len() < FRAME_HEADER_BYTES {
-        return None;
-    }
-    let magic = u32::from_le_bytes(first[0..4].try_into().expect("4 bytes"));
-    if magic != FRAME_MAGIC || first[4] != PROTOCOL_VERSION {
-        return None;
-    }
-    FrameKind::from_u8(first[5])
+    check_header(&first_header(first)?, u32::MAX).ok()
 }
 
 /// The little-endian u32 at `offset` of the first frame's body, if it was read.
@@ -82,10 +86,10 @@ pub fn peer_shard(first: &[u8]) -> Option<u32> {
 /// header, then as much of the first body as [`PLACEMENT_BYTES`] covers (a short frame,
 /// such as a metadata request, has no more to wait for).
 fn bytes_wanted(first: &[u8]) -> usize {
-    if first.len() < FRAME_HEADER_BYTES {
+    let Some(header) = first_header(first) else {
         return FRAME_HEADER_BYTES;
-    }
-    let body_len = u32::from_le_bytes(first[8..12].try_into().expect("4 bytes")) as usize;
+    };
+    let body_len = header.body_len.get() as usize;
     FRAME_HEADER_BYTES + body_len.min(PLACEMENT_BYTES - FRAME_HEADER_BYTES)
 }
 
