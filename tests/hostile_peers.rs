@@ -273,7 +273,7 @@ fn a_closed_link_is_closed_from_another_thread_and_its_peer_reconnects() {
         glommio::spawn_local(acceptor.run()).detach();
         let link = PeerLink::spawn(Rc::new(PeerConfig::new(7, 1)), 0, 2, addr);
         await_with_heartbeats("first delivery", &link, || count.delivered.get() > 0).await;
-        let both_lanes = || stats.connections_open.get() == 2;
+        let both_lanes = || stats.connections.open.get() == 2;
         await_with_heartbeats("both lanes connected", &link, both_lanes).await;
 
         std::thread::spawn(move || closer.close(1, 0))

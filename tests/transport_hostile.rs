@@ -118,7 +118,7 @@ where
         check_healthy(&client, 1).await;
         // Only the healthy connection remains once the attacker's is torn down.
         wait_until("attacker connection closed", || {
-            stats.connections_open.get() == 1
+            stats.connections.open.get() == 1
         })
         .await;
     });
@@ -275,7 +275,7 @@ fn idle_connections_are_closed() {
         // The healthy client's connection went idle too and was closed. A new client
         // is used because an append sent into a connection the server is closing is
         // (correctly) reported as ambiguous rather than retried.
-        wait_until("all closed", || stats.connections_open.get() == 0).await;
+        wait_until("all closed", || stats.connections.open.get() == 0).await;
         let client = Client::new(ClientConfig::new(vec![addr.to_string()]));
         check_healthy(&client, 1).await;
     });
@@ -395,7 +395,7 @@ fn thousands_of_connections_opened_and_dropped() {
         }
         check_healthy(&client, 1).await;
         wait_until("dropped connections torn down", || {
-            stats.connections_open.get() == 1
+            stats.connections.open.get() == 1
         })
         .await;
         assert!(stats.connections_accepted_total.get() >= (WAVES * PER_WAVE) as u64);
@@ -524,7 +524,7 @@ fn peer_acceptor_refuses_bad_handshakes_and_keeps_serving() {
         .unwrap();
         wait_until("heartbeat delivered", || collect.got.borrow().len() == 1).await;
         wait_until("only the link's connections remain", || {
-            stats.connections_open.get() == 2
+            stats.connections.open.get() == 2
         })
         .await;
     });

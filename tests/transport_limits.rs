@@ -89,7 +89,7 @@ fn closing_a_connection_drops_its_waiting_reads() {
         })
         .await;
         wait_until("the connection is gone", || {
-            stats.connections_open.get() == 0
+            stats.connections.open.get() == 0
         })
         .await;
     });

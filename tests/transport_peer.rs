@@ -516,7 +516,7 @@ fn a_new_handshake_replaces_the_old_connection() {
             Ok(None) | Err(_)
         ));
         wait_until("one inbound connection left", || {
-            stats.connections_open.get() == 1
+            stats.connections.open.get() == 1
         })
         .await;
     });

@@ -179,7 +179,7 @@ impl RouterMetrics {
     /// before each render.
     pub fn collect(&self, clients: &[Arc<ListenerStats>], peers: &[Arc<AcceptorStats>]) {
         let sum = |f: fn(&ListenerStats) -> u64| clients.iter().map(|s| f(s)).sum::<u64>();
-        let open = sum(|s| s.connections_open.get() + s.connections_placing.get());
+        let open = sum(|s| s.connections.held());
         self.connections.set(open as f64);
         self.accepted
             .absolute(sum(|s| s.connections_accepted_total.get()));
@@ -190,14 +190,14 @@ impl RouterMetrics {
         self.client_bytes
             .absolute(sum(|s| s.bytes_received_total.get()));
         let sum = |f: fn(&AcceptorStats) -> u64| peers.iter().map(|s| f(s)).sum::<u64>();
-        let open = sum(|s| s.connections_open.get() + s.connections_placing.get());
+        let open = sum(|s| s.connections.held());
         self.peer_connections.set(open as f64);
         self.handshakes_refused
             .absolute(sum(|s| s.handshakes_refused_total.get()));
         for (shard, [client, peer]) in self.served.iter().enumerate() {
             if let (Some(c), Some(p)) = (clients.get(shard), peers.get(shard)) {
-                client.absolute(c.connections_served_total.get());
-                peer.absolute(p.connections_served_total.get());
+                client.absolute(c.connections.served_total.get());
+                peer.absolute(p.connections.served_total.get());
             }
         }
     }

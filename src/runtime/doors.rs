@@ -120,10 +120,22 @@ fn open_listeners(
     };
     let client_listener = ClientListener::bind_service(listen.client, clients)
         .map_err(listen_error("client", listen.client))?
-        .placing(node.client_doors.clone(), node.client_stats.clone());
+        .placing(
+            node.client_doors.clone(),
+            node.client_stats
+                .iter()
+                .map(|s| s.connections.clone())
+                .collect(),
+        );
     let peer_acceptor = PeerAcceptor::bind_service(listen.peer, peers)
         .map_err(listen_error("peer", listen.peer))?
-        .placing(node.peer_doors.clone(), node.peer_stats.clone());
+        .placing(
+            node.peer_doors.clone(),
+            node.peer_stats
+                .iter()
+                .map(|s| s.connections.clone())
+                .collect(),
+        );
     let (client_stats, peer_stats) = (node.client_stats.clone(), node.peer_stats.clone());
     let collect = Rc::new(move || router_metrics.collect(&client_stats, &peer_stats));
     let scrapes = MetricsServer::bind(

@@ -28,7 +28,7 @@ use glommio::net::TcpStream;
 use zerocopy::FromBytes;
 
 use super::conn::with_deadline;
-use super::count::Count;
+use super::count::{ConnectionCounts, Count};
 
 use super::frame::{FRAME_HEADER_BYTES, FrameHeader, FrameKind, check_header};
 
@@ -254,11 +254,11 @@ impl Doors {
 }
 
 /// Serves, with `serve`, the connections other executors hand to this one through
-/// `queue`, counting them in `handed_in`, until every sender is gone.
-pub async fn take_handed_in(queue: DoorQueue, handed_in: &Count, serve: impl Fn(Accepted)) {
+/// `queue`, counting them in `counts`, until every sender is gone.
+pub async fn take_handed_in(queue: DoorQueue, counts: &ConnectionCounts, serve: impl Fn(Accepted)) {
     while let Ok(handoff) = queue.receiver.recv_async().await {
         queue.queued.sub(1);
-        handed_in.add(1);
+        counts.handed_in_total.add(1);
         serve(handoff.attach());
     }
 }
@@ -274,21 +274,29 @@ pub struct Placing {
     pub wait: Duration,
 }
 
+/// The connections a node holds, for its `connections_max`: those served or being
+/// placed by each executor (`all`, one per executor), and those waiting in a
+/// hand-off queue.
+pub fn connections_held(all: &[Arc<ConnectionCounts>], placing: Option<&Placing>) -> u64 {
+    let held: u64 = all.iter().map(|c| c.held()).sum();
+    held + placing.map_or(0, |p| p.doors.queued())
+}
+
 /// Serves an accepted `stream` where it belongs: without `placing`, here at once;
 /// otherwise a task reads the start of its first frame, hands it to its owner or,
-/// when it stays, serves it here with `serve`. `pending` is the counter of `stats` that
-/// counts connections being placed.
-pub fn place<S: 'static>(
+/// when it stays, serves it here with `serve`, counting it in `counts` (this
+/// executor's) while it is being placed.
+pub fn place(
     stream: TcpStream,
     placing: Option<&Placing>,
-    (stats, pending): (Arc<S>, fn(&S) -> &Count),
+    counts: Arc<ConnectionCounts>,
     serve: impl FnOnce(Accepted) + 'static,
 ) {
     let Some(placing) = placing.cloned() else {
         serve((stream, Received::none()));
         return;
     };
-    pending(&stats).add(1);
+    counts.placing.add(1);
     glommio::spawn_local(async move {
         let (mut stream, since) = (stream, Instant::now());
         let bytes = read_prefix(&mut stream, placing.wait).await;
@@ -296,7 +304,7 @@ pub fn place<S: 'static>(
         let here = placing
             .doors
             .hand_to(owner, (stream, Received { bytes, since }));
-        pending(&stats).sub(1);
+        counts.placing.sub(1);
         if let Some(stream) = here {
             serve(stream);
         }

@@ -14,10 +14,10 @@ use std::time::Duration;
 use glommio::net::TcpListener;
 
 use super::client_msg::{ClientRequest, ClientResponse, ServerError};
-use super::count::Count;
+use super::count::{ConnectionCounts, Count};
 use super::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
 use super::placement::{
-    Accepted, DoorQueue, Doors, Placing, client_partition, place, take_handed_in,
+    Accepted, DoorQueue, Doors, Placing, client_partition, connections_held, place, take_handed_in,
 };
 
 /// Serves client requests. Implemented by the runtime; `handle` runs on the executor
@@ -85,18 +85,12 @@ impl Default for ServerConfig {
 /// its listener), readable from any thread by the metrics server and by tests.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
-    /// Connections this executor serves now.
-    pub connections_open: Count,
-    /// Connections accepted and not yet placed (their first frame is awaited).
-    pub connections_placing: Count,
+    /// Connections served, being placed, handed in.
+    pub connections: Arc<ConnectionCounts>,
     pub connections_accepted_total: Count,
     pub connections_refused_total: Count,
     /// Connections closed because the client broke the protocol or a timeout.
     pub connections_failed_total: Count,
-    /// Connections this executor began serving, handed in or accepted here.
-    pub connections_served_total: Count,
-    /// Connections this executor took from the one that accepted them.
-    pub connections_handed_in_total: Count,
     pub requests_total: Count,
     /// Requests answered with InvalidRequest because their body did not decode.
     pub requests_invalid_total: Count,
@@ -135,17 +129,15 @@ impl<H: RequestHandler> ClientService<H> {
     /// Serves a connection (its stream and the bytes already read off it) in a
     /// task of its own until it closes.
     pub fn serve(self: &Rc<Self>, (stream, received): Accepted) {
-        let service = self.clone();
-        self.stats.connections_served_total.add(1);
-        self.stats.connections_open.add(1);
+        let (handler, config, stats) = (
+            self.handler.clone(),
+            self.config.clone(),
+            self.stats.clone(),
+        );
+        let serving = stats.connections.serving();
         glommio::spawn_local(async move {
-            let (handler, config, stats) = (
-                service.handler.clone(),
-                service.config.clone(),
-                service.stats.clone(),
-            );
             super::client_conn::serve_connection(stream, &received, handler, config, stats).await;
-            service.stats.connections_open.sub(1);
+            drop(serving);
         })
         .detach();
     }
@@ -153,8 +145,8 @@ impl<H: RequestHandler> ClientService<H> {
     /// Serves the connections other executors hand to this one, until they all
     /// stop handing.
     pub async fn serve_handed_in(self: Rc<Self>, queue: DoorQueue) {
-        let handed_in = &self.stats.connections_handed_in_total;
-        take_handed_in(queue, handed_in, |stream| self.serve(stream)).await;
+        let counts = self.stats.connections.clone();
+        take_handed_in(queue, &counts, |stream| self.serve(stream)).await;
     }
 }
 
@@ -164,9 +156,9 @@ pub struct ClientListener<H: RequestHandler> {
     service: Rc<ClientService<H>>,
     /// Where connections go; None serves all of them here.
     placing: Option<Placing>,
-    /// Every executor's stats, this one's included: `connections_max` counts the
-    /// connections of the whole node.
-    all_stats: Vec<Arc<ListenerStats>>,
+    /// Every executor's connections, this one's included: `connections_max` counts
+    /// the connections of the whole node.
+    all_connections: Vec<Arc<ConnectionCounts>>,
 }
 
 impl<H: RequestHandler> ClientListener<H> {
@@ -186,24 +178,24 @@ impl<H: RequestHandler> ClientListener<H> {
         service: Rc<ClientService<H>>,
     ) -> io::Result<ClientListener<H>> {
         let listener = super::conn::listen_exclusive(addr)?;
-        let all_stats = vec![service.stats()];
+        let all_connections = vec![service.stats.connections.clone()];
         Ok(ClientListener {
             listener,
             service,
             placing: None,
-            all_stats,
+            all_connections,
         })
     }
 
     /// Places each connection on the executor that owns the partition of its first
-    /// request; `all_stats` are the services of every executor.
-    pub fn placing(mut self, doors: Doors, all_stats: Vec<Arc<ListenerStats>>) -> Self {
+    /// request; `all_connections` are those of every executor's service.
+    pub fn placing(mut self, doors: Doors, all_connections: Vec<Arc<ConnectionCounts>>) -> Self {
         self.placing = Some(Placing {
             doors,
             owner_of: client_partition,
             wait: Duration::from_millis(self.service.config.frame_timeout_ms),
         });
-        self.all_stats = all_stats;
+        self.all_connections = all_connections;
         self
     }
 
@@ -215,20 +207,13 @@ impl<H: RequestHandler> ClientListener<H> {
         self.service.stats()
     }
 
-    fn connections_open(&self) -> u64 {
-        let stats = self.all_stats.iter();
-        let served_or_placing: u64 = stats
-            .map(|s| s.connections_open.get() + s.connections_placing.get())
-            .sum();
-        served_or_placing + self.placing.as_ref().map_or(0, |p| p.doors.queued())
-    }
-
     /// Accepts connections forever, each placed and then served by a task.
     pub async fn run(self) {
         let stats = self.service.stats();
         loop {
             let stream = super::conn::accept_retrying(&self.listener, "client listener").await;
-            if self.connections_open() as usize >= self.service.config.connections_max {
+            let held = connections_held(&self.all_connections, self.placing.as_ref());
+            if held as usize >= self.service.config.connections_max {
                 stats.connections_refused_total.add(1);
                 log::warn!(
                     "client listener: refusing connection from {:?}: {} connections open",
@@ -239,16 +224,10 @@ impl<H: RequestHandler> ClientListener<H> {
                 continue;
             }
             stats.connections_accepted_total.add(1);
-            let service = self.service.clone();
-            let pending = (stats.clone(), placing_count as fn(&_) -> &_);
-            place(stream, self.placing.as_ref(), pending, move |s| {
+            let (service, counts) = (self.service.clone(), stats.connections.clone());
+            place(stream, self.placing.as_ref(), counts, move |s| {
                 service.serve(s)
             });
         }
     }
-}
-
-/// The counter of connections being placed, for [`place`].
-fn placing_count(stats: &ListenerStats) -> &Count {
-    &stats.connections_placing
 }

@@ -16,13 +16,14 @@ use bytes::BytesMut;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::super::conn::{ConnError, FrameReader, Notify, write_all_within};
-use super::super::count::Count;
+use super::super::count::{ConnectionCounts, Count};
 use super::super::frame::{FRAME_HEADER_BYTES, FrameError, FrameKind, PROTOCOL_VERSION};
 use super::super::peer_msg::{
     Hello, Lane, decode_hello, decode_message, encode_hello, encode_refused,
 };
 use super::super::placement::{
-    Accepted, DoorQueue, Doors, Placing, Received, peer_shard, place, take_handed_in,
+    Accepted, DoorQueue, Doors, Placing, Received, connections_held, peer_shard, place,
+    take_handed_in,
 };
 use super::PeerConfig;
 use crate::engine::{Message, NodeId};
@@ -84,16 +85,10 @@ pub fn link_closer() -> (LinkCloser, CloseRequests) {
 /// acceptor), readable from any thread.
 #[derive(Debug, Default)]
 pub struct AcceptorStats {
-    /// Connections this executor serves now.
-    pub connections_open: Count,
-    /// Connections accepted whose handshake is awaited to place them.
-    pub connections_placing: Count,
+    /// Connections served, being placed, handed in.
+    pub connections: Arc<ConnectionCounts>,
     pub handshakes_refused_total: Count,
     pub connections_failed_total: Count,
-    /// Connections this executor began serving, handed in or accepted here.
-    pub connections_served_total: Count,
-    /// Connections this executor took from the one that accepted them.
-    pub connections_handed_in_total: Count,
     pub messages_received_total: Count,
     pub bytes_received_total: Count,
     /// Connections closed because their shard refused a message on them.
@@ -199,20 +194,18 @@ impl<H: PeerHandler> PeerService<H> {
     /// Serves a connection (its stream and the bytes already read off it) in a
     /// task of its own until it closes.
     pub fn serve(self: &Rc<Self>, (stream, received): Accepted) {
-        let service = self.clone();
-        self.stats.connections_served_total.add(1);
-        self.stats.connections_open.add(1);
+        let (service, serving) = (self.clone(), self.stats.connections.serving());
         glommio::spawn_local(async move {
             serve_peer(stream, &received, &service).await;
-            service.stats.connections_open.sub(1);
+            drop(serving);
         })
         .detach();
     }
 
     /// Serves the connections other executors hand to this one.
     pub async fn serve_handed_in(self: Rc<Self>, queue: DoorQueue) {
-        let handed_in = &self.stats.connections_handed_in_total;
-        take_handed_in(queue, handed_in, |stream| self.serve(stream)).await;
+        let counts = self.stats.connections.clone();
+        take_handed_in(queue, &counts, |stream| self.serve(stream)).await;
     }
 }
 
@@ -222,8 +215,8 @@ pub struct PeerAcceptor<H: PeerHandler> {
     listener: TcpListener,
     service: Rc<PeerService<H>>,
     placing: Option<Placing>,
-    /// Every executor's stats: `connections_max` counts the whole node's.
-    all_stats: Vec<Arc<AcceptorStats>>,
+    /// Every executor's connections: `connections_max` counts the whole node's.
+    all_connections: Vec<Arc<ConnectionCounts>>,
 }
 
 impl<H: PeerHandler> PeerAcceptor<H> {
@@ -239,21 +232,21 @@ impl<H: PeerHandler> PeerAcceptor<H> {
     pub fn bind_service(addr: SocketAddr, service: Rc<PeerService<H>>) -> io::Result<Self> {
         Ok(PeerAcceptor {
             listener: super::super::conn::listen_exclusive(addr)?,
-            all_stats: vec![service.stats()],
+            all_connections: vec![service.stats.connections.clone()],
             service,
             placing: None,
         })
     }
 
     /// Places each connection on the executor of the shard its handshake names;
-    /// `all_stats` are the services of every executor.
-    pub fn placing(mut self, doors: Doors, all_stats: Vec<Arc<AcceptorStats>>) -> Self {
+    /// `all_connections` are those of every executor's service.
+    pub fn placing(mut self, doors: Doors, all_connections: Vec<Arc<ConnectionCounts>>) -> Self {
         self.placing = Some(Placing {
             doors,
             owner_of: peer_shard,
             wait: Duration::from_millis(self.service.config.handshake_timeout_ms),
         });
-        self.all_stats = all_stats;
+        self.all_connections = all_connections;
         self
     }
 
@@ -271,36 +264,22 @@ impl<H: PeerHandler> PeerAcceptor<H> {
         self.service.stats()
     }
 
-    fn connections_open(&self) -> u64 {
-        let stats = self.all_stats.iter();
-        let served_or_placing: u64 = stats
-            .map(|s| s.connections_open.get() + s.connections_placing.get())
-            .sum();
-        served_or_placing + self.placing.as_ref().map_or(0, |p| p.doors.queued())
-    }
-
     /// Accepts connections forever, each placed and then served by a task.
     pub async fn run(self) {
         let stats = self.service.stats();
         loop {
             let stream = super::super::conn::accept_retrying(&self.listener, "peer acceptor").await;
             let max = self.service.config.connections_max;
-            if self.connections_open() as usize >= max {
+            if connections_held(&self.all_connections, self.placing.as_ref()) as usize >= max {
                 log::warn!("peer acceptor: refusing connection: {max} open");
                 continue;
             }
-            let service = self.service.clone();
-            let pending = (stats.clone(), placing_count as fn(&_) -> &_);
-            place(stream, self.placing.as_ref(), pending, move |s| {
+            let (service, counts) = (self.service.clone(), stats.connections.clone());
+            place(stream, self.placing.as_ref(), counts, move |s| {
                 service.serve(s)
             });
         }
     }
-}
-
-/// The counter of connections being placed, for [`place`].
-fn placing_count(stats: &AcceptorStats) -> &Count {
-    &stats.connections_placing
 }
 
 /// Checks the first frame of a connection: the peer's hello, or why it is refused.
