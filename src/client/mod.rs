@@ -175,7 +175,7 @@ impl Client {
         records: Vec<Bytes>,
     ) -> Result<AppendOk, ClientError> {
         let request = ClientRequest::Append(AppendRequest { partition, records });
-        match self.execute(Some(partition), &request).await? {
+        match self.execute(&request).await? {
             (_, ClientResponse::Append(ok)) => Ok(ok),
             (addr, other) => Err(mismatch(addr, &other)),
         }
@@ -183,10 +183,7 @@ impl Client {
 
     /// Reads committed records; see [`ReadRequest`].
     pub async fn read(&self, request: ReadRequest) -> Result<ReadOk, ClientError> {
-        match self
-            .execute(Some(request.partition), &ClientRequest::Read(request))
-            .await?
-        {
+        match self.execute(&ClientRequest::Read(request)).await? {
             (_, ClientResponse::Read(ok)) => Ok(ok),
             (addr, other) => Err(mismatch(addr, &other)),
         }
@@ -204,7 +201,7 @@ impl Client {
     /// [`Client::trim`], with the partition's new log start as the leader saw it.
     pub async fn trim_ok(&self, partition: u32, before: Index) -> Result<TrimOk, ClientError> {
         let request = ClientRequest::Trim(TrimRequest { partition, before });
-        match self.execute(Some(partition), &request).await? {
+        match self.execute(&request).await? {
             (_, ClientResponse::Trim(ok)) => Ok(ok),
             (addr, other) => Err(mismatch(addr, &other)),
         }
@@ -213,7 +210,7 @@ impl Client {
     /// Asks any node for the cluster's nodes, partitions and leaders, and remembers
     /// the leaders it learns.
     pub async fn metadata(&self) -> Result<Metadata, ClientError> {
-        let meta = match self.execute(None, &ClientRequest::Metadata).await? {
+        let meta = match self.execute(&ClientRequest::Metadata).await? {
             (_, ClientResponse::Metadata(m)) => m,
             (addr, other) => return Err(mismatch(addr, &other)),
         };
@@ -338,10 +335,10 @@ impl Client {
     /// Routes, redirects and retries one request; returns the answering address too.
     async fn execute(
         &self,
-        partition: Option<u32>,
         request: &ClientRequest,
     ) -> Result<(String, ClientResponse), ClientError> {
         self.check_size(request)?;
+        let partition = request_partition(request);
         let is_append = matches!(request, ClientRequest::Append(_));
         let mut addr = match partition.and_then(|p| self.leaders.borrow().get(&p).cloned()) {
             Some(a) => a,
