@@ -129,8 +129,12 @@ pub enum ClientError {
     },
 }
 
-/// A pooled connection's node address and the partition it is for.
+/// A connection's node address and the partition it is for.
 type ConnKey = (String, Option<u32>);
+
+/// Connections by node address, then by partition (None: metadata): two levels so
+/// that a request finds its connection by `&str`, without building a key.
+type Pool = HashMap<String, HashMap<Option<u32>, Rc<Conn>>>;
 
 /// The partition `request` is for; None for metadata.
 fn request_partition(request: &ClientRequest) -> Option<u32> {
@@ -149,7 +153,7 @@ pub struct Client {
     /// on the core of the partition its first request names, so a connection per
     /// partition keeps every request on its partition's core. Metadata has its own
     /// (partition None).
-    pool: RefCell<HashMap<ConnKey, Rc<Conn>>>,
+    pool: RefCell<Pool>,
     connect_gates: RefCell<HashMap<ConnKey, Rc<Semaphore>>>,
     leaders: RefCell<HashMap<u32, String>>,
     next_bootstrap: Cell<usize>,
@@ -250,36 +254,60 @@ impl Client {
         })
     }
 
-    async fn connection(&self, key: &ConnKey) -> Result<Rc<Conn>, CallError> {
-        if let Some(c) = self.pool.borrow().get(key)
-            && !c.is_broken()
-        {
-            return Ok(c.clone());
+    /// The live pooled connection to `addr` for `partition`, looked up without
+    /// building a key (this runs for every request).
+    fn pooled(&self, addr: &str, partition: Option<u32>) -> Option<Rc<Conn>> {
+        let pool = self.pool.borrow();
+        let conn = pool.get(addr)?.get(&partition)?;
+        (!conn.is_broken()).then(|| conn.clone())
+    }
+
+    async fn connection(&self, addr: &str, partition: Option<u32>) -> Result<Rc<Conn>, CallError> {
+        if let Some(c) = self.pooled(addr, partition) {
+            return Ok(c);
         }
         // One connect per key at a time: callers arriving while it is under way
         // wait for it and then share the connection instead of opening their own.
         let gate = self
             .connect_gates
             .borrow_mut()
-            .entry(key.clone())
+            .entry((addr.to_string(), partition))
             .or_insert_with(|| Rc::new(Semaphore::new(1)))
             .clone();
         let _permit = gate
             .acquire_permit(1)
             .await
             .map_err(|e| CallError::NotSent(e.to_string()))?;
-        if let Some(c) = self.pool.borrow().get(key)
-            && !c.is_broken()
-        {
-            return Ok(c.clone());
+        if let Some(c) = self.pooled(addr, partition) {
+            return Ok(c);
         }
         let conn = Rc::new(
-            Conn::open(&key.0, &self.config)
+            Conn::open(addr, &self.config)
                 .await
                 .map_err(CallError::Connect)?,
         );
-        self.pool.borrow_mut().insert(key.clone(), conn.clone());
+        let mut pool = self.pool.borrow_mut();
+        let by_partition = pool.entry(addr.to_string()).or_default();
+        by_partition.insert(partition, conn.clone());
         Ok(conn)
+    }
+
+    /// Drops `conn`, which failed, from the pool, unless a newer one replaced it.
+    fn forget_connection(&self, addr: &str, partition: Option<u32>, conn: &Rc<Conn>) {
+        let mut pool = self.pool.borrow_mut();
+        let Some(by_partition) = pool.get_mut(addr) else {
+            return;
+        };
+        if by_partition
+            .get(&partition)
+            .is_some_and(|c| Rc::ptr_eq(c, conn))
+        {
+            by_partition.remove(&partition);
+            // Its gate goes too, so that the gates of addresses a client stopped
+            // using (old leaders, many partitions) do not pile up.
+            let key = (addr.to_string(), partition);
+            self.connect_gates.borrow_mut().remove(&key);
+        }
     }
 
     async fn attempt(
@@ -287,8 +315,8 @@ impl Client {
         addr: &str,
         request: &ClientRequest,
     ) -> Result<Result<ClientResponse, ServerError>, CallError> {
-        let key = (addr.to_string(), request_partition(request));
-        let conn = self.connection(&key).await?;
+        let partition = request_partition(request);
+        let conn = self.connection(addr, partition).await?;
         let wait_ms = match request {
             ClientRequest::Read(r) => u64::from(r.wait_timeout_ms),
             _ => 0,
@@ -296,13 +324,7 @@ impl Client {
         let timeout = Duration::from_millis(self.config.request_timeout_ms + wait_ms);
         let result = conn.call(request, timeout).await;
         if matches!(result, Err(CallError::Lost(_) | CallError::NotSent(_))) {
-            let mut pool = self.pool.borrow_mut();
-            if pool.get(&key).is_some_and(|c| Rc::ptr_eq(c, &conn)) {
-                pool.remove(&key);
-                // Its gate goes too, so that the gates of addresses a client
-                // stopped using (old leaders, many partitions) do not pile up.
-                self.connect_gates.borrow_mut().remove(&key);
-            }
+            self.forget_connection(addr, partition, &conn);
         }
         result
     }
