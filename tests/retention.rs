@@ -136,6 +136,12 @@ fn load_sampled(
     let dirs = wal_dirs(cluster);
     let metrics: Vec<_> = (0..dirs.len()).map(|k| cluster.metrics_addr(k)).collect();
     let addrs = cluster.client_addrs();
+    // A leader needs only two of the three nodes: the third may still be opening
+    // its WAL when the load starts, and a sample of a directory not yet made
+    // would fail the test, not the node.
+    await_condition("every node's WAL directory", WAIT, || {
+        dirs.iter().all(|d| d.exists())
+    });
     on_executor(async move || {
         let c = client(addrs);
         await_leaders(&c, 1, WAIT).await;
