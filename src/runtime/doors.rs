@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::inbox::{LaneSender, ShardInput};
+use super::local_inbox::LocalInbox;
 use super::node::{NodeError, Observe};
 use super::router::{ClientRouter, PeerRouter, node_infos};
 use crate::engine::{Message, NodeId};
@@ -58,7 +59,8 @@ pub struct ShardDoors {
 
 impl ShardDoors {
     /// Starts the shard's services (and, on shard 0, the listeners and metrics).
-    pub fn open(self) -> Result<(), NodeError> {
+    /// Appends to this shard's partition on its connections go to `local_inbox`.
+    pub fn open(self, local_inbox: Rc<LocalInbox>) -> Result<(), NodeError> {
         let node = &self.node;
         let shard = self.shard as usize;
         let peers: Vec<NodeId> = node
@@ -73,6 +75,7 @@ impl ShardDoors {
             cluster_id: node.cluster_id,
             nodes: node_infos(&node.members),
             shards: node.client_lanes.clone(),
+            local: Some((self.shard, local_inbox)),
             metrics: router_metrics.clone(),
         };
         let peer_router = PeerRouter {

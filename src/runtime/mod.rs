@@ -11,6 +11,7 @@ pub mod executor;
 pub mod failpoint;
 pub mod inbox;
 pub mod lifecycle;
+pub mod local_inbox;
 pub mod node;
 pub mod oneshot;
 pub mod overrides;

@@ -20,6 +20,7 @@ use super::inbox::{
     PEER_INBOX_CAPACITY, ShardInput, lane,
 };
 use super::lifecycle::LifecycleSettings;
+use super::local_inbox::LocalInbox;
 use super::preflight::{self, PreflightError};
 use super::reads::ReadLimits;
 use super::shard::{ShardContext, ShardError, run_shard};
@@ -297,11 +298,16 @@ fn run_executor(
     let stop = context.stop.clone();
     let _stop_on_panic = StopOnPanic(stop.clone());
     executor.run(async move {
-        if let Err(e) = doors.open() {
+        // The shard's own connections hand it appends through this queue, on this
+        // executor, without crossing threads.
+        let local_inbox = LocalInbox::new();
+        if let Err(e) = doors.open(local_inbox.clone()) {
             stop.store(true, Ordering::Relaxed);
             return Err(e);
         }
-        let result = run_shard(context).await.map_err(NodeError::from);
+        let result = run_shard(context, local_inbox)
+            .await
+            .map_err(NodeError::from);
         // Any shard failing stops the node: a node serving some partitions but not
         // others would look alive while part of it is dead.
         if result.is_err() {

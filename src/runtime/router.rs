@@ -11,22 +11,23 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 
 use super::inbox::{LaneError, LaneSender, ShardInput, message_payload_bytes, reply_channel};
+use super::local_inbox::{LocalAnswer, LocalAppend, LocalInbox};
 use super::oneshot;
 use crate::engine::{Message, NodeId};
 use crate::metrics::RouterMetrics;
 use crate::metrics::handles::Op;
+use crate::transport::answer::Answer;
 use crate::transport::peer::PeerHandler;
-use crate::transport::server::RequestHandler;
+use crate::transport::server::{ANSWER_TIMEOUT_MS, RequestHandler};
 use crate::transport::{ClientRequest, ClientResponse, Hello, Metadata, NodeInfo, ServerError};
-
-/// How long the node waits for a shard's answer beyond what the request itself asks
-/// to wait; past it the client gets Timeout (the outcome of an append is then open).
-const ANSWER_TIMEOUT_MS: u64 = 10_000;
 
 pub struct ClientRouter {
     pub cluster_id: u64,
     pub nodes: Vec<NodeInfo>,
     pub shards: Vec<LaneSender<ShardInput>>,
+    /// The shard on this router's executor and its local inbox: appends to its
+    /// partition go there, answered without a task of their own.
+    pub local: Option<(u32, Rc<LocalInbox>)>,
     pub metrics: Rc<RouterMetrics>,
 }
 
@@ -105,6 +106,29 @@ fn shutting_down() -> ServerError {
 }
 
 impl RequestHandler for ClientRouter {
+    fn take(&self, request: ClientRequest, mut answer: Answer) -> Option<(ClientRequest, Answer)> {
+        let (local, inbox) = match (&self.local, &request) {
+            (Some((local, inbox)), ClientRequest::Append(a)) if a.partition == *local => {
+                (*local, inbox)
+            }
+            _ => return Some((request, answer)),
+        };
+        let ClientRequest::Append(append) = request else {
+            unreachable!("matched an append above")
+        };
+        answer.time_out();
+        let answer = LocalAnswer::new(answer, local, &append.records, self.metrics.clone());
+        let queued = inbox.push(LocalAppend {
+            records: append.records,
+            answer,
+        });
+        if let Err(refused) = queued {
+            self.metrics.inbox_refused(local);
+            refused.answer.send(Err(ServerError::Overloaded));
+        }
+        None
+    }
+
     async fn handle(&self, request: ClientRequest) -> Result<ClientResponse, ServerError> {
         let arrived = Instant::now();
         match request {
@@ -286,6 +310,7 @@ mod tests {
             cluster_id: 7,
             nodes: Vec::new(),
             shards: vec![clients],
+            local: None,
             metrics: metrics.clone(),
         };
         let peer_router = PeerRouter {

@@ -5,66 +5,21 @@
 //! written (`unwritten_bytes_max`). When the connection ends, its requests still
 //! being handled are dropped, so nothing waits on behalf of a client that is gone.
 
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_lite::io::split;
 use glommio::net::TcpStream;
 
+use super::answer::{Answer, Shared};
 use super::client_msg::{
-    ClientRequest, ClientResponse, CloseCause, ClosingNotice, ServerError, decode_request,
-    encode_closing_notice, encode_response,
+    ClientRequest, CloseCause, ClosingNotice, ServerError, decode_request, encode_closing_notice,
 };
-use super::conn::{Cancel, ConnError, FrameReader, Notify, write_all_within};
+use super::conn::{ConnError, FrameReader, write_all_within};
 use super::frame::{FRAME_HEADER_BYTES, Frame, FrameError};
 use super::placement::Received;
 use super::server::{ListenerStats, RequestHandler, ServerConfig};
-
-/// State shared by one connection's reader, writer and request tasks.
-struct Shared {
-    /// Encoded answers waiting for the writer.
-    out: RefCell<BytesMut>,
-    /// Bytes the writer has taken from `out` and not finished writing.
-    writing_bytes: Cell<usize>,
-    inflight: Cell<usize>,
-    inflight_bytes: Cell<usize>,
-    waiting_reads: Cell<usize>,
-    /// Set when the connection is ending; `abort` also drops unwritten answers.
-    closing: Cell<bool>,
-    abort: Cell<bool>,
-    /// Cancelled when the connection ends: drops the requests still being handled.
-    requests: Cancel,
-    writer_wake: Notify,
-    reader_wake: Notify,
-}
-
-impl Shared {
-    fn unwritten_bytes(&self) -> usize {
-        self.out.borrow().len() + self.writing_bytes.get()
-    }
-
-    /// Queues an answer and wakes the writer.
-    fn answer(&self, request_id: u64, answer: &Result<ClientResponse, ServerError>) {
-        encode_response(&mut self.out.borrow_mut(), request_id, answer);
-        self.writer_wake.notify();
-    }
-
-    /// Waits until `ready` holds; `false` if the connection started closing first.
-    async fn wait_for(&self, ready: impl Fn(&Shared) -> bool) -> bool {
-        loop {
-            if self.closing.get() {
-                return false;
-            }
-            if ready(self) {
-                return true;
-            }
-            self.reader_wake.notified().await;
-        }
-    }
-}
 
 /// A request admitted on a connection, with what it counts against its limits.
 struct Admitted {
@@ -74,27 +29,11 @@ struct Admitted {
     waits: bool,
 }
 
-/// What is in flight on behalf of one request; given back when it is dropped, whether
-/// the request was answered or cancelled with its connection.
-struct InflightGuard {
-    shared: Rc<Shared>,
-    cost_bytes: usize,
-    waits: bool,
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        let s = &self.shared;
-        s.inflight.set(s.inflight.get() - 1);
-        s.inflight_bytes
-            .set(s.inflight_bytes.get() - self.cost_bytes);
-        if self.waits {
-            s.waiting_reads.set(s.waiting_reads.get() - 1);
-        }
-        s.writer_wake.notify();
-        s.reader_wake.notify();
-    }
-}
+/// Deadlines a connection keeps per request it may have in flight. Answers taken by
+/// a shard come in the order they were taken, so only a late answer keeps later,
+/// answered ones in the list; past this the connection stops reading until the
+/// late one is answered or times out.
+const DEADLINES_PER_INFLIGHT: usize = 4;
 
 /// Answer bytes reserved for a metadata request: enough for hundreds of nodes and
 /// partitions, and small beside the frame limit.
@@ -126,18 +65,15 @@ pub(super) async fn serve_connection<H: RequestHandler>(
         .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = split(stream);
-    let shared = Rc::new(Shared {
-        out: RefCell::new(BytesMut::new()),
-        writing_bytes: Cell::new(0),
-        inflight: Cell::new(0),
-        inflight_bytes: Cell::new(0),
-        waiting_reads: Cell::new(0),
-        closing: Cell::new(false),
-        abort: Cell::new(false),
-        requests: Cancel::default(),
-        writer_wake: Notify::default(),
-        reader_wake: Notify::default(),
-    });
+    let shared = Rc::new(Shared::new(
+        Duration::from_millis(config.answer_timeout_ms),
+        config.frame_body_bytes_max,
+    ));
+    let sweep = shared.clone();
+    glommio::spawn_local(async move {
+        futures_lite::future::or(sweep.sweep_deadlines(), sweep.requests.cancelled()).await
+    })
+    .detach();
     let write_timeout = Duration::from_millis(config.write_timeout_ms);
     let writer = glommio::spawn_local(write_answers(
         shared.clone(),
@@ -172,6 +108,7 @@ pub(super) async fn serve_connection<H: RequestHandler>(
     shared.closing.set(true);
     shared.writer_wake.notify();
     writer.await;
+    shared.release();
 }
 
 /// What to tell a client before closing its connection because of `e`, when the
@@ -212,7 +149,9 @@ async fn write_answers<W: futures_lite::io::AsyncWrite + Unpin>(
             }
             continue;
         }
-        if s.abort.get() || (s.closing.get() && s.inflight.get() == 0) {
+        // Requests still being handled when the connection ends are not answered:
+        // their tasks were cancelled, and answers taken by a shard are dropped.
+        if s.abort.get() || s.closing.get() {
             use futures_lite::io::AsyncWriteExt;
             let _ = write_half.close().await;
             return;
@@ -250,6 +189,8 @@ impl<H: RequestHandler> Connection<H> {
                 .wait_for(|s| {
                     s.inflight.get() < config.inflight_requests_max
                         && s.unwritten_bytes() <= config.unwritten_bytes_max
+                        && s.deadlines_kept()
+                            < DEADLINES_PER_INFLIGHT * config.inflight_requests_max
                 })
                 .await;
             if !room {
@@ -352,63 +293,25 @@ impl<H: RequestHandler> Connection<H> {
         if !room {
             return false;
         }
-        s.inflight.set(s.inflight.get() + 1);
-        s.inflight_bytes.set(s.inflight_bytes.get() + cost);
-        if admitted.waits {
-            s.waiting_reads.set(s.waiting_reads.get() + 1);
-        }
-        let guard = InflightGuard {
-            shared: s.clone(),
-            cost_bytes: cost,
-            waits: admitted.waits,
+        let answer = Answer::new(s.clone(), admitted.request_id, cost, admitted.waits);
+        // The handler may answer the request without a task of its own (an append
+        // to this executor's shard); what it gives back is awaited in a task.
+        let Some((request, answer)) = self.handler.take(admitted.request, answer) else {
+            return true;
         };
-        let (h, body_bytes_max) = (self.handler.clone(), self.config.frame_body_bytes_max);
+        let (h, s) = (self.handler.clone(), s.clone());
         glommio::spawn_local(async move {
-            let s = guard.shared.clone();
             let handled =
-                futures_lite::future::or(async { Some(h.handle(admitted.request).await) }, async {
+                futures_lite::future::or(async { Some(h.handle(request).await) }, async {
                     s.requests.cancelled().await;
                     None
                 })
                 .await;
-            if let Some(answer) = handled
-                && !s.abort.get()
-            {
-                encode_bounded(
-                    &mut s.out.borrow_mut(),
-                    admitted.request_id,
-                    &answer,
-                    body_bytes_max,
-                );
+            if let Some(handled) = handled {
+                answer.send(&handled);
             }
-            drop(guard);
         })
         .detach();
         true
-    }
-}
-
-/// Encodes an answer; one larger than the frame limit would be refused by a client
-/// with the same limit and cost it its connection, so it is replaced by an error the
-/// client can act on.
-fn encode_bounded(
-    out: &mut BytesMut,
-    request_id: u64,
-    answer: &Result<ClientResponse, ServerError>,
-    body_bytes_max: u32,
-) {
-    let start = out.len();
-    encode_response(out, request_id, answer);
-    let body_bytes = out.len() - start - FRAME_HEADER_BYTES;
-    if body_bytes > body_bytes_max as usize {
-        out.truncate(start);
-        let reason = format!(
-            "answer of {body_bytes} bytes exceeds the {body_bytes_max}-byte frame limit; ask for fewer bytes"
-        );
-        encode_response(
-            out,
-            request_id,
-            &Err(ServerError::InvalidRequest { reason }),
-        );
     }
 }

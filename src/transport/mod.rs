@@ -8,6 +8,8 @@
 //! - [`conn`]: reading frames under deadlines, bounded writes, small sync helpers.
 //! - [`server`]: the client listener and service, and the [`server::RequestHandler`]
 //!   trait; `client_conn` serves one client connection.
+//! - [`answer`]: what a connection owes its client: encoded answers, the limits on
+//!   requests in flight, and the deadlines of answers a handler took.
 //! - [`peer`]: outbound peer links (two lanes, bounded queues, reconnect) and the
 //!   inbound peer acceptor and service.
 //! - [`placement`]: which executor serves an accepted connection, and the hand-off
@@ -29,7 +31,10 @@
 //!   message)` there. `PeerHandler::accept` can refuse unknown shards.
 //! - Client traffic: a [`server::ClientListener`] places each connection by the
 //!   partition of its first request; the [`server::ClientService`] of that executor
-//!   calls `RequestHandler::handle`, which may await (commit, long-poll). Only NotLeader, Overloaded and Unavailable
+//!   calls `RequestHandler::handle`, which may await (commit, long-poll), unless
+//!   `RequestHandler::take` takes the request and its [`answer::Answer`] to answer
+//!   later without a task (the shard on the same executor does, for appends). Only
+//!   NotLeader, Overloaded and Unavailable
 //!   may be answered for requests that were not applied: the client library retries
 //!   appends on exactly those. Cap read answers by `max_bytes` and below the frame
 //!   limit (an answer over the limit is replaced with InvalidRequest).
@@ -37,6 +42,7 @@
 //!   they arrived in: keeping one alive keeps that frame's buffer alive. Copy records
 //!   that are retained for long (a cache) rather than pinning receive buffers.
 
+pub mod answer;
 mod client_conn;
 pub mod client_error;
 pub mod client_msg;

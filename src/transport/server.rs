@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use glommio::net::TcpListener;
 
+use super::answer::Answer;
 use super::client_msg::{ClientRequest, ClientResponse, ServerError};
 use super::count::{ConnectionCounts, Count};
 use super::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
@@ -26,7 +27,21 @@ use super::placement::{
 #[allow(async_fn_in_trait)]
 pub trait RequestHandler: 'static {
     async fn handle(&self, request: ClientRequest) -> Result<ClientResponse, ServerError>;
+
+    /// Takes `request` to answer through `answer` without a task of its own (the
+    /// runtime takes appends to the shard of this executor, which answers them when
+    /// it decides), or gives both back to be awaited through
+    /// [`RequestHandler::handle`] in a task. A handler that takes an answer must
+    /// time it ([`Answer::time_out`]) unless it answers at once.
+    fn take(&self, request: ClientRequest, answer: Answer) -> Option<(ClientRequest, Answer)> {
+        Some((request, answer))
+    }
 }
+
+/// How long a request may wait for its answer beyond what the request itself asks
+/// to wait (a read's `wait_timeout_ms`); past it the client hears Timeout, and the
+/// outcome of an append is open.
+pub const ANSWER_TIMEOUT_MS: u64 = 10_000;
 
 /// Limits of the client listener.
 #[derive(Clone, Debug)]
@@ -57,6 +72,9 @@ pub struct ServerConfig {
     /// Writing one batch of answers must finish within this long (a client that does
     /// not read its answers is disconnected).
     pub write_timeout_ms: u64,
+    /// A request whose answer a handler took ([`RequestHandler::take`]) is answered
+    /// Timeout by its connection if no answer comes within this long.
+    pub answer_timeout_ms: u64,
     /// Connections beyond this many are closed as soon as they are accepted.
     pub connections_max: usize,
     /// Receive chunk per connection (see `FrameReader::with_read_chunk`): small,
@@ -75,6 +93,7 @@ impl Default for ServerConfig {
             idle_timeout_ms: 300_000,
             frame_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
+            answer_timeout_ms: ANSWER_TIMEOUT_MS,
             connections_max: 10_000,
             read_chunk_bytes: 16 * 1024,
         }

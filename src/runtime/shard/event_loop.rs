@@ -3,11 +3,13 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_lite::future;
 
 use super::{Shard, ShardError};
 use crate::engine::{Event, Message, Role};
 use crate::runtime::inbox::ShardInput;
+use crate::runtime::local_inbox::{AppendReply, LocalAppend};
 use crate::wal::error::WalResult;
 use crate::wal::log::Durable;
 
@@ -19,6 +21,7 @@ const TURN_EVENTS_MAX: usize = 4096;
 enum Wake {
     Peer(Message),
     Input(Option<ShardInput>),
+    Local(LocalAppend),
     Flushed(WalResult<Durable>),
     Timer,
 }
@@ -69,6 +72,12 @@ impl Shard {
             };
             self.absorb(Wake::Input(Some(input)), events)?;
         }
+        while events.len() < TURN_EVENTS_MAX {
+            let Some(append) = self.local_inbox.try_recv() else {
+                break;
+            };
+            self.absorb(Wake::Local(append), events)?;
+        }
         Ok(())
     }
 
@@ -94,12 +103,20 @@ impl Shard {
                 Err(_) => future::pending().await,
             }
         };
+        let local = async {
+            self.local_inbox.ready().await;
+            match self.local_inbox.try_recv() {
+                Some(append) => Wake::Local(append),
+                None => Wake::Input(None),
+            }
+        };
         let timer = async {
             glommio::timer::sleep(until_tick).await;
             Wake::Timer
         };
         // `or` polls its first future first: peer messages before client input.
-        future::or(flushed, future::or(peer, future::or(input, timer))).await
+        let clients = future::or(input, future::or(local, timer));
+        future::or(flushed, future::or(peer, clients)).await
     }
 
     fn absorb(&mut self, wake: Wake, events: &mut Vec<Event>) -> Result<(), ShardError> {
@@ -107,25 +124,10 @@ impl Shard {
             Wake::Timer | Wake::Input(None) => {}
             Wake::Peer(msg) => events.push(Event::Message(msg)),
             Wake::Input(Some(ShardInput::Append { records, reply })) => {
-                super::failpoint::on_append(self.id);
-                if let Err(refusal) = self.check_batch(&records) {
-                    reply.send(Err(refusal));
-                    return Ok(());
-                }
-                // Only a leader refuses for its disk: elsewhere the engine answers
-                // NotLeader, which sends the client to the node that decides.
-                if self.role == Role::Leader
-                    && let Some(refusal) = self.lifecycle.append_refusal()
-                {
-                    reply.send(Err(refusal));
-                    return Ok(());
-                }
-                let request_id = self.next_request();
-                self.appends.insert(request_id, reply);
-                events.push(Event::ClientAppend {
-                    request_id,
-                    records,
-                });
+                self.admit_append(records, AppendReply::Routed(reply), events);
+            }
+            Wake::Local(LocalAppend { records, answer }) => {
+                self.admit_append(records, AppendReply::Local(answer), events);
             }
             Wake::Input(Some(ShardInput::Read { request, reply })) => {
                 if let Err(refusal) = self.reads.limits().check(&request) {
@@ -164,5 +166,29 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// Hands an append to the engine, or refuses it first: a batch the WAL could
+    /// never take, or, on a leader, a disk below its watermark.
+    fn admit_append(&mut self, records: Vec<Bytes>, reply: AppendReply, events: &mut Vec<Event>) {
+        super::failpoint::on_append(self.id);
+        if let Err(refusal) = self.check_batch(&records) {
+            reply.send(Err(refusal));
+            return;
+        }
+        // Only a leader refuses for its disk: elsewhere the engine answers
+        // NotLeader, which sends the client to the node that decides.
+        if self.role == Role::Leader
+            && let Some(refusal) = self.lifecycle.append_refusal()
+        {
+            reply.send(Err(refusal));
+            return;
+        }
+        let request_id = self.next_request();
+        self.appends.insert(request_id, reply);
+        events.push(Event::ClientAppend {
+            request_id,
+            records,
+        });
     }
 }

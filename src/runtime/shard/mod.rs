@@ -39,13 +39,14 @@ use thiserror::Error;
 // The loop's code names these relative to the shard's module.
 use super::inbox::{LaneReceiver, Reply, ShardInput};
 use super::lifecycle::{Lifecycle, LifecycleSettings};
+use super::local_inbox::{AppendReply, LocalInbox};
 use super::reads::{ReadLimits, Reads};
 use super::{failpoint, refusal};
 use crate::engine::{self, Engine, Index, Message, NodeId, Role, Term};
 use crate::metrics::health::HealthBoard;
 use crate::metrics::{NodeMetrics, ShardMetrics};
 use crate::transport::peer::{LinkCloser, PeerConfig, PeerLink};
-use crate::transport::{AppendOk, ReadOk, ReadRequest, ServerError, TrimOk};
+use crate::transport::{ReadOk, ReadRequest, ServerError, TrimOk};
 use crate::wal::config::WalConfig;
 use crate::wal::error::{WalError, WalResult};
 use crate::wal::log::{Durable, Wal};
@@ -117,6 +118,8 @@ struct Shard {
     links: BTreeMap<NodeId, Rc<PeerLink>>,
     inbox: LaneReceiver<ShardInput>,
     peer_inbox: LaneReceiver<Message>,
+    /// Appends from connections served on this shard's executor.
+    local_inbox: Rc<LocalInbox>,
     /// Messages waiting for the storage op they depend on to be durable.
     held: Vec<(u64, Message)>,
     durable_op: u64,
@@ -125,7 +128,7 @@ struct Shard {
     flushed_tx: flume::Sender<WalResult<Durable>>,
     flushed_rx: flume::Receiver<WalResult<Durable>>,
     next_request: u64,
-    appends: HashMap<u64, Reply<AppendOk>>,
+    appends: HashMap<u64, AppendReply>,
     /// Trims waiting for their entry to commit (answered like appends).
     trims: HashMap<u64, Reply<TrimOk>>,
     /// Leader reads waiting for their read-index barrier.
@@ -151,8 +154,9 @@ struct Shard {
 }
 
 /// Runs shard `ctx.shard_id` until `ctx.stop` is set or its WAL fails.
-pub async fn run_shard(ctx: ShardContext) -> Result<(), ShardError> {
-    let mut shard = Shard::open(ctx.clone_parts()).await?;
+/// `local_inbox` takes the appends of connections served on this executor.
+pub async fn run_shard(ctx: ShardContext, local_inbox: Rc<LocalInbox>) -> Result<(), ShardError> {
+    let mut shard = Shard::open(ctx.clone_parts(), local_inbox).await?;
     let stop = ctx.stop;
     log::info!(
         "shard {}: recovered log {}..={}, term {}",
@@ -228,7 +232,7 @@ impl Shard {
     /// Publishes this shard's state to its metrics and the health board.
     fn publish(&self) {
         let pending = self.appends.len();
-        let queued = self.inbox.len() + self.peer_inbox.len();
+        let queued = self.inbox.len() + self.peer_inbox.len() + self.local_inbox.len();
         self.metrics.publish(&self.engine, queued, pending);
         let links = self.links.iter().map(|(node, link)| (*node, link.stats()));
         self.metrics.collect(self.wal.stats(), links);

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::abstention::{ABSTAIN_MARKER_FILE, abstention, mark_abstention_pending};
-use super::{OpenParts, Shard, ShardError};
+use super::{LocalInbox, OpenParts, Shard, ShardError};
 use crate::engine::{self, Engine, Index, NodeId, Role, Term};
 use crate::metrics::ShardMetrics;
 use crate::runtime::lifecycle::Lifecycle;
@@ -19,7 +19,10 @@ use crate::wal::recovery::RecoveryReport;
 use crate::wal::storage::DmaStorage;
 
 impl Shard {
-    pub(super) async fn open(parts: OpenParts) -> Result<Shard, ShardError> {
+    pub(super) async fn open(
+        parts: OpenParts,
+        local_inbox: Rc<LocalInbox>,
+    ) -> Result<Shard, ShardError> {
         let shard = parts.shard_id;
         let abstain_marker = parts.wal_dir.join(ABSTAIN_MARKER_FILE);
         let flushes_in_flight_max = parts.wal_config.flushes_in_flight_max;
@@ -54,6 +57,7 @@ impl Shard {
             links,
             inbox: parts.inbox,
             peer_inbox: parts.peer_inbox,
+            local_inbox,
             held: Vec::new(),
             durable_op: 0,
             flushes_in_flight: 0,

@@ -94,7 +94,7 @@ fn with_shard_set_up(limits: ReadLimits, setup: Setup, test: impl AsyncFnOnce(&T
             lifecycle: setup.lifecycle,
         };
         let shard = glommio::spawn_local(async move {
-            let result = run_shard(context).await;
+            let result = run_shard(context, crate::runtime::local_inbox::LocalInbox::new()).await;
             if let Err(e) = &result {
                 eprintln!("the test shard failed: {e}");
             }

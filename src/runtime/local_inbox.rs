@@ -1,0 +1,154 @@
+//! Appends from connections served on the shard's own executor. They skip what a
+//! request crossing executors needs (a task awaiting it, a reply channel, a timer,
+//! a lane with atomics): the connection's [`Answer`] travels with the records, the
+//! shard encodes its answer straight into the connection's buffer, and the
+//! connection keeps the deadline. Bounded in count and bytes like the client lane,
+//! each bound separately.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::inbox::{INBOX_BYTES_MAX, INBOX_CAPACITY, Reply};
+use crate::metrics::RouterMetrics;
+use crate::metrics::handles::Op;
+use crate::transport::answer::{Answer, Delivery};
+use crate::transport::{AppendOk, ClientResponse, ServerError};
+
+/// One append taken from a connection on the shard's executor.
+pub struct LocalAppend {
+    pub records: Vec<Bytes>,
+    pub answer: LocalAnswer,
+}
+
+/// Where a local append's answer goes, with what its metrics need.
+pub struct LocalAnswer {
+    answer: Answer,
+    arrived: Instant,
+    partition: u32,
+    records: u64,
+    bytes: u64,
+    metrics: Rc<RouterMetrics>,
+}
+
+impl LocalAnswer {
+    pub fn new(
+        answer: Answer,
+        partition: u32,
+        records: &[Bytes],
+        metrics: Rc<RouterMetrics>,
+    ) -> Self {
+        LocalAnswer {
+            answer,
+            arrived: Instant::now(),
+            partition,
+            records: records.len() as u64,
+            bytes: records.iter().map(|r| r.len() as u64).sum(),
+            metrics,
+        }
+    }
+
+    /// Answers the client and counts the request as it was answered: an answer
+    /// that came after the connection's Timeout counts as that Timeout.
+    pub fn send(self, result: Result<AppendOk, ServerError>) {
+        let elapsed = self.arrived.elapsed();
+        let answer = result.map(ClientResponse::Append);
+        let delivery = self.answer.send(&answer);
+        if delivery == Delivery::TimedOut {
+            self.metrics
+                .request(Op::Append, Some(&ServerError::Timeout), elapsed);
+            return;
+        }
+        self.metrics
+            .request(Op::Append, answer.as_ref().err(), elapsed);
+        if answer.is_ok() {
+            self.metrics
+                .appended(self.partition, self.records, self.bytes, elapsed);
+        }
+    }
+}
+
+/// Where an append's answer goes: through a reply channel to another executor's
+/// task, or straight into a connection on this executor.
+pub enum AppendReply {
+    Routed(Reply<AppendOk>),
+    Local(LocalAnswer),
+}
+
+impl AppendReply {
+    pub fn send(self, result: Result<AppendOk, ServerError>) {
+        match self {
+            AppendReply::Routed(reply) => reply.send(result),
+            AppendReply::Local(answer) => answer.send(result),
+        }
+    }
+}
+
+/// The queue of local appends, shared by the executor's router (which pushes) and
+/// its shard (which drains).
+pub struct LocalInbox {
+    queue: RefCell<VecDeque<LocalAppend>>,
+    queued_bytes: Cell<usize>,
+    /// The shard's loop, while it waits for work.
+    waiter: RefCell<Option<Waker>>,
+}
+
+impl LocalInbox {
+    pub fn new() -> Rc<LocalInbox> {
+        Rc::new(LocalInbox {
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            waiter: RefCell::new(None),
+        })
+    }
+
+    /// Queues `append`, or gives it back when the queue is at a bound (a single
+    /// append larger than the byte bound is taken when the queue is empty).
+    pub fn push(&self, append: LocalAppend) -> Result<(), LocalAppend> {
+        let bytes = append.answer.bytes as usize;
+        let mut queue = self.queue.borrow_mut();
+        let queued = self.queued_bytes.get();
+        if queue.len() >= INBOX_CAPACITY || (queued > 0 && queued + bytes > INBOX_BYTES_MAX) {
+            return Err(append);
+        }
+        queue.push_back(append);
+        self.queued_bytes.set(queued + bytes);
+        if let Some(waker) = self.waiter.borrow_mut().take() {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    pub fn try_recv(&self) -> Option<LocalAppend> {
+        let append = self.queue.borrow_mut().pop_front()?;
+        self.queued_bytes
+            .set(self.queued_bytes.get() - append.answer.bytes as usize);
+        Some(append)
+    }
+
+    /// Completes once something is queued.
+    pub async fn ready(&self) {
+        poll_fn(|cx| {
+            if self.queue.borrow().is_empty() {
+                *self.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.borrow().is_empty()
+    }
+}
