@@ -199,3 +199,46 @@ fn answers_held_past_their_connection_are_dropped_without_harm() {
         handler.held.borrow_mut().clear();
     });
 }
+
+#[test]
+fn a_timed_out_request_gives_back_its_room_on_the_connection() {
+    run(|| async {
+        let handler = Rc::new(TakingHandler::default());
+        let config = ServerConfig {
+            answer_timeout_ms: 200,
+            inflight_requests_max: 2,
+            ..ServerConfig::default()
+        };
+        let listener =
+            ClientListener::bind("127.0.0.1:0".parse().unwrap(), config, handler.clone())
+                .expect("binds");
+        let addr = listener.local_addr().unwrap();
+        glommio::spawn_local(listener.run()).detach();
+        // Three appends: the connection takes two (its limit) and leaves the third
+        // unread until one of them is over, which only their Timeout can make so
+        // while the handler holds both answers.
+        let mut stream = send_appends(addr, 3).await;
+        wait_until("two answers held", || handler.held.borrow().len() == 2).await;
+        let mut reader = FrameReader::new(&mut stream, 1 << 20);
+        let mut timed_out = vec![
+            next_answer(&mut reader).await,
+            next_answer(&mut reader).await,
+        ];
+        timed_out.sort_by_key(|(id, _)| *id);
+        assert_eq!(
+            timed_out,
+            vec![
+                (1, Err(ServerError::Timeout)),
+                (2, Err(ServerError::Timeout))
+            ]
+        );
+        wait_until("the third append taken", || {
+            handler.held.borrow().len() == 3
+        })
+        .await;
+        assert_eq!(handler.answer(3, 30), Delivery::Queued);
+        assert_eq!(next_answer(&mut reader).await, (3, appended(30)));
+        assert_eq!(handler.answer(1, 10), Delivery::TimedOut);
+        assert_eq!(handler.answer(2, 20), Delivery::TimedOut);
+    });
+}

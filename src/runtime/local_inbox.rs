@@ -96,6 +96,16 @@ pub struct LocalInbox {
     queued_bytes: Cell<usize>,
     /// The shard's loop, while it waits for work.
     waiter: RefCell<Option<Waker>>,
+    /// Set when the shard stops: nothing more is taken.
+    closed: Cell<bool>,
+}
+
+/// Why the inbox did not take an append; the append comes back.
+pub enum Refused {
+    /// At its count or byte bound.
+    Full(LocalAppend),
+    /// The shard has stopped.
+    Closed(LocalAppend),
 }
 
 impl LocalInbox {
@@ -104,17 +114,22 @@ impl LocalInbox {
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             waiter: RefCell::new(None),
+            closed: Cell::new(false),
         })
     }
 
     /// Queues `append`, or gives it back when the queue is at a bound (a single
-    /// append larger than the byte bound is taken when the queue is empty).
-    pub fn push(&self, append: LocalAppend) -> Result<(), LocalAppend> {
+    /// append larger than the byte bound is taken when the queue is empty) or the
+    /// shard has stopped.
+    pub fn push(&self, append: LocalAppend) -> Result<(), Refused> {
+        if self.closed.get() {
+            return Err(Refused::Closed(append));
+        }
         let bytes = append.answer.bytes as usize;
         let mut queue = self.queue.borrow_mut();
         let queued = self.queued_bytes.get();
         if queue.len() >= INBOX_CAPACITY || (queued > 0 && queued + bytes > INBOX_BYTES_MAX) {
-            return Err(append);
+            return Err(Refused::Full(append));
         }
         queue.push_back(append);
         self.queued_bytes.set(queued + bytes);
@@ -129,6 +144,15 @@ impl LocalInbox {
         self.queued_bytes
             .set(self.queued_bytes.get() - append.answer.bytes as usize);
         Some(append)
+    }
+
+    /// Stops taking appends and answers those still queued with `refusal`: the
+    /// engine never saw them, so a refusal the client may retry is the truth.
+    pub fn close(&self, refusal: &ServerError) {
+        self.closed.set(true);
+        while let Some(append) = self.try_recv() {
+            append.answer.send(Err(refusal.clone()));
+        }
     }
 
     /// Completes once something is queued.

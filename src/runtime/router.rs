@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 
 use super::inbox::{LaneError, LaneSender, ShardInput, message_payload_bytes, reply_channel};
-use super::local_inbox::{LocalAnswer, LocalAppend, LocalInbox};
+use super::local_inbox::{LocalAnswer, LocalAppend, LocalInbox, Refused};
 use super::oneshot;
 use crate::engine::{Message, NodeId};
 use crate::metrics::RouterMetrics;
@@ -122,9 +122,13 @@ impl RequestHandler for ClientRouter {
             records: append.records,
             answer,
         });
-        if let Err(refused) = queued {
-            self.metrics.inbox_refused(local);
-            refused.answer.send(Err(ServerError::Overloaded));
+        match queued {
+            Ok(()) => {}
+            Err(Refused::Full(refused)) => {
+                self.metrics.inbox_refused(local);
+                refused.answer.send(Err(ServerError::Overloaded));
+            }
+            Err(Refused::Closed(refused)) => refused.answer.send(Err(shutting_down())),
         }
         None
     }

@@ -11,7 +11,12 @@
 //!   ([`super::server::RequestHandler::take`]): the shard on this executor answers
 //!   it directly when it decides, without a task, a timer or a channel per request.
 //!   The connection then keeps the request's deadline and answers Timeout itself
-//!   if the answer is late, sweeping all such deadlines with one timer.
+//!   if the answer is late, sweeping all such deadlines with one timer; the
+//!   request's share of the connection's limits is given back then, so that a
+//!   client whose appends wait on a stalled shard can still be served.
+//!
+//! When the connection ends, answers not yet encoded are dropped: requests in
+//! tasks are cancelled, and answers a shard still holds find the connection gone.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -107,11 +112,24 @@ impl Shared {
         }
     }
 
-    /// Frees what the connection holds once it has ended: answers still owed (their
-    /// handlers hold this state until they answer) must not keep its buffers.
+    /// Frees the output buffer once the connection has ended: answers still owed
+    /// (their handlers hold this state until they answer) must not keep it. The
+    /// deadlines stay, bounded by the reader's limit, so that a late answer still
+    /// learns that its request timed out.
     pub(super) fn release(&self) {
         *self.out.borrow_mut() = BytesMut::new();
-        *self.deadlines.borrow_mut() = Deadlines::default();
+    }
+
+    /// Gives back what one request counted against the connection's limits.
+    fn give_back(&self, cost_bytes: usize, waits: bool) {
+        self.inflight.set(self.inflight.get() - 1);
+        self.inflight_bytes
+            .set(self.inflight_bytes.get() - cost_bytes);
+        if waits {
+            self.waiting_reads.set(self.waiting_reads.get() - 1);
+        }
+        self.writer_wake.notify();
+        self.reader_wake.notify();
     }
 
     /// Answers Timeout to every taken request past its deadline, until the
@@ -130,13 +148,26 @@ impl Shared {
             self.deadlines
                 .borrow_mut()
                 .expire(Instant::now(), &mut expired);
-            for request_id in expired.drain(..) {
+            for owed in expired.drain(..) {
+                // The handler still holds the answer, but the client has its answer
+                // and may send more: what the request counted is given back now.
+                self.give_back(owed.cost_bytes, owed.waits);
                 if !self.closing.get() {
-                    self.answer(request_id, &Err(ServerError::Timeout));
+                    self.answer(owed.request_id, &Err(ServerError::Timeout));
                 }
             }
         }
     }
+}
+
+/// One answer still owed by its deadline, and what its request counts against the
+/// connection's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Owed {
+    at: Instant,
+    request_id: u64,
+    cost_bytes: usize,
+    waits: bool,
 }
 
 /// The deadlines of the answers a handler took, in the order it took them. Every
@@ -146,15 +177,15 @@ impl Shared {
 struct Deadlines {
     /// Sequence number of the front entry.
     first_seq: u64,
-    /// (deadline, request id) of each answer still owed; None once answered.
+    /// Each answer still owed; None once answered or expired.
     /// Invariant: the front entry, if any, is Some.
-    entries: VecDeque<Option<(Instant, u64)>>,
+    entries: VecDeque<Option<Owed>>,
 }
 
 impl Deadlines {
-    fn push(&mut self, deadline: Instant, request_id: u64) -> u64 {
+    fn push(&mut self, owed: Owed) -> u64 {
         let seq = self.first_seq + self.entries.len() as u64;
-        self.entries.push_back(Some((deadline, request_id)));
+        self.entries.push_back(Some(owed));
         seq
     }
 
@@ -179,19 +210,18 @@ impl Deadlines {
     }
 
     fn next(&self) -> Option<Instant> {
-        self.entries.front().copied().flatten().map(|(at, _)| at)
+        self.entries.front().copied().flatten().map(|owed| owed.at)
     }
 
-    /// Takes out the answers past their deadline at `now`, adding their request
-    /// ids to `expired`.
-    fn expire(&mut self, now: Instant, expired: &mut Vec<u64>) {
-        while let Some(Some((at, request_id))) = self.entries.front().copied() {
-            if at > now {
+    /// Takes out the answers past their deadline at `now` into `expired`.
+    fn expire(&mut self, now: Instant, expired: &mut Vec<Owed>) {
+        while let Some(Some(owed)) = self.entries.front().copied() {
+            if owed.at > now {
                 break;
             }
             self.entries.pop_front();
             self.first_seq += 1;
-            expired.push(request_id);
+            expired.push(owed);
             self.drop_answered_front();
         }
     }
@@ -209,14 +239,18 @@ pub enum Delivery {
 }
 
 /// The answer one request is owed on its connection, and what the request counts
-/// against the connection's limits until this is dropped (answered or not).
+/// against the connection's limits until this is dropped or its deadline passes.
 pub struct Answer {
     shared: Rc<Shared>,
     request_id: u64,
     cost_bytes: usize,
     waits: bool,
-    /// The request's place among the connection's deadlines, once timed.
+    /// The request's place among the connection's deadlines, once timed and until
+    /// settled (sent, or found expired).
     deadline_seq: Option<u64>,
+    /// Whether the request still counts against the connection's limits: the
+    /// deadline sweep gives its share back when it answers Timeout.
+    counted: bool,
 }
 
 impl Answer {
@@ -235,64 +269,73 @@ impl Answer {
             cost_bytes,
             waits,
             deadline_seq: None,
+            counted: true,
         }
     }
 
     /// Gives the request the connection's answer deadline: if no answer is sent
     /// within it, the connection answers Timeout itself (the outcome of an append
-    /// is then open, as with every Timeout) and drops the late answer. A handler
-    /// that takes an answer without a task of its own calls this, since nothing
-    /// else would time the request out.
+    /// is then open, as with every Timeout), gives back what the request counts
+    /// against its limits, and drops the late answer. A handler that takes an
+    /// answer without a task of its own calls this, since nothing else would time
+    /// the request out.
     pub fn time_out(&mut self) {
         if self.deadline_seq.is_some() {
             return;
         }
         let shared = &self.shared;
-        let deadline = Instant::now() + shared.answer_timeout;
         let mut deadlines = shared.deadlines.borrow_mut();
         let first = deadlines.entries.is_empty();
-        self.deadline_seq = Some(deadlines.push(deadline, self.request_id));
+        self.deadline_seq = Some(deadlines.push(Owed {
+            at: Instant::now() + shared.answer_timeout,
+            request_id: self.request_id,
+            cost_bytes: self.cost_bytes,
+            waits: self.waits,
+        }));
         if first {
             shared.deadline_wake.notify();
         }
     }
 
+    /// Settles the deadline, if the request has one: `false` if the sweep already
+    /// answered Timeout (and gave back the request's share of the limits).
+    fn settle(&mut self) -> bool {
+        let Some(seq) = self.deadline_seq.take() else {
+            return true;
+        };
+        let owed = self.shared.deadlines.borrow_mut().finish(seq);
+        if !owed {
+            self.counted = false;
+        }
+        owed
+    }
+
     /// Encodes `answer` for the client (see [`Delivery`]).
     pub fn send(mut self, answer: &Result<ClientResponse, ServerError>) -> Delivery {
-        let shared = &self.shared;
-        if shared.closing.get() {
-            return Delivery::Gone;
-        }
-        if let Some(seq) = self.deadline_seq.take()
-            && !shared.deadlines.borrow_mut().finish(seq)
-        {
+        if !self.settle() {
             return Delivery::TimedOut;
         }
-        shared.answer(self.request_id, answer);
+        if self.shared.closing.get() {
+            return Delivery::Gone;
+        }
+        self.shared.answer(self.request_id, answer);
         Delivery::Queued
     }
 }
 
 impl Drop for Answer {
     fn drop(&mut self) {
-        let s = &self.shared;
-        s.inflight.set(s.inflight.get() - 1);
-        s.inflight_bytes
-            .set(s.inflight_bytes.get() - self.cost_bytes);
-        if self.waits {
-            s.waiting_reads.set(s.waiting_reads.get() - 1);
-        }
         // A timed answer dropped unsent (its shard stopped mid-request) is owed
         // Timeout now rather than at its deadline: an append may have been applied,
         // so the outcome is open, never a refusal.
-        if let Some(seq) = self.deadline_seq.take()
-            && s.deadlines.borrow_mut().finish(seq)
-            && !s.closing.get()
-        {
-            s.answer(self.request_id, &Err(ServerError::Timeout));
+        let timed = self.deadline_seq.is_some();
+        if timed && self.settle() && !self.shared.closing.get() {
+            self.shared
+                .answer(self.request_id, &Err(ServerError::Timeout));
         }
-        s.writer_wake.notify();
-        s.reader_wake.notify();
+        if self.counted {
+            self.shared.give_back(self.cost_bytes, self.waits);
+        }
     }
 }
 
@@ -329,10 +372,21 @@ mod tests {
         start + Duration::from_millis(ms)
     }
 
+    fn owed(at: Instant, request_id: u64) -> Owed {
+        Owed {
+            at,
+            request_id,
+            cost_bytes: 64,
+            waits: false,
+        }
+    }
+
     #[test]
     fn answered_deadlines_leave_from_the_front_only() {
         let (start, mut d) = (Instant::now(), Deadlines::default());
-        let seqs: Vec<u64> = (0..3).map(|i| d.push(at(start, 10 + i), 100 + i)).collect();
+        let seqs: Vec<u64> = (0..3)
+            .map(|i| d.push(owed(at(start, 10 + i), 100 + i)))
+            .collect();
         assert_eq!(seqs, [0, 1, 2]);
         assert!(d.finish(1), "the middle one is owed");
         assert_eq!(d.entries.len(), 3, "kept behind the unanswered front");
@@ -349,14 +403,15 @@ mod tests {
     fn expiry_takes_only_what_is_due_and_skips_answered_ones() {
         let (start, mut d) = (Instant::now(), Deadlines::default());
         for i in 0..4 {
-            d.push(at(start, 10 * (i + 1)), 100 + i);
+            d.push(owed(at(start, 10 * (i + 1)), 100 + i));
         }
         assert!(d.finish(1));
         let mut expired = Vec::new();
         d.expire(at(start, 5), &mut expired);
         assert!(expired.is_empty());
         d.expire(at(start, 30), &mut expired);
-        assert_eq!(expired, [100, 102], "the answered 101 is not expired");
+        let ids: Vec<u64> = expired.iter().map(|o| o.request_id).collect();
+        assert_eq!(ids, [100, 102], "the answered 101 is not expired");
         assert!(!d.finish(2), "an expired answer is no longer owed");
         assert!(d.finish(3));
         assert!(d.entries.is_empty());

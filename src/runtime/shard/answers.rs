@@ -69,8 +69,12 @@ impl Shard {
 
     /// Answers every client still waiting: appends with Timeout (their outcome is
     /// open: they may commit elsewhere, and Unavailable would invite a blind retry
-    /// and a duplicate), reads with `refusal`.
+    /// and a duplicate), reads and the appends not yet given to the engine with
+    /// `refusal`.
     pub(super) fn answer_all_waiting(&mut self, refusal: ServerError) {
+        // Appends still queued never reached the engine: they are refused, and no
+        // more are taken.
+        self.local_inbox.close(&refusal);
         for (_, reply) in self.appends.drain() {
             reply.send(Err(ServerError::Timeout));
         }

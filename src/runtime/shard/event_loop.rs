@@ -58,7 +58,10 @@ impl Shard {
 
     /// Takes what is ready in the inboxes, peer messages first: the turn's room
     /// goes to Raft's own traffic before client requests, and a client flood
-    /// waits for later turns rather than delay heartbeats and votes.
+    /// waits for later turns rather than delay heartbeats and votes. The two client
+    /// inboxes share what is left: the lane (other executors' requests) gets half
+    /// of it first, so that neither can starve the other, then each what the
+    /// other left.
     fn drain_inboxes(&mut self, events: &mut Vec<Event>) -> Result<(), ShardError> {
         while events.len() < TURN_EVENTS_MAX {
             let Some(msg) = self.peer_inbox.try_recv() else {
@@ -66,13 +69,26 @@ impl Shard {
             };
             events.push(Event::Message(msg));
         }
-        while events.len() < TURN_EVENTS_MAX {
+        let half = events.len() + (TURN_EVENTS_MAX - events.len()) / 2;
+        self.drain_lane(events, half)?;
+        self.drain_local(events, TURN_EVENTS_MAX)?;
+        self.drain_lane(events, TURN_EVENTS_MAX)
+    }
+
+    /// Takes client requests from other executors until `events` holds `up_to`.
+    fn drain_lane(&mut self, events: &mut Vec<Event>, up_to: usize) -> Result<(), ShardError> {
+        while events.len() < up_to {
             let Some(input) = self.inbox.try_recv() else {
                 break;
             };
             self.absorb(Wake::Input(Some(input)), events)?;
         }
-        while events.len() < TURN_EVENTS_MAX {
+        Ok(())
+    }
+
+    /// Takes appends from this executor's connections until `events` holds `up_to`.
+    fn drain_local(&mut self, events: &mut Vec<Event>, up_to: usize) -> Result<(), ShardError> {
+        while events.len() < up_to {
             let Some(append) = self.local_inbox.try_recv() else {
                 break;
             };
