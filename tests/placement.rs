@@ -21,6 +21,12 @@ use ringlog::transport::client_msg::{
 const SERVED: &str = "ringlog_connections_served_total";
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Records acknowledged for `partition`, as counted by the node's request path.
+fn appended(addr: SocketAddr, partition: u32) -> f64 {
+    let label = format!("partition=\"{partition}\"");
+    metric(addr, "ringlog_append_records_total", &label).unwrap_or(0.0)
+}
+
 fn served(addr: SocketAddr, partition: u32, kind: &str) -> f64 {
     let label = format!("partition=\"{partition}\",kind=\"{kind}\"");
     metric(addr, SERVED, &label).unwrap_or(0.0)
@@ -108,6 +114,7 @@ fn placed_connections_are_served_however_they_start() {
     });
     let at = cluster.metrics_addr(0);
     let before = (served(at, 0, "client"), served(at, 1, "client"));
+    let appended_before = (appended(at, 0), appended(at, 1));
     // Arriving seven bytes at a time, a partition-1 append is still placed on
     // shard 1 and answered.
     let answers = raw_call(&addr, &[append(1, "in pieces")], true);
@@ -130,4 +137,9 @@ fn placed_connections_are_served_however_they_start() {
     );
     assert_eq!(served(at, 0, "client"), before.0 + 2.0);
     assert_eq!(served(at, 1, "client"), before.1 + 1.0);
+    // Appends answered by their own shard's executor (without a task) and those
+    // routed to another executor are counted alike: two for partition 0, both on
+    // its own executor, and three for partition 1, one of them on its own.
+    assert_eq!(appended(at, 0), appended_before.0 + 2.0);
+    assert_eq!(appended(at, 1), appended_before.1 + 3.0);
 }
