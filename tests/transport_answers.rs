@@ -63,11 +63,14 @@ type Started = (
 );
 
 fn start(answer_timeout_ms: u64) -> Started {
-    let handler = Rc::new(TakingHandler::default());
-    let config = ServerConfig {
+    start_with(ServerConfig {
         answer_timeout_ms,
         ..ServerConfig::default()
-    };
+    })
+}
+
+fn start_with(config: ServerConfig) -> Started {
+    let handler = Rc::new(TakingHandler::default());
     let listener = ClientListener::bind("127.0.0.1:0".parse().unwrap(), config, handler.clone())
         .expect("binds");
     let (addr, stats) = (listener.local_addr().unwrap(), listener.stats());
@@ -75,16 +78,21 @@ fn start(answer_timeout_ms: u64) -> Started {
     (handler, addr, stats)
 }
 
+/// Encodes an append of one record, `[tag]`, with request id `tag`.
+fn encode_append(out: &mut BytesMut, tag: u8) {
+    let request = ClientRequest::Append(AppendRequest {
+        partition: 0,
+        records: vec![Bytes::from(vec![tag])],
+    });
+    encode_request(out, tag as u64, &request);
+}
+
 /// Sends appends tagged 1..=n (request id = tag) on one connection.
 async fn send_appends(addr: std::net::SocketAddr, n: u8) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut out = BytesMut::new();
     for tag in 1..=n {
-        let request = ClientRequest::Append(AppendRequest {
-            partition: 0,
-            records: vec![Bytes::from(vec![tag])],
-        });
-        encode_request(&mut out, tag as u64, &request);
+        encode_append(&mut out, tag);
     }
     stream.write_all(&out).await.unwrap();
     stream
@@ -150,11 +158,7 @@ fn a_late_answer_is_answered_timeout_at_its_deadline_and_then_dropped() {
         drop(reader);
         // The connection still serves: the next answer is the next thing it reads.
         let mut out = BytesMut::new();
-        let request = ClientRequest::Append(AppendRequest {
-            partition: 0,
-            records: vec![Bytes::from(vec![9])],
-        });
-        encode_request(&mut out, 9, &request);
+        encode_append(&mut out, 9);
         stream.write_all(&out).await.unwrap();
         wait_until("the next answer held", || handler.held.borrow().len() == 1).await;
         assert_eq!(handler.answer(9, 90), Delivery::Queued);
@@ -203,17 +207,11 @@ fn answers_held_past_their_connection_are_dropped_without_harm() {
 #[test]
 fn a_timed_out_request_gives_back_its_room_on_the_connection() {
     run(|| async {
-        let handler = Rc::new(TakingHandler::default());
-        let config = ServerConfig {
+        let (handler, addr, _) = start_with(ServerConfig {
             answer_timeout_ms: 200,
             inflight_requests_max: 2,
             ..ServerConfig::default()
-        };
-        let listener =
-            ClientListener::bind("127.0.0.1:0".parse().unwrap(), config, handler.clone())
-                .expect("binds");
-        let addr = listener.local_addr().unwrap();
-        glommio::spawn_local(listener.run()).detach();
+        });
         // Three appends: the connection takes two (its limit) and leaves the third
         // unread until one of them is over, which only their Timeout can make so
         // while the handler holds both answers.

@@ -141,8 +141,19 @@ impl RouterMetrics {
         self.request_seconds[op as usize].record(elapsed.as_secs_f64());
     }
 
-    /// An acknowledged append of `records` records and `bytes` payload bytes.
-    pub fn appended(&self, partition: u32, records: u64, bytes: u64, elapsed: Duration) {
+    /// One answered append of `size` (records, payload bytes) to `partition`: the
+    /// request, and its records when it was acknowledged (`error` None).
+    pub fn append_answered(
+        &self,
+        partition: u32,
+        (records, bytes): (u64, u64),
+        error: Option<&ServerError>,
+        elapsed: Duration,
+    ) {
+        self.request(Op::Append, error, elapsed);
+        if error.is_some() {
+            return;
+        }
         if let Some(p) = self.partitions.get(partition as usize) {
             p.records.increment(records);
             p.bytes.increment(bytes);

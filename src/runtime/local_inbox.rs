@@ -16,7 +16,6 @@ use bytes::Bytes;
 
 use super::inbox::{INBOX_BYTES_MAX, INBOX_CAPACITY, Reply};
 use crate::metrics::RouterMetrics;
-use crate::metrics::handles::Op;
 use crate::transport::answer::{Answer, Delivery};
 use crate::transport::{AppendOk, ClientResponse, ServerError};
 
@@ -26,13 +25,19 @@ pub struct LocalAppend {
     pub answer: LocalAnswer,
 }
 
+/// The records and payload bytes of an append, as its metrics count them.
+pub fn append_size(records: &[Bytes]) -> (u64, u64) {
+    let bytes = records.iter().map(|r| r.len() as u64).sum();
+    (records.len() as u64, bytes)
+}
+
 /// Where a local append's answer goes, with what its metrics need.
 pub struct LocalAnswer {
     answer: Answer,
     arrived: Instant,
     partition: u32,
-    records: u64,
-    bytes: u64,
+    /// (records, payload bytes).
+    size: (u64, u64),
     metrics: Rc<RouterMetrics>,
 }
 
@@ -47,8 +52,7 @@ impl LocalAnswer {
             answer,
             arrived: Instant::now(),
             partition,
-            records: records.len() as u64,
-            bytes: records.iter().map(|r| r.len() as u64).sum(),
+            size: append_size(records),
             metrics,
         }
     }
@@ -58,18 +62,12 @@ impl LocalAnswer {
     pub fn send(self, result: Result<AppendOk, ServerError>) {
         let elapsed = self.arrived.elapsed();
         let answer = result.map(ClientResponse::Append);
-        let delivery = self.answer.send(&answer);
-        if delivery == Delivery::TimedOut {
-            self.metrics
-                .request(Op::Append, Some(&ServerError::Timeout), elapsed);
-            return;
-        }
+        let error = match self.answer.send(&answer) {
+            Delivery::TimedOut => Some(&ServerError::Timeout),
+            Delivery::Queued | Delivery::Gone => answer.as_ref().err(),
+        };
         self.metrics
-            .request(Op::Append, answer.as_ref().err(), elapsed);
-        if answer.is_ok() {
-            self.metrics
-                .appended(self.partition, self.records, self.bytes, elapsed);
-        }
+            .append_answered(self.partition, self.size, error, elapsed);
     }
 }
 
@@ -125,7 +123,7 @@ impl LocalInbox {
         if self.closed.get() {
             return Err(Refused::Closed(append));
         }
-        let bytes = append.answer.bytes as usize;
+        let bytes = append.answer.size.1 as usize;
         let mut queue = self.queue.borrow_mut();
         let queued = self.queued_bytes.get();
         if queue.len() >= INBOX_CAPACITY || (queued > 0 && queued + bytes > INBOX_BYTES_MAX) {
@@ -142,7 +140,7 @@ impl LocalInbox {
     pub fn try_recv(&self) -> Option<LocalAppend> {
         let append = self.queue.borrow_mut().pop_front()?;
         self.queued_bytes
-            .set(self.queued_bytes.get() - append.answer.bytes as usize);
+            .set(self.queued_bytes.get() - append.answer.size.1 as usize);
         Some(append)
     }
 

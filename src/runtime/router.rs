@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 
 use super::inbox::{LaneError, LaneSender, ShardInput, message_payload_bytes, reply_channel};
-use super::local_inbox::{LocalAnswer, LocalAppend, LocalInbox, Refused};
+use super::local_inbox::{LocalAnswer, LocalAppend, LocalInbox, Refused, append_size};
 use super::oneshot;
 use crate::engine::{Message, NodeId};
 use crate::metrics::RouterMetrics;
@@ -107,14 +107,13 @@ fn shutting_down() -> ServerError {
 
 impl RequestHandler for ClientRouter {
     fn take(&self, request: ClientRequest, mut answer: Answer) -> Option<(ClientRequest, Answer)> {
-        let (local, inbox) = match (&self.local, &request) {
-            (Some((local, inbox)), ClientRequest::Append(a)) if a.partition == *local => {
-                (*local, inbox)
-            }
-            _ => return Some((request, answer)),
+        let Some((local, inbox)) = &self.local else {
+            return Some((request, answer));
         };
-        let ClientRequest::Append(append) = request else {
-            unreachable!("matched an append above")
+        let local = *local;
+        let append = match request {
+            ClientRequest::Append(append) if append.partition == local => append,
+            other => return Some((other, answer)),
         };
         answer.time_out();
         let answer = LocalAnswer::new(answer, local, &append.records, self.metrics.clone());
@@ -137,20 +136,16 @@ impl RequestHandler for ClientRouter {
         let arrived = Instant::now();
         match request {
             ClientRequest::Append(append) => {
-                let (partition, records) = (append.partition, append.records.len() as u64);
-                let bytes: u64 = append.records.iter().map(|r| r.len() as u64).sum();
+                let (partition, size) = (append.partition, append_size(&append.records));
                 let (reply, answer) = reply_channel();
                 let input = ShardInput::Append {
                     records: append.records,
                     reply,
                 };
                 let result = self.ask(partition, input, answer, 0).await;
-                let elapsed = arrived.elapsed();
+                let error = result.as_ref().err();
                 self.metrics
-                    .request(Op::Append, result.as_ref().err(), elapsed);
-                if result.is_ok() {
-                    self.metrics.appended(partition, records, bytes, elapsed);
-                }
+                    .append_answered(partition, size, error, arrived.elapsed());
                 result.map(ClientResponse::Append)
             }
             ClientRequest::Read(read) => {
