@@ -43,6 +43,7 @@ const PP: &[&str] = &["partition", "peer"];
 const PPR: &[&str] = &["partition", "peer", "reason"];
 const NONE: &[&str] = &[];
 const PK: &[&str] = &["partition", "kind"];
+const PRO: &[&str] = &["partition", "reason", "outcome"];
 
 pub const BUILD_INFO: &str = "ringlog_build_info";
 pub const CLIENT_CONNECTIONS: &str = "ringlog_client_connections";
@@ -72,6 +73,7 @@ pub const RAFT_LAST_INDEX: &str = "ringlog_raft_last_index";
 pub const RAFT_LOG_START_INDEX: &str = "ringlog_raft_log_start_index";
 pub const RAFT_ELECTIONS: &str = "ringlog_raft_elections_total";
 pub const RAFT_LEADER_CHANGES: &str = "ringlog_raft_leader_changes_total";
+pub const LEADER_TRANSFERS: &str = "ringlog_leader_transfers_total";
 pub const REPLICATION_LAG: &str = "ringlog_replication_lag_records";
 pub const REPLICATION_INFLIGHT_MESSAGES: &str = "ringlog_replication_inflight_messages";
 pub const REPLICATION_INFLIGHT_BYTES: &str = "ringlog_replication_inflight_bytes";
@@ -284,6 +286,13 @@ pub const METRICS: &[MetricDef] = &[
         Some(Unit::Count),
         P,
         "Times this member saw the partition's leader change.",
+    ),
+    def(
+        LEADER_TRANSFERS,
+        Counter,
+        Some(Unit::Count),
+        PRO,
+        "Leadership hand-overs this member started as leader, by reason (request: `ringlog leader transfer`; balance: the leader balancer; shutdown: a graceful stop) and outcome (done: another member leads; failed: none did within the hand-over's time).",
     ),
     def(
         REPLICATION_LAG,

@@ -14,6 +14,7 @@ pub mod handles;
 pub mod health;
 pub mod http;
 pub mod lifecycle;
+pub mod transfers;
 
 use std::sync::Arc;
 

@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use super::oneshot;
-use crate::engine::{Index, Message, MessageBody};
-use crate::transport::{AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError, TrimOk};
+use crate::engine::{Index, Message, MessageBody, NodeId};
+use crate::transport::{
+    AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError, TransferOk, TrimOk,
+};
 
 /// Where a shard sends one answer.
 pub type Reply<T> = oneshot::Sender<Result<T, ServerError>>;
@@ -33,6 +35,11 @@ pub enum ShardInput {
     },
     /// Remove the records before `before` on every member (through the log).
     Trim { before: Index, reply: Reply<TrimOk> },
+    /// Hand leadership to `to` (the most up-to-date follower when None).
+    Transfer {
+        to: Option<NodeId>,
+        reply: Reply<TransferOk>,
+    },
 }
 
 impl ShardInput {
@@ -40,7 +47,10 @@ impl ShardInput {
     pub fn payload_bytes(&self) -> usize {
         match self {
             ShardInput::Append { records, .. } => records.iter().map(Bytes::len).sum(),
-            ShardInput::Read { .. } | ShardInput::Info { .. } | ShardInput::Trim { .. } => 0,
+            ShardInput::Read { .. }
+            | ShardInput::Info { .. }
+            | ShardInput::Trim { .. }
+            | ShardInput::Transfer { .. } => 0,
         }
     }
 }

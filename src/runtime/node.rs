@@ -273,6 +273,7 @@ fn shard_context(
             retention: config.retention.policy(),
             min_free_bytes: config.wal.min_free_bytes,
         },
+        handover: config.raft.handover_settings(),
     }
 }
 

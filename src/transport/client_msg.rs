@@ -89,6 +89,22 @@ pub struct TrimOk {
     pub log_start: Index,
 }
 
+/// Ask the leader of `partition` to hand its leadership to `to`, or, when `to` is
+/// None, to the follower whose log is most up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferRequest {
+    pub partition: u32,
+    pub to: Option<NodeId>,
+}
+
+/// A finished transfer: `leader` leads the partition in `term`, as the old leader
+/// learnt it (or the leader itself, asked to hand over to itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferOk {
+    pub leader: NodeId,
+    pub term: Term,
+}
+
 /// One node of the cluster as clients see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {

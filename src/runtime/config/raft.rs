@@ -1,5 +1,7 @@
 //! `[raft]`: the consensus engine's timing and flow limits.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::sizes::{
@@ -8,6 +10,10 @@ use super::sizes::{
 use super::wal::WAL_BUFFER_BYTES;
 use super::{ConfigError, NodeConfig, invalid};
 use crate::engine::{self, ENTRY_OVERHEAD_BYTES};
+use crate::runtime::shard::HandoverSettings;
+
+/// The longest `shutdown_handover_ms` accepted.
+const SHUTDOWN_HANDOVER_MS_MAX: u64 = 60_000;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +31,12 @@ pub struct RaftSettings {
     pub uncommitted_bytes_max: u64,
     pub pending_reads_max: usize,
     pub log_cache_bytes_max: u64,
+    /// Spread partition leaders evenly over the nodes (within one per node) by
+    /// leader transfers, after start-up and after a node returns.
+    pub leader_balance: bool,
+    /// On SIGTERM or Ctrl-C, how long a leader may take to hand each partition it
+    /// leads to a follower before it stops anyway; 0 stops at once.
+    pub shutdown_handover_ms: u64,
 }
 
 impl Default for RaftSettings {
@@ -43,6 +55,8 @@ impl Default for RaftSettings {
             uncommitted_bytes_max: engine.uncommitted_bytes_max,
             pending_reads_max: engine.pending_reads_max,
             log_cache_bytes_max: engine.log_cache_bytes_max,
+            leader_balance: true,
+            shutdown_handover_ms: 2_000,
         }
     }
 }
@@ -72,6 +86,13 @@ impl RaftSettings {
             );
             return Err(invalid("raft.election_timeout_min_ms", reason));
         }
+        if self.shutdown_handover_ms > SHUTDOWN_HANDOVER_MS_MAX {
+            let reason = format!(
+                "{} is more than {SHUTDOWN_HANDOVER_MS_MAX} (a stop that waits longer looks hung to a supervisor)",
+                self.shutdown_handover_ms
+            );
+            return Err(invalid("raft.shutdown_handover_ms", reason));
+        }
         if max <= min {
             let reason = format!(
                 "{max} must be larger than raft.election_timeout_min_ms ({min}), so timeouts can be randomized"
@@ -79,6 +100,17 @@ impl RaftSettings {
             return Err(invalid("raft.election_timeout_max_ms", reason));
         }
         Ok(())
+    }
+
+    /// What the shards need for leader transfers. A requested or balancing
+    /// hand-over may take two election timeouts: the engine gives up on a target
+    /// after one, and may then try another.
+    pub fn handover_settings(&self) -> HandoverSettings {
+        HandoverSettings {
+            leader_balance: self.leader_balance,
+            shutdown: Duration::from_millis(self.shutdown_handover_ms),
+            attempt: Duration::from_millis(2 * self.election_timeout_max_ms),
+        }
     }
 
     /// `ms` of setting `key` in ticks; it must be a whole number of them.

@@ -29,6 +29,15 @@ enum Wake {
 impl Shard {
     pub(super) async fn turn(&mut self) -> Result<(), ShardError> {
         let wake = self.wait().await;
+        self.step_turn(wake).await
+    }
+
+    /// A turn that does not wait: it takes only what is ready already.
+    pub(super) async fn turn_without_waiting(&mut self) -> Result<(), ShardError> {
+        self.step_turn(Wake::Timer).await
+    }
+
+    async fn step_turn(&mut self, wake: Wake) -> Result<(), ShardError> {
         let mut events = Vec::new();
         self.absorb(wake, &mut events)?;
         self.drain_inboxes(&mut events)?;
@@ -40,17 +49,20 @@ impl Shard {
             events.push(Event::Tick);
             self.next_tick = (self.next_tick + self.tick).max(now);
             self.publish();
+            self.maybe_balance(now);
         }
         let log_start = self.engine.log().start();
         if let Some(purge) = self.lifecycle.check(now, &self.wal, log_start) {
             events.push(purge);
         }
+        events.extend(self.hand_over_event());
         if !events.is_empty() {
             self.engine.step_batch(events);
             let commands = self.engine.take_commands();
             self.carry_out(commands).await?;
         }
         self.start_flush_if_needed();
+        self.check_hand_over(now);
         self.expire_waiting_reads(now);
         self.end_abstention_if_caught_up();
         Ok(())
@@ -61,13 +73,16 @@ impl Shard {
     /// waits for later turns rather than delay heartbeats and votes. The two client
     /// inboxes share what is left: the lane (other executors' requests) gets half
     /// of it first, so that neither can starve the other, then each what the
-    /// other left.
+    /// other left. During a hand-over client requests wait (see `handover`).
     fn drain_inboxes(&mut self, events: &mut Vec<Event>) -> Result<(), ShardError> {
         while events.len() < TURN_EVENTS_MAX {
             let Some(msg) = self.peer_inbox.try_recv() else {
                 break;
             };
             events.push(Event::Message(msg));
+        }
+        if self.is_handing_over() {
+            return Ok(());
         }
         let half = events.len() + (TURN_EVENTS_MAX - events.len()) / 2;
         self.drain_lane(events, half)?;
@@ -99,9 +114,13 @@ impl Shard {
 
     async fn wait(&self) -> Wake {
         let until_tick = self.next_tick.saturating_duration_since(Instant::now());
+        let take_clients = !self.is_handing_over();
         // With every sender gone (the node is stopping) there is nothing to wait for:
         // stay pending rather than wake at once, round after round.
         let input = async {
+            if !take_clients {
+                return future::pending().await;
+            }
             match self.inbox.recv_async().await {
                 Some(input) => Wake::Input(Some(input)),
                 None => future::pending().await,
@@ -120,6 +139,9 @@ impl Shard {
             }
         };
         let local = async {
+            if !take_clients {
+                return future::pending().await;
+            }
             self.local_inbox.ready().await;
             match self.local_inbox.try_recv() {
                 Some(append) => Wake::Local(append),
@@ -160,6 +182,9 @@ impl Shard {
             }
             Wake::Input(Some(ShardInput::Info { reply })) => {
                 reply.send(self.info());
+            }
+            Wake::Input(Some(ShardInput::Transfer { to, reply })) => {
+                self.request_transfer(to, reply);
             }
             Wake::Input(Some(ShardInput::Trim { before, reply })) => {
                 let request_id = self.next_request();

@@ -17,8 +17,10 @@
 
 mod abstention;
 mod answers;
+mod balance;
 mod commands;
 mod event_loop;
+mod handover;
 mod inputs;
 mod open;
 mod send;
@@ -44,6 +46,7 @@ use super::reads::{ReadLimits, Reads};
 use super::{failpoint, refusal};
 use crate::engine::{self, Engine, Index, Message, NodeId, Role, Term};
 use crate::metrics::health::HealthBoard;
+use crate::metrics::transfers::TransferMetrics;
 use crate::metrics::{NodeMetrics, ShardMetrics};
 use crate::transport::peer::{LinkCloser, PeerConfig, PeerLink};
 use crate::transport::{ReadOk, ReadRequest, ServerError, TrimOk};
@@ -53,6 +56,7 @@ use crate::wal::log::{Durable, Wal};
 use crate::wal::storage::DmaStorage;
 
 pub use abstention::ABSTAIN_MARKER_FILE;
+pub use handover::HandoverSettings;
 
 #[derive(Debug, Error)]
 pub enum ShardError {
@@ -107,6 +111,8 @@ pub struct ShardContext {
     pub health: Arc<HealthBoard>,
     /// Retention and the low-disk watermark.
     pub lifecycle: LifecycleSettings,
+    /// Leader transfers: the balancer, and the hand-over before a graceful stop.
+    pub handover: HandoverSettings,
 }
 
 struct Shard {
@@ -151,6 +157,12 @@ struct Shard {
     abstain_marker: Option<PathBuf>,
     /// Retention, the low-disk watermark and their metrics.
     lifecycle: Lifecycle,
+    handover: HandoverSettings,
+    /// The hand-over of this shard's leadership under way, if any.
+    hand_over: Option<handover::HandOver>,
+    /// When the leader balancer next compares the counts.
+    next_balance: Instant,
+    transfer_metrics: TransferMetrics,
 }
 
 /// Runs shard `ctx.shard_id` until `ctx.stop` is set or its WAL fails.
@@ -165,16 +177,21 @@ pub async fn run_shard(ctx: ShardContext, local_inbox: Rc<LocalInbox>) -> Result
         shard.engine.log().last_index(),
         shard.engine.term()
     );
-    while !stop.load(Ordering::Relaxed) {
-        if let Err(error) = shard.turn().await {
-            // Fail-stop: nothing more is acknowledged, and appends in flight may
-            // or may not commit elsewhere, so their clients hear Timeout, not a
-            // refusal they would retry.
-            shard.answer_all_waiting(ServerError::Unavailable {
-                reason: format!("shard failed: {error}"),
-            });
-            return Err(error);
-        }
+    let mut result = Ok(());
+    while result.is_ok() && !stop.load(Ordering::Relaxed) {
+        result = shard.turn().await;
+    }
+    if result.is_ok() {
+        result = shard.hand_over_before_stop().await;
+    }
+    if let Err(error) = result {
+        // Fail-stop: nothing more is acknowledged, and appends in flight may
+        // or may not commit elsewhere, so their clients hear Timeout, not a
+        // refusal they would retry.
+        shard.answer_all_waiting(ServerError::Unavailable {
+            reason: format!("shard failed: {error}"),
+        });
+        return Err(error);
     }
     shard.shut_down().await
 }
@@ -200,6 +217,7 @@ struct OpenParts {
     metrics: Arc<NodeMetrics>,
     health: Arc<HealthBoard>,
     lifecycle: LifecycleSettings,
+    handover: HandoverSettings,
 }
 
 impl ShardContext {
@@ -224,6 +242,7 @@ impl ShardContext {
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             lifecycle: self.lifecycle,
+            handover: self.handover,
         }
     }
 }

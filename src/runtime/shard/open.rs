@@ -7,9 +7,11 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::abstention::{ABSTAIN_MARKER_FILE, abstention, mark_abstention_pending};
+use super::balance::BALANCE_INTERVAL;
 use super::{LocalInbox, OpenParts, Shard, ShardError};
 use crate::engine::{self, Engine, Index, NodeId, Role, Term};
 use crate::metrics::ShardMetrics;
+use crate::metrics::transfers::TransferMetrics;
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::reads::Reads;
 use crate::transport::peer::PeerLink;
@@ -77,6 +79,11 @@ impl Shard {
             unflushed_bytes: 0,
             abstain_marker: Some(abstain_marker),
             lifecycle,
+            handover: parts.handover,
+            hand_over: None,
+            // Leaders elected as the nodes come up settle first.
+            next_balance: Instant::now() + parts.handover.attempt + BALANCE_INTERVAL,
+            transfer_metrics: TransferMetrics::new(&parts.metrics, shard),
         })
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::{ShardContext, run_shard};
+use super::{HandoverSettings, ShardContext, run_shard};
 use crate::engine::{self, Index, Message};
 use crate::metrics::NodeMetrics;
 use crate::metrics::health::HealthBoard;
@@ -92,6 +92,11 @@ fn with_shard_set_up(limits: ReadLimits, setup: Setup, test: impl AsyncFnOnce(&T
             metrics: metrics.clone(),
             health: HealthBoard::new(1),
             lifecycle: setup.lifecycle,
+            handover: HandoverSettings {
+                leader_balance: true,
+                shutdown: Duration::from_secs(2),
+                attempt: Duration::from_secs(1),
+            },
         };
         let shard = glommio::spawn_local(async move {
             let result = run_shard(context, crate::runtime::local_inbox::LocalInbox::new()).await;
