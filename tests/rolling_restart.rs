@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cluster_support::observe::try_http_get;
+use cluster_support::observe::{metric, try_http_get};
 use cluster_support::*;
 
 const PARTITIONS: u32 = 2;
@@ -112,6 +112,9 @@ fn rolling_restart(cluster: &mut TestCluster) -> Vec<Duration> {
             || healthy(metrics),
         );
         windows.push((stopped_at, Instant::now()));
+        // As docs/operations.md says: the next node stops only once this one has
+        // caught up, or the partition would wait for it to commit.
+        await_caught_up(cluster, k);
     }
     running.store(false, Ordering::Relaxed);
     let acked = load.join().expect("the load's thread");
@@ -179,6 +182,24 @@ fn longest_gap(acked: &[Acked], from: Instant, to: Instant) -> Duration {
         })
         .max()
         .unwrap_or_default()
+}
+
+/// Waits until node `k` has committed, in every partition, what the other nodes had
+/// committed when it started waiting.
+fn await_caught_up(cluster: &TestCluster, k: usize) {
+    let others = (0..cluster.configs.len()).filter(|&j| j != k);
+    let metrics: Vec<SocketAddr> = others.map(|j| cluster.configs[j].listen.metrics).collect();
+    let mine = cluster.configs[k].listen.metrics;
+    for partition in 0..PARTITIONS {
+        let label = format!("partition=\"{partition}\"");
+        let commit = |addr| metric(addr, "ringlog_raft_commit_index", &label).unwrap_or(0.0);
+        let target = metrics.iter().map(|&a| commit(a)).fold(0.0, f64::max);
+        await_condition(
+            "the restarted node catches up",
+            Duration::from_secs(60),
+            || commit(mine) >= target,
+        );
+    }
 }
 
 /// The node answers `/health` with 200: every partition alive with a leader.

@@ -94,15 +94,15 @@ pub struct LocalInbox {
     queued_bytes: Cell<usize>,
     /// The shard's loop, while it waits for work.
     waiter: RefCell<Option<Waker>>,
-    /// Set when the shard stops: nothing more is taken.
-    closed: Cell<bool>,
+    /// Set when the shard stops, to the answer every later append gets.
+    closed: RefCell<Option<ServerError>>,
 }
 
 /// Why the inbox did not take an append; the append comes back.
 pub enum Refused {
     /// At its count or byte bound.
     Full(LocalAppend),
-    /// The shard has stopped.
+    /// The shard has stopped ([`LocalInbox::refusal`] says what to answer).
     Closed(LocalAppend),
 }
 
@@ -112,7 +112,7 @@ impl LocalInbox {
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             waiter: RefCell::new(None),
-            closed: Cell::new(false),
+            closed: RefCell::new(None),
         })
     }
 
@@ -120,7 +120,7 @@ impl LocalInbox {
     /// append larger than the byte bound is taken when the queue is empty) or the
     /// shard has stopped.
     pub fn push(&self, append: LocalAppend) -> Result<(), Refused> {
-        if self.closed.get() {
+        if self.closed.borrow().is_some() {
             return Err(Refused::Closed(append));
         }
         let bytes = append.answer.size.1 as usize;
@@ -144,13 +144,24 @@ impl LocalInbox {
         Some(append)
     }
 
-    /// Stops taking appends and answers those still queued with `refusal`: the
-    /// engine never saw them, so a refusal the client may retry is the truth.
+    /// Stops taking appends and answers those still queued, and those pushed
+    /// later, with `refusal`: the engine never saw them, so a refusal the client
+    /// may retry is the truth.
     pub fn close(&self, refusal: &ServerError) {
-        self.closed.set(true);
+        *self.closed.borrow_mut() = Some(refusal.clone());
         while let Some(append) = self.try_recv() {
             append.answer.send(Err(refusal.clone()));
         }
+    }
+
+    /// The answer for an append the closed inbox refused.
+    pub fn refusal(&self) -> ServerError {
+        self.closed
+            .borrow()
+            .clone()
+            .unwrap_or(ServerError::Unavailable {
+                reason: "node shutting down".into(),
+            })
     }
 
     /// Completes once something is queued.

@@ -127,7 +127,7 @@ impl RequestHandler for ClientRouter {
                 self.metrics.inbox_refused(local);
                 refused.answer.send(Err(ServerError::Overloaded));
             }
-            Err(Refused::Closed(refused)) => refused.answer.send(Err(shutting_down())),
+            Err(Refused::Closed(refused)) => refused.answer.send(Err(inbox.refusal())),
         }
         None
     }

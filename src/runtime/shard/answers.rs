@@ -87,11 +87,20 @@ impl Shard {
         self.reads.refuse_all(&refusal);
     }
 
-    /// Stops: answers everything still waiting, then makes the WAL durable.
+    /// Stops: answers everything still waiting, then makes the WAL durable. Once
+    /// another member is known to lead (after a hand-over, or all along on a
+    /// follower), what was not taken yet hears NotLeader naming it, which a client
+    /// follows at once, rather than Unavailable, which it retries here after a
+    /// backoff only to find the node gone.
     pub(super) async fn shut_down(mut self) -> Result<(), ShardError> {
-        self.answer_all_waiting(ServerError::Unavailable {
-            reason: "node shutting down".into(),
-        });
+        let me = self.engine.id();
+        let refusal = match self.leader.filter(|&l| l != me) {
+            Some(leader) => self.leader_error(Some(leader)),
+            None => ServerError::Unavailable {
+                reason: "node shutting down".into(),
+            },
+        };
+        self.answer_all_waiting(refusal);
         self.wal
             .flush()
             .await
