@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 
 use ringlog::bench::{BenchConfig, Limit, ProgressStyle};
-use ringlog::cli::{self, DevOptions, LocalBench, ReadFormat, ServeOverrides};
+use ringlog::cli::{self, DevOptions, LocalBench, ReadFormat, ReadFrom, ServeOverrides};
 use ringlog::runtime::config::FsyncPolicy;
 use ringlog::runtime::overrides::Setting;
 
@@ -83,9 +83,13 @@ enum Command {
         /// The partition to read (from 0).
         #[arg(long)]
         partition: u32,
-        /// The index of the first record to print (records start at 1).
-        #[arg(long, default_value_t = 1)]
-        from: u64,
+        /// Where to start: `earliest` (the oldest record retained), `latest` (only
+        /// records committed from now on, for --follow), `-N` (the last N indexes
+        /// committed) or an index.
+        // Hyphen values go to the parser, so `-N` is taken and `-x` or a flag in
+        // its place is refused with what `--from` accepts.
+        #[arg(long, default_value = "earliest", allow_hyphen_values = true, value_parser = cli::parse_read_from)]
+        from: ReadFrom,
         /// Keep waiting for new records, like `tail -f`.
         #[arg(long)]
         follow: bool,
