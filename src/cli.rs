@@ -3,10 +3,9 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 use thiserror::Error;
@@ -17,9 +16,11 @@ use crate::runtime::config::{ConfigError, FsyncPolicy, NodeConfig};
 use crate::runtime::dev::{self, DevError};
 use crate::runtime::node::{self, NodeError};
 use crate::runtime::overrides::{self, Setting};
-use crate::transport::{
-    ClientRequest, ClientResponse, Metadata, PartitionInfo, ReadRequest, TrimOk,
-};
+use crate::transport::{ClientRequest, ClientResponse, Metadata, PartitionInfo, TrimOk};
+
+mod reader;
+
+pub use reader::{ReadFormat, ReadFrom, format_record, parse_read_from, read};
 
 #[derive(Debug, Error)]
 pub enum CliError {
@@ -218,73 +219,6 @@ pub fn format_trim(partition: u32, ok: TrimOk) -> String {
     )
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadFormat {
-    Text,
-    Json,
-}
-
-/// Prints records from `from` on; with `follow`, keeps waiting for new ones until
-/// Ctrl-C, like `tail -f`.
-pub fn read(
-    addr: &str,
-    partition: u32,
-    from: u64,
-    follow: bool,
-    format: ReadFormat,
-    timeout: Duration,
-) -> Result<(), CliError> {
-    let stop = stop_on_signals()?;
-    with_client(addr, timeout, async |client| {
-        // Learn the leaders first: the leader's reads are linearizable and so see
-        // every append acknowledged before; a follower's may lag by a heartbeat.
-        let _ = client.metadata().await;
-        let mut next = from;
-        loop {
-            let request = ReadRequest {
-                partition,
-                from_index: next,
-                max_records: 1000,
-                max_bytes: 1 << 20,
-                wait_timeout_ms: if follow { 1000 } else { 0 },
-                any_replica: false,
-            };
-            let ok = client.read(request).await?;
-            let mut out = std::io::stdout().lock();
-            for record in &ok.records {
-                writeln!(
-                    out,
-                    "{}",
-                    format_record(partition, record.index, &record.payload, format)
-                )?;
-            }
-            out.flush()?;
-            next = ok.next_from(next);
-            let caught_up = next > ok.commit_index;
-            if (caught_up && !follow) || stop.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-        }
-    })
-}
-
-/// One record as `read` prints it: the text itself, or one JSON object per line
-/// (base64 when the record is not UTF-8, said by `"encoding"`).
-pub fn format_record(partition: u32, index: u64, payload: &[u8], format: ReadFormat) -> String {
-    match (format, std::str::from_utf8(payload)) {
-        (ReadFormat::Text, Ok(text)) => text.to_string(),
-        (ReadFormat::Text, Err(_)) => base64::engine::general_purpose::STANDARD.encode(payload),
-        (ReadFormat::Json, Ok(text)) => {
-            serde_json::json!({"partition": partition, "index": index, "record": text, "encoding": "utf-8"}).to_string()
-        }
-        (ReadFormat::Json, Err(_)) => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
-            serde_json::json!({"partition": partition, "index": index, "record": encoded, "encoding": "base64"})
-                .to_string()
-        }
-    }
-}
-
 pub fn status(addr: &str, timeout: Duration) -> Result<(), CliError> {
     with_client(addr, timeout, async |client| {
         let metadata = client.metadata().await?;
@@ -411,24 +345,6 @@ mod tests {
         assert_eq!(
             format_trim(3, ok),
             "trim entry at index 812; partition 3 now starts at index 500"
-        );
-    }
-
-    #[test]
-    fn records_print_as_text_or_json_with_encoding() {
-        assert_eq!(format_record(0, 5, b"hello", ReadFormat::Text), "hello");
-        let json = format_record(2, 7, b"say \"hi\"", ReadFormat::Json);
-        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(value["record"], "say \"hi\"");
-        assert_eq!(
-            (value["partition"].as_u64(), value["index"].as_u64()),
-            (Some(2), Some(7))
-        );
-        let binary: serde_json::Value =
-            serde_json::from_str(&format_record(0, 1, &[0xff, 0], ReadFormat::Json)).unwrap();
-        assert_eq!(
-            (binary["encoding"].as_str(), binary["record"].as_str()),
-            (Some("base64"), Some("/wA="))
         );
     }
 }

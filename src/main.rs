@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 
 use ringlog::bench::{BenchConfig, Limit, ProgressStyle};
-use ringlog::cli::{self, DevOptions, LocalBench, ReadFormat, ServeOverrides};
+use ringlog::cli::{self, DevOptions, LocalBench, ReadFormat, ReadFrom, ServeOverrides};
 use ringlog::runtime::config::FsyncPolicy;
 use ringlog::runtime::overrides::Setting;
 
@@ -29,7 +29,9 @@ enum Fsync {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Format {
+    /// Each record on a line of its own, as text (base64 when it is not UTF-8).
     Text,
+    /// One JSON object per line: partition, index, record and its encoding.
     Json,
 }
 
@@ -37,11 +39,15 @@ enum Format {
 enum Command {
     /// Run a local cluster of several nodes on this machine (Ctrl-C stops it).
     Dev {
+        /// Nodes to start, 1 to 9; their ids are 1 to N.
         #[arg(long, default_value_t = 3)]
         nodes: u32,
+        /// Where each node's config and data go (node N's under `DIR/node-N`).
         #[arg(long, default_value = "./ringlog-dev")]
         dir: PathBuf,
-        /// Node i listens for clients on BASE+10i, peers on BASE+10i+1, metrics on BASE+10i+2.
+        /// Node N (ids from 1, as `status` shows them) listens for clients on
+        /// BASE+10(N-1), for peers on BASE+10(N-1)+1 and for metrics on
+        /// BASE+10(N-1)+2: node 1 on 7400, 7401 and 7402 by default.
         #[arg(long, default_value_t = 7400)]
         base_port: u16,
         /// Shards (partitions) per node; 0 = one per core.
@@ -56,10 +62,13 @@ enum Command {
     Serve(ServeArgs),
     /// Append records to a partition (arguments, or one record per stdin line); prints each index.
     Append {
+        /// A node of the cluster, HOST:PORT (appends are redirected to the partition's leader).
         #[arg(long)]
         addr: String,
+        /// The partition to append to (from 0).
         #[arg(long)]
         partition: u32,
+        /// The records, one per argument; without any, each line of stdin is a record.
         records: Vec<String>,
         /// How long to keep retrying while no node answers or no leader is elected,
         /// e.g. `30s`, `500ms`, `2m`; a plain number is seconds, as for `bench --duration`.
@@ -68,15 +77,23 @@ enum Command {
     },
     /// Read records of a partition in order.
     Read {
+        /// A node of the cluster, HOST:PORT (reads are redirected to the partition's leader).
         #[arg(long)]
         addr: String,
+        /// The partition to read (from 0).
         #[arg(long)]
         partition: u32,
-        #[arg(long, default_value_t = 1)]
-        from: u64,
+        /// Where to start: `earliest` (the oldest record retained), `latest` (only
+        /// records committed from now on, for --follow), `-N` (the last N indexes
+        /// committed) or an index.
+        // Hyphen values go to the parser, so `-N` is taken and `-x` or a flag in
+        // its place is refused with what `--from` accepts.
+        #[arg(long, default_value = "earliest", allow_hyphen_values = true, value_parser = cli::parse_read_from)]
+        from: ReadFrom,
         /// Keep waiting for new records, like `tail -f`.
         #[arg(long)]
         follow: bool,
+        /// How records print.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
         /// How long to keep retrying while no node answers or no leader is elected,
@@ -104,6 +121,7 @@ enum Command {
     },
     /// Show nodes, partitions, leaders and indexes.
     Status {
+        /// A node of the cluster, HOST:PORT; every node it lists is then asked too.
         #[arg(long)]
         addr: String,
         /// How long to keep retrying while no node answers or no leader is elected,
@@ -118,18 +136,24 @@ enum Command {
 // The options of `serve` (its help text is the variant's).
 #[derive(Args, Debug)]
 struct ServeArgs {
+    /// The node's TOML config (docs/configuration.md describes every setting).
     #[arg(long)]
     config: PathBuf,
+    /// This node's id among the config's `[[nodes]]` (ids from 1), instead of `node_id`.
     #[arg(long)]
     node_id: Option<u32>,
+    /// Where the WAL and hard state live, instead of the config's `data_dir`.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Shards (partitions) per node, instead of the config's `shards`; 0 = one per core.
     #[arg(long)]
     shards: Option<u32>,
-    /// Pin each shard to its own core.
+    /// Pin each shard to its own core (as `pin = true` in the config does).
     #[arg(long)]
     pin: bool,
-    /// `never` is for benchmarks only: acknowledged records are then not durable.
+    /// How records are made durable, instead of the config's `wal.fsync` and
+    /// `wal.write_through`; `never` is for benchmarks only: acknowledged records are
+    /// then not durable.
     #[arg(long, value_enum)]
     fsync: Option<Fsync>,
     /// Recovery after a reported WAL corruption: cut the log before the damage and
@@ -142,15 +166,16 @@ struct ServeArgs {
 // The options of `bench` (its help text is the variant's).
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// A node of the cluster to load.
+    /// A node of the cluster to load, HOST:PORT.
     #[arg(long, required_unless_present = "local")]
     addr: Option<String>,
     /// Start a local cluster in a temporary directory, benchmark it, stop it.
     #[arg(long)]
     local: bool,
-    /// With --local: nodes and shards per node.
+    /// With --local: nodes to start.
     #[arg(long, default_value_t = 3)]
     nodes: u32,
+    /// With --local: shards (partitions) per node; 0 = one per core.
     #[arg(long, default_value_t = 1)]
     shards: u32,
     /// With --local: `fdatasync` makes records durable by write + fdatasync instead of
@@ -175,6 +200,7 @@ struct BenchArgs {
     /// partition it appends to, so that each is served by its partition's core.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     connections: u32,
+    /// Bytes of each record.
     #[arg(long, default_value_t = 256)]
     record_size: usize,
     /// Records per append.
@@ -348,4 +374,49 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         server_pids: Vec::new(),
     };
     Ok(cli::bench(addr, local, config, json)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every subcommand and every argument of it (clap's own `--help` and
+    /// `--version` aside), and every value a choice offers, says what it is in
+    /// `--help`: a bare flag name in the help output tells a user nothing.
+    #[test]
+    fn every_subcommand_argument_and_choice_has_help_text() {
+        let mut command = Cli::command();
+        command.build();
+        command.clone().debug_assert();
+        let mut missing = Vec::new();
+        undocumented(&command, "ringlog", &mut missing);
+        assert!(missing.is_empty(), "no help text for: {missing:?}");
+    }
+
+    /// Adds to `missing` what of `command` (named `path`) and its subcommands, at
+    /// any depth, has no help text.
+    fn undocumented(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+            for value in arg.get_possible_values() {
+                if !value.is_hide_set() && value.get_help().is_none() {
+                    missing.push(format!("{path} {id}={}", value.get_name()));
+                }
+            }
+        }
+        for sub in command.get_subcommands() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(sub_path.clone());
+            }
+            undocumented(sub, &sub_path, missing);
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The lifecycle commands end to end through the `ringlog` binary: `ringlog trim`
-//! against a real 3-node cluster, and `--set` overrides refused before any node
-//! starts.
+//! and `ringlog read --from` against a real 3-node cluster, and `--set` overrides
+//! refused before any node starts.
 
 mod cluster_support;
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cluster_support::*;
 use ringlog::client::ClientError;
-use ringlog::transport::{ClientRequest, ClientResponse, ReadRequest, ServerError};
+use ringlog::transport::{AppendOk, ClientRequest, ClientResponse, ReadRequest, ServerError};
 
 fn ringlog(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ringlog"))
@@ -31,22 +31,30 @@ fn read_from(from_index: u64) -> ClientRequest {
     })
 }
 
+/// A 3-node cluster of one shard each, its client addresses, and where the records
+/// `r0` to `r{count - 1}`, appended to partition 0 once it has a leader, went.
+fn cluster_with_records(count: u32) -> (TestCluster, Vec<String>, AppendOk) {
+    let cluster = TestCluster::start(3, 1);
+    let addrs = cluster.client_addrs();
+    let appended = on_executor({
+        let addrs = addrs.clone();
+        async move || {
+            let client = client(addrs);
+            await_leaders(&client, 1, Duration::from_secs(20)).await;
+            let records = (0..count).map(|i| Bytes::from(format!("r{i}"))).collect();
+            client.append(0, records).await.unwrap()
+        }
+    });
+    (cluster, addrs, appended)
+}
+
 /// `ringlog trim` removes the records below its index on every replica: each node
 /// answers a read below the new start with OutOfRange naming it, keeps every
 /// record above it, and counts the trim.
 #[test]
 fn trim_removes_the_records_below_its_index_on_every_replica() {
-    let cluster = TestCluster::start(3, 1);
-    let addrs = cluster.client_addrs();
-    let last = on_executor({
-        let addrs = addrs.clone();
-        async move || {
-            let client = client(addrs);
-            await_leaders(&client, 1, Duration::from_secs(20)).await;
-            let records = (0..100).map(|i| Bytes::from(format!("r{i}"))).collect();
-            client.append(0, records).await.unwrap().last_index
-        }
-    });
+    let (cluster, addrs, appended) = cluster_with_records(100);
+    let last = appended.last_index;
     let out = ringlog(&[
         "trim",
         "--addr",
@@ -191,4 +199,119 @@ fn trim_help_describes_every_option() {
         let text = described.split_once("  ").map_or("", |(_, t)| t.trim());
         assert!(!text.is_empty(), "{option} has no help: {line:?}");
     }
+}
+
+/// `ringlog read --from` against a real cluster: `-N` prints the last N records,
+/// `earliest` (the default) everything retained, also after a trim, `latest`
+/// nothing without --follow and only new records with it, an index from there;
+/// what is no position fails before any node is asked.
+#[test]
+fn read_from_earliest_latest_back_and_index() {
+    let (_cluster, addrs, appended) = cluster_with_records(10);
+    let first = appended.first_index;
+    // A follower's address: the reads are redirected to the leader.
+    let read = |from: &[&str]| {
+        let mut args = vec!["read", "--addr", &addrs[1], "--partition", "0"];
+        args.extend_from_slice(from);
+        let out = ringlog(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{from:?}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        (
+            stdout.lines().map(str::to_string).collect::<Vec<_>>(),
+            stderr,
+        )
+    };
+    let records = |range: std::ops::Range<u64>| range.map(|i| format!("r{i}")).collect::<Vec<_>>();
+    assert_eq!(read(&["--from", "-3"]).0, records(7..10));
+    assert_eq!(read(&["--from=-3"]).0, records(7..10));
+    assert_eq!(
+        read(&["--from", "-100"]).0,
+        records(0..10),
+        "clamped to the start"
+    );
+    assert_eq!(read(&["--from", "earliest"]).0, records(0..10));
+    assert_eq!(read(&[]).0, records(0..10), "earliest is the default");
+    let (latest, said) = read(&["--from", "latest"]);
+    assert!(latest.is_empty(), "{latest:?}");
+    assert!(said.contains("nothing to read"), "{said}");
+    assert_eq!(
+        read(&["--from", &(first + 8).to_string()]).0,
+        records(8..10)
+    );
+    on_executor({
+        let addrs = addrs.clone();
+        async move || client(addrs).trim(0, first + 5).await.unwrap()
+    });
+    assert_eq!(read(&["--from", "earliest"]).0, records(5..10));
+    assert_eq!(
+        read(&["--from", "-7"]).0,
+        records(5..10),
+        "clamped to the new start"
+    );
+    let below = ringlog(&[
+        "read",
+        "--addr",
+        &addrs[0],
+        "--partition",
+        "0",
+        "--from",
+        "1",
+    ]);
+    assert!(!below.status.success(), "index 1 is trimmed away");
+    for garbage in ["-0", "0", "-x", "last"] {
+        let out = ringlog(&[
+            "read",
+            "--addr",
+            "127.0.0.1:1",
+            "--partition",
+            "0",
+            "--from",
+            garbage,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{garbage}: {stderr}");
+        assert!(stderr.contains("--from"), "{garbage}: {stderr}");
+    }
+    follow_latest_prints_only_new_records(&addrs);
+}
+
+/// `read --from latest --follow` skips what is already committed: the first line
+/// it prints is a record appended after it started.
+fn follow_latest_prints_only_new_records(addrs: &[String]) {
+    use std::io::BufRead;
+    let mut reader = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(["read", "--addr", &addrs[2], "--partition", "0"])
+        .args(["--from", "latest", "--follow"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the ringlog binary runs");
+    let stdout = reader.stdout.take().unwrap();
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let first = std::io::BufReader::new(stdout).lines().next();
+        let _ = line_tx.send(first);
+    });
+    // The reader learns where the end is some time after it starts: appending
+    // until it prints something shows it starts at the end, whenever it got there.
+    let addrs = addrs.to_vec();
+    let first_line = on_executor(async move || {
+        let client = client(addrs);
+        for k in 0..100 {
+            client
+                .append(0, vec![Bytes::from(format!("new{k}"))])
+                .await
+                .unwrap();
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            if let Ok(line) = line_rx.try_recv() {
+                return line;
+            }
+        }
+        None
+    });
+    reader.kill().unwrap();
+    let _ = reader.wait();
+    let first_line = first_line.expect("the follower printed a line").unwrap();
+    assert!(first_line.starts_with("new"), "{first_line}");
 }
