@@ -1,5 +1,6 @@
-//! The nemesis: one fault at a time, in turn a leader kill, a pause and a network
-//! partition, each held for a random while and then undone, with quiet gaps in
+//! The nemesis: one fault at a time, in turn a leader kill, a pause, a network
+//! partition and a graceful restart of a leader (SIGTERM: it hands its partitions
+//! over first), each held for a random while and then undone, with quiet gaps in
 //! between. Leaders are found through each node's `/health`.
 
 use std::fmt;
@@ -18,11 +19,12 @@ pub struct FaultCounts {
     pub pauses: usize,
     pub partitions_symmetric: usize,
     pub partitions_one_way: usize,
+    pub graceful_restarts: usize,
 }
 
 impl FaultCounts {
     /// Faults by kind, as the plan counts them.
-    pub fn counts(&self) -> [(&'static str, usize); 3] {
+    pub fn counts(&self) -> [(&'static str, usize); 4] {
         [
             ("leader kill", self.leader_kills),
             ("pause", self.pauses),
@@ -30,6 +32,7 @@ impl FaultCounts {
                 "partition",
                 self.partitions_symmetric + self.partitions_one_way,
             ),
+            ("graceful restart", self.graceful_restarts),
         ]
     }
 
@@ -42,8 +45,12 @@ impl fmt::Display for FaultCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} leader kills (kill -9, restart), {} pauses (SIGSTOP/SIGCONT), {} symmetric and {} one-way partitions",
-            self.leader_kills, self.pauses, self.partitions_symmetric, self.partitions_one_way
+            "{} leader kills (kill -9, restart), {} pauses (SIGSTOP/SIGCONT), {} symmetric and {} one-way partitions, {} graceful leader restarts (SIGTERM, restart)",
+            self.leader_kills,
+            self.pauses,
+            self.partitions_symmetric,
+            self.partitions_one_way,
+            self.graceful_restarts
         )
     }
 }
@@ -85,10 +92,11 @@ impl Nemesis {
             if enough || elapsed >= plan.limit {
                 break;
             }
-            match turn % 3 {
+            match turn % 4 {
                 0 => self.kill_leader(),
                 1 => self.pause(),
-                _ => self.partition(),
+                2 => self.partition(),
+                _ => self.restart_leader_gracefully(),
             }
             self.assert_nodes_alive(started);
             self.sleep_between(300, 800);
@@ -130,6 +138,24 @@ impl Nemesis {
         self.record
             .leader_kills
             .extend(led.into_iter().map(|p| (at, p)));
+        self.sleep_between(200, 1_500);
+        self.cluster.spawn(k);
+    }
+
+    /// SIGTERM the node leading a random partition, which hands what it leads to
+    /// followers before it stops, then start it again.
+    fn restart_leader_gracefully(&mut self) {
+        let partition = self.rng.range(0, PARTITIONS as u64) as u32;
+        let Some(k) = self.await_leader(partition) else {
+            return;
+        };
+        let status = self.cluster.stop(k);
+        assert!(
+            status.success(),
+            "node {} stopped gracefully with {status}",
+            k + 1
+        );
+        self.record.counts.graceful_restarts += 1;
         self.sleep_between(200, 1_500);
         self.cluster.spawn(k);
     }
