@@ -142,6 +142,7 @@ fn request_partition(request: &ClientRequest) -> Option<u32> {
         ClientRequest::Append(r) => Some(r.partition),
         ClientRequest::Read(r) => Some(r.partition),
         ClientRequest::Trim(r) => Some(r.partition),
+        ClientRequest::Transfer(r) => Some(r.partition),
         ClientRequest::Metadata => None,
     }
 }
@@ -451,6 +452,7 @@ fn mismatch(addr: String, response: &ClientResponse) -> ClientError {
         ClientResponse::Read(_) => "Read",
         ClientResponse::Metadata(_) => "Metadata",
         ClientResponse::Trim(_) => "Trim",
+        ClientResponse::Transfer(_) => "Transfer",
     };
     ClientError::Protocol {
         addr,
