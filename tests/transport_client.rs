@@ -109,18 +109,25 @@ fn answers_out_of_order_reach_their_callers() {
     });
 }
 
+/// A leader (`leader`) and a node that sends clients to it for `partition`
+/// (`follower`), with the client knowing only the follower.
+fn leader_and_follower(partition: u32) -> (Rc<FakeHandler>, Rc<FakeHandler>, Client) {
+    let leader = Rc::new(FakeHandler::default());
+    let (leader_addr, _) = start_listener(ServerConfig::default(), leader.clone());
+    let follower = Rc::new(FakeHandler::default());
+    follower
+        .not_leader
+        .borrow_mut()
+        .insert(partition, leader_addr.to_string());
+    let (follower_addr, _) = start_listener(ServerConfig::default(), follower.clone());
+    let client = Client::new(fast_retries(vec![follower_addr.to_string()]));
+    (leader, follower, client)
+}
+
 #[test]
 fn not_leader_redirect_is_followed_and_remembered() {
     run(|| async {
-        let leader = Rc::new(FakeHandler::default());
-        let (leader_addr, _) = start_listener(ServerConfig::default(), leader.clone());
-        let follower = Rc::new(FakeHandler::default());
-        follower
-            .not_leader
-            .borrow_mut()
-            .insert(4, leader_addr.to_string());
-        let (follower_addr, _) = start_listener(ServerConfig::default(), follower.clone());
-        let client = Client::new(fast_retries(vec![follower_addr.to_string()]));
+        let (leader, follower, client) = leader_and_follower(4);
         let ok = client
             .append(4, vec![Bytes::from_static(b"x")])
             .await
@@ -142,15 +149,7 @@ fn not_leader_redirect_is_followed_and_remembered() {
 #[test]
 fn a_trim_follows_redirects_to_the_leader_like_an_append() {
     run(|| async {
-        let leader = Rc::new(FakeHandler::default());
-        let (leader_addr, _) = start_listener(ServerConfig::default(), leader.clone());
-        let follower = Rc::new(FakeHandler::default());
-        follower
-            .not_leader
-            .borrow_mut()
-            .insert(2, leader_addr.to_string());
-        let (follower_addr, _) = start_listener(ServerConfig::default(), follower.clone());
-        let client = Client::new(fast_retries(vec![follower_addr.to_string()]));
+        let (leader, follower, client) = leader_and_follower(2);
         let records = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
         client.append(2, records).await.unwrap();
         let ok = client.trim_ok(2, 2).await.unwrap();
@@ -169,6 +168,45 @@ fn a_trim_follows_redirects_to_the_leader_like_an_append() {
             1,
             "later requests went to the leader"
         );
+    });
+}
+
+#[test]
+fn a_transfer_to_any_node_follows_a_redirect_unchanged_when_nothing_was_done() {
+    run(|| async {
+        let (leader, follower, client) = leader_and_follower(0);
+        let ok = client.transfer_leader(0, None).await.unwrap();
+        assert_eq!(ok, TransferOk { leader: 2, term: 1 });
+        assert_eq!(*follower.transfers.borrow(), [None]);
+        assert_eq!(*leader.transfers.borrow(), [None], "the leader chose");
+    });
+}
+
+/// An Unavailable answer may hide a hand-over that finished late: the node that
+/// gave it is asked again, and the leader it then names is asked only to keep
+/// its own leadership, never to hand it on once more.
+#[test]
+fn a_transfer_to_any_node_is_repeated_only_where_it_may_have_been_done() {
+    run(|| async {
+        let (leader, origin, client) = leader_and_follower(0);
+        origin.unavailable.set(1);
+        let ok = client.transfer_leader(0, None).await.unwrap();
+        // The fake names node 1 as the leader in its redirects.
+        assert_eq!(ok, TransferOk { leader: 1, term: 1 });
+        assert_eq!(*origin.transfers.borrow(), [None, None]);
+        assert_eq!(*leader.transfers.borrow(), [Some(1)]);
+    });
+}
+
+#[test]
+fn a_transfer_to_a_named_node_is_retried_and_redirected_like_a_read() {
+    run(|| async {
+        let (leader, follower, client) = leader_and_follower(0);
+        follower.unavailable.set(1);
+        let ok = client.transfer_leader(0, Some(3)).await.unwrap();
+        assert_eq!(ok, TransferOk { leader: 3, term: 1 });
+        assert_eq!(*follower.transfers.borrow(), [Some(3), Some(3)]);
+        assert_eq!(*leader.transfers.borrow(), [Some(3)]);
     });
 }
 

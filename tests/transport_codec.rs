@@ -153,6 +153,9 @@ fn arb_request() -> impl Strategy<Value = ClientRequest> {
         Just(ClientRequest::Metadata),
         (any::<u32>(), any::<u64>())
             .prop_map(|(partition, before)| ClientRequest::Trim(TrimRequest { partition, before })),
+        // NO_NODE (u32::MAX) is how None travels, so it is never a `to`.
+        (any::<u32>(), proptest::option::of(0u32..NO_NODE))
+            .prop_map(|(partition, to)| ClientRequest::Transfer(TransferRequest { partition, to })),
     ]
 }
 
@@ -244,6 +247,8 @@ fn arb_response() -> impl Strategy<Value = Result<ClientResponse, ServerError>> 
                 log_start
             }
         ))),
+        (0u32..NO_NODE, any::<u64>())
+            .prop_map(|(leader, term)| Ok(ClientResponse::Transfer(TransferOk { leader, term }))),
         arb_server_error().prop_map(Err),
     ]
 }
@@ -682,6 +687,35 @@ fn golden_samples() -> Vec<(&'static str, BytesMut)> {
         ),
     ];
     push_responses(&mut out, later_responses);
+    let transfers = [
+        (
+            "transfer_request",
+            TransferRequest {
+                partition: 5,
+                to: Some(3),
+            },
+        ),
+        (
+            "transfer_request_any",
+            TransferRequest {
+                partition: 5,
+                to: None,
+            },
+        ),
+    ];
+    for (name, t) in transfers {
+        let mut b = BytesMut::new();
+        encode_request(&mut b, 42, &ClientRequest::Transfer(t));
+        out.push((name, b));
+    }
+    let transfer_ok = TransferOk { leader: 3, term: 7 };
+    push_responses(
+        &mut out,
+        [(
+            "transfer_response",
+            Ok(ClientResponse::Transfer(transfer_ok)),
+        )],
+    );
     out
 }
 
@@ -799,6 +833,17 @@ fn a_trim_with_reserved_bytes_set_is_malformed() {
     );
 }
 
+/// `frame` with `bytes` written over its body at `offset` (the checksum is not
+/// checked again: the body decoders are what is tested).
+fn overwritten(frame: &Frame, offset: usize, bytes: &[u8]) -> Frame {
+    let mut body = frame.body.to_vec();
+    body[offset..offset + bytes.len()].copy_from_slice(bytes);
+    Frame {
+        body: Bytes::from(body),
+        ..frame.clone()
+    }
+}
+
 #[test]
 fn disk_low_without_a_node_or_with_text_is_malformed() {
     let error = ServerError::DiskLow {
@@ -810,14 +855,7 @@ fn disk_low_without_a_node_or_with_text_is_malformed() {
     encode_response(&mut buf, 1, &Err(error.clone()));
     let frame = one_frame(&buf);
     assert_eq!(decode_response(&frame), Ok(Err(error)));
-    let edited = |offset: usize, bytes: &[u8]| {
-        let mut body = frame.body.to_vec();
-        body[offset..offset + bytes.len()].copy_from_slice(bytes);
-        Frame {
-            body: Bytes::from(body),
-            ..frame.clone()
-        }
-    };
+    let edited = |offset: usize, bytes: &[u8]| overwritten(&frame, offset, bytes);
     let no_node = edited(4, &u32::MAX.to_le_bytes());
     assert!(matches!(
         decode_response(&no_node),
@@ -834,4 +872,50 @@ fn disk_low_without_a_node_or_with_text_is_malformed() {
         decode_response(&with_text),
         Err(FrameError::Malformed { .. })
     ));
+}
+
+#[test]
+fn transfer_bodies_are_fixed_width_and_checked() {
+    let request = ClientRequest::Transfer(TransferRequest {
+        partition: 2,
+        to: None,
+    });
+    let mut buf = BytesMut::new();
+    encode_request(&mut buf, 1, &request);
+    let frame = one_frame(&buf);
+    assert_eq!(&frame.body[4..], &NO_NODE.to_le_bytes(), "None is NO_NODE");
+    assert_eq!(decode_request(&frame), Ok(request));
+    let cut = Frame {
+        body: frame.body.slice(..6),
+        ..frame.clone()
+    };
+    assert!(matches!(
+        decode_request(&cut),
+        Err(FrameError::BodyTooShort { .. })
+    ));
+    let mut longer = frame.body.to_vec();
+    longer.push(0);
+    let longer = Frame {
+        body: Bytes::from(longer),
+        ..frame
+    };
+    assert!(matches!(
+        decode_request(&longer),
+        Err(FrameError::TrailingBytes { .. })
+    ));
+
+    let ok = Ok(ClientResponse::Transfer(TransferOk { leader: 2, term: 9 }));
+    let mut buf = BytesMut::new();
+    encode_response(&mut buf, 1, &ok);
+    let frame = one_frame(&buf);
+    assert_eq!(decode_response(&frame), Ok(ok));
+    let edited = |offset: usize, bytes: &[u8]| overwritten(&frame, offset, bytes);
+    // A finished transfer always names its leader, and reserved bytes are zero.
+    for bad in [edited(0, &NO_NODE.to_le_bytes()), edited(5, &[1])] {
+        assert!(
+            matches!(decode_response(&bad), Err(FrameError::Malformed { .. })),
+            "{:?}",
+            decode_response(&bad)
+        );
+    }
 }

@@ -325,39 +325,76 @@ fn malformed_body_gets_an_answer_and_the_connection_survives() {
     });
 }
 
+/// Sends the malformed frame `bad` writes (request id 5), then `good` (id 6), on
+/// one connection to a fresh listener: the first must be answered InvalidRequest
+/// with the connection kept; returns the handler and the answer to the second.
+async fn invalid_then(
+    bad: impl FnOnce(&mut BytesMut),
+    good: &ClientRequest,
+) -> (Rc<FakeHandler>, Result<ClientResponse, ServerError>) {
+    let handler = Rc::new(FakeHandler::default());
+    let (addr, _) = start_listener(test_config(), handler.clone());
+    let mut b = BytesMut::new();
+    bad(&mut b);
+    encode_request(&mut b, 6, good);
+    let mut answers = answers_to(addr, &b, 2).await;
+    assert!(
+        matches!(&answers[0], (5, Err(ServerError::InvalidRequest { .. }))),
+        "{answers:?}"
+    );
+    let (id, second) = answers.pop().expect("two answers");
+    assert_eq!(id, 6);
+    (handler, second)
+}
+
 /// The same for a trim: its reserved word must be zero, and the connection goes on.
 #[test]
 fn a_trim_with_its_reserved_word_set_gets_an_answer_and_the_connection_survives() {
     run(|| async {
-        let handler = Rc::new(FakeHandler::default());
-        let (addr, _) = start_listener(test_config(), handler.clone());
-        let mut b = BytesMut::new();
-        encode_frame(&mut b, FrameKind::TrimRequest, 5, |b| {
-            b.put_u32_le(0);
-            b.put_u32_le(1);
-            b.put_u64_le(9);
-        });
+        let bad = |b: &mut BytesMut| {
+            encode_frame(b, FrameKind::TrimRequest, 5, |b| {
+                b.put_u32_le(0);
+                b.put_u32_le(1);
+                b.put_u64_le(9);
+            })
+        };
         let trim = TrimRequest {
             partition: 0,
             before: 9,
         };
-        encode_request(&mut b, 6, &ClientRequest::Trim(trim));
-        let answers = answers_to(addr, &b, 2).await;
-        assert!(
-            matches!(&answers[0], (5, Err(ServerError::InvalidRequest { .. }))),
-            "{answers:?}"
-        );
+        let (handler, answer) = invalid_then(bad, &ClientRequest::Trim(trim)).await;
         assert!(
             matches!(
-                &answers[1],
-                (6, Ok(ClientResponse::Trim(TrimOk { log_start: 9, .. })))
+                answer,
+                Ok(ClientResponse::Trim(TrimOk { log_start: 9, .. }))
             ),
-            "{answers:?}"
+            "{answer:?}"
         );
         assert_eq!(
             handler.trimmed.borrow()[&0],
             9,
             "only the valid trim applied"
+        );
+    });
+}
+
+/// The same for a transfer cut short: its partition alone is not a request.
+#[test]
+fn a_transfer_without_its_target_gets_an_answer_and_the_connection_survives() {
+    run(|| async {
+        let bad =
+            |b: &mut BytesMut| encode_frame(b, FrameKind::TransferRequest, 5, |b| b.put_u32_le(0));
+        let transfer = TransferRequest {
+            partition: 0,
+            to: Some(3),
+        };
+        let (_, answer) = invalid_then(bad, &ClientRequest::Transfer(transfer)).await;
+        assert!(
+            matches!(
+                answer,
+                Ok(ClientResponse::Transfer(TransferOk { leader: 3, .. }))
+            ),
+            "{answer:?}"
         );
     });
 }

@@ -15,6 +15,8 @@
 //!   server `Timeout` answer to an append, is [`ClientError::AppendAmbiguous`]: the
 //!   records may or may not be in the log, and only the caller can decide what to do.
 //!   Reads and metadata requests are idempotent and are retried.
+//! - Leadership transfers are retried too, but a transfer to any other node is
+//!   aimed so that it never moves leadership twice (see [`Client::transfer_leader`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -28,6 +30,7 @@ use thiserror::Error;
 
 mod conn;
 mod retry;
+mod transfer;
 
 use conn::{CallError, Conn};
 use retry::{Next, Outcome};
@@ -142,6 +145,7 @@ fn request_partition(request: &ClientRequest) -> Option<u32> {
         ClientRequest::Append(r) => Some(r.partition),
         ClientRequest::Read(r) => Some(r.partition),
         ClientRequest::Trim(r) => Some(r.partition),
+        ClientRequest::Transfer(r) => Some(r.partition),
         ClientRequest::Metadata => None,
     }
 }
@@ -362,13 +366,9 @@ impl Client {
         self.check_size(request)?;
         let partition = request_partition(request);
         let is_append = matches!(request, ClientRequest::Append(_));
-        let mut addr = match partition.and_then(|p| self.leaders.borrow().get(&p).cloned()) {
-            Some(a) => a,
-            None => self.next_bootstrap_addr().ok_or(ClientError::NoNodes)?,
-        };
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(self.config.retry_deadline_ms);
-        let (mut retries, mut redirects) = (0u32, 0u32);
+        let mut addr = self.leader_or_bootstrap(partition)?;
+        let mut budget = Budget::new(&self.config, partition);
+        let mut redirects = 0u32;
         loop {
             let result = self.attempt(&addr, request).await;
             let (failure, next) = match retry::classify(&addr, is_append, result) {
@@ -397,22 +397,19 @@ impl Client {
             {
                 self.forget_leader(partition);
             }
-            let backoff = Duration::from_millis(self.backoff_ms(retries));
-            if retries >= self.config.retries_max || Instant::now() + backoff >= deadline {
-                return Err(ClientError::RetriesExhausted {
-                    partition,
-                    attempts: retries + 1,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                    last: Box::new(failure),
-                });
-            }
-            log::debug!("retrying after: {failure}");
-            glommio::timer::sleep(backoff).await;
-            retries += 1;
+            budget.back_off(self, failure).await?;
             addr = match next {
                 Next::SameNode => addr,
                 Next::NextNode { .. } => self.next_bootstrap_addr().ok_or(ClientError::NoNodes)?,
             };
+        }
+    }
+
+    /// The partition's known leader, or else the next bootstrap address.
+    fn leader_or_bootstrap(&self, partition: Option<u32>) -> Result<String, ClientError> {
+        match partition.and_then(|p| self.leaders.borrow().get(&p).cloned()) {
+            Some(a) => Ok(a),
+            None => self.next_bootstrap_addr().ok_or(ClientError::NoNodes),
         }
     }
 
@@ -434,6 +431,44 @@ impl Client {
     }
 }
 
+/// What one request may still spend on retries: attempts and time.
+struct Budget {
+    partition: Option<u32>,
+    started: Instant,
+    deadline: Instant,
+    retries: u32,
+}
+
+impl Budget {
+    fn new(config: &ClientConfig, partition: Option<u32>) -> Budget {
+        let started = Instant::now();
+        Budget {
+            partition,
+            started,
+            deadline: started + Duration::from_millis(config.retry_deadline_ms),
+            retries: 0,
+        }
+    }
+
+    /// Waits out the backoff before the next retry, or gives up with `failure` when
+    /// the retries or the time run out first.
+    async fn back_off(&mut self, client: &Client, failure: ClientError) -> Result<(), ClientError> {
+        let backoff = Duration::from_millis(client.backoff_ms(self.retries));
+        if self.retries >= client.config.retries_max || Instant::now() + backoff >= self.deadline {
+            return Err(ClientError::RetriesExhausted {
+                partition: self.partition,
+                attempts: self.retries + 1,
+                elapsed_ms: self.started.elapsed().as_millis() as u64,
+                last: Box::new(failure),
+            });
+        }
+        log::debug!("retrying after: {failure}");
+        glommio::timer::sleep(backoff).await;
+        self.retries += 1;
+        Ok(())
+    }
+}
+
 /// A duration for people: "800 ms", "1.5 s", "30 s".
 fn describe_ms(ms: u64) -> String {
     if ms < 1_000 {
@@ -451,6 +486,7 @@ fn mismatch(addr: String, response: &ClientResponse) -> ClientError {
         ClientResponse::Read(_) => "Read",
         ClientResponse::Metadata(_) => "Metadata",
         ClientResponse::Trim(_) => "Trim",
+        ClientResponse::Transfer(_) => "Transfer",
     };
     ClientError::Protocol {
         addr,

@@ -5,6 +5,7 @@
 
 use super::ClientError;
 use super::conn::CallError;
+use crate::engine::NodeId;
 use crate::transport::client_msg::{ClientResponse, ServerError};
 
 /// The next step after one attempt at `addr`.
@@ -14,6 +15,8 @@ pub(super) enum Outcome {
     /// run out, retry as for `failure` at the next node, forgetting the leader).
     Redirect {
         leader: String,
+        /// The leader's node id, when the node named it.
+        leader_id: Option<NodeId>,
         failure: ClientError,
     },
     /// Final: retrying could apply an append twice, or cannot help.
@@ -56,10 +59,11 @@ fn server_error(addr: &str, is_append: bool, error: ServerError) -> Outcome {
     };
     match error {
         ServerError::NotLeader {
+            leader: leader_id,
             leader_addr: Some(ref leader),
-            ..
         } => Outcome::Redirect {
             leader: leader.clone(),
+            leader_id,
             failure: failure(error),
         },
         e @ ServerError::NotLeader { .. } => Outcome::Retry {
@@ -107,4 +111,19 @@ fn call_error(addr: &str, is_append: bool, error: CallError) -> Outcome {
             elsewhere(ClientError::Timeout { addr, timeout_ms }, false)
         }
     }
+}
+
+/// Whether an attempt's result leaves open that the node acted on the request
+/// without the client hearing how it went: a lost connection or a timeout after
+/// sending, or an Unavailable or Timeout answer (for a transfer, Unavailable may
+/// mean the hand-over outlived its deadline, and its election can still finish).
+/// Everything else either promises nothing was done or says what was.
+pub(super) fn may_have_acted(
+    result: &Result<Result<ClientResponse, ServerError>, CallError>,
+) -> bool {
+    matches!(
+        result,
+        Ok(Err(ServerError::Unavailable { .. } | ServerError::Timeout))
+            | Err(CallError::Lost(_) | CallError::Timeout(_))
+    )
 }

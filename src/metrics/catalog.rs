@@ -145,7 +145,7 @@ pub const METRICS: &[MetricDef] = &[
         Counter,
         Some(Unit::Count),
         &["op", "result"],
-        "Client requests answered, by operation (append, read, metadata, trim) and result (ok or the error code).",
+        "Client requests answered, by operation (append, read, metadata, trim, transfer) and result (ok or the error code).",
     ),
     def(
         CLIENT_REQUEST_SECONDS,

@@ -24,9 +24,10 @@ pub enum Op {
     Read = 1,
     Metadata = 2,
     Trim = 3,
+    Transfer = 4,
 }
 
-const OPS: [&str; 4] = ["append", "read", "metadata", "trim"];
+const OPS: [&str; 5] = ["append", "read", "metadata", "trim", "transfer"];
 /// `ok`, then each error by its wire code (1..=7).
 const RESULTS: [&str; 8] = [
     "ok",

@@ -156,6 +156,9 @@ mod tests {
         let _lifecycles: Vec<_> = (0..2)
             .map(|p| lifecycle::LifecycleMetrics::new(&node, p))
             .collect();
+        let _transfers: Vec<_> = (0..2)
+            .map(|p| transfers::TransferMetrics::new(&node, p))
+            .collect();
         let text = node.render();
         for def in METRICS {
             let kind = match def.kind {

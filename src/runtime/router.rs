@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
-use super::inbox::{LaneError, LaneSender, ShardInput, message_payload_bytes, reply_channel};
+use super::inbox::{
+    LaneError, LaneSender, Reply, ShardInput, message_payload_bytes, reply_channel,
+};
 use super::local_inbox::{LocalAnswer, LocalAppend, LocalInbox, Refused, append_size};
 use super::oneshot;
 use crate::engine::{Message, NodeId};
@@ -77,6 +79,25 @@ impl ClientRouter {
             Err(ServerError::Timeout)
         };
         future::or(answer, late).await
+    }
+
+    /// [`Self::ask`] for the input `input` builds around its reply, counted as one
+    /// `op` request that arrived at `arrived`.
+    async fn ask_for<T>(
+        &self,
+        op: Op,
+        partition: u32,
+        extra_wait_ms: u64,
+        arrived: Instant,
+        input: impl FnOnce(Reply<T>) -> ShardInput,
+    ) -> Result<T, ServerError> {
+        let (reply, answer) = reply_channel();
+        let result = self
+            .ask(partition, input(reply), answer, extra_wait_ms)
+            .await;
+        self.metrics
+            .request(op, result.as_ref().err(), arrived.elapsed());
+        result
     }
 
     async fn metadata(&self) -> Result<Metadata, ServerError> {
@@ -149,27 +170,25 @@ impl RequestHandler for ClientRouter {
                 result.map(ClientResponse::Append)
             }
             ClientRequest::Read(read) => {
-                let (reply, answer) = reply_channel();
-                let wait = read.wait_timeout_ms as u64;
-                let input = ShardInput::Read {
+                let (partition, wait) = (read.partition, read.wait_timeout_ms as u64);
+                let input = |reply| ShardInput::Read {
                     request: read,
                     reply,
                 };
-                let result = self.ask(read.partition, input, answer, wait).await;
-                self.metrics
-                    .request(Op::Read, result.as_ref().err(), arrived.elapsed());
-                result.map(ClientResponse::Read)
+                let result = self.ask_for(Op::Read, partition, wait, arrived, input);
+                result.await.map(ClientResponse::Read)
             }
             ClientRequest::Trim(trim) => {
-                let (reply, answer) = reply_channel();
-                let input = ShardInput::Trim {
-                    before: trim.before,
-                    reply,
-                };
-                let result = self.ask(trim.partition, input, answer, 0).await;
-                self.metrics
-                    .request(Op::Trim, result.as_ref().err(), arrived.elapsed());
-                result.map(ClientResponse::Trim)
+                let before = trim.before;
+                let input = |reply| ShardInput::Trim { before, reply };
+                let result = self.ask_for(Op::Trim, trim.partition, 0, arrived, input);
+                result.await.map(ClientResponse::Trim)
+            }
+            ClientRequest::Transfer(transfer) => {
+                let to = transfer.to;
+                let input = |reply| ShardInput::Transfer { to, reply };
+                let result = self.ask_for(Op::Transfer, transfer.partition, 0, arrived, input);
+                result.await.map(ClientResponse::Transfer)
             }
             ClientRequest::Metadata => {
                 let result = self.metadata().await;

@@ -38,7 +38,8 @@ const DEADLINES_PER_INFLIGHT: usize = 4;
 /// Answer bytes reserved for a metadata request: enough for hundreds of nodes and
 /// partitions, and small beside the frame limit.
 const METADATA_ANSWER_BYTES_ESTIMATE: usize = 16 * 1024;
-/// Answer bytes of an append or a trim (two positions) or an error, header included.
+/// Answer bytes of an append, a trim or a transfer (two fixed fields) or an error,
+/// header included.
 const SMALL_ANSWER_BYTES: usize = 64;
 
 /// Bytes `request` may hold while being handled: its frame (appended records are
@@ -46,7 +47,9 @@ const SMALL_ANSWER_BYTES: usize = 64;
 /// is replaced by an error, so that limit caps the answer's share.
 fn inflight_cost_bytes(request: &ClientRequest, body_bytes: usize, body_bytes_max: u32) -> usize {
     let answer_bytes = match request {
-        ClientRequest::Append(_) | ClientRequest::Trim(_) => SMALL_ANSWER_BYTES,
+        ClientRequest::Append(_) | ClientRequest::Trim(_) | ClientRequest::Transfer(_) => {
+            SMALL_ANSWER_BYTES
+        }
         ClientRequest::Read(r) => (r.max_bytes as usize).saturating_add(SMALL_ANSWER_BYTES),
         ClientRequest::Metadata => METADATA_ANSWER_BYTES_ESTIMATE,
     };

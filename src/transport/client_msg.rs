@@ -90,7 +90,8 @@ pub struct TrimOk {
 }
 
 /// Ask the leader of `partition` to hand its leadership to `to`, or, when `to` is
-/// None, to the follower whose log is most up to date.
+/// None, to the follower whose log is most up to date. On the wire None is
+/// [`NO_NODE`], as in every node-id field, so `to` is never `Some(NO_NODE)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransferRequest {
     pub partition: u32,
@@ -98,7 +99,8 @@ pub struct TransferRequest {
 }
 
 /// A finished transfer: `leader` leads the partition in `term`, as the old leader
-/// learnt it (or the leader itself, asked to hand over to itself).
+/// learnt it (or the leader itself, asked to hand over to itself). `leader` is
+/// never [`NO_NODE`]: the answer comes only once a leader is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransferOk {
     pub leader: NodeId,
@@ -139,6 +141,7 @@ pub enum ClientRequest {
     Read(ReadRequest),
     Metadata,
     Trim(TrimRequest),
+    Transfer(TransferRequest),
 }
 
 /// A successful answer.
@@ -148,6 +151,7 @@ pub enum ClientResponse {
     Read(ReadOk),
     Metadata(Metadata),
     Trim(TrimOk),
+    Transfer(TransferOk),
 }
 
 /// Bytes of `request`'s body on the wire, so a client can check it against the
@@ -158,6 +162,7 @@ pub fn request_body_bytes(request: &ClientRequest) -> usize {
         ClientRequest::Read(_) => 28,
         ClientRequest::Metadata => 0,
         ClientRequest::Trim(_) => 16,
+        ClientRequest::Transfer(_) => 8,
     }
 }
 
@@ -194,6 +199,12 @@ pub fn encode_request(dst: &mut BytesMut, request_id: u64, request: &ClientReque
             b.put_u32_le(0);
             b.put_u64_le(t.before);
         }),
+        ClientRequest::Transfer(t) => {
+            encode_frame(dst, FrameKind::TransferRequest, request_id, |b| {
+                b.put_u32_le(t.partition);
+                b.put_u32_le(t.to.unwrap_or(NO_NODE));
+            })
+        }
     }
 }
 
@@ -239,6 +250,14 @@ pub fn decode_request(frame: &Frame) -> Result<ClientRequest, FrameError> {
             r.reserved(4)?;
             let before = r.u64()?;
             ClientRequest::Trim(TrimRequest { partition, before })
+        }
+        FrameKind::TransferRequest => {
+            let partition = r.u32()?;
+            let to = r.u32()?;
+            ClientRequest::Transfer(TransferRequest {
+                partition,
+                to: (to != NO_NODE).then_some(to),
+            })
         }
         other => {
             return Err(FrameError::Unexpected {
@@ -311,6 +330,13 @@ pub fn encode_response(
                 b.put_u64_le(t.log_start);
             })
         }
+        Ok(ClientResponse::Transfer(t)) => {
+            encode_frame(dst, FrameKind::TransferResponse, request_id, |b| {
+                b.put_u32_le(t.leader);
+                b.put_u32_le(0);
+                b.put_u64_le(t.term);
+            })
+        }
         Err(e) => encode_error(dst, request_id, e),
     }
 }
@@ -344,45 +370,23 @@ pub fn decode_response(frame: &Frame) -> Result<Result<ClientResponse, ServerErr
                 log_start,
             }))
         }
-        FrameKind::MetadataResponse => {
-            let cluster_id = r.u64()?;
-            let node_count = r.u32()?;
-            let partition_count = r.u32()?;
-            let node_count = r.check_count(node_count, 6)?;
-            let mut nodes = Vec::with_capacity(node_count);
-            for _ in 0..node_count {
-                let node_id = r.u32()?;
-                let len = r.u16()? as usize;
-                nodes.push(NodeInfo {
-                    node_id,
-                    client_addr: r.string(len)?,
-                });
-            }
-            let partition_count = r.check_count(partition_count, 40)?;
-            let mut partitions = Vec::with_capacity(partition_count);
-            for _ in 0..partition_count {
-                let partition = r.u32()?;
-                let leader = r.u32()?;
-                partitions.push(PartitionInfo {
-                    partition,
-                    leader: (leader != NO_NODE).then_some(leader),
-                    term: r.u64()?,
-                    commit_index: r.u64()?,
-                    last_index: r.u64()?,
-                    log_start: r.u64()?,
-                });
-            }
-            Ok(ClientResponse::Metadata(Metadata {
-                cluster_id,
-                nodes,
-                partitions,
-            }))
-        }
+        FrameKind::MetadataResponse => Ok(ClientResponse::Metadata(decode_metadata(&mut r)?)),
         FrameKind::ErrorResponse => Err(decode_error(&mut r)?),
         FrameKind::TrimResponse => Ok(ClientResponse::Trim(TrimOk {
             trim_index: r.u64()?,
             log_start: r.u64()?,
         })),
+        FrameKind::TransferResponse => {
+            let leader = r.u32()?;
+            r.reserved(4)?;
+            if leader == NO_NODE {
+                return Err(r.malformed("a finished transfer names no leader"));
+            }
+            Ok(ClientResponse::Transfer(TransferOk {
+                leader,
+                term: r.u64()?,
+            }))
+        }
         other => {
             return Err(FrameError::Unexpected {
                 kind: other,
@@ -392,6 +396,42 @@ pub fn decode_response(frame: &Frame) -> Result<Result<ClientResponse, ServerErr
     };
     r.finish()?;
     Ok(response)
+}
+
+/// A MetadataResponse body, up to its end.
+fn decode_metadata(r: &mut BodyReader) -> Result<Metadata, FrameError> {
+    let cluster_id = r.u64()?;
+    let node_count = r.u32()?;
+    let partition_count = r.u32()?;
+    let node_count = r.check_count(node_count, 6)?;
+    let mut nodes = Vec::with_capacity(node_count);
+    for _ in 0..node_count {
+        let node_id = r.u32()?;
+        let len = r.u16()? as usize;
+        nodes.push(NodeInfo {
+            node_id,
+            client_addr: r.string(len)?,
+        });
+    }
+    let partition_count = r.check_count(partition_count, 40)?;
+    let mut partitions = Vec::with_capacity(partition_count);
+    for _ in 0..partition_count {
+        let partition = r.u32()?;
+        let leader = r.u32()?;
+        partitions.push(PartitionInfo {
+            partition,
+            leader: (leader != NO_NODE).then_some(leader),
+            term: r.u64()?,
+            commit_index: r.u64()?,
+            last_index: r.u64()?,
+            log_start: r.u64()?,
+        });
+    }
+    Ok(Metadata {
+        cluster_id,
+        nodes,
+        partitions,
+    })
 }
 
 /// Why a node is closing a client connection: the first byte of a ClosingNotice.

@@ -68,13 +68,15 @@ pub enum FrameKind {
     MetadataResponse = 0x45,
     TrimRequest = 0x46,
     TrimResponse = 0x47,
+    TransferRequest = 0x48,
+    TransferResponse = 0x49,
     ClosingNotice = 0x4E,
     ErrorResponse = 0x4F,
 }
 
 impl FrameKind {
     /// Every kind, in code order (used by tests and documentation checks).
-    pub const ALL: [FrameKind; 23] = [
+    pub const ALL: [FrameKind; 25] = [
         FrameKind::PeerHello,
         FrameKind::PeerHelloAck,
         FrameKind::PeerRefused,
@@ -96,6 +98,8 @@ impl FrameKind {
         FrameKind::MetadataResponse,
         FrameKind::TrimRequest,
         FrameKind::TrimResponse,
+        FrameKind::TransferRequest,
+        FrameKind::TransferResponse,
         FrameKind::ClosingNotice,
         FrameKind::ErrorResponse,
     ];
@@ -118,6 +122,7 @@ impl FrameKind {
                 | FrameKind::ReadRequest
                 | FrameKind::MetadataRequest
                 | FrameKind::TrimRequest
+                | FrameKind::TransferRequest
         )
     }
 }

@@ -3,7 +3,7 @@
 //! A node has one client port and one peer port, accepted on shard 0, but every
 //! connection is served by the shard that owns what it carries: a peer link names
 //! its shard in its handshake, and a client connection names a partition (= shard)
-//! in every append, read or trim. The acceptor reads the first 24 to 44 bytes of
+//! in every append, read, trim or transfer. The acceptor reads the first 24 to 44 bytes of
 //! the connection (the first frame's header and the start of its body), picks the
 //! owner from them and hands the socket, with those bytes, to the owner's executor
 //! through a bounded queue. The owner checks and serves the connection from its
@@ -63,13 +63,14 @@ fn body_u32(first: &[u8], offset: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
 }
 
-/// The partition a client connection's first request names: appends, reads and
-/// trims carry it first in their body. None for anything else.
+/// The partition a client connection's first request names: appends, reads, trims
+/// and transfers carry it first in their body. None for anything else.
 pub fn client_partition(first: &[u8]) -> Option<u32> {
     match first_kind(first)? {
-        FrameKind::AppendRequest | FrameKind::ReadRequest | FrameKind::TrimRequest => {
-            body_u32(first, 0)
-        }
+        FrameKind::AppendRequest
+        | FrameKind::ReadRequest
+        | FrameKind::TrimRequest
+        | FrameKind::TransferRequest => body_u32(first, 0),
         _ => None,
     }
 }
@@ -332,12 +333,18 @@ mod tests {
             FrameKind::AppendRequest,
             FrameKind::ReadRequest,
             FrameKind::TrimRequest,
+            FrameKind::TransferRequest,
         ] {
             assert_eq!(
                 client_partition(&frame(kind, &body)[..PLACEMENT_BYTES]),
                 Some(3)
             );
         }
+        // A transfer's whole body (8 bytes) is shorter than what placement may read.
+        let transfer = [3u32.to_le_bytes(), u32::MAX.to_le_bytes()].concat();
+        let transfer = frame(FrameKind::TransferRequest, &transfer);
+        assert_eq!(bytes_wanted(&transfer), transfer.len());
+        assert_eq!(client_partition(&transfer), Some(3));
         assert_eq!(
             client_partition(&frame(FrameKind::MetadataRequest, &[])),
             None

@@ -47,6 +47,10 @@ pub struct FakeHandler {
     pub not_leader: RefCell<HashMap<u32, String>>,
     /// While positive, answer Overloaded and count down.
     pub overloaded: Cell<u32>,
+    /// While positive, answer Unavailable and count down (after `overloaded`).
+    pub unavailable: Cell<u32>,
+    /// The `to` of every transfer asked of this node, in order, answered or not.
+    pub transfers: RefCell<Vec<Option<u32>>>,
     pub requests: Cell<u64>,
     /// Requests whose first record starts with "slow:N" wait N ms before answering,
     /// so tests can make answers come back out of order.
@@ -77,9 +81,18 @@ impl Drop for WaitingRead<'_> {
 impl RequestHandler for FakeHandler {
     async fn handle(&self, request: ClientRequest) -> Result<ClientResponse, ServerError> {
         self.requests.set(self.requests.get() + 1);
+        if let ClientRequest::Transfer(t) = &request {
+            self.transfers.borrow_mut().push(t.to);
+        }
         if self.overloaded.get() > 0 {
             self.overloaded.set(self.overloaded.get() - 1);
             return Err(ServerError::Overloaded);
+        }
+        if self.unavailable.get() > 0 {
+            self.unavailable.set(self.unavailable.get() - 1);
+            return Err(ServerError::Unavailable {
+                reason: "the fake says so".into(),
+            });
         }
         match request {
             ClientRequest::Append(a) => {
@@ -184,6 +197,19 @@ impl RequestHandler for FakeHandler {
                 Ok(ClientResponse::Trim(TrimOk {
                     trim_index: log.len() as u64,
                     log_start: *start,
+                }))
+            }
+            ClientRequest::Transfer(t) => {
+                if let Some(addr) = self.not_leader.borrow().get(&t.partition) {
+                    return Err(ServerError::NotLeader {
+                        leader: Some(1),
+                        leader_addr: Some(addr.clone()),
+                    });
+                }
+                // This node leads: it hands over to `to`, or to node 2.
+                Ok(ClientResponse::Transfer(TransferOk {
+                    leader: t.to.unwrap_or(2),
+                    term: 1,
                 }))
             }
             ClientRequest::Metadata => Ok(ClientResponse::Metadata(Metadata {
