@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::bench::BenchConfig;
 use crate::client::{Client, ClientConfig, ClientError};
+use crate::engine::NodeId;
 use crate::runtime::config::{ConfigError, FsyncPolicy, NodeConfig};
 use crate::runtime::dev::{self, DevError};
 use crate::runtime::node::{self, NodeError};
@@ -219,6 +220,24 @@ pub fn format_trim(partition: u32, ok: TrimOk) -> String {
     )
 }
 
+/// Hands `partition`'s leadership to node `to` (or the most up-to-date follower)
+/// and prints who leads it now.
+pub fn leader_transfer(
+    addr: &str,
+    partition: u32,
+    to: Option<NodeId>,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    with_client(addr, timeout, async |client| {
+        let ok = client.transfer_leader(partition, to).await?;
+        println!(
+            "partition {partition}: node {} leads in term {}",
+            ok.leader, ok.term
+        );
+        Ok(())
+    })
+}
+
 pub fn status(addr: &str, timeout: Duration) -> Result<(), CliError> {
     with_client(addr, timeout, async |client| {
         let metadata = client.metadata().await?;
@@ -250,8 +269,13 @@ pub fn format_status(metadata: &Metadata, views: &NodeViews) -> String {
             .iter()
             .any(|(id, view)| *id == node.node_id && view.is_some());
         let state = if up { "up" } else { "not answering" };
+        let led = metadata
+            .partitions
+            .iter()
+            .filter(|p| p.leader == Some(node.node_id))
+            .count();
         text += &format!(
-            "  node {} at {} ({state})\n",
+            "  node {} at {} ({state}), leads {led}\n",
             node.node_id, node.client_addr
         );
     }

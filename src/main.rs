@@ -131,6 +131,35 @@ enum Command {
     },
     /// Measure throughput and latency of a cluster.
     Bench(BenchArgs),
+    /// Partition leadership.
+    Leader {
+        #[command(subcommand)]
+        command: LeaderCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaderCommand {
+    /// Hand a partition's leadership to another node (the most up-to-date follower
+    /// unless --to names one) and print who leads it then. Clients see a redirect,
+    /// not an error.
+    Transfer {
+        /// A node of the cluster, HOST:PORT (the request is redirected to the
+        /// partition's leader).
+        #[arg(long)]
+        addr: String,
+        /// The partition whose leadership moves.
+        #[arg(long)]
+        partition: u32,
+        /// The node id to hand leadership to; by default the follower whose log is
+        /// most up to date among those answering.
+        #[arg(long)]
+        to: Option<u32>,
+        /// How long to keep retrying while no node answers or no leader is elected,
+        /// e.g. `30s`, `500ms`, `2m`; a plain number is seconds, as for `bench --duration`.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 // The options of `serve` (its help text is the variant's).
@@ -294,6 +323,15 @@ fn run() -> anyhow::Result<()> {
         } => cli::trim(&addr, partition, before, timeout)?,
         Command::Status { addr, timeout } => cli::status(&addr, timeout)?,
         Command::Bench(args) => bench(args)?,
+        Command::Leader {
+            command:
+                LeaderCommand::Transfer {
+                    addr,
+                    partition,
+                    to,
+                    timeout,
+                },
+        } => cli::leader_transfer(&addr, partition, to, timeout)?,
     }
     Ok(())
 }

@@ -315,3 +315,58 @@ fn follow_latest_prints_only_new_records(addrs: &[String]) {
     let first_line = first_line.expect("the follower printed a line").unwrap();
     assert!(first_line.starts_with("new"), "{first_line}");
 }
+
+/// `ringlog leader transfer` moves partition 0 to the node it names, then to the
+/// most up-to-date follower, printing who leads; `status` counts the partitions each
+/// node leads; a node that is not a member is refused, naming it.
+#[test]
+fn leader_transfer_moves_leadership_and_status_counts_leaders_per_node() {
+    let (_cluster, addrs, _) = cluster_with_records(3);
+    let leader_now = || {
+        let addrs = addrs.clone();
+        on_executor(async move || {
+            let meta = await_leaders(&client(addrs), 1, Duration::from_secs(20)).await;
+            meta.partitions[0].leader.expect("a leader")
+        })
+    };
+    let before = leader_now();
+    let to = before % 3 + 1;
+    let transfer = |extra: &[&str]| {
+        let mut args = vec![
+            "leader",
+            "transfer",
+            "--addr",
+            &addrs[0],
+            "--partition",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        ringlog(&args)
+    };
+    let to_text = to.to_string();
+    let out = transfer(&["--to", &to_text]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.starts_with(&format!("partition 0: node {to} leads in term ")),
+        "{stdout}"
+    );
+    let status = ringlog(&["status", "--addr", &addrs[1]]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("(up), leads 1\n"), "{status}");
+    assert_eq!(status.matches("leads 0\n").count(), 2, "{status}");
+
+    let out = transfer(&[]);
+    assert!(out.status.success(), "{out:?}");
+    // A node may name the old leader for a heartbeat more.
+    await_condition(
+        "leadership moves on from the node it was given to",
+        Duration::from_secs(20),
+        || leader_now() != to,
+    );
+
+    let out = transfer(&["--to", "9"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("node 9 is not a member"), "{stderr}");
+}
