@@ -3,6 +3,7 @@
 
 use super::{Shard, ShardError};
 use crate::engine::{self, AppendError, NodeId, ReadError};
+use crate::runtime::inbox::ShardInput;
 use crate::transport::{AppendOk, ServerError, TrimOk};
 
 impl Shard {
@@ -85,6 +86,18 @@ impl Shard {
             reply.send(Err(refusal.clone()));
         }
         self.reads.refuse_all(&refusal);
+        // Requests from other executors still in the lane never reached the engine
+        // either: refused the same way rather than left for their callers to time
+        // out.
+        while let Some(input) = self.inbox.try_recv() {
+            match input {
+                ShardInput::Append { reply, .. } => reply.send(Err(refusal.clone())),
+                ShardInput::Read { reply, .. } => reply.send(Err(refusal.clone())),
+                ShardInput::Trim { reply, .. } => reply.send(Err(refusal.clone())),
+                ShardInput::Transfer { reply, .. } => reply.send(Err(refusal.clone())),
+                ShardInput::Info { reply } => reply.send(self.info()),
+            }
+        }
     }
 
     /// Stops: answers everything still waiting, then makes the WAL durable. Once

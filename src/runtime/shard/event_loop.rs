@@ -55,7 +55,7 @@ impl Shard {
         if let Some(purge) = self.lifecycle.check(now, &self.wal, log_start) {
             events.push(purge);
         }
-        events.extend(self.hand_over_event());
+        events.extend(self.hand_over_event(now));
         if !events.is_empty() {
             self.engine.step_batch(events);
             let commands = self.engine.take_commands();

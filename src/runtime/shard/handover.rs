@@ -101,9 +101,12 @@ impl Shard {
 
     /// The event that starts the engine's transfer, or starts it again after the
     /// engine gave up on a target, while a hand-over runs and this shard leads.
-    pub(super) fn hand_over_event(&self) -> Option<Event> {
+    /// None past the deadline: a transfer started then could still move
+    /// leadership after the hand-over was reported failed.
+    pub(super) fn hand_over_event(&self, now: Instant) -> Option<Event> {
         let h = self.hand_over.as_ref()?;
-        if self.role != Role::Leader || self.engine.transfer_target().is_some() {
+        let busy = self.engine.transfer_target().is_some();
+        if self.role != Role::Leader || busy || now >= h.deadline {
             return None;
         }
         let to = h.to.or_else(|| self.engine.transfer_candidate())?;
@@ -120,7 +123,11 @@ impl Shard {
         let moved_to = self
             .leader
             .filter(|&l| l != me && self.role != Role::Leader);
-        if moved_to.is_none() && now < h.deadline {
+        // Past the deadline, requests stay held until the engine gives up its
+        // transfer too (within an election timeout): until then it would refuse
+        // them with LeaderTransferring, and its TimeoutNow could still go out.
+        let engine_done = self.role != Role::Leader || self.engine.transfer_target().is_none();
+        if moved_to.is_none() && (now < h.deadline || !engine_done) {
             return;
         }
         let h = self.hand_over.take().expect("checked above");
@@ -168,6 +175,13 @@ impl Shard {
                 self.hand_over = Some(HandOver::new(TransferReason::Shutdown, None, deadline));
             }
             self.turn().await?;
+        }
+        // After a hand-over the requests that waited hear where the new leader is.
+        // If it failed they stay untaken, and the stop refuses them: stepped into a
+        // leader about to stop, they would be appended and then left with an
+        // unknown outcome.
+        if self.role == Role::Leader {
+            return Ok(());
         }
         self.turn_without_waiting().await
     }
