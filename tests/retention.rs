@@ -142,6 +142,13 @@ fn load_sampled(
     await_condition("every node's WAL directory", WAIT, || {
         dirs.iter().all(|d| d.exists())
     });
+    // The directory is made before the shard registers its metrics: a node seen
+    // between the two would have no written-bytes series to sample yet.
+    await_condition("every node's WAL metrics", WAIT, || {
+        metrics
+            .iter()
+            .all(|&m| metric(m, "ringlog_wal_written_bytes_total", PARTITION_0).is_some())
+    });
     on_executor(async move || {
         let c = client(addrs);
         await_leaders(&c, 1, WAIT).await;
