@@ -17,6 +17,14 @@ use crate::transport::{
     AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError, TransferOk, TrimOk,
 };
 
+/// The refusal for a request a stopping node did not take and cannot point
+/// elsewhere: clients retry it (at another node once this one is gone).
+pub fn shutting_down() -> ServerError {
+    ServerError::Unavailable {
+        reason: "node shutting down".into(),
+    }
+}
+
 /// Where a shard sends one answer.
 pub type Reply<T> = oneshot::Sender<Result<T, ServerError>>;
 

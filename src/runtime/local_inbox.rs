@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::inbox::{INBOX_BYTES_MAX, INBOX_CAPACITY, Reply};
+use super::inbox::{INBOX_BYTES_MAX, INBOX_CAPACITY, Reply, shutting_down};
 use crate::metrics::RouterMetrics;
 use crate::transport::answer::{Answer, Delivery};
 use crate::transport::{AppendOk, ClientResponse, ServerError};
@@ -156,12 +156,7 @@ impl LocalInbox {
 
     /// The answer for an append the closed inbox refused.
     pub fn refusal(&self) -> ServerError {
-        self.closed
-            .borrow()
-            .clone()
-            .unwrap_or(ServerError::Unavailable {
-                reason: "node shutting down".into(),
-            })
+        self.closed.borrow().clone().unwrap_or_else(shutting_down)
     }
 
     /// Completes once something is queued.

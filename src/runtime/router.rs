@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future;
 
 use super::inbox::{
-    LaneError, LaneSender, Reply, ShardInput, message_payload_bytes, reply_channel,
+    LaneError, LaneSender, Reply, ShardInput, message_payload_bytes, reply_channel, shutting_down,
 };
 use super::local_inbox::{LocalAnswer, LocalAppend, LocalInbox, Refused, append_size};
 use super::oneshot;
@@ -117,12 +117,6 @@ impl ClientRouter {
             nodes: self.nodes.clone(),
             partitions,
         })
-    }
-}
-
-fn shutting_down() -> ServerError {
-    ServerError::Unavailable {
-        reason: "node shutting down".into(),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::{Shard, ShardError};
 use crate::engine::{self, AppendError, NodeId, ReadError};
-use crate::runtime::inbox::ShardInput;
+use crate::runtime::inbox::{ShardInput, shutting_down};
 use crate::transport::{AppendOk, ServerError, TrimOk};
 
 impl Shard {
@@ -109,9 +109,7 @@ impl Shard {
         let me = self.engine.id();
         let refusal = match self.leader.filter(|&l| l != me) {
             Some(leader) => self.leader_error(Some(leader)),
-            None => ServerError::Unavailable {
-                reason: "node shutting down".into(),
-            },
+            None => shutting_down(),
         };
         self.answer_all_waiting(refusal);
         self.wal

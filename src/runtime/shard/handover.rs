@@ -125,8 +125,9 @@ impl Shard {
             .filter(|&l| l != me && self.role != Role::Leader);
         // Past the deadline, requests stay held until the engine gives up its
         // transfer too (within an election timeout): until then it would refuse
-        // them with LeaderTransferring, and its TimeoutNow could still go out.
-        let engine_done = self.role != Role::Leader || self.engine.transfer_target().is_none();
+        // them with LeaderTransferring, and its TimeoutNow could still go out. (A
+        // member that is not the leader has no transfer.)
+        let engine_done = self.engine.transfer_target().is_none();
         if moved_to.is_none() && (now < h.deadline || !engine_done) {
             return;
         }
