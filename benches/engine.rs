@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringlog::engine::{Command, Config, Engine, Event, Message, Recovered, Role};
+use ringlog::engine::{Command, Config, Engine, Event, Membership, Message, Recovered, Role};
 
 struct Cluster {
     engines: Vec<Engine>,
@@ -30,8 +30,14 @@ impl Cluster {
             .iter()
             .map(|&id| {
                 let recovered = Recovered::empty();
-                Engine::new(id, &members, Config::default(), id as u64, recovered)
-                    .expect("valid config")
+                Engine::new(
+                    id,
+                    &Membership::of_voters(&members),
+                    Config::default(),
+                    id as u64,
+                    recovered,
+                )
+                .expect("valid config")
             })
             .collect();
         Cluster {
@@ -97,7 +103,8 @@ impl Cluster {
                 | Command::AppendLog { op, .. }
                 | Command::TruncateLog { op, .. }
                 | Command::ResetLog { op, .. }
-                | Command::PurgeLog { op, .. } => last_op = Some(op),
+                | Command::PurgeLog { op, .. }
+                | Command::SaveMembership { op, .. } => last_op = Some(op),
                 Command::Send { msg, when: None } => {
                     self.inbox[(msg.to - 1) as usize].push(Event::Message(msg))
                 }
@@ -113,7 +120,8 @@ impl Cluster {
                 }
                 Command::Commit { .. }
                 | Command::ReadResult { .. }
-                | Command::RoleChanged { .. } => {}
+                | Command::RoleChanged { .. }
+                | Command::MembershipChanged { .. } => {}
             }
         }
         last_op

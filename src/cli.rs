@@ -15,12 +15,15 @@ use crate::client::{Client, ClientConfig, ClientError};
 use crate::engine::NodeId;
 use crate::runtime::config::{ConfigError, FsyncPolicy, NodeConfig};
 use crate::runtime::dev::{self, DevError};
-use crate::runtime::node::{self, NodeError};
+use crate::runtime::node::{self, FirstStart, NodeError};
 use crate::runtime::overrides::{self, Setting};
 use crate::transport::{ClientRequest, ClientResponse, Metadata, PartitionInfo, TrimOk};
 
+mod join;
+mod members;
 mod reader;
 
+pub use members::{change as members_change, format_change, format_members, members};
 pub use reader::{ReadFormat, ReadFrom, format_record, parse_read_from, read};
 
 #[derive(Debug, Error)]
@@ -59,6 +62,8 @@ pub struct ServeOverrides {
     pub write_through: Option<bool>,
     /// See `WalSettings::truncate_corrupt_tail`.
     pub truncate_corrupt_tail: bool,
+    /// A node of a running cluster to join (`serve --join`).
+    pub join: Option<String>,
 }
 
 /// A flag that turns true on SIGINT or SIGTERM.
@@ -91,7 +96,51 @@ pub fn serve(config_path: &Path, overrides: ServeOverrides) -> Result<(), CliErr
     }
     config.validate()?;
     let stop = stop_on_signals()?;
-    node::run(config, stop)?;
+    match overrides.join {
+        Some(addr) => serve_joining(config, &addr, stop),
+        None => {
+            node::run(config, FirstStart::Found, stop)?;
+            log::info!("stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+/// `serve --join ADDR`: a new node (or one that joined before) asks the cluster
+/// at `addr` to add it while it runs; `--join` on a founding member's data changes
+/// nothing.
+fn serve_joining(
+    mut config: NodeConfig,
+    addr: &str,
+    stop: Arc<AtomicBool>,
+) -> Result<(), CliError> {
+    let fresh = match join::data_dir_identity(&config.data_dir) {
+        join::DirIdentity::None => true,
+        join::DirIdentity::Joined => false,
+        join::DirIdentity::Founding => {
+            log::info!(
+                "--join ignored: {} holds the data of a founding member",
+                config.data_dir.display()
+            );
+            node::run(config, FirstStart::Found, stop)?;
+            return Ok(());
+        }
+    };
+    let add = join::add_me(&config)?;
+    if let Err(e) = join::discover(&mut config, addr, fresh) {
+        if fresh {
+            return Err(e);
+        }
+        log::warn!("{e}");
+    }
+    let asking = join::spawn_join(addr.to_string(), add, stop.clone(), fresh);
+    let ran = node::run(config, FirstStart::Join, stop.clone());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let joined = asking
+        .join()
+        .unwrap_or_else(|_| Err(CliError::Usage("the join thread panicked".into())));
+    ran?;
+    joined?;
     log::info!("stopped cleanly");
     Ok(())
 }

@@ -9,6 +9,7 @@ use ringlog::bench::{BenchConfig, Limit, ProgressStyle};
 use ringlog::cli::{self, DevOptions, LocalBench, ReadFormat, ReadFrom, ServeOverrides};
 use ringlog::runtime::config::FsyncPolicy;
 use ringlog::runtime::overrides::Setting;
+use ringlog::transport::ChangeOp;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringlog", version, about = "A Raft-replicated log service")]
@@ -136,6 +137,68 @@ enum Command {
         #[command(subcommand)]
         command: LeaderCommand,
     },
+    /// List every partition's members as its leader sees them (node, voter or
+    /// learner, leader, lag in entries), or change them by one member on every
+    /// partition.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Members {
+        #[command(subcommand)]
+        command: Option<MembersCommand>,
+        /// A node of the cluster, HOST:PORT (each partition is listed by its
+        /// leader; redirects are followed).
+        #[arg(long, required = true)]
+        addr: Option<String>,
+        /// How long to keep retrying while no node answers or no leader is elected,
+        /// e.g. `30s`, `500ms`, `2m`; a plain number is seconds, as for `bench --duration`.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// The node and retry options every membership change takes.
+#[derive(Args, Debug)]
+struct ChangeTarget {
+    /// A node of the cluster, HOST:PORT (the change goes to each partition's
+    /// leader; redirects are followed).
+    #[arg(long)]
+    addr: String,
+    /// The node id the change is about.
+    #[arg(long)]
+    node_id: u32,
+    /// How long to keep retrying while no node answers, no leader is elected or
+    /// another change is still committing, e.g. `30s`, `500ms`, `2m`.
+    #[arg(long, default_value = "30s", value_parser = cli::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+enum MembersCommand {
+    /// Add a node to every partition as a learner: it receives the log but does not
+    /// vote until promoted. Prints each partition's configuration entry index.
+    Add {
+        #[command(flatten)]
+        target: ChangeTarget,
+        /// Where the other nodes reach the new node's peer listener, HOST:PORT
+        /// (at most 255 bytes).
+        #[arg(long)]
+        peer_address: String,
+        /// Where clients reach the new node's client listener, HOST:PORT (at most
+        /// 255 bytes).
+        #[arg(long)]
+        client_address: String,
+    },
+    /// Make a learner a voter on every partition (once it has caught up: see the
+    /// lag in `ringlog members`).
+    Promote {
+        #[command(flatten)]
+        target: ChangeTarget,
+    },
+    /// Remove a node, voter or learner, from every partition. A leader that is
+    /// removed hands over and steps down once the change commits.
+    Remove {
+        #[command(flatten)]
+        target: ChangeTarget,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,6 +253,12 @@ struct ServeArgs {
     /// docs/operations.md). Use once, for the restart that follows the error.
     #[arg(long)]
     truncate_corrupt_tail: bool,
+    /// Join the running cluster one of whose nodes is at HOST:PORT (its client
+    /// address): a node with a new data directory starts with no members, asks to
+    /// be added as a learner on every partition, and becomes a voter once caught
+    /// up (see docs/operations.md). Ignored for a founding member's data.
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
 }
 
 // The options of `bench` (its help text is the variant's).
@@ -332,8 +401,47 @@ fn run() -> anyhow::Result<()> {
                     timeout,
                 },
         } => cli::leader_transfer(&addr, partition, to, timeout)?,
+        Command::Members {
+            command: None,
+            addr,
+            timeout,
+        } => cli::members(&addr.unwrap_or_default(), timeout)?,
+        Command::Members {
+            command: Some(command),
+            ..
+        } => change_members(command)?,
     }
     Ok(())
+}
+
+fn change_members(command: MembersCommand) -> Result<(), cli::CliError> {
+    let (target, change) = match command {
+        MembersCommand::Add {
+            target,
+            peer_address,
+            client_address,
+        } => {
+            let change = ChangeOp::AddLearner {
+                node_id: target.node_id,
+                peer_address,
+                client_address,
+            };
+            (target, change)
+        }
+        MembersCommand::Promote { target } => {
+            let change = ChangeOp::Promote {
+                node_id: target.node_id,
+            };
+            (target, change)
+        }
+        MembersCommand::Remove { target } => {
+            let change = ChangeOp::Remove {
+                node_id: target.node_id,
+            };
+            (target, change)
+        }
+    };
+    cli::members_change(&target.addr, change, target.timeout)
 }
 
 /// Logs to stderr, at the level RUST_LOG says (info without it).
@@ -355,8 +463,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pin,
         fsync,
         truncate_corrupt_tail,
+        join,
     } = args;
     let overrides = ServeOverrides {
+        join,
         node_id,
         data_dir,
         shards,

@@ -248,7 +248,7 @@ fn data_dir_of_another_node_is_refused_at_start() {
     let path = cluster.dir.path().join("intruder.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !config.data_dir.join("ringlog-node-id").exists() {
+    while !config.data_dir.join("identity").exists() {
         assert!(
             Instant::now() < deadline,
             "node 1 never claimed its data directory"
@@ -256,7 +256,44 @@ fn data_dir_of_another_node_is_refused_at_start() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let stderr = serve_fails(&path);
-    assert!(stderr.contains("belongs to cluster 42 node 1"), "{stderr}");
+    let identity = config.data_dir.join("identity");
+    for words in [
+        &format!("{} says this data directory", identity.display()),
+        "belongs to node 1 of cluster 42",
+        "configured as node 2 of cluster 42",
+        "point data_dir elsewhere, or fix node_id",
+    ] {
+        assert!(stderr.contains(words), "{words:?} not in {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn data_dir_with_another_shard_count_is_refused_at_start() {
+    let mut cluster = TestCluster::start(1, 1);
+    let mut config = cluster.configs[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !config.data_dir.join("identity").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never claimed its data directory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.stop(0);
+    // Records are placed by shard count: the same node with more shards would
+    // look for them in the wrong shards.
+    config.shards = 2;
+    let path = cluster.dir.path().join("resharded.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    let stderr = serve_fails(&path);
+    for words in [
+        "belongs to node 1 of cluster 42 with 1 shards",
+        "configured as node 1 of cluster 42 with 2 shards",
+        "fix shards",
+    ] {
+        assert!(stderr.contains(words), "{words:?} not in {stderr}");
+    }
 }
 
 /// Runs `ringlog serve --config path`, which must fail; returns what it said.

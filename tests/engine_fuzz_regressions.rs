@@ -3,7 +3,7 @@
 //! never panic them or break an invariant.
 
 use bytes::BytesMut;
-use ringlog::engine::{Entry, EntryKind, Message, MessageBody};
+use ringlog::engine::{Entry, EntryKind, KnownConfig, Membership, Message, MessageBody};
 use ringlog::transport::frame::{FRAME_HEADER_BYTES, FrameKind};
 use ringlog::transport::fuzzing::check_peer_engine;
 use ringlog::transport::peer_msg::encode_message;
@@ -52,6 +52,7 @@ fn hand_written_bad_messages_are_refused() {
         start_index: 0,
         prev_term: 0,
         leader_commit: 0,
+        config: KnownConfig::bootstrap(Membership::of_voters(&[1, 2, 3])),
     });
     let gap = Entry {
         term: 3,

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cluster_support::*;
-use ringlog::engine::{AppendResponse, Entry, EntryKind, Message, MessageBody};
+use ringlog::engine::{
+    AppendResponse, Entry, EntryKind, KnownConfig, Membership, Message, MessageBody,
+};
 use ringlog::transport::frame::{FrameKind, PROTOCOL_VERSION};
 use ringlog::transport::peer::{PeerAcceptor, PeerConfig, PeerHandler, PeerLink, link_closer};
 use ringlog::transport::peer_msg::{Hello, Lane, decode_hello, encode_hello, encode_message};
@@ -44,6 +46,7 @@ fn handshake(addr: SocketAddr, target: u32) -> TcpStream {
         shard_id: 0,
         lane: Lane::Bulk,
         protocol_version: PROTOCOL_VERSION,
+        shard_count: 1,
     };
     let mut out = BytesMut::new();
     encode_hello(&mut out, FrameKind::PeerHello, &hello);
@@ -150,6 +153,7 @@ fn hostile_peers_are_refused_counted_and_cut_off_while_the_node_serves() {
                 start_index: 0,
                 prev_term: 0,
                 leader_commit: 0,
+                config: KnownConfig::bootstrap(Membership::of_voters(&[1, 2, 3])),
             },
             "log_start_at_zero",
             "a LogStart at 0",

@@ -20,15 +20,6 @@ use ringlog::transport::{AppendRequest, ClientRequest, ClientResponse, ServerErr
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `nodes` nodes of `shards` shards, balancer off, patient elections.
-fn start(nodes: u32, shards: u32) -> TestCluster {
-    let mut cluster = TestCluster::configure_routed(nodes, shards, |_, _, addr| addr);
-    cluster.with_patient_elections();
-    cluster.set_all(&[("raft.leader_balance", "false")]);
-    cluster.spawn_all();
-    cluster
-}
-
 /// The leader of `partition` as the node at `addr` knows it.
 async fn leader_seen_by(client: &Client, addr: &str, partition: u32) -> Option<NodeId> {
     match client.call(addr, &ClientRequest::Metadata).await {
@@ -102,7 +93,7 @@ async fn await_count(what: &str, count: &Cell<u64>, at_least: u64) {
 
 #[test]
 fn a_transfer_to_a_named_follower_moves_leadership_and_appends_go_on() {
-    let cluster = start(3, 2);
+    let cluster = TestCluster::start_steady(3, 2);
     let addrs = cluster.client_addrs();
     on_executor(async move || {
         let client = Rc::new(client(addrs.clone()));
@@ -147,7 +138,7 @@ fn a_transfer_to_a_named_follower_moves_leadership_and_appends_go_on() {
 
 #[test]
 fn a_transfer_to_any_node_moves_leadership_to_another() {
-    let cluster = start(3, 2);
+    let cluster = TestCluster::start_steady(3, 2);
     let addrs = cluster.client_addrs();
     on_executor(async move || {
         let client = client(addrs.clone());
@@ -166,8 +157,8 @@ fn a_transfer_to_any_node_moves_leadership_to_another() {
 
 #[test]
 fn a_transfer_to_a_node_that_is_not_a_member_is_refused() {
-    let cluster = start(3, 1);
-    let lone = start(1, 1);
+    let cluster = TestCluster::start_steady(3, 1);
+    let lone = TestCluster::start_steady(1, 1);
     let (addrs, lone_addrs) = (cluster.client_addrs(), lone.client_addrs());
     on_executor(async move || {
         let client = client(addrs);
@@ -196,7 +187,7 @@ fn assert_invalid(result: Result<ringlog::transport::TransferOk, ClientError>, s
 
 #[test]
 fn a_follower_asked_redirects_and_the_transfer_still_happens() {
-    let cluster = start(3, 1);
+    let cluster = TestCluster::start_steady(3, 1);
     let addrs = cluster.client_addrs();
     on_executor(async move || {
         let meta = await_leaders(&client(addrs.clone()), 1, WAIT).await;

@@ -8,13 +8,15 @@ use std::fmt::Write as _;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use ringlog::engine::{
-    AppendResponse, Campaign, ConflictHint, Entry, EntryKind, Message, MessageBody,
+    AppendResponse, Campaign, ConflictHint, Entry, EntryKind, KnownConfig, Member, Membership,
+    Message, MessageBody,
 };
 use ringlog::transport::client_msg::*;
 use ringlog::transport::frame::{
     FRAME_HEADER_BYTES, Frame, FrameError, FrameKind, decode_frame, encode_frame,
 };
 use ringlog::transport::fuzzing::check_decoders;
+use ringlog::transport::members_msg::*;
 use ringlog::transport::peer_msg::*;
 
 const BODY_MAX: u32 = 64 << 20;
@@ -98,10 +100,16 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
             seq: a,
             last_log_index: b
         }),
-        (u(), u(), u()).prop_map(|(a, b, c)| MessageBody::LogStart {
+        (u(), u(), u(), u(), 1u32..6).prop_map(|(a, b, c, d, n)| MessageBody::LogStart {
             start_index: a,
             prev_term: b,
-            leader_commit: c
+            leader_commit: c,
+            config: KnownConfig {
+                index: d,
+                term: b,
+                committed: true,
+                membership: Membership::of_voters(&(1..=n).collect::<Vec<_>>()),
+            },
         }),
         Just(MessageBody::TimeoutNow),
     ]
@@ -156,6 +164,87 @@ fn arb_request() -> impl Strategy<Value = ClientRequest> {
         // NO_NODE (u32::MAX) is how None travels, so it is never a `to`.
         (any::<u32>(), proptest::option::of(0u32..NO_NODE))
             .prop_map(|(partition, to)| ClientRequest::Transfer(TransferRequest { partition, to })),
+        any::<u32>().prop_map(|partition| ClientRequest::Members(MembersRequest { partition })),
+        (any::<u32>(), arb_change()).prop_map(|(partition, change)| {
+            ClientRequest::ChangeMembership(MembershipChangeRequest { partition, change })
+        }),
+    ]
+}
+
+fn arb_address() -> impl Strategy<Value = String> {
+    "[a-z0-9.:é-]{0,60}"
+}
+
+fn arb_change() -> impl Strategy<Value = ChangeOp> {
+    prop_oneof![
+        (any::<u32>(), arb_address(), arb_address()).prop_map(
+            |(node_id, peer_address, client_address)| ChangeOp::AddLearner {
+                node_id,
+                peer_address,
+                client_address
+            }
+        ),
+        any::<u32>().prop_map(|node_id| ChangeOp::Promote { node_id }),
+        any::<u32>().prop_map(|node_id| ChangeOp::Remove { node_id }),
+    ]
+}
+
+fn arb_member() -> impl Strategy<Value = MemberInfo> {
+    (
+        any::<u32>(),
+        any::<(bool, bool, bool)>(),
+        any::<u64>(),
+        arb_address(),
+        arb_address(),
+    )
+        .prop_map(
+            |(node_id, (voter, leader, active), match_index, peer_address, client_address)| {
+                MemberInfo {
+                    node_id,
+                    voter,
+                    leader,
+                    active,
+                    match_index,
+                    peer_address,
+                    client_address,
+                }
+            },
+        )
+}
+
+fn arb_outcome<T: std::fmt::Debug>(
+    ok: impl Strategy<Value = T>,
+) -> impl Strategy<Value = PartitionOutcome<T>> {
+    (
+        any::<u32>(),
+        prop_oneof![ok.prop_map(Ok), arb_server_error().prop_map(Err)],
+    )
+        .prop_map(|(partition, result)| PartitionOutcome { partition, result })
+}
+
+fn arb_membership_response() -> impl Strategy<Value = Result<ClientResponse, ServerError>> {
+    let listing = (
+        0u32..NO_NODE,
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(arb_member(), 0..5),
+    )
+        .prop_map(
+            |(leader, term, last_index, commit_index, members)| PartitionMembers {
+                leader,
+                term,
+                last_index,
+                commit_index,
+                members,
+            },
+        );
+    prop_oneof![
+        proptest::collection::vec(arb_outcome(listing), 0..4)
+            .prop_map(|partitions| Ok(ClientResponse::Members(MembersOk { partitions }))),
+        proptest::collection::vec(arb_outcome(any::<u64>()), 0..4).prop_map(|partitions| Ok(
+            ClientResponse::ChangeMembership(MembershipChangeOk { partitions })
+        )),
     ]
 }
 
@@ -250,6 +339,7 @@ fn arb_response() -> impl Strategy<Value = Result<ClientResponse, ServerError>> 
         (0u32..NO_NODE, any::<u64>())
             .prop_map(|(leader, term)| Ok(ClientResponse::Transfer(TransferOk { leader, term }))),
         arb_server_error().prop_map(Err),
+        arb_membership_response(),
     ]
 }
 
@@ -261,15 +351,19 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
         any::<u32>(),
         prop_oneof![Just(Lane::Control), Just(Lane::Bulk)],
         any::<u8>(),
+        any::<u32>(),
     )
         .prop_map(
-            |(cluster_id, node_id, peer_node_id, shard_id, lane, protocol_version)| Hello {
-                cluster_id,
-                node_id,
-                peer_node_id,
-                shard_id,
-                lane,
-                protocol_version,
+            |(cluster_id, node_id, peer_node_id, shard_id, lane, protocol_version, shard_count)| {
+                Hello {
+                    cluster_id,
+                    node_id,
+                    peer_node_id,
+                    shard_id,
+                    lane,
+                    protocol_version,
+                    shard_count,
+                }
             },
         )
 }
@@ -520,6 +614,17 @@ fn golden_samples() -> Vec<(&'static str, BytesMut)> {
                 start_index: 100,
                 prev_term: 2,
                 leader_commit: 120,
+                config: KnownConfig {
+                    index: 90,
+                    term: 2,
+                    committed: true,
+                    membership: Membership::new(vec![Member {
+                        id: 1,
+                        voter: true,
+                        peer_address: "h:1".into(),
+                        client_address: "h:2".into(),
+                    }]),
+                },
             }),
         ),
         ("timeout_now", m(MessageBody::TimeoutNow)),
@@ -531,7 +636,8 @@ fn golden_samples() -> Vec<(&'static str, BytesMut)> {
         peer_node_id: 2,
         shard_id: 4,
         lane: Lane::Bulk,
-        protocol_version: 1,
+        protocol_version: 2,
+        shard_count: 8,
     };
     let mut b = BytesMut::new();
     encode_hello(&mut b, FrameKind::PeerHello, &hello);
@@ -716,7 +822,102 @@ fn golden_samples() -> Vec<(&'static str, BytesMut)> {
             Ok(ClientResponse::Transfer(transfer_ok)),
         )],
     );
+    push_membership_samples(&mut out);
     out
+}
+
+fn push_membership_samples(out: &mut Vec<(&'static str, BytesMut)>) {
+    let requests = [
+        (
+            "members_request_all",
+            ClientRequest::Members(MembersRequest {
+                partition: ALL_PARTITIONS,
+            }),
+        ),
+        (
+            "membership_add_learner",
+            ClientRequest::ChangeMembership(MembershipChangeRequest {
+                partition: ALL_PARTITIONS,
+                change: ChangeOp::AddLearner {
+                    node_id: 4,
+                    peer_address: "10.0.0.4:7401".into(),
+                    client_address: "10.0.0.4:7400".into(),
+                },
+            }),
+        ),
+        (
+            "membership_remove",
+            ClientRequest::ChangeMembership(MembershipChangeRequest {
+                partition: 1,
+                change: ChangeOp::Remove { node_id: 3 },
+            }),
+        ),
+    ];
+    for (name, request) in requests {
+        let mut b = BytesMut::new();
+        encode_request(&mut b, 42, &request);
+        out.push((name, b));
+    }
+    let listing = PartitionMembers {
+        leader: 1,
+        term: 3,
+        last_index: 120,
+        commit_index: 118,
+        members: vec![
+            member(1, true, true, 120, "10.0.0.1"),
+            member(4, false, false, 100, "10.0.0.4"),
+        ],
+    };
+    let not_leader = ServerError::NotLeader {
+        leader: Some(2),
+        leader_addr: Some("10.0.0.2:7400".into()),
+    };
+    let members = MembersOk {
+        partitions: vec![
+            PartitionOutcome {
+                partition: 0,
+                result: Ok(listing),
+            },
+            PartitionOutcome {
+                partition: 1,
+                result: Err(not_leader.clone()),
+            },
+        ],
+    };
+    let changed = MembershipChangeOk {
+        partitions: vec![
+            PartitionOutcome {
+                partition: 0,
+                result: Ok(121),
+            },
+            PartitionOutcome {
+                partition: 1,
+                result: Err(not_leader),
+            },
+        ],
+    };
+    push_responses(
+        out,
+        [
+            ("members_response", Ok(ClientResponse::Members(members))),
+            (
+                "membership_change_response",
+                Ok(ClientResponse::ChangeMembership(changed)),
+            ),
+        ],
+    );
+}
+
+fn member(node_id: u32, voter: bool, leader: bool, match_index: u64, host: &str) -> MemberInfo {
+    MemberInfo {
+        node_id,
+        voter,
+        leader,
+        active: true,
+        match_index,
+        peer_address: format!("{host}:7401"),
+        client_address: format!("{host}:7400"),
+    }
 }
 
 /// Encodes each named response as a golden sample.

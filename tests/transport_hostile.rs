@@ -5,6 +5,7 @@
 
 mod transport_support;
 
+use ringlog::transport::PROTOCOL_VERSION;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -462,7 +463,8 @@ impl PeerHandler for Collect {
     }
 }
 
-/// Hello attacks on the peer port: wrong cluster, wrong node, wrong version, garbage.
+/// Hello attacks on the peer port: wrong cluster, wrong node, wrong version, wrong
+/// shard count, garbage.
 /// Each is refused with a reason; a correct link still delivers afterwards.
 #[test]
 fn peer_acceptor_refuses_bad_handshakes_and_keeps_serving() {
@@ -489,7 +491,8 @@ fn peer_acceptor_refuses_bad_handshakes_and_keeps_serving() {
             peer_node_id: 2,
             shard_id: 0,
             lane: Lane::Control,
-            protocol_version: 1,
+            protocol_version: PROTOCOL_VERSION,
+            shard_count: 1,
         };
         let cases = [
             (
@@ -508,10 +511,17 @@ fn peer_acceptor_refuses_bad_handshakes_and_keeps_serving() {
             ),
             (
                 Hello {
-                    protocol_version: 2,
+                    protocol_version: PROTOCOL_VERSION + 1,
                     ..good
                 },
-                "protocol version 2 is not supported",
+                "is not supported; this node speaks",
+            ),
+            (
+                Hello {
+                    shard_count: 3,
+                    ..good
+                },
+                "shard count mismatch: you run 3 shards, this node runs 1",
             ),
         ];
         for (hello, expect) in cases {
@@ -531,12 +541,14 @@ fn peer_acceptor_refuses_bad_handshakes_and_keeps_serving() {
         // A header of another version is refused by name too.
         let mut b = BytesMut::new();
         encode_hello(&mut b, FrameKind::PeerHello, &good);
-        b[4] = 2;
+        // (The current version plus one: the test must not follow the version.)
+        b[4] = PROTOCOL_VERSION + 1;
         let got = attack(addr, &b, false).await;
         let frame = decode_frame(&mut BytesMut::from(&got[..]), 1 << 20, None)
             .unwrap()
             .unwrap();
-        assert!(decode_refused(&frame).unwrap().contains("version 2"));
+        let other = format!("version {}", PROTOCOL_VERSION + 1);
+        assert!(decode_refused(&frame).unwrap().contains(&other));
         // Garbage, a 4 GiB claim and a slowloris are cut off.
         attack(addr, b"GET / HTTP/1.1\r\n\r\n", false).await;
         let mut b = BytesMut::new();

@@ -4,6 +4,7 @@
 
 mod transport_support;
 
+use ringlog::transport::PROTOCOL_VERSION;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -11,7 +12,8 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use glommio::net::{TcpListener, TcpStream};
 use ringlog::engine::{
-    AppendResponse, Campaign, ConflictHint, Entry, EntryKind, Message, MessageBody,
+    AppendResponse, Campaign, ConflictHint, Entry, EntryKind, KnownConfig, Membership, Message,
+    MessageBody,
 };
 use ringlog::transport::conn::{FrameReader, write_all_within};
 use ringlog::transport::frame::FrameKind;
@@ -130,6 +132,7 @@ fn every_kind() -> Vec<Message> {
                 start_index: 10,
                 prev_term: 1,
                 leader_commit: 12,
+                config: KnownConfig::bootstrap(Membership::of_voters(&[1, 2, 3])),
             },
         ),
         msg(3, MessageBody::TimeoutNow),
@@ -420,6 +423,32 @@ fn wrong_cluster_is_refused_on_both_sides() {
     });
 }
 
+/// Records are placed in shards by their count: a node running another number of
+/// shards than its peer is refused at the handshake (and counted), and the link's
+/// messages wait for a correct peer.
+#[test]
+fn a_peer_with_another_shard_count_is_refused() {
+    run(|| async {
+        let (addr, collect, stats) = start_acceptor(PeerConfig::new(7, 2), "127.0.0.1:0");
+        let config = PeerConfig {
+            shard_count: 4,
+            backoff_initial_ms: 2,
+            backoff_max_ms: 10,
+            ..PeerConfig::new(7, 1)
+        };
+        let link = PeerLink::spawn(Rc::new(config), 0, 2, addr);
+        link.send(msg(2, MessageBody::TimeoutNow)).unwrap();
+        wait_until("refusals seen by both sides", || {
+            link.stats().connect_failures_total.get() >= 3
+                && stats.handshakes_refused_total.get() >= 3
+        })
+        .await;
+        assert_eq!(link.stats().connects_total.get(), 0);
+        assert!(collect.got.borrow().is_empty());
+        assert_eq!(link.queued(Lane::Control).0, 1);
+    });
+}
+
 #[test]
 fn queue_policy_drops_old_heartbeats_and_pushes_back_bulk() {
     run(|| async {
@@ -491,7 +520,8 @@ fn a_new_handshake_replaces_the_old_connection() {
             peer_node_id: 2,
             shard_id: 0,
             lane: Lane::Control,
-            protocol_version: 1,
+            protocol_version: PROTOCOL_VERSION,
+            shard_count: 1,
         };
         let mut hello_bytes = BytesMut::new();
         encode_hello(&mut hello_bytes, FrameKind::PeerHello, &hello);

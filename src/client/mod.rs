@@ -29,8 +29,11 @@ use glommio::sync::Semaphore;
 use thiserror::Error;
 
 mod conn;
+mod members;
 mod retry;
 mod transfer;
+
+pub use members::PartitionResult;
 
 use conn::{CallError, Conn};
 use retry::{Next, Outcome};
@@ -122,6 +125,12 @@ pub enum ClientError {
     },
     #[error("no node address to try")]
     NoNodes,
+    /// A membership change may or may not have committed: asked again, it would
+    /// be refused if it had, so it is not retried.
+    #[error("membership change outcome unknown ({addr}: {reason}); check with `ringlog members`")]
+    ChangeAmbiguous { addr: String, reason: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// Not sent: a server with the same frame limit would drop the connection.
     #[error(
         "request body of {body_bytes} bytes exceeds the {body_bytes_max}-byte frame limit; split it"
@@ -146,7 +155,11 @@ fn request_partition(request: &ClientRequest) -> Option<u32> {
         ClientRequest::Read(r) => Some(r.partition),
         ClientRequest::Trim(r) => Some(r.partition),
         ClientRequest::Transfer(r) => Some(r.partition),
-        ClientRequest::Metadata => None,
+        // Membership requests may name every partition: they share metadata's
+        // connection, and the node routes them to each partition's shard.
+        ClientRequest::Metadata
+        | ClientRequest::Members(_)
+        | ClientRequest::ChangeMembership(_) => None,
     }
 }
 
@@ -365,7 +378,12 @@ impl Client {
     ) -> Result<(String, ClientResponse), ClientError> {
         self.check_size(request)?;
         let partition = request_partition(request);
-        let is_append = matches!(request, ClientRequest::Append(_));
+        // A membership change, like an append, is not repeated once it may have
+        // been acted on: asked again after committing, it would be refused.
+        let is_append = matches!(
+            request,
+            ClientRequest::Append(_) | ClientRequest::ChangeMembership(_)
+        );
         let mut addr = self.leader_or_bootstrap(partition)?;
         let mut budget = Budget::new(&self.config, partition);
         let mut redirects = 0u32;
@@ -487,6 +505,8 @@ fn mismatch(addr: String, response: &ClientResponse) -> ClientError {
         ClientResponse::Metadata(_) => "Metadata",
         ClientResponse::Trim(_) => "Trim",
         ClientResponse::Transfer(_) => "Transfer",
+        ClientResponse::Members(_) => "Members",
+        ClientResponse::ChangeMembership(_) => "MembershipChange",
     };
     ClientError::Protocol {
         addr,

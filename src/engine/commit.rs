@@ -14,10 +14,21 @@ impl Engine {
         if self.role != Role::Leader {
             return;
         }
-        let mut matched: Vec<Index> = self.peers.iter().map(|(_, pr)| pr.match_index).collect();
-        matched.push(self.flushed_index);
+        // Only voters count; a leader being removed does not count itself.
+        let membership = self.membership();
+        let mut matched: Vec<Index> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| membership.is_voter(*id))
+            .map(|(_, pr)| pr.match_index)
+            .collect();
+        if membership.is_voter(self.id) {
+            matched.push(self.flushed_index);
+        }
         matched.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_index = matched[self.quorum() - 1];
+        let Some(&quorum_index) = matched.get(self.quorum() - 1) else {
+            return;
+        };
         if quorum_index <= self.commit_index {
             return;
         }
@@ -49,6 +60,7 @@ impl Engine {
         // may remove them); still in this step, so the runtime, which acts on the
         // answers only after it, already finds the records gone.
         self.commit_trims();
+        self.commit_configs();
     }
 
     /// Ends the abstention after a lost tail once this member holds, committed and

@@ -55,6 +55,8 @@ pub enum PlantedBug {
     /// A member removes the records a trim names as soon as the trim entry is in
     /// its log, before it is committed.
     TrimBeforeCommit,
+    /// A leader proposes a membership change while another is not committed yet.
+    TwoChangesInFlight,
 }
 
 impl Default for Config {

@@ -13,7 +13,9 @@ use super::{Engine, Role};
 impl Engine {
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed_ticks += 1;
-        if self.is_abstaining() {
+        // A learner, or a member the membership in force no longer names, never
+        // campaigns: it could only disturb the voters.
+        if self.is_abstaining() || !self.is_voter() {
             return;
         }
         if self.election_elapsed_ticks >= self.election_timeout_ticks {
@@ -33,7 +35,7 @@ impl Engine {
             last_log_index: self.log.last_index(),
             last_log_term: self.log.last_term(),
         };
-        for peer in self.other_members() {
+        for peer in self.other_voters() {
             self.send_with_term(peer, self.hard.term + 1, body.clone(), 0);
         }
     }
@@ -61,7 +63,7 @@ impl Engine {
             last_log_term: self.log.last_term(),
             campaign,
         };
-        for peer in self.other_members() {
+        for peer in self.other_voters() {
             self.send(peer, body.clone());
         }
     }
@@ -147,7 +149,7 @@ impl Engine {
         }
         if self.won(&self.votes) {
             Some(true)
-        } else if self.votes.iter().filter(|&&(_, g)| !g).count() >= self.quorum() {
+        } else if self.counted(&self.votes, false) >= self.quorum() {
             Some(false)
         } else {
             None
@@ -155,7 +157,16 @@ impl Engine {
     }
 
     fn won(&self, votes: &[(NodeId, bool)]) -> bool {
-        votes.iter().filter(|&&(_, granted)| granted).count() >= self.quorum()
+        self.counted(votes, true) >= self.quorum()
+    }
+
+    /// Answers equal to `granted` from voters in force; anybody else's do not count.
+    fn counted(&self, votes: &[(NodeId, bool)], granted: bool) -> usize {
+        let membership = self.membership();
+        votes
+            .iter()
+            .filter(|&&(voter, g)| g == granted && membership.is_voter(voter))
+            .count()
     }
 
     fn become_leader(&mut self) {
@@ -166,7 +177,7 @@ impl Engine {
         self.election_elapsed_ticks = 0;
         let last = self.log.last_index();
         self.peers = self
-            .other_members()
+            .replication_targets()
             .into_iter()
             .map(|peer| (peer, Progress::new(last)))
             .collect();
@@ -199,7 +210,14 @@ mod tests {
         };
         let mut recovered = Recovered::from_entries(hard_state, 1, 0, entries);
         recovered.lost_tail_in_term = Some(2);
-        Engine::new(1, &[1, 2, 3], Config::default(), 42, recovered).expect("valid engine")
+        Engine::new(
+            1,
+            &Membership::of_voters(&[1, 2, 3]),
+            Config::default(),
+            42,
+            recovered,
+        )
+        .expect("valid engine")
     }
 
     /// Reports the log append among the pending commands as on disk.
@@ -228,6 +246,7 @@ mod tests {
                 start_index: 10,
                 prev_term: 4,
                 leader_commit: 9,
+                config: KnownConfig::bootstrap(Membership::of_voters(&[1, 2, 3])),
             },
         ));
         let reset_op = e.take_commands().iter().find_map(|c| match c {

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use thiserror::Error;
 
+use super::membership::{ChangeRefusal, KnownConfig, Membership, MembershipChange};
 use super::types::{Entry, HardState, Index, Message, NodeId, Term};
 use super::validate::PeerFault;
 
@@ -31,6 +32,13 @@ pub enum Event {
     /// appends a trim entry, and each member removes them once it is committed. The
     /// answer is an [`AppendResult`](Command::AppendResult) naming the trim entry.
     ClientTrim { request_id: u64, before: Index },
+    /// An operator asks the leader to change the group's membership by one member.
+    /// The answer is an [`AppendResult`](Command::AppendResult) naming the
+    /// configuration entry, sent once it is committed.
+    ChangeMembership {
+        request_id: u64,
+        change: MembershipChange,
+    },
 }
 
 /// When a command may be carried out.
@@ -59,6 +67,9 @@ pub enum Command {
     },
     /// Remove every entry before `before` (retention; already committed).
     PurgeLog { op: u64, before: Index },
+    /// Replace the saved configurations with `configs` (ascending by index; the
+    /// first is committed). Recovery hands them back in `Recovered::configs`.
+    SaveMembership { op: u64, configs: Vec<KnownConfig> },
     /// Send `msg` to its `to`, once `when` holds (immediately when `None`).
     Send {
         msg: Message,
@@ -88,6 +99,9 @@ pub enum Command {
     /// A message from `from` broke the protocol's rules and was refused, nothing
     /// else done with it: log it, count it and close the link it came on.
     RefusePeer { from: NodeId, fault: PeerFault },
+    /// The membership in force changed (an entry appended, or one removed with the
+    /// log): peers to reach, and for redirects and listings.
+    MembershipChanged { membership: Membership },
     /// Role, term or known leader changed (for redirects and metrics).
     RoleChanged {
         role: Role,
@@ -120,6 +134,9 @@ pub enum AppendError {
     /// Nothing was appended: a trim cannot remove records the log does not hold yet.
     #[error("cannot trim before index {before}: the log ends at index {last_index}")]
     TrimBeyondLog { before: Index, last_index: Index },
+    /// Nothing was appended: the membership change cannot be made.
+    #[error("membership change refused: {0}")]
+    MembershipChange(ChangeRefusal),
     /// The batch was appended, then removed from this member's log by a newer
     /// leader or a log reset: it may or may not be committed elsewhere.
     #[error("leadership changed; the records may or may not have been committed")]

@@ -4,6 +4,7 @@
 //! entries only once they are on disk.
 
 use super::config::PlantedBug;
+use super::membership::KnownConfig;
 use super::types::{AppendResponse, ConflictHint, Entry, Index, MessageBody, NodeId, Term};
 use super::{Engine, Role};
 
@@ -98,13 +99,14 @@ impl Engine {
         start_index: Index,
         prev_term: Term,
         _leader_commit: Index,
+        config: KnownConfig,
     ) {
         self.accept_leader(from);
         let prev = start_index - 1;
         // Entries up to `prev` are committed on the leader; if ours match, keep them.
         let matches = prev <= self.commit_index || self.log.term_at(prev) == Some(prev_term);
         if !matches {
-            self.reset_log(start_index, prev_term);
+            self.reset_log_with_config(start_index, prev_term, config);
         }
         self.advance_commit(prev);
         let result = AppendResponse::Success { match_index: prev };

@@ -2,6 +2,7 @@
 //! debug builds (and by the simulator in every build).
 
 use super::progress::ReplicationState;
+use super::types::NodeId;
 use super::{Engine, Role};
 
 impl Engine {
@@ -50,13 +51,8 @@ impl Engine {
             self.log.cache_start() <= self.flushed_index + 1,
             "member {id}: an entry not on disk was dropped from memory"
         );
-        if let Some(voted) = self.hard.voted_for {
-            assert!(
-                self.members.contains(&voted),
-                "member {id}: voted for non-member {voted}"
-            );
-        }
         self.check_role_state();
+        self.check_configs();
         self.check_pending();
         self.check_trims();
     }
@@ -75,11 +71,9 @@ impl Engine {
                     Some(id),
                     "member {id}: leader did not vote for itself"
                 );
-                assert_eq!(
-                    self.peers.len(),
-                    self.members.len() - 1,
-                    "member {id}: progress per peer"
-                );
+                let targets = self.replication_targets();
+                let peers: Vec<NodeId> = self.peers.iter().map(|(p, _)| *p).collect();
+                assert_eq!(peers, targets, "member {id}: progress per member in force");
                 for (peer, pr) in &self.peers {
                     pr.check(
                         self.config.inflight_msgs_max,
@@ -150,5 +144,43 @@ impl Engine {
                 .all(|(a, b)| a.seq < b.seq),
             "member {id}: pending reads out of order"
         );
+    }
+
+    /// The configurations: the first committed, the others uncommitted and each the
+    /// entry at its index; a leader proposes one change at a time.
+    fn check_configs(&self) {
+        let id = self.id;
+        let first = self.configs.first().expect("configs never empty");
+        assert!(
+            first.committed,
+            "member {id}: first configuration not committed: {first:?}"
+        );
+        for pair in self.configs.windows(2) {
+            assert!(
+                pair[0].index < pair[1].index,
+                "member {id}: configurations out of order"
+            );
+        }
+        for config in &self.configs[1..] {
+            assert!(
+                !config.committed && config.index > self.commit_index,
+                "member {id}: configuration {} committed but not first",
+                config.index
+            );
+            assert_eq!(
+                self.log.term_at(config.index),
+                Some(config.term),
+                "member {id}: configuration {} is not the log's entry there",
+                config.index
+            );
+        }
+        let uncommitted = self.configs.len() - 1;
+        if self.role == Role::Leader && !self.planted(super::config::PlantedBug::TwoChangesInFlight)
+        {
+            assert!(
+                uncommitted <= 1,
+                "member {id}: leader with {uncommitted} uncommitted configurations"
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! [`Engine::step`] takes one [`Event`] and appends [`Command`]s to an output buffer
 //! that the runtime drains with [`Engine::take_commands`] and carries out in order.
 //! Each concern lives in its own file: `election`, `replication`, `commit`, `append`,
-//! `read`, `transfer`, `trim`; messages from peers are checked first, in `validate`.
+//! `read`, `transfer`, `trim`, `reconfig` (membership changes); messages from peers are checked first, in `validate`.
 //! See `docs/engine.md`.
 
 mod append;
@@ -14,8 +14,10 @@ pub mod event;
 mod follower;
 mod invariants;
 pub mod log;
+pub mod membership;
 pub mod progress;
 mod read;
+mod reconfig;
 mod replication;
 pub mod rng;
 mod storage;
@@ -29,6 +31,9 @@ use std::collections::VecDeque;
 pub use config::{Config, ConfigError};
 pub use event::*;
 use log::Log;
+pub use membership::{
+    ChangeRefusal, KnownConfig, Member, Membership, MembershipChange, MembershipDecodeError,
+};
 use progress::Progress;
 use rng::Rng;
 pub use types::*;
@@ -55,6 +60,9 @@ pub struct Recovered {
     /// (index, before) of each trim entry in the log, ascending: each is applied
     /// again once the member learns it is committed.
     pub trims: Vec<(Index, Index)>,
+    /// The configurations last saved (`Command::SaveMembership`), ascending; empty
+    /// when none was ever saved (the bootstrap membership is in force then).
+    pub configs: Vec<KnownConfig>,
 }
 
 impl Recovered {
@@ -78,6 +86,11 @@ impl Recovered {
             .iter()
             .filter_map(|e| Some((e.index, e.trim_before()?)))
             .collect();
+        // As the engine saves them: every configuration entry, before it is appended.
+        let configs = entries
+            .iter()
+            .filter_map(|e| reconfig::config_of(e).ok().flatten())
+            .collect();
         Recovered {
             hard_state,
             log_start,
@@ -87,6 +100,7 @@ impl Recovered {
             tail: entries,
             lost_tail_in_term: None,
             trims,
+            configs,
         }
     }
 }
@@ -120,11 +134,14 @@ struct Transfer {
 /// One member of one Raft group.
 pub struct Engine {
     id: NodeId,
-    /// Every voting member, this one included, sorted.
-    members: Vec<NodeId>,
+    /// The configurations that may still be in force, ascending by index: the latest
+    /// known committed one first, then those of entries above it in the log. The
+    /// last one is in force, committed or not (see `reconfig.rs`).
+    /// Invariant: non-empty, the first committed, the others not, each later one
+    /// the entry at its index in the log.
+    configs: Vec<KnownConfig>,
     config: Config,
     rng: Rng,
-    /// Invariant: `voted_for`, when set, is a member.
     hard: HardState,
     log: Log,
     role: Role,
@@ -154,7 +171,8 @@ pub struct Engine {
     heartbeat_elapsed_ticks: u32,
     /// Pre-vote or vote answers of the current campaign.
     votes: Vec<(NodeId, bool)>,
-    /// Leader only: one entry per other member.
+    /// Leader only: one entry per other member, voter or learner, of the
+    /// membership in force.
     peers: Vec<(NodeId, Progress)>,
     heartbeat_seq: u64,
     /// Leader only: the index of this term's first entry (its no-op).
@@ -199,27 +217,24 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// A member `id` of a group of `members`, starting from what its disk holds.
-    /// `seed` is the only source of randomness (election timeouts).
+    /// Member `id` of a group that started as `bootstrap`, starting from what its
+    /// disk holds. A member that joins an existing group starts with an empty
+    /// bootstrap and learns the membership from the leader. `seed` is the only
+    /// source of randomness (election timeouts).
     pub fn new(
         id: NodeId,
-        members: &[NodeId],
+        bootstrap: &Membership,
         config: Config,
         seed: u64,
         recovered: Recovered,
     ) -> Result<Engine, ConfigError> {
         config.validate()?;
-        let mut members = members.to_vec();
-        members.sort_unstable();
-        members.dedup();
-        if !members.contains(&id) {
+        if id == 0 {
             return Err(ConfigError {
                 key: "members",
-                reason: format!("this member ({id}) is not in the member list {members:?}"),
+                reason: "member id 0 is not valid".into(),
             });
         }
-        // A lone member has nobody to catch up from: what it lost is lost.
-        let alone = members.len() == 1;
         let log = Log::restore(
             recovered.log_start,
             recovered.log_prev_term,
@@ -228,9 +243,13 @@ impl Engine {
             recovered.tail,
         );
         let pending_trims = trim::pending_at_start(&log, recovered.trims);
+        let configs = reconfig::configs_at_start(&log, bootstrap, recovered.configs);
+        // A lone voter has nobody to catch up from: what it lost is lost.
+        let membership = &configs.last().expect("never empty").membership;
+        let alone = membership.voter_count() == 1 && membership.is_voter(id);
         let mut engine = Engine {
             id,
-            members,
+            configs,
             config,
             rng: Rng::new(seed),
             hard: recovered.hard_state,
@@ -311,6 +330,9 @@ impl Engine {
             Event::ReadIndex { request_id } => self.on_read_index(request_id),
             Event::TransferLeadership { to } => self.on_transfer_leadership(to),
             Event::ClientTrim { request_id, before } => self.on_client_trim(request_id, before),
+            Event::ChangeMembership { request_id, change } => {
+                self.on_change_membership(request_id, change)
+            }
             Event::PurgeLog { before } => self.on_purge(before),
         }
     }
@@ -372,7 +394,11 @@ impl Engine {
     }
 
     fn on_message(&mut self, msg: Message) {
-        if msg.to != self.id || msg.from == self.id || !self.members.contains(&msg.from) {
+        // Messages from outside the membership in force are taken: a member that
+        // joins knows nobody yet, and a new leader may come from a configuration
+        // this member has not received yet. Only a leader's peers are answered as
+        // followers (`peer_slot`), and only voters' votes count.
+        if msg.to != self.id || msg.from == self.id || msg.from == 0 {
             return;
         }
         if let Err(fault) = self.validate(&msg) {
@@ -433,7 +459,8 @@ impl Engine {
                 start_index,
                 prev_term,
                 leader_commit,
-            } => self.on_log_start(from, start_index, prev_term, leader_commit),
+                config,
+            } => self.on_log_start(from, start_index, prev_term, leader_commit, config),
             MessageBody::TimeoutNow => self.on_timeout_now(from),
         }
     }
@@ -485,14 +512,33 @@ impl Engine {
         }
     }
 
-    fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
+    /// The membership in force: the latest in the log, committed or not.
+    pub fn membership(&self) -> &Membership {
+        &self.configs.last().expect("never empty").membership
     }
 
-    fn other_members(&self) -> Vec<NodeId> {
-        self.members
-            .iter()
-            .copied()
+    /// The index of the configuration entry in force (0: the bootstrap).
+    pub fn membership_index(&self) -> Index {
+        self.configs.last().expect("never empty").index
+    }
+
+    /// The memberships this member knows of: the committed one, then each one
+    /// not committed yet, the last in force. Until a change commits, the members
+    /// it removes still take part (a removed leader leads until then), so links
+    /// follow all of them.
+    pub fn memberships(&self) -> impl Iterator<Item = &Membership> {
+        self.configs.iter().map(|c| &c.membership)
+    }
+
+    /// Votes or acknowledgements needed: a majority of the voters in force.
+    fn quorum(&self) -> usize {
+        self.membership().quorum()
+    }
+
+    /// The voters in force other than this member: whom a campaign asks.
+    fn other_voters(&self) -> Vec<NodeId> {
+        self.membership()
+            .voters()
             .filter(|&m| m != self.id)
             .collect()
     }

@@ -33,11 +33,15 @@ impl Engine {
     /// index is committed, in order.
     pub(super) fn check_pending_reads(&mut self) {
         while let Some(&read) = self.pending_reads.front() {
-            let acks = 1 + self
-                .peers
-                .iter()
-                .filter(|(_, pr)| pr.heartbeat_acked_seq >= read.seq)
-                .count();
+            let membership = self.membership();
+            let acks = usize::from(membership.is_voter(self.id))
+                + self
+                    .peers
+                    .iter()
+                    .filter(|(id, pr)| {
+                        membership.is_voter(*id) && pr.heartbeat_acked_seq >= read.seq
+                    })
+                    .count();
             if acks < self.quorum() || self.commit_index < read.index {
                 break;
             }

@@ -32,12 +32,13 @@ impl Engine {
     /// Check-quorum: whether a majority (this leader included) was heard from since
     /// the last check. Starts a new round either way.
     fn quorum_was_active(&mut self) -> bool {
-        let mut active = 1;
-        for (_, pr) in &mut self.peers {
-            active += usize::from(pr.recent_active);
+        let membership = self.membership().clone();
+        let mut active = usize::from(membership.is_voter(self.id));
+        for (id, pr) in &mut self.peers {
+            active += usize::from(pr.recent_active && membership.is_voter(*id));
             pr.recent_active = false;
         }
-        active >= self.quorum()
+        active >= membership.quorum()
     }
 
     /// A pipelined follower that acknowledged nothing for two heartbeat rounds while
@@ -111,7 +112,11 @@ impl Engine {
                     .log
                     .term_at(start_index - 1)
                     .expect("log knows its predecessor"),
-                leader_commit: self.commit_index,
+                // A restarted leader's commit index starts at its log start, below
+                // the committed configuration it saved: that one's index is
+                // committed too, and receivers check the configuration against it.
+                leader_commit: self.commit_index.max(self.configs[0].index),
+                config: self.configs[0].clone(),
             };
             self.send(peer, body);
             return false;
@@ -494,6 +499,54 @@ mod tests {
             out,
             vec![send(1, 3, 2, entries_msg(3, 1, vec![noop(4, 2)], 4), None)]
         );
+    }
+
+    /// Simulator seed 17 of the membership run: member 4 restarted with its
+    /// committed configuration saved at 95 and its log from 81, was elected, and
+    /// sent a LogStart naming commit 80 with that configuration; receivers refused
+    /// it as malformed (a configuration above the commit index).
+    #[test]
+    fn restarted_leader_names_a_commit_covering_its_committed_configuration() {
+        let config = Entry {
+            index: 4,
+            term: 1,
+            kind: EntryKind::Config,
+            payload: Membership::of_voters(&[1, 2, 3]).encode(),
+        };
+        let entries = vec![record(3, 1), config, record(5, 1)];
+        let hard_state = HardState {
+            term: 1,
+            voted_for: None,
+        };
+        let mut recovered = Recovered::from_entries(hard_state, 3, 1, entries);
+        recovered.configs[0].committed = true;
+        let members = Membership::of_voters(&[1, 2, 3]);
+        let mut e = Engine::new(1, &members, Config::default(), 42, recovered).expect("valid");
+        tick_until_role(&mut e, Role::PreCandidate);
+        e.step(msg(2, 1, 2, MessageBody::PreVoteResponse { granted: true }));
+        e.step(Event::Durable { op: 1 });
+        e.step(msg(
+            2,
+            1,
+            2,
+            MessageBody::RequestVoteResponse { granted: true },
+        ));
+        assert_eq!((e.role(), e.commit_index()), (Role::Leader, 2));
+        e.take_commands();
+        e.step(msg(3, 1, 2, rejection(5, 0, 1)));
+        let out = e.take_commands();
+        let log_start = out.iter().find_map(|c| match c {
+            Command::Send { msg, .. } => match &msg.body {
+                MessageBody::LogStart {
+                    leader_commit,
+                    config,
+                    ..
+                } => Some((*leader_commit, config.index)),
+                _ => None,
+            },
+            _ => None,
+        });
+        assert_eq!(log_start, Some((4, 4)), "{out:?}");
     }
 
     #[test]

@@ -12,6 +12,9 @@ use super::{Engine, Role};
 
 impl Engine {
     pub(super) fn append_to_log(&mut self, entries: Vec<Entry>) {
+        // Saved before the entries are appended, so the saved list always holds
+        // every configuration the log does.
+        self.note_configs(&entries);
         for entry in &entries {
             self.log.append(entry.clone());
         }
@@ -44,6 +47,7 @@ impl Engine {
         self.lower_flush_marks(from - 1);
         let op = self.next_op();
         self.output.push(Command::TruncateLog { op, from });
+        self.forget_configs_from(from);
         while self
             .pending_appends
             .back()

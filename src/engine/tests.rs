@@ -11,7 +11,14 @@ pub fn follower(id: NodeId, members: &[NodeId], term: Term, terms: &[Term]) -> E
         voted_for: None,
     };
     let recovered = Recovered::from_entries(hard_state, 1, 0, entries);
-    Engine::new(id, members, Config::default(), 42, recovered).expect("valid test engine")
+    Engine::new(
+        id,
+        &Membership::of_voters(members),
+        Config::default(),
+        42,
+        recovered,
+    )
+    .expect("valid test engine")
 }
 
 /// Member 1 as leader of term 2 over [1, 2, 3], with its no-op at index
@@ -106,6 +113,7 @@ pub fn reset_empty_follower_3(e: &mut Engine, start: Index, leader_commit: Index
         start_index: start,
         prev_term: 1,
         leader_commit,
+        config: KnownConfig::bootstrap(Membership::of_voters(&[1, 2, 3])),
     };
     assert_eq!(e.take_commands(), vec![send(1, 3, 2, reset.clone(), None)]);
     let mut f = follower(3, &[1, 2, 3], 2, &[]);

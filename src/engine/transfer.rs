@@ -12,7 +12,8 @@ use super::{Engine, Role, Transfer};
 
 impl Engine {
     pub(super) fn on_transfer_leadership(&mut self, to: NodeId) {
-        if self.role != Role::Leader || to == self.id || self.peer_slot(to).is_none() {
+        let voter = self.membership().is_voter(to);
+        if self.role != Role::Leader || to == self.id || self.peer_slot(to).is_none() || !voter {
             return;
         }
         self.transfer = Some(Transfer {
@@ -28,9 +29,11 @@ impl Engine {
         let Some(transfer) = self.transfer else {
             return;
         };
-        let k = self
-            .peer_slot(transfer.target)
-            .expect("transfer target is a peer");
+        // A membership change may have removed the target since.
+        let Some(k) = self.peer_slot(transfer.target) else {
+            self.transfer = None;
+            return;
+        };
         let last_index = self.log.last_index();
         if transfer.timeout_now_sent
             || self.peers[k].1.match_index < last_index
@@ -53,7 +56,11 @@ impl Engine {
         if self.role != Role::Leader {
             return None;
         }
-        let live = self.peers.iter().filter(|(_, pr)| pr.recent_active);
+        let membership = self.membership();
+        let live = self
+            .peers
+            .iter()
+            .filter(|(id, pr)| pr.recent_active && membership.is_voter(*id));
         live.max_by_key(|(id, pr)| (pr.match_index, std::cmp::Reverse(*id)))
             .map(|(id, _)| *id)
     }
@@ -74,7 +81,11 @@ impl Engine {
     }
 
     pub(super) fn on_timeout_now(&mut self, from: NodeId) {
-        if self.role == Role::Follower && self.leader == Some(from) && !self.is_abstaining() {
+        if self.role == Role::Follower
+            && self.leader == Some(from)
+            && !self.is_abstaining()
+            && self.is_voter()
+        {
             self.start_election(Campaign::Transfer);
         }
     }

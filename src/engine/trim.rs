@@ -389,7 +389,14 @@ mod tests {
         };
         let recovered = Recovered::from_entries(hard_state, 1, 0, entries);
         assert_eq!(recovered.trims, vec![(4, 3)]);
-        let mut f = Engine::new(2, &[1, 2, 3], Config::default(), 42, recovered).unwrap();
+        let mut f = Engine::new(
+            2,
+            &Membership::of_voters(&[1, 2, 3]),
+            Config::default(),
+            42,
+            recovered,
+        )
+        .unwrap();
         assert_eq!(f.read_start(), 1, "not known to be committed yet");
         f.step(msg(1, 2, 1, heartbeat(3, 1)));
         let out = f.take_commands();

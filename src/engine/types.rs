@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 
+use super::membership::KnownConfig;
+
 /// A member of a Raft group. In a cluster, member ids are node ids: shard `p` of node
 /// `n` is member `n` of the group for partition `p`.
 pub type NodeId = u32;
@@ -23,6 +25,10 @@ pub enum EntryKind {
     /// records before the index its payload holds (8 bytes, little-endian; see
     /// [`Entry::trim_before`]). Reads skip it.
     Trim = 3,
+    /// A membership change: the payload is the group's whole new membership
+    /// ([`super::Membership::encode`]). Each member uses the latest one in its log,
+    /// committed or not (single-server changes, Raft dissertation §4.1). Reads skip it.
+    Config = 4,
 }
 
 impl EntryKind {
@@ -32,6 +38,7 @@ impl EntryKind {
             1 => Some(EntryKind::Record),
             2 => Some(EntryKind::Noop),
             3 => Some(EntryKind::Trim),
+            4 => Some(EntryKind::Config),
             _ => None,
         }
     }
@@ -150,6 +157,9 @@ pub enum MessageBody {
         start_index: Index,
         prev_term: Term,
         leader_commit: Index,
+        /// The leader's latest committed membership, which the follower's reset log
+        /// may no longer hold the entry of.
+        config: KnownConfig,
     },
     /// Leader transfer: campaign now, skipping pre-vote and the leader lease.
     TimeoutNow,

@@ -67,6 +67,10 @@ pub enum PeerFault {
     /// the entry's own: no leader proposes one (it would remove records that are
     /// not in the log yet, the trim entry itself among them).
     MalformedTrim,
+    /// A configuration entry whose payload is not a membership with a voter, or a
+    /// LogStart whose committed configuration has no voter or lies beyond the
+    /// leader's commit index.
+    MalformedConfig,
 }
 
 impl PeerFault {
@@ -89,11 +93,12 @@ impl PeerFault {
             PeerFault::RejectHintBeyondIndex => "reject_hint_beyond_index",
             PeerFault::HeartbeatSeqFromFuture => "heartbeat_seq_from_future",
             PeerFault::MalformedTrim => "malformed_trim",
+            PeerFault::MalformedConfig => "malformed_config",
         }
     }
 
     /// Every fault, for metrics that register one series per reason.
-    pub const ALL: [PeerFault; 16] = [
+    pub const ALL: [PeerFault; 17] = [
         PeerFault::IndexOutOfRange,
         PeerFault::TermOutOfRange,
         PeerFault::LogStartAtZero,
@@ -110,6 +115,7 @@ impl PeerFault {
         PeerFault::RejectHintBeyondIndex,
         PeerFault::HeartbeatSeqFromFuture,
         PeerFault::MalformedTrim,
+        PeerFault::MalformedConfig,
     ];
 }
 
@@ -135,6 +141,9 @@ impl fmt::Display for PeerFault {
             PeerFault::HeartbeatSeqFromFuture => "a response to a heartbeat never sent",
             PeerFault::MalformedTrim => {
                 "a trim entry that is not an 8-byte index at or below its own index"
+            }
+            PeerFault::MalformedConfig => {
+                "a configuration that does not decode, has no voter or is not committed"
             }
         };
         f.write_str(words)
@@ -286,11 +295,18 @@ fn check_alone(msg: &Message, limits: &Config) -> Result<(), PeerFault> {
             start_index,
             prev_term,
             leader_commit,
+            config,
         } => {
             require(*start_index != 0, PeerFault::LogStartAtZero)?;
             let indexes_ok = index_ok(*start_index) && index_ok(*leader_commit);
             require(indexes_ok, PeerFault::IndexOutOfRange)?;
-            require(term_ok(*prev_term), PeerFault::LogTermAboveMessageTerm)
+            require(term_ok(*prev_term), PeerFault::LogTermAboveMessageTerm)?;
+            // The leader's committed configuration: at or below its commit index
+            // and its term, and with somebody to vote.
+            let config_ok = config.index <= *leader_commit
+                && term_ok(config.term)
+                && config.membership.voter_count() > 0;
+            require(config_ok, PeerFault::MalformedConfig)
         }
         MessageBody::PreVoteResponse { .. }
         | MessageBody::RequestVoteResponse { .. }
@@ -329,6 +345,11 @@ fn check_entries(
                 .is_some_and(|before| before <= entry.index);
         if !trim_ok {
             return Err(PeerFault::MalformedTrim);
+        }
+        let config_ok = super::reconfig::config_of(entry)
+            .is_ok_and(|c| c.is_none_or(|c| c.membership.voter_count() > 0));
+        if !config_ok {
+            return Err(PeerFault::MalformedConfig);
         }
         last_term = entry.term;
         bytes += entry.size_bytes();
@@ -390,6 +411,7 @@ mod tests {
             start_index,
             prev_term,
             leader_commit: 0,
+            config: KnownConfig::bootstrap(Membership::of_voters(&[1, 2, 3])),
         }
     }
 

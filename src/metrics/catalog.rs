@@ -71,6 +71,9 @@ pub const RAFT_HAS_LEADER: &str = "ringlog_raft_has_leader";
 pub const RAFT_COMMIT_INDEX: &str = "ringlog_raft_commit_index";
 pub const RAFT_LAST_INDEX: &str = "ringlog_raft_last_index";
 pub const RAFT_LOG_START_INDEX: &str = "ringlog_raft_log_start_index";
+pub const RAFT_VOTERS: &str = "ringlog_raft_voters";
+pub const RAFT_LEARNERS: &str = "ringlog_raft_learners";
+pub const RAFT_MEMBERSHIP_INDEX: &str = "ringlog_raft_membership_index";
 pub const RAFT_ELECTIONS: &str = "ringlog_raft_elections_total";
 pub const RAFT_LEADER_CHANGES: &str = "ringlog_raft_leader_changes_total";
 pub const LEADER_TRANSFERS: &str = "ringlog_leader_transfers_total";
@@ -145,7 +148,7 @@ pub const METRICS: &[MetricDef] = &[
         Counter,
         Some(Unit::Count),
         &["op", "result"],
-        "Client requests answered, by operation (append, read, metadata, trim, transfer) and result (ok or the error code).",
+        "Client requests answered, by operation (append, read, metadata, trim, transfer, members: a listing, membership: a change) and result (ok or the error code).",
     ),
     def(
         CLIENT_REQUEST_SECONDS,
@@ -272,6 +275,27 @@ pub const METRICS: &[MetricDef] = &[
         Some(Unit::Count),
         P,
         "First index still kept in this member's log (retention).",
+    ),
+    def(
+        RAFT_VOTERS,
+        Gauge,
+        Some(Unit::Count),
+        P,
+        "Voters in the membership in force at this member.",
+    ),
+    def(
+        RAFT_LEARNERS,
+        Gauge,
+        Some(Unit::Count),
+        P,
+        "Learners (members receiving the log without a vote) in the membership in force at this member.",
+    ),
+    def(
+        RAFT_MEMBERSHIP_INDEX,
+        Gauge,
+        Some(Unit::Count),
+        P,
+        "Log index of the configuration entry in force at this member (0: the bootstrap membership).",
     ),
     def(
         RAFT_ELECTIONS,

@@ -25,9 +25,19 @@ pub enum Op {
     Metadata = 2,
     Trim = 3,
     Transfer = 4,
+    Members = 5,
+    Membership = 6,
 }
 
-const OPS: [&str; 5] = ["append", "read", "metadata", "trim", "transfer"];
+const OPS: [&str; 7] = [
+    "append",
+    "read",
+    "metadata",
+    "trim",
+    "transfer",
+    "members",
+    "membership",
+];
 /// `ok`, then each error by its wire code (1..=7).
 const RESULTS: [&str; 8] = [
     "ok",
@@ -228,6 +238,32 @@ struct PeerSeries {
     refused: Vec<Counter>,
 }
 
+impl PeerSeries {
+    fn new(node: &NodeMetrics, partition: u32, peer: NodeId) -> PeerSeries {
+        let (partition, peer_label) = (partition.to_string(), peer.to_string());
+        let pp = [
+            ("partition", partition.as_str()),
+            ("peer", peer_label.as_str()),
+        ];
+        PeerSeries {
+            peer,
+            lag: node.gauge(REPLICATION_LAG, &pp),
+            inflight_messages: node.gauge(REPLICATION_INFLIGHT_MESSAGES, &pp),
+            inflight_bytes: node.gauge(REPLICATION_INFLIGHT_BYTES, &pp),
+            sent_bytes: node.counter(TRANSPORT_SENT_BYTES, &pp),
+            sent_messages: node.counter(TRANSPORT_SENT_MESSAGES, &pp),
+            dropped_messages: node.counter(TRANSPORT_DROPPED_MESSAGES, &pp),
+            refused: PeerFault::ALL
+                .iter()
+                .map(|fault| {
+                    let reason = [pp[0], pp[1], ("reason", fault.label())];
+                    node.counter(PEER_MESSAGES_REFUSED, &reason)
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The Raft term, role and leader this shard last published, to count changes.
 #[derive(Clone, Copy, Default)]
 struct Seen {
@@ -248,6 +284,9 @@ pub struct ShardMetrics {
     commit_index: Gauge,
     last_index: Gauge,
     log_start_index: Gauge,
+    voters: Gauge,
+    learners: Gauge,
+    membership_index: Gauge,
     elections: Counter,
     leader_changes: Counter,
     inbox_depth: Gauge,
@@ -265,34 +304,12 @@ const ROLES: [(Role, &str); 4] = [
 
 impl ShardMetrics {
     pub fn new(node: &NodeMetrics, partition: u32, peers: &[NodeId]) -> ShardMetrics {
-        let partition = partition.to_string();
-        let p = [("partition", partition.as_str())];
         let peers = peers
             .iter()
-            .map(|&peer| {
-                let peer_label = peer.to_string();
-                let pp = [
-                    ("partition", partition.as_str()),
-                    ("peer", peer_label.as_str()),
-                ];
-                PeerSeries {
-                    peer,
-                    lag: node.gauge(REPLICATION_LAG, &pp),
-                    inflight_messages: node.gauge(REPLICATION_INFLIGHT_MESSAGES, &pp),
-                    inflight_bytes: node.gauge(REPLICATION_INFLIGHT_BYTES, &pp),
-                    sent_bytes: node.counter(TRANSPORT_SENT_BYTES, &pp),
-                    sent_messages: node.counter(TRANSPORT_SENT_MESSAGES, &pp),
-                    dropped_messages: node.counter(TRANSPORT_DROPPED_MESSAGES, &pp),
-                    refused: PeerFault::ALL
-                        .iter()
-                        .map(|fault| {
-                            let reason = [pp[0], pp[1], ("reason", fault.label())];
-                            node.counter(PEER_MESSAGES_REFUSED, &reason)
-                        })
-                        .collect(),
-                }
-            })
+            .map(|&peer| PeerSeries::new(node, partition, peer))
             .collect();
+        let partition = partition.to_string();
+        let p = [("partition", partition.as_str())];
         ShardMetrics {
             fsync_seconds: node.histogram(WAL_FSYNC_SECONDS, &p),
             batch_records: node.histogram(WAL_BATCH_RECORDS, &p),
@@ -310,12 +327,35 @@ impl ShardMetrics {
             commit_index: node.gauge(RAFT_COMMIT_INDEX, &p),
             last_index: node.gauge(RAFT_LAST_INDEX, &p),
             log_start_index: node.gauge(RAFT_LOG_START_INDEX, &p),
+            voters: node.gauge(RAFT_VOTERS, &p),
+            learners: node.gauge(RAFT_LEARNERS, &p),
+            membership_index: node.gauge(RAFT_MEMBERSHIP_INDEX, &p),
             elections: node.counter(RAFT_ELECTIONS, &p),
             leader_changes: node.counter(RAFT_LEADER_CHANGES, &p),
             inbox_depth: node.gauge(SHARD_INBOX_DEPTH, &p),
             pending_appends: node.gauge(SHARD_PENDING_APPENDS, &p),
             peers,
             seen: Seen::default(),
+        }
+    }
+
+    /// Follows a membership change: series for peers that joined; the gauges of
+    /// peers that left drop to zero (their counters stay, as counters do).
+    pub fn follow_peers(&mut self, node: &NodeMetrics, partition: u32, peers: &[NodeId]) {
+        for series in self.peers.iter().filter(|s| !peers.contains(&s.peer)) {
+            for gauge in [
+                &series.lag,
+                &series.inflight_messages,
+                &series.inflight_bytes,
+            ] {
+                gauge.set(0.0);
+            }
+        }
+        self.peers.retain(|s| peers.contains(&s.peer));
+        for &peer in peers {
+            if !self.peers.iter().any(|s| s.peer == peer) {
+                self.peers.push(PeerSeries::new(node, partition, peer));
+            }
         }
     }
 
@@ -355,6 +395,12 @@ impl ShardMetrics {
         let last = engine.log().last_index();
         self.last_index.set(last as f64);
         self.log_start_index.set(engine.read_start() as f64);
+        let membership = engine.membership();
+        let voters = membership.voter_count();
+        self.voters.set(voters as f64);
+        self.learners
+            .set((membership.members().len() - voters) as f64);
+        self.membership_index.set(engine.membership_index() as f64);
         self.inbox_depth.set(inbox_depth as f64);
         self.pending_appends.set(pending_appends as f64);
         let leading = role == Role::Leader;

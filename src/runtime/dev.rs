@@ -234,7 +234,10 @@ mod tests {
         assert_eq!(third.listen.peer.port(), 7421);
         assert_eq!(third.listen.metrics.port(), 7422);
         assert_eq!(third.data_dir, dir.join("node-3/data"));
-        assert_eq!(third.member_ids(), vec![1, 2, 3]);
+        assert_eq!(
+            third.bootstrap_membership().ids().collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         for config in &configs {
             config.validate().expect("generated config is valid");
             let reparsed = NodeConfig::from_toml(&config.to_toml(), "generated").unwrap();

@@ -81,7 +81,7 @@ impl ShardDoors {
         let peer_router = PeerRouter {
             local: self.shard,
             shards: node.peer_lanes.clone(),
-            peers,
+            node_id: node.node_id,
             metrics: router_metrics.clone(),
         };
         let clients = ClientService::with_stats(
@@ -89,7 +89,11 @@ impl ShardDoors {
             Rc::new(client_router),
             node.client_stats[shard].clone(),
         );
-        let peer_config = Rc::new(PeerConfig::new(node.cluster_id, node.node_id));
+        let peer_config = Rc::new(PeerConfig {
+            // One peer lane per shard: the count every peer must run too.
+            shard_count: node.peer_lanes.len() as u32,
+            ..PeerConfig::new(node.cluster_id, node.node_id)
+        });
         let peers = PeerService::with_stats(
             peer_config,
             Rc::new(peer_router),

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use super::oneshot;
-use crate::engine::{Index, Message, MessageBody, NodeId};
+use crate::engine::{Index, MembershipChange, Message, MessageBody, NodeId};
 use crate::transport::{
-    AppendOk, PartitionInfo, ReadOk, ReadRequest, ServerError, TransferOk, TrimOk,
+    AppendOk, PartitionInfo, PartitionMembers, ReadOk, ReadRequest, ServerError, TransferOk, TrimOk,
 };
 
 /// The refusal for a request a stopping node did not take and cannot point
@@ -48,6 +48,14 @@ pub enum ShardInput {
         to: Option<NodeId>,
         reply: Reply<TransferOk>,
     },
+    /// The members as this shard leads them (NotLeader elsewhere).
+    Members { reply: Reply<PartitionMembers> },
+    /// Change the members by one; answered with the configuration entry's index
+    /// once it commits.
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Reply<Index>,
+    },
 }
 
 impl ShardInput {
@@ -58,7 +66,9 @@ impl ShardInput {
             ShardInput::Read { .. }
             | ShardInput::Info { .. }
             | ShardInput::Trim { .. }
-            | ShardInput::Transfer { .. } => 0,
+            | ShardInput::Transfer { .. }
+            | ShardInput::Members { .. }
+            | ShardInput::ChangeMembership { .. } => 0,
         }
     }
 }

@@ -278,6 +278,9 @@ mod tests {
                 start_index: 10,
                 prev_term: 2,
                 leader_commit: 12,
+                config: crate::engine::KnownConfig::bootstrap(
+                    crate::engine::Membership::of_voters(&[1, 2, 3]),
+                ),
             },
         };
         lifecycle.observe(&Command::Send {

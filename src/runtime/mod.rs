@@ -9,6 +9,7 @@ pub mod dev;
 pub mod doors;
 pub mod executor;
 pub mod failpoint;
+pub mod identity;
 pub mod inbox;
 pub mod lifecycle;
 pub mod local_inbox;

@@ -15,6 +15,7 @@ use thiserror::Error;
 use super::config::{FsyncPolicy, NodeConfig};
 use super::doors::{Listen, NodeDoors, ShardDoors};
 use super::executor::shard_executor;
+use super::identity::Identity;
 use super::inbox::{
     INBOX_BYTES_MAX, INBOX_CAPACITY, LaneReceiver, LaneSender, PEER_INBOX_BYTES_MAX,
     PEER_INBOX_CAPACITY, ShardInput, lane,
@@ -61,10 +62,26 @@ pub enum NodeError {
     Failpoint(#[from] super::failpoint::FailpointError),
 }
 
+/// How a node whose data directory is new becomes a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstStart {
+    /// It founds a new cluster with the members its config's `[[nodes]]` lists.
+    Found,
+    /// It joins a running cluster (`serve --join`): its groups start with no
+    /// members, and a leader that adds it sends it their membership.
+    Join,
+}
+
 /// Runs the node until `stop` is set (then shuts down gracefully) or a shard fails.
-pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
+/// `first` matters only on the first start: the data directory remembers it.
+pub fn run(config: NodeConfig, first: FirstStart, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
     let shards = shard_count(&config);
-    let _lock = check_before_start(&config, shards)?;
+    let (_lock, identity) = check_before_start(&config, shards, first)?;
+    let bootstrap = if identity.joined {
+        crate::engine::Membership::default()
+    } else {
+        config.bootstrap_membership()
+    };
     let peer_addrs = resolve_peers(&config)?;
     let observe = Observe {
         metrics: NodeMetrics::new(config.node_id),
@@ -99,7 +116,8 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
             let shard = shard as u32;
             let (closer, close_requests) = link_closer();
             let parts = (inbox, stop.clone(), closer);
-            let context = shard_context(&config, shard, &peer_addrs, parts, &observe);
+            let mut context = shard_context(&config, shard, &peer_addrs, parts, &observe);
+            context.bootstrap = bootstrap.clone();
             let mut node = node_doors.clone();
             node.client_doors = node.client_doors.at(shard);
             node.peer_doors = node.peer_doors.at(shard);
@@ -124,11 +142,21 @@ pub fn run(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
 
 /// Everything that can be checked before a shard starts, in words rather than
 /// panics; the data directory's lock, held while the node runs.
-fn check_before_start(config: &NodeConfig, shards: u32) -> Result<std::fs::File, NodeError> {
+fn check_before_start(
+    config: &NodeConfig,
+    shards: u32,
+    first: FirstStart,
+) -> Result<(std::fs::File, Identity), NodeError> {
     super::failpoint::init_from_env()?;
     preflight::check_io_uring()?;
     preflight::check_memlock(shards as u64 * LOCKED_BYTES_PER_SHARD)?;
-    preflight::check_data_dir(&config.data_dir, config.cluster_id, config.node_id)?;
+    let identity = Identity {
+        cluster_id: config.cluster_id,
+        node_id: config.node_id,
+        shards,
+        joined: first == FirstStart::Join,
+    };
+    let identity = preflight::check_data_dir(&config.data_dir, &identity)?;
     let lock = preflight::lock_data_dir(&config.data_dir)?;
     preflight::check_address_free("client", config.listen.client)?;
     preflight::check_address_free("peer", config.listen.peer)?;
@@ -138,7 +166,7 @@ fn check_before_start(config: &NodeConfig, shards: u32) -> Result<std::fs::File,
             "fsync = \"never\": acknowledged records are NOT durable; use this for benchmarks only"
         );
     }
-    Ok(lock)
+    Ok((lock, identity))
 }
 
 /// Starts the thread of one shard's executor.
@@ -247,7 +275,7 @@ fn shard_context(
     ShardContext {
         shard_id: shard,
         node_id: config.node_id,
-        members: config.member_ids(),
+        bootstrap: config.bootstrap_membership(),
         peer_addrs: peer_addrs.clone(),
         client_addrs: config
             .nodes
@@ -258,7 +286,10 @@ fn shard_context(
         wal_config,
         wal_dir: config.data_dir.join(format!("shard-{shard}")),
         write_through: config.wal.write_through && config.wal.fsync == FsyncPolicy::Always,
-        peer_config: PeerConfig::new(config.cluster_id, config.node_id),
+        peer_config: PeerConfig {
+            shard_count: shard_count(config),
+            ..PeerConfig::new(config.cluster_id, config.node_id)
+        },
         link_closer,
         tick: Duration::from_millis(config.raft.tick_ms),
         seed,

@@ -1,14 +1,13 @@
 //! Start-up checks that turn the usual ways a node cannot start into one clear
 //! sentence each, instead of a panic deep inside an executor.
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::engine::NodeId;
+use super::identity::{Identity, check_identity};
 use crate::wal::dir::{DirSyncer, create_dir_durably_with, sync_dir};
 
 #[derive(Debug, Error)]
@@ -28,15 +27,19 @@ pub enum PreflightError {
     #[error("data directory {path} is not usable: {reason}")]
     DataDirUnusable { path: PathBuf, reason: String },
     #[error(
-        "data directory {path} belongs to cluster {found_cluster} node {found_node}, but this node is \
-         cluster {cluster} node {node}: point data_dir elsewhere, or remove the directory if its data is not needed"
+        "{path} says this data directory belongs to node {} of cluster {} with {} shards, \
+         but this node is configured as node {} of cluster {} with {} shards: point data_dir \
+         elsewhere, or fix {fix} in the configuration",
+        found.node_id, found.cluster_id, found.shards,
+        configured.node_id, configured.cluster_id, configured.shards
     )]
     DataDirForeign {
+        /// The identity file.
         path: PathBuf,
-        found_cluster: u64,
-        found_node: NodeId,
-        cluster: u64,
-        node: NodeId,
+        found: Identity,
+        configured: Identity,
+        /// The settings that differ.
+        fix: String,
     },
     #[error("cannot listen on {what} address {address}: {reason} (is another process using it?)")]
     AddressUnavailable {
@@ -103,22 +106,19 @@ pub fn check_io_uring() -> Result<(), PreflightError> {
     Ok(())
 }
 
-/// The file in a data directory that says whose data it holds.
-pub const IDENTITY_FILE: &str = "ringlog-node-id";
-
 /// Creates `dir` if needed, proves it writable, and checks (or, the first time,
-/// records durably) that it belongs to this cluster and node.
-pub fn check_data_dir(dir: &Path, cluster: u64, node: NodeId) -> Result<(), PreflightError> {
-    check_data_dir_with(dir, cluster, node, &mut sync_dir)
+/// records durably) that it belongs to this cluster, node and shard count.
+/// Returns the directory's identity (see [`check_identity`]).
+pub fn check_data_dir(dir: &Path, identity: &Identity) -> Result<Identity, PreflightError> {
+    check_data_dir_with(dir, identity, &mut sync_dir)
 }
 
 /// `check_data_dir` with the syncs of the directory's creation going to `sync`.
 fn check_data_dir_with(
     dir: &Path,
-    cluster: u64,
-    node: NodeId,
+    identity: &Identity,
     sync: DirSyncer,
-) -> Result<(), PreflightError> {
+) -> Result<Identity, PreflightError> {
     let unusable = |reason: String| PreflightError::DataDirUnusable {
         path: dir.to_path_buf(),
         reason,
@@ -126,50 +126,9 @@ fn check_data_dir_with(
     // The identity file and every shard's WAL live below: the directory's own
     // entry must survive a power loss as surely as they do.
     create_dir_durably_with(dir, sync).map_err(|e| unusable(format!("cannot create it: {e}")))?;
-    let identity_path = dir.join(IDENTITY_FILE);
-    match std::fs::read_to_string(&identity_path) {
-        Ok(text) => {
-            let (found_cluster, found_node) = parse_identity(&text)
-                .ok_or_else(|| unusable(format!("{IDENTITY_FILE} is damaged: {text:?}")))?;
-            if (found_cluster, found_node) != (cluster, node) {
-                return Err(PreflightError::DataDirForeign {
-                    path: dir.to_path_buf(),
-                    found_cluster,
-                    found_node,
-                    cluster,
-                    node,
-                });
-            }
-            probe_writable(dir).map_err(|e| unusable(format!("not writable: {e}")))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_identity(dir, cluster, node)
-            .map_err(|e| unusable(format!("cannot write {IDENTITY_FILE}: {e}"))),
-        Err(e) => Err(unusable(format!("cannot read {IDENTITY_FILE}: {e}"))),
-    }
-}
-
-fn parse_identity(text: &str) -> Option<(u64, NodeId)> {
-    let mut cluster = None;
-    let mut node = None;
-    for line in text.lines() {
-        match line.split_once('=') {
-            Some(("cluster_id", value)) => cluster = value.trim().parse().ok(),
-            Some(("node_id", value)) => node = value.trim().parse().ok(),
-            _ => {}
-        }
-    }
-    Some((cluster?, node?))
-}
-
-/// Written to a temporary name, synced, renamed, and the directory synced, so that
-/// a crash leaves either no identity or a whole one.
-fn write_identity(dir: &Path, cluster: u64, node: NodeId) -> std::io::Result<()> {
-    let temporary = dir.join(format!("{IDENTITY_FILE}.tmp"));
-    let mut file = std::fs::File::create(&temporary)?;
-    writeln!(file, "cluster_id={cluster}\nnode_id={node}")?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, dir.join(IDENTITY_FILE))?;
-    sync_dir(dir)
+    let identity = check_identity(dir, identity)?;
+    probe_writable(dir).map_err(|e| unusable(format!("not writable: {e}")))?;
+    Ok(identity)
 }
 
 fn probe_writable(dir: &Path) -> std::io::Result<()> {
@@ -257,24 +216,32 @@ mod tests {
         assert!(memlock_limit_bytes() > 0);
     }
 
+    fn identity(cluster_id: u64, node_id: u32) -> Identity {
+        Identity {
+            cluster_id,
+            node_id,
+            shards: 2,
+            joined: false,
+        }
+    }
+
     #[test]
     fn data_dir_is_claimed_once_and_refused_to_others() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        check_data_dir(&data, 7, 1).expect("fresh directory is claimed");
-        check_data_dir(&data, 7, 1).expect("same node again");
-        let foreign = check_data_dir(&data, 7, 2).unwrap_err();
+        check_data_dir(&data, &identity(7, 1)).expect("fresh directory is claimed");
+        check_data_dir(&data, &identity(7, 1)).expect("same node again");
+        let foreign = check_data_dir(&data, &identity(7, 2)).unwrap_err();
         assert!(
-            foreign.to_string().contains("belongs to cluster 7 node 1"),
+            foreign
+                .to_string()
+                .contains("belongs to node 1 of cluster 7 with 2 shards"),
             "{foreign}"
         );
-        let other_cluster = check_data_dir(&data, 8, 1).unwrap_err();
+        let other_cluster = check_data_dir(&data, &identity(8, 1)).unwrap_err();
         assert!(matches!(
             other_cluster,
-            PreflightError::DataDirForeign {
-                found_cluster: 7,
-                ..
-            }
+            PreflightError::DataDirForeign { found, .. } if found.cluster_id == 7
         ));
     }
 
@@ -283,7 +250,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut synced = Vec::new();
-        check_data_dir_with(&data, 7, 1, &mut recording(&mut synced)).expect("claimed");
+        check_data_dir_with(&data, &identity(7, 1), &mut recording(&mut synced)).expect("claimed");
         assert_eq!(synced, [dir.path().to_path_buf(), data]);
     }
 
@@ -292,7 +259,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        let error = check_data_dir(&file, 1, 1).unwrap_err();
+        let error = check_data_dir(&file, &identity(1, 1)).unwrap_err();
         assert!(
             matches!(error, PreflightError::DataDirUnusable { .. }),
             "{error}"

@@ -15,13 +15,22 @@ use super::inbox::{
 };
 use super::local_inbox::{LocalAnswer, LocalAppend, LocalInbox, Refused, append_size};
 use super::oneshot;
-use crate::engine::{Message, NodeId};
+use crate::engine::{Member, MembershipChange, Message, NodeId};
 use crate::metrics::RouterMetrics;
 use crate::metrics::handles::Op;
 use crate::transport::answer::Answer;
 use crate::transport::peer::PeerHandler;
 use crate::transport::server::{ANSWER_TIMEOUT_MS, RequestHandler};
-use crate::transport::{ClientRequest, ClientResponse, Hello, Metadata, NodeInfo, ServerError};
+use crate::transport::{
+    ALL_PARTITIONS, ChangeOp, ClientRequest, ClientResponse, Hello, MembersOk, MembershipChangeOk,
+    Metadata, NodeInfo, PartitionOutcome, ServerError,
+};
+
+/// How long a membership request waits for every partition's answer: a change
+/// commits within a few heartbeats when a quorum answers, and the answer must
+/// reach the client before its own timeout (5 s by default) so that it hears
+/// which partitions are still open rather than nothing.
+pub const MEMBERSHIP_ANSWER_TIMEOUT_MS: u64 = 4_000;
 
 pub struct ClientRouter {
     pub cluster_id: u64,
@@ -98,6 +107,73 @@ impl ClientRouter {
         self.metrics
             .request(op, result.as_ref().err(), arrived.elapsed());
         result
+    }
+
+    /// The partitions a membership request names: one, or all of this node's.
+    fn partitions_named(&self, partition: u32) -> Result<Vec<u32>, ServerError> {
+        if partition == ALL_PARTITIONS {
+            return Ok((0..self.shards.len() as u32).collect());
+        }
+        self.shard(partition)?;
+        Ok(vec![partition])
+    }
+
+    /// Asks the shard of each of `partitions` at once, `input` building each
+    /// input around its reply, and waits for their answers until one deadline.
+    /// Each partition gets its own outcome: a shard that does not answer in time,
+    /// or stopped with the request, is Timeout (a change's outcome is then open).
+    async fn ask_each<T>(
+        &self,
+        partitions: Vec<u32>,
+        mut input: impl FnMut(Reply<T>) -> ShardInput,
+    ) -> Vec<PartitionOutcome<T>> {
+        let mut waiting = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let (reply, answer) = reply_channel();
+            let submitted = self.submit(partition, input(reply));
+            waiting.push((partition, submitted.map(|()| answer)));
+        }
+        let deadline = Instant::now() + Duration::from_millis(MEMBERSHIP_ANSWER_TIMEOUT_MS);
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for (partition, answer) in waiting {
+            let result = match answer {
+                Err(refusal) => Err(refusal),
+                Ok(answer) => {
+                    let answer = async { answer.await.unwrap_or(Err(ServerError::Timeout)) };
+                    let late = async {
+                        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()))
+                            .await;
+                        Err(ServerError::Timeout)
+                    };
+                    future::or(answer, late).await
+                }
+            };
+            outcomes.push(PartitionOutcome { partition, result });
+        }
+        outcomes
+    }
+
+    async fn members(&self, partition: u32) -> Result<MembersOk, ServerError> {
+        let partitions = self.partitions_named(partition)?;
+        let partitions = self
+            .ask_each(partitions, |reply| ShardInput::Members { reply })
+            .await;
+        Ok(MembersOk { partitions })
+    }
+
+    async fn change_membership(
+        &self,
+        partition: u32,
+        change: ChangeOp,
+    ) -> Result<MembershipChangeOk, ServerError> {
+        let partitions = self.partitions_named(partition)?;
+        let change = engine_change(change);
+        let input = |reply| ShardInput::ChangeMembership {
+            change: change.clone(),
+            reply,
+        };
+        let partitions = self.ask_each(partitions, input).await;
+        Ok(MembershipChangeOk { partitions })
     }
 
     async fn metadata(&self) -> Result<Metadata, ServerError> {
@@ -184,6 +260,25 @@ impl RequestHandler for ClientRouter {
                 let result = self.ask_for(Op::Transfer, transfer.partition, 0, arrived, input);
                 result.await.map(ClientResponse::Transfer)
             }
+            ClientRequest::Members(members) => {
+                let result = self.members(members.partition).await;
+                let error = result
+                    .as_ref()
+                    .map_or_else(Some, |ok| first_error(&ok.partitions));
+                self.metrics.request(Op::Members, error, arrived.elapsed());
+                result.map(ClientResponse::Members)
+            }
+            ClientRequest::ChangeMembership(request) => {
+                let result = self
+                    .change_membership(request.partition, request.change)
+                    .await;
+                let error = result
+                    .as_ref()
+                    .map_or_else(Some, |ok| first_error(&ok.partitions));
+                self.metrics
+                    .request(Op::Membership, error, arrived.elapsed());
+                result.map(ClientResponse::ChangeMembership)
+            }
             ClientRequest::Metadata => {
                 let result = self.metadata().await;
                 self.metrics
@@ -194,24 +289,54 @@ impl RequestHandler for ClientRouter {
     }
 }
 
+/// The change as the engine takes it: an added member starts as a learner.
+fn engine_change(change: ChangeOp) -> MembershipChange {
+    match change {
+        ChangeOp::AddLearner {
+            node_id,
+            peer_address,
+            client_address,
+        } => MembershipChange::AddLearner(Member {
+            id: node_id,
+            voter: false,
+            peer_address,
+            client_address,
+        }),
+        ChangeOp::Promote { node_id } => MembershipChange::Promote(node_id),
+        ChangeOp::Remove { node_id } => MembershipChange::Remove(node_id),
+    }
+}
+
+/// The error a per-partition answer is counted under: its first partition's.
+fn first_error<T>(outcomes: &[PartitionOutcome<T>]) -> Option<&ServerError> {
+    outcomes.iter().find_map(|o| o.result.as_ref().err())
+}
+
 pub struct PeerRouter {
     /// The shard whose executor this router serves links on: it takes only links
     /// to that shard.
     pub local: u32,
     /// Each shard's peer lane, apart from its client lane.
     pub shards: Vec<LaneSender<Message>>,
-    /// The other members: links from any other node id are refused.
-    pub peers: Vec<NodeId>,
+    /// This node's id: a link claiming it (or id 0) is refused. Any other node id
+    /// of the cluster is taken, members or not: a node being added links in before
+    /// every shard here knows it, and the engine decides what its messages are worth
+    /// (who authenticates a peer at all is issue 18's TLS, not this check).
+    pub node_id: NodeId,
     pub metrics: Rc<RouterMetrics>,
 }
 
 impl PeerHandler for PeerRouter {
     fn accept(&self, hello: &Hello) -> Result<(), String> {
-        if !self.peers.contains(&hello.node_id) {
+        if hello.node_id == 0 || hello.node_id == self.node_id {
             return Err(format!(
-                "node {} is not a member of this cluster (the other members are {})",
+                "a peer cannot be node {}: that is {}",
                 hello.node_id,
-                nodes_in_words(&self.peers)
+                if hello.node_id == 0 {
+                    "not a node id"
+                } else {
+                    "this node's own id"
+                }
             ));
         }
         if hello.shard_id as usize >= self.shards.len() {
@@ -328,7 +453,7 @@ mod tests {
         let peer_router = PeerRouter {
             local: 0,
             shards: vec![peers],
-            peers: vec![2],
+            node_id: 1,
             metrics,
         };
         (client_router, peer_router, client_inbox, peer_inbox)
@@ -361,12 +486,16 @@ mod tests {
             shard_id: 0,
             lane: crate::transport::Lane::Control,
             protocol_version: crate::transport::PROTOCOL_VERSION,
+            shard_count: 1,
         };
-        let refused = peer_router.accept(&hello).unwrap_err();
-        assert!(
-            refused.ends_with("(the other members are node 2)"),
-            "{refused}"
-        );
+        // Any other node id may be a member the membership added since.
+        assert_eq!(peer_router.accept(&hello), Ok(()));
+        let myself = Hello {
+            node_id: 1,
+            ..hello
+        };
+        let refused = peer_router.accept(&myself).unwrap_err();
+        assert!(refused.ends_with("this node's own id"), "{refused}");
     }
 
     #[test]
@@ -378,7 +507,7 @@ mod tests {
         let router = PeerRouter {
             local: 1,
             shards: vec![lane_0, lane_1],
-            peers: vec![2],
+            node_id: 1,
             metrics,
         };
         let hello = |shard_id| Hello {
@@ -388,6 +517,7 @@ mod tests {
             shard_id,
             lane: crate::transport::Lane::Bulk,
             protocol_version: crate::transport::PROTOCOL_VERSION,
+            shard_count: 2,
         };
         assert_eq!(router.accept(&hello(1)), Ok(()));
         let refused = router.accept(&hello(0)).unwrap_err();

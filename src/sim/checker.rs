@@ -10,15 +10,20 @@
 //! - trims and retention (`lifecycle.rs`): a member removes records only when a
 //!   committed trim or its own retention asked for it, a read returns no record a
 //!   trim acknowledged before it removed, and the records it does return are the
-//!   committed ones.
+//!   committed ones;
+//! - membership: every member's configuration in force is the bootstrap, nobody
+//!   (a member not added yet) or one a leader appended; a member that the latest
+//!   committed configuration does not name never becomes leader; an acknowledged
+//!   entry is on the disks of a majority of the voters its leader counted
+//!   (`commands.rs`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 
 use crate::engine::log::Log;
 use crate::engine::{
-    AppendError, AppendOk, Entry, EntryKind, Index, NodeId, ReadError, Role, Term,
+    AppendError, AppendOk, Entry, EntryKind, Index, Membership, NodeId, ReadError, Role, Term,
 };
 
 pub type Check = Result<(), String>;
@@ -67,9 +72,22 @@ pub struct Checker {
     /// Read request id -> what it must see, noted when it was invoked.
     reads: BTreeMap<u64, ReadFloor>,
     pub reads_ok: u64,
+    /// The membership the group started with.
+    bootstrap: Membership,
+    /// Every membership a leader appended in a configuration entry.
+    leader_configs: HashSet<Membership>,
+    /// Committed configuration entries: index -> membership.
+    committed_configs: BTreeMap<Index, Membership>,
 }
 
 impl Checker {
+    pub fn new(bootstrap: Membership) -> Checker {
+        Checker {
+            bootstrap,
+            ..Checker::default()
+        }
+    }
+
     pub fn invoke_append(&mut self, request_id: u64, records: Vec<Bytes>) {
         let request = Request {
             records,
@@ -145,6 +163,12 @@ impl Checker {
             .then(|| log.term_at(first.index - 1))
             .flatten();
         for entry in entries {
+            if entry.kind == EntryKind::Config && self.leaders.get(&entry.term) == Some(&node) {
+                let membership = Membership::decode(&entry.payload).map_err(|e| {
+                    format!("leader {node} appended an undecodable configuration: {e}")
+                })?;
+                self.leader_configs.insert(membership);
+            }
             let key = (entry.index, entry.term);
             match self.appended.get(&key) {
                 None => {
@@ -206,6 +230,11 @@ impl Checker {
         if let Some(before) = entry.trim_before() {
             self.committed_trims.insert(entry.index, before);
         }
+        if entry.kind == EntryKind::Config {
+            let membership = Membership::decode(&entry.payload)
+                .map_err(|e| format!("committed configuration {} undecodable: {e}", entry.index))?;
+            self.committed_configs.insert(entry.index, membership);
+        }
         if entry.kind == EntryKind::Record {
             if !self.committed_records.insert(entry.payload.clone()) {
                 return Err(format!(
@@ -234,6 +263,13 @@ impl Checker {
             return Err(format!("two leaders in term {term}: {other} and {node}"));
         }
         self.leaders.insert(term, node);
+        let (index, committed) = self.latest_committed_config();
+        if !committed.contains(node) {
+            return Err(format!(
+                "member {node} became leader of term {term}, but the configuration committed at {index} does not name it: {:?}",
+                committed.ids().collect::<Vec<_>>()
+            ));
+        }
         for (&index, entry) in self.committed.range(log.start()..) {
             if log.term_at(index) != Some(entry.term) {
                 return Err(format!(
@@ -348,6 +384,26 @@ impl Checker {
                     "member {node} diverges from the committed log at {i}"
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The latest configuration seen committed (index 0: the bootstrap).
+    pub fn latest_committed_config(&self) -> (Index, &Membership) {
+        let latest = self.committed_configs.iter().next_back();
+        latest.map_or((0, &self.bootstrap), |(&index, m)| (index, m))
+    }
+
+    /// Member `node` now uses `membership`: it must be the bootstrap, nobody (a
+    /// member not added yet, or wiped) or one some leader appended.
+    pub fn on_membership_changed(&self, node: NodeId, membership: &Membership) -> Check {
+        let known = *membership == self.bootstrap
+            || *membership == Membership::default()
+            || self.leader_configs.contains(membership);
+        if !known {
+            return Err(format!(
+                "member {node} uses a configuration no leader appended: {membership:?}"
+            ));
         }
         Ok(())
     }

@@ -2,31 +2,42 @@
 //! disk, messages to the network (held until their condition holds), answers and
 //! commits to the checker.
 
+use bytes::Bytes;
+
 use crate::engine::{Command, Condition, Index, Message, MessageBody, NodeId, Role};
 
 use super::{Check, Sim, liar};
 
 impl Sim {
-    /// The promise itself: an acknowledged record is on disk on a majority. (An
-    /// entry a member has purged since counts: only committed entries on its disk
-    /// are ever purged. So does a member abstaining after a corruption cut its log:
-    /// the leader may have counted its acknowledgement from before the cut, and until
-    /// it has the entries back it refuses to vote for any log without them, which is
-    /// what keeps them safe.)
-    fn check_on_majority_disks(&self, request_id: u64, last_index: u64) -> Check {
-        let payload = self.checker.last_payload_of(request_id);
-        let holders = self.nodes.iter().filter(|node| {
-            node.disk.lost_tail_in_term.is_some()
-                || match node.disk.durable_entry(last_index) {
-                    Some(entry) => Some(&entry.payload) == payload.as_ref(),
-                    None => node.disk.start() > last_index,
-                }
+    /// The promise itself: an acknowledged entry is on disk on a majority of the
+    /// voters of the membership in force at member `k`, the leader that counted
+    /// them, when it acknowledged it. (An entry a member has purged since counts:
+    /// only committed entries on its disk are ever purged. So does a member
+    /// abstaining after a corruption cut its log: the leader may have counted its
+    /// acknowledgement from before the cut, and until it has the entries back it
+    /// refuses to vote for any log without them, which is what keeps them safe.)
+    pub(super) fn check_on_majority_disks(
+        &self,
+        k: usize,
+        request_id: u64,
+        payload: Option<Bytes>,
+        last_index: u64,
+    ) -> Check {
+        let voters = &self.nodes[k].in_force;
+        let holders = self.nodes.iter().enumerate().filter(|&(m, node)| {
+            voters.is_voter(m as NodeId + 1)
+                && (node.disk.lost_tail_in_term.is_some()
+                    || match node.disk.durable_entry(last_index) {
+                        Some(entry) => Some(&entry.payload) == payload.as_ref(),
+                        None => node.disk.start() > last_index,
+                    })
         });
-        let quorum = self.nodes.len() / 2 + 1;
+        let quorum = voters.quorum();
         let count = holders.count();
         if count < quorum {
             return Err(format!(
-                "append {request_id} acknowledged with index {last_index} on only {count} disks"
+                "append {request_id} acknowledged with index {last_index} on only {count} disks of the voters {:?} in force",
+                voters.voters().collect::<Vec<_>>()
             ));
         }
         Ok(())
@@ -134,10 +145,14 @@ impl Sim {
                     .on_commit(id, index, node.batch_start, &lookup)?;
                 self.check_read_start(k, index)?
             }
+            Command::AppendResult { request_id, result } if self.operator.asked(request_id) => {
+                self.on_change_result(k, request_id, result)?
+            }
             Command::AppendResult { request_id, result } => {
                 node.requests.retain(|&r| r != request_id);
                 if let Ok(ok) = result {
-                    self.check_on_majority_disks(request_id, ok.last_index)?;
+                    let payload = self.checker.last_payload_of(request_id);
+                    self.check_on_majority_disks(k, request_id, payload, ok.last_index)?;
                 }
                 self.checker.on_append_result(request_id, result)?
             }
@@ -155,6 +170,12 @@ impl Sim {
                     ));
                 }
                 self.refusals += 1;
+            }
+            Command::MembershipChanged { membership } => {
+                // Checked once the batch is carried out: a leader's own change
+                // comes before the append that carries it.
+                self.memberships_to_check.push((id, membership.clone()));
+                node.in_force = membership;
             }
             Command::RoleChanged { role, term, .. } => {
                 self.checker.on_role(id, role, term, engine.log())?;

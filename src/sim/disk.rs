@@ -12,7 +12,7 @@
 /// Entries per simulated segment.
 const SEGMENT_ENTRIES: Index = 8;
 
-use crate::engine::{Command, Entry, HardState, Index, Recovered, Term};
+use crate::engine::{Command, Entry, HardState, Index, KnownConfig, Recovered, Term};
 
 #[derive(Clone, Debug)]
 pub struct Disk {
@@ -28,6 +28,8 @@ pub struct Disk {
     /// Set when a corruption cut this log: the runtime's abstention marker, which
     /// survives crashes until the member has caught up.
     pub lost_tail_in_term: Option<Term>,
+    /// The configurations last saved (`Command::SaveMembership`), durable.
+    configs: Vec<KnownConfig>,
 }
 
 impl Disk {
@@ -41,6 +43,7 @@ impl Disk {
             durable_op: 0,
             issued_op: 0,
             lost_tail_in_term: None,
+            configs: Vec::new(),
         }
     }
 
@@ -69,7 +72,8 @@ impl Disk {
             | Command::AppendLog { op, .. }
             | Command::TruncateLog { op, .. }
             | Command::ResetLog { op, .. }
-            | Command::PurgeLog { op, .. } => *op,
+            | Command::PurgeLog { op, .. }
+            | Command::SaveMembership { op, .. } => *op,
             _ => return false,
         };
         assert_eq!(
@@ -147,6 +151,10 @@ impl Disk {
                 }
                 self.durable_op = op;
             }
+            Command::SaveMembership { op, configs } => {
+                self.configs = configs;
+                self.durable_op = op;
+            }
             other => panic!("not a storage command: {other:?}"),
         }
     }
@@ -159,7 +167,13 @@ impl Disk {
         let keep_from = recovered.tail.len().saturating_sub(tail_len);
         recovered.tail.drain(..keep_from);
         recovered.lost_tail_in_term = self.lost_tail_in_term;
+        recovered.configs = self.configs.clone();
         recovered
+    }
+
+    /// The index of the committed configuration durably saved, if any was.
+    pub fn saved_committed_index(&self) -> Option<Index> {
+        self.configs.first().map(|c| c.index)
     }
 
     /// The first index the durable log holds (a segment's first: it may hold

@@ -33,7 +33,8 @@ impl Sim {
             self.network.delay_ticks_max = self.rng.range(1, 6);
         }
         for k in 0..self.nodes.len() {
-            if self.nodes[k].engine.is_none() && self.nodes[k].down_until <= self.now {
+            let node = &self.nodes[k];
+            if node.engine.is_none() && node.down_until <= self.now && !node.retired {
                 self.start_node(k);
             }
             if self.nodes[k].crash_at.is_some_and(|at| at <= self.now)
@@ -65,10 +66,14 @@ impl Sim {
             110..=114 => self.corrupt_disk(),
             _ => {}
         }
+        if self.config.membership_changes {
+            self.operate()?;
+        }
         Ok(())
     }
 
-    fn crash(&mut self, k: usize) {
+    pub(super) fn crash(&mut self, k: usize) {
+        self.operator.forget_requests_to(k);
         let node = &mut self.nodes[k];
         let kept = self.rng.range(0, node.disk.unflushed_len() as u64 + 1) as usize;
         node.disk.crash(kept);
@@ -117,7 +122,7 @@ impl Sim {
 
     fn partition(&mut self) {
         self.network.heal_partitions();
-        let n = self.config.nodes;
+        let n = self.config.total_nodes();
         let side: Vec<NodeId> = match self.rng.range(0, 3) {
             // Cut the leader off (symmetric or one-way, below).
             0 => match self.leader_index() {
@@ -133,20 +138,21 @@ impl Sim {
     fn transfer_leadership(&mut self) -> Check {
         match self.leader_index() {
             Some(k) => {
-                let to = self.rng.range(1, self.config.nodes as u64 + 1) as NodeId;
+                let to = self.rng.range(1, self.config.total_nodes() as u64 + 1) as NodeId;
                 self.step(k, Event::TransferLeadership { to })
             }
             None => Ok(()),
         }
     }
 
-    /// Ends every fault: all members up, no partitions, no loss, and links that
+    /// Ends every fault (and the operator's changes): all members up but those the
+    /// operator stopped, no partitions, no loss, and links that
     /// deliver in order after one tick, as TCP does.
     pub(super) fn heal(&mut self) {
         self.healed = true;
         self.heal_acked_base = self.checker.acked_records;
         for k in 0..self.nodes.len() {
-            if self.nodes[k].engine.is_none() {
+            if self.nodes[k].engine.is_none() && !self.nodes[k].retired {
                 self.start_node(k);
             }
         }

@@ -100,10 +100,12 @@ pub fn mutate(mut msg: Message, rng: &mut Rng) -> Message {
             start_index,
             prev_term,
             leader_commit,
-        } => match pick % 4 {
+            config,
+        } => match pick % 5 {
             0 => *start_index = 0,
             1 => *start_index = huge_index,
             2 => *prev_term = above_term,
+            3 => config.index = huge_index,
             _ => *leader_commit = huge_index,
         },
         // Nothing else in these bodies can be checked: only their term.

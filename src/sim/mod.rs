@@ -12,6 +12,10 @@
 //! In some seeds one member misbehaves (`liar`): it also sends messages that break
 //! the protocol's rules in ways a receiver can detect, and every other member must
 //! refuse them, and only them.
+//!
+//! In some seeds an operator changes the membership (`operator`): spare members,
+//! started knowing nobody, are added as learners, promoted, and members removed,
+//! the leader included; removed members are stopped, and some wiped and added again.
 
 mod checker;
 mod commands;
@@ -20,6 +24,7 @@ mod faults;
 mod liar;
 mod lifecycle;
 mod network;
+mod operator;
 #[cfg(test)]
 mod tests;
 mod workload;
@@ -27,7 +32,7 @@ mod workload;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::engine::rng::Rng;
-use crate::engine::{Command, Config, Engine, Event, Index, Message, NodeId};
+use crate::engine::{Command, Config, Engine, Event, Index, Membership, Message, NodeId};
 use checker::{Check, Checker};
 use disk::Disk;
 use network::Network;
@@ -44,11 +49,20 @@ pub struct SimConfig {
     pub planted_bug: Option<PlantedBug>,
     /// One member, chosen by the seed, sends detectably wrong messages too.
     pub misbehaving: bool,
+    /// Members beyond the bootstrap ones, started knowing nobody, for the operator
+    /// to add.
+    pub spares: u32,
+    /// An operator changes the membership during the faults.
+    pub membership_changes: bool,
 }
 
 impl SimConfig {
-    /// The configuration a seed stands for: even seeds 3 members, odd seeds 5.
+    /// The configuration a seed stands for: even seeds 3 members, odd seeds 5; one
+    /// seed in three has an operator changing the membership, with two spares.
+    /// (The others draw exactly what they drew before membership changes existed,
+    /// so that their regression seeds still replay.)
     pub fn for_seed(seed: u64) -> SimConfig {
+        let membership_changes = seed % 3 == 1;
         SimConfig {
             seed,
             nodes: if seed.is_multiple_of(2) { 3 } else { 5 },
@@ -56,7 +70,23 @@ impl SimConfig {
             heal_ticks: 600,
             planted_bug: None,
             misbehaving: seed % 8 == 5,
+            spares: if membership_changes { 2 } else { 0 },
+            membership_changes,
         }
+    }
+
+    /// The same seed with the operator at work, and two spares.
+    pub fn with_membership_changes(self) -> SimConfig {
+        SimConfig {
+            spares: 2,
+            membership_changes: true,
+            ..self
+        }
+    }
+
+    /// Every member, the spares included.
+    pub fn total_nodes(&self) -> u32 {
+        self.nodes + self.spares
     }
 }
 
@@ -83,6 +113,8 @@ pub struct SimReport {
     pub log_reads: u64,
     /// Messages of the misbehaving member the others refused.
     pub refusals: u64,
+    /// What the operator's membership changes came to.
+    pub changes: operator::ChangeCounts,
 }
 
 struct Node {
@@ -104,6 +136,19 @@ struct Node {
     batch_start: Index,
     /// The highest `before` retention asked this member to purge (in any run).
     retention_before: Index,
+    /// What the member starts from when its disk holds no configuration: the
+    /// bootstrap members for the first ones, nobody for spares and wiped members.
+    bootstrap: Membership,
+    /// The membership in force as its commands are carried out
+    /// (`Command::MembershipChanged`).
+    in_force: Membership,
+    /// The operator asked to remove this member (since its last wipe), and what
+    /// becomes of it once that commits: it is never added again unless wiped.
+    after_removal: Option<operator::AfterRemoval>,
+    /// Stopped by the operator after its removal committed: not restarted.
+    retired: bool,
+    /// The tick the operator wiped its disk, if it did since it was last added.
+    wiped_at: Option<u64>,
 }
 
 struct Sim {
@@ -128,6 +173,9 @@ struct Sim {
     /// Reads the current batch answered (index, what they must not see), served
     /// once all its commands are carried out.
     reads_to_serve: Vec<(Index, checker::ReadFloor)>,
+    /// Memberships the current batch took into force, checked once all its
+    /// commands are carried out.
+    memberships_to_check: Vec<(NodeId, Membership)>,
     /// The misbehaving member, in seeds that have one.
     liar: Option<NodeId>,
     healed: bool,
@@ -135,11 +183,19 @@ struct Sim {
     heal_acked_base: u64,
     /// `RINGLOG_SIM_TRACE_FROM=<tick>`: print every event and command from then on.
     trace_from: Option<u64>,
+    operator: operator::Operator,
 }
 
 /// Runs one seed; `Err` names the broken property, the tick and the seed.
 pub fn run(config: SimConfig) -> Result<SimReport, String> {
     let seed = config.seed;
+    let mut replay_env = String::new();
+    if config.membership_changes && !SimConfig::for_seed(seed).membership_changes {
+        replay_env += "RINGLOG_SIM_MEMBERSHIP=1 ";
+    }
+    if let Some(bug) = config.planted_bug {
+        replay_env += &format!("RINGLOG_SIM_BUG={bug:?} ");
+    }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Sim::new(config).run()));
     let result = match outcome {
         Ok(result) => result,
@@ -154,7 +210,7 @@ pub fn run(config: SimConfig) -> Result<SimReport, String> {
     };
     result.map_err(|violation| {
         format!(
-            "seed {seed}: {violation}\nreplay: RINGLOG_SIM_SEED={seed} cargo test --release --lib sim::tests::replay_seed -- --nocapture"
+            "seed {seed}: {violation}\nreplay: {replay_env}RINGLOG_SIM_SEED={seed} cargo test --release --lib sim::tests::replay_seed -- --nocapture"
         )
     })
 }
@@ -164,8 +220,9 @@ impl Sim {
         let liar = config
             .misbehaving
             .then(|| (config.seed / 8 % u64::from(config.nodes)) as NodeId + 1);
-        let nodes = (0..config.nodes)
-            .map(|_| Node {
+        let bootstrap = Membership::of_voters(&(1..=config.nodes).collect::<Vec<_>>());
+        let nodes = (0..config.total_nodes())
+            .map(|k| Node {
                 engine: None,
                 disk: Disk::new(),
                 held: Vec::new(),
@@ -176,15 +233,24 @@ impl Sim {
                 requests: Vec::new(),
                 batch_start: 1,
                 retention_before: 0,
+                bootstrap: if k < config.nodes {
+                    bootstrap.clone()
+                } else {
+                    Membership::default()
+                },
+                in_force: Membership::default(),
+                after_removal: None,
+                retired: false,
+                wiped_at: None,
             })
             .collect();
         let mut sim = Sim {
             rng: Rng::new(config.seed),
-            network: Network::new(config.nodes),
+            network: Network::new(config.total_nodes()),
+            checker: Checker::new(bootstrap),
             config,
             now: 0,
             nodes,
-            checker: Checker::default(),
             hasher: DefaultHasher::new(),
             steps: 0,
             next_request: 1,
@@ -197,12 +263,14 @@ impl Sim {
             records_read: 0,
             reads_out_of_range: 0,
             reads_to_serve: Vec::new(),
+            memberships_to_check: Vec::new(),
             liar,
             healed: false,
             heal_acked_base: 0,
             trace_from: std::env::var("RINGLOG_SIM_TRACE_FROM")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            operator: operator::Operator::default(),
         };
         for k in 0..sim.nodes.len() {
             sim.start_node(k);
@@ -210,12 +278,7 @@ impl Sim {
         sim
     }
 
-    fn members(&self) -> Vec<NodeId> {
-        (1..=self.config.nodes).collect()
-    }
-
     fn start_node(&mut self, k: usize) {
-        let members = self.members();
         let node = &mut self.nodes[k];
         node.incarnation += 1;
         // Small, seed-chosen limits split batches across messages and fill windows,
@@ -236,15 +299,20 @@ impl Sim {
         let tail_len = self.rng.range(0, 20) as usize;
         let mut engine = Engine::new(
             k as NodeId + 1,
-            &members,
+            &node.bootstrap,
             config,
             seed,
             node.disk.recover(tail_len),
         )
         .expect("valid simulated member");
         engine.plant_bug(self.config.planted_bug);
+        node.in_force = engine.membership().clone();
         node.engine = Some(engine);
         self.checker.restarted(k as NodeId + 1);
+        let in_force = self.nodes[k].in_force.clone();
+        self.checker
+            .on_membership_changed(k as NodeId + 1, &in_force)
+            .unwrap_or_else(|violation| panic!("at restart: {violation}"));
     }
 
     fn run(mut self) -> Result<SimReport, String> {
@@ -282,6 +350,7 @@ impl Sim {
             lost_tails: self.lost_tails,
             log_reads: self.log_reads,
             refusals: self.refusals,
+            changes: self.operator.counts,
         })
     }
 
@@ -398,6 +467,9 @@ impl Sim {
         // runtime serves them, and checked against everything the batch committed.
         for (index, floor) in std::mem::take(&mut self.reads_to_serve) {
             self.serve_read(k, index, floor)?;
+        }
+        for (id, membership) in std::mem::take(&mut self.memberships_to_check) {
+            self.checker.on_membership_changed(id, &membership)?;
         }
         Ok(())
     }

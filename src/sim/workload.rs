@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::engine::{Event, Role};
+use crate::engine::{Event, NodeId, Role};
 
 use super::{Check, Sim};
 
@@ -96,20 +96,34 @@ impl Sim {
         Ok(self.checker.acked_records > self.heal_acked_base)
     }
 
+    /// The longest log of the leader's members: only they must end up equal.
     fn longest_follower_log(&self, leader: usize) -> u64 {
         let followers = self.nodes.iter().enumerate().filter(|&(k, _)| k != leader);
-        let engines = followers.filter_map(|(_, n)| n.engine.as_ref());
+        let members = followers.filter(|&(k, _)| self.is_member_of_leader(leader, k));
+        let engines = members.filter_map(|(_, n)| n.engine.as_ref());
         engines.map(|e| e.log().last_index()).max().unwrap_or(0)
     }
 
+    /// Whether member `k` belongs to the membership in force at `leader`.
+    pub(super) fn is_member_of_leader(&self, leader: usize, k: usize) -> bool {
+        let engine = self.nodes[leader].engine.as_ref().expect("live leader");
+        engine.membership().contains(k as NodeId + 1)
+    }
+
     /// Every member up, one leader, all logs equal and fully committed, and every
-    /// request a live member holds answered.
+    /// request a live member holds answered. Members are those of the leader's
+    /// membership: removed ones and spares never added may lag for ever.
     pub(super) fn converged(&self) -> bool {
         let Some(k) = self.leader_index() else {
             return false;
         };
         let leader = self.nodes[k].engine.as_ref().expect("live");
-        let all_caught_up = self.nodes.iter().all(|node| {
+        let mut members = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|&(m, _)| self.is_member_of_leader(k, m));
+        let all_caught_up = members.all(|(_, node)| {
             node.engine.as_ref().is_some_and(|e| {
                 e.commit_index() == leader.log().last_index()
                     && e.log().last_index() == leader.log().last_index()
@@ -134,12 +148,14 @@ impl Sim {
         for (k, node) in self.nodes.iter().enumerate() {
             if let Some(e) = &node.engine {
                 text += &format!(
-                    " member {}: {:?} term {} commit {} last {};",
+                    " member {}: {:?} term {} commit {} last {} members {:?} voters {:?};",
                     k + 1,
                     e.role(),
                     e.term(),
                     e.commit_index(),
-                    e.log().last_index()
+                    e.log().last_index(),
+                    e.membership().ids().collect::<Vec<_>>(),
+                    e.membership().voters().collect::<Vec<_>>()
                 );
                 if e.role() == crate::engine::Role::Leader {
                     text += &format!(" progress {};", e.describe_progress());
@@ -149,9 +165,13 @@ impl Sim {
         text
     }
 
+    /// Every live member's log agrees with the committed log (removed members that
+    /// kept running included, as far as they know it committed).
     pub(super) fn final_checks(&self) -> Check {
         for node in &self.nodes {
-            let e = node.engine.as_ref().expect("all members up after healing");
+            let Some(e) = node.engine.as_ref() else {
+                continue;
+            };
             let lookup = |i| {
                 e.log()
                     .get(i)

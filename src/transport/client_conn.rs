@@ -50,6 +50,11 @@ fn inflight_cost_bytes(request: &ClientRequest, body_bytes: usize, body_bytes_ma
         ClientRequest::Append(_) | ClientRequest::Trim(_) | ClientRequest::Transfer(_) => {
             SMALL_ANSWER_BYTES
         }
+        // One outcome per partition, each with its members' addresses: bounded like
+        // metadata.
+        ClientRequest::Members(_) | ClientRequest::ChangeMembership(_) => {
+            METADATA_ANSWER_BYTES_ESTIMATE
+        }
         ClientRequest::Read(r) => (r.max_bytes as usize).saturating_add(SMALL_ANSWER_BYTES),
         ClientRequest::Metadata => METADATA_ANSWER_BYTES_ESTIMATE,
     };

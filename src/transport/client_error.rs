@@ -135,16 +135,22 @@ impl ServerError {
 }
 
 pub(super) fn encode_error(dst: &mut BytesMut, request_id: u64, e: &ServerError) {
+    encode_frame(dst, FrameKind::ErrorResponse, request_id, |b| {
+        put_error(b, e)
+    });
+}
+
+/// Puts an ErrorResponse body: also the layout of one partition's error in the
+/// membership answers.
+pub(super) fn put_error(b: &mut BytesMut, e: &ServerError) {
     let fields = e.fields();
     let text = truncate_utf8(fields.text, TEXT_BYTES_MAX);
-    encode_frame(dst, FrameKind::ErrorResponse, request_id, |b| {
-        b.put_u16_le(e.code());
-        b.put_u16_le(text.len() as u16);
-        b.put_u32_le(fields.node);
-        b.put_u64_le(fields.a);
-        b.put_u64_le(fields.b);
-        b.put_slice(text.as_bytes());
-    });
+    b.put_u16_le(e.code());
+    b.put_u16_le(text.len() as u16);
+    b.put_u32_le(fields.node);
+    b.put_u64_le(fields.a);
+    b.put_u64_le(fields.b);
+    b.put_slice(text.as_bytes());
 }
 
 /// Decodes an ErrorResponse body (the reader's `finish` is left to the caller).

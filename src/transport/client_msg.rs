@@ -7,6 +7,11 @@ use thiserror::Error;
 pub use super::client_error::{NO_NODE, ServerError};
 use super::client_error::{TEXT_BYTES_MAX, decode_error, encode_error};
 use super::frame::{BodyReader, Frame, FrameError, FrameKind, encode_frame};
+use super::members_msg::{
+    MembersOk, MembersRequest, MembershipChangeOk, MembershipChangeRequest, change_request_bytes,
+    decode_change_request, decode_change_response, decode_members_request, decode_members_response,
+    put_change_request, put_change_response, put_members_request, put_members_response,
+};
 use super::peer_msg::truncate_utf8;
 use crate::engine::{Index, NodeId, Term};
 
@@ -142,6 +147,8 @@ pub enum ClientRequest {
     Metadata,
     Trim(TrimRequest),
     Transfer(TransferRequest),
+    Members(MembersRequest),
+    ChangeMembership(MembershipChangeRequest),
 }
 
 /// A successful answer.
@@ -152,6 +159,8 @@ pub enum ClientResponse {
     Metadata(Metadata),
     Trim(TrimOk),
     Transfer(TransferOk),
+    Members(MembersOk),
+    ChangeMembership(MembershipChangeOk),
 }
 
 /// Bytes of `request`'s body on the wire, so a client can check it against the
@@ -163,6 +172,8 @@ pub fn request_body_bytes(request: &ClientRequest) -> usize {
         ClientRequest::Metadata => 0,
         ClientRequest::Trim(_) => 16,
         ClientRequest::Transfer(_) => 8,
+        ClientRequest::Members(_) => 8,
+        ClientRequest::ChangeMembership(c) => change_request_bytes(c),
     }
 }
 
@@ -203,6 +214,16 @@ pub fn encode_request(dst: &mut BytesMut, request_id: u64, request: &ClientReque
             encode_frame(dst, FrameKind::TransferRequest, request_id, |b| {
                 b.put_u32_le(t.partition);
                 b.put_u32_le(t.to.unwrap_or(NO_NODE));
+            })
+        }
+        ClientRequest::Members(m) => {
+            encode_frame(dst, FrameKind::MembersRequest, request_id, |b| {
+                put_members_request(b, m)
+            })
+        }
+        ClientRequest::ChangeMembership(c) => {
+            encode_frame(dst, FrameKind::MembershipChangeRequest, request_id, |b| {
+                put_change_request(b, c)
             })
         }
     }
@@ -258,6 +279,10 @@ pub fn decode_request(frame: &Frame) -> Result<ClientRequest, FrameError> {
                 partition,
                 to: (to != NO_NODE).then_some(to),
             })
+        }
+        FrameKind::MembersRequest => ClientRequest::Members(decode_members_request(&mut r)?),
+        FrameKind::MembershipChangeRequest => {
+            ClientRequest::ChangeMembership(decode_change_request(&mut r)?)
         }
         other => {
             return Err(FrameError::Unexpected {
@@ -337,6 +362,16 @@ pub fn encode_response(
                 b.put_u64_le(t.term);
             })
         }
+        Ok(ClientResponse::Members(m)) => {
+            encode_frame(dst, FrameKind::MembersResponse, request_id, |b| {
+                put_members_response(b, m)
+            })
+        }
+        Ok(ClientResponse::ChangeMembership(c)) => {
+            encode_frame(dst, FrameKind::MembershipChangeResponse, request_id, |b| {
+                put_change_response(b, c)
+            })
+        }
         Err(e) => encode_error(dst, request_id, e),
     }
 }
@@ -387,6 +422,10 @@ pub fn decode_response(frame: &Frame) -> Result<Result<ClientResponse, ServerErr
                 term: r.u64()?,
             }))
         }
+        FrameKind::MembersResponse => Ok(ClientResponse::Members(decode_members_response(&mut r)?)),
+        FrameKind::MembershipChangeResponse => Ok(ClientResponse::ChangeMembership(
+            decode_change_response(&mut r)?,
+        )),
         other => {
             return Err(FrameError::Unexpected {
                 kind: other,

@@ -12,7 +12,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"RLOG");
 /// The protocol version this build speaks. A frame with another version is refused:
 /// versions change only when a layout changes, and guessing would corrupt data.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Size of [`FrameHeader`] on the wire.
 pub const FRAME_HEADER_BYTES: usize = 24;
 /// The default largest body a receiver accepts. Large enough for a 4 MiB replication
@@ -70,13 +70,17 @@ pub enum FrameKind {
     TrimResponse = 0x47,
     TransferRequest = 0x48,
     TransferResponse = 0x49,
+    MembersRequest = 0x4A,
+    MembersResponse = 0x4B,
+    MembershipChangeRequest = 0x4C,
+    MembershipChangeResponse = 0x4D,
     ClosingNotice = 0x4E,
     ErrorResponse = 0x4F,
 }
 
 impl FrameKind {
     /// Every kind, in code order (used by tests and documentation checks).
-    pub const ALL: [FrameKind; 25] = [
+    pub const ALL: [FrameKind; 29] = [
         FrameKind::PeerHello,
         FrameKind::PeerHelloAck,
         FrameKind::PeerRefused,
@@ -100,6 +104,10 @@ impl FrameKind {
         FrameKind::TrimResponse,
         FrameKind::TransferRequest,
         FrameKind::TransferResponse,
+        FrameKind::MembersRequest,
+        FrameKind::MembersResponse,
+        FrameKind::MembershipChangeRequest,
+        FrameKind::MembershipChangeResponse,
         FrameKind::ClosingNotice,
         FrameKind::ErrorResponse,
     ];
@@ -123,6 +131,8 @@ impl FrameKind {
                 | FrameKind::MetadataRequest
                 | FrameKind::TrimRequest
                 | FrameKind::TransferRequest
+                | FrameKind::MembersRequest
+                | FrameKind::MembershipChangeRequest
         )
     }
 }

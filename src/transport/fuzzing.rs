@@ -6,8 +6,8 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::engine::{
-    Command, Config, Engine, Entry, EntryKind, Event, HardState, Index, Message, MessageBody,
-    NodeId, Recovered, Role, Term,
+    Command, Config, Engine, Entry, EntryKind, Event, HardState, Index, Membership, Message,
+    MessageBody, NodeId, Recovered, Role, Term,
 };
 
 use super::client_msg::{
@@ -156,8 +156,14 @@ impl Driven {
             voted_for: None,
         };
         let recovered = Recovered::from_entries(hard_state, 1, 0, entries);
-        let engine = Engine::new(id, &[1, 2, 3], Config::default(), 7, recovered)
-            .expect("valid fuzzed engine");
+        let engine = Engine::new(
+            id,
+            &Membership::of_voters(&[1, 2, 3]),
+            Config::default(),
+            7,
+            recovered,
+        )
+        .expect("valid fuzzed engine");
         Driven { engine, last_op: 0 }
     }
 
@@ -225,7 +231,8 @@ impl Driven {
                 | Command::AppendLog { op, .. }
                 | Command::TruncateLog { op, .. }
                 | Command::ResetLog { op, .. }
-                | Command::PurgeLog { op, .. } => self.last_op = op,
+                | Command::PurgeLog { op, .. }
+                | Command::SaveMembership { op, .. } => self.last_op = op,
                 Command::RefusePeer { .. } => refused += 1,
                 _ => {}
             }

@@ -51,6 +51,7 @@ pub mod count;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod members_msg;
 pub mod peer;
 pub mod peer_msg;
 pub mod placement;
@@ -58,4 +59,5 @@ pub mod server;
 
 pub use client_msg::*;
 pub use frame::{FRAME_HEADER_BYTES, Frame, FrameError, FrameKind, PROTOCOL_VERSION};
+pub use members_msg::*;
 pub use peer_msg::{Hello, Lane};

@@ -5,8 +5,8 @@ use bytes::{BufMut, BytesMut};
 
 use super::frame::{BodyReader, Frame, FrameError, FrameKind, encode_frame};
 use crate::engine::{
-    AppendResponse, Campaign, ConflictHint, Entry, EntryKind, Index, Message, MessageBody, NodeId,
-    Term,
+    AppendResponse, Campaign, ConflictHint, Entry, EntryKind, Index, KnownConfig, Membership,
+    Message, MessageBody, NodeId, Term,
 };
 
 /// Bytes of the prefix every peer message body starts with (from, to, term).
@@ -53,10 +53,14 @@ pub struct Hello {
     /// The protocol version the sender speaks (also in every header; repeated here so
     /// a refusal can name both versions).
     pub protocol_version: u8,
+    /// The sender's number of shards. Records are placed in shards by their count,
+    /// so every node of a cluster must run the same number; a peer that does not is
+    /// refused.
+    pub shard_count: u32,
 }
 
 /// Bytes of a [`Hello`] body.
-pub const HELLO_BYTES: usize = 24;
+pub const HELLO_BYTES: usize = 28;
 
 pub fn encode_hello(dst: &mut BytesMut, kind: FrameKind, hello: &Hello) {
     debug_assert!(matches!(
@@ -71,6 +75,7 @@ pub fn encode_hello(dst: &mut BytesMut, kind: FrameKind, hello: &Hello) {
         b.put_u8(hello.lane as u8);
         b.put_u8(hello.protocol_version);
         b.put_u16_le(0);
+        b.put_u32_le(hello.shard_count);
     });
 }
 
@@ -93,6 +98,7 @@ pub fn decode_hello(frame: &Frame) -> Result<Hello, FrameError> {
     };
     let protocol_version = r.u8()?;
     r.reserved(2)?;
+    let shard_count = r.u32()?;
     r.finish()?;
     Ok(Hello {
         cluster_id,
@@ -101,6 +107,7 @@ pub fn decode_hello(frame: &Frame) -> Result<Hello, FrameError> {
         shard_id,
         lane,
         protocol_version,
+        shard_count,
     })
 }
 
@@ -164,7 +171,7 @@ pub fn message_frame_bytes(msg: &Message) -> usize {
         }
         MessageBody::AppendEntriesResponse { .. } => 32,
         MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. } => 16,
-        MessageBody::LogStart { .. } => 24,
+        MessageBody::LogStart { config, .. } => 44 + config.membership.encoded_len(),
         MessageBody::TimeoutNow => 0,
     };
     super::frame::FRAME_HEADER_BYTES + PEER_PREFIX_BYTES + body
@@ -224,13 +231,41 @@ fn encode_body(b: &mut BytesMut, body: &MessageBody) {
             start_index,
             prev_term,
             leader_commit,
+            config,
         } => {
             b.put_u64_le(*start_index);
             b.put_u64_le(*prev_term);
             b.put_u64_le(*leader_commit);
+            b.put_u64_le(config.index);
+            b.put_u64_le(config.term);
+            let membership = config.membership.encode();
+            b.put_u32_le(membership.len() as u32);
+            b.put_slice(&membership);
         }
         MessageBody::TimeoutNow => {}
     }
+}
+
+/// LogStart: start index, previous term, leader commit, then the leader's committed
+/// configuration (index, term, length-prefixed membership).
+fn decode_log_start(r: &mut BodyReader) -> Result<MessageBody, FrameError> {
+    let (start_index, prev_term, leader_commit) = (r.u64()?, r.u64()?, r.u64()?);
+    let (index, term) = (r.u64()?, r.u64()?);
+    let len = r.u32()? as usize;
+    let bytes = r.bytes(len)?;
+    let membership =
+        Membership::decode(&bytes).map_err(|_| r.malformed("membership does not decode"))?;
+    Ok(MessageBody::LogStart {
+        start_index,
+        prev_term,
+        leader_commit,
+        config: KnownConfig {
+            index,
+            term,
+            committed: true,
+            membership,
+        },
+    })
 }
 
 fn encode_request_vote(
@@ -334,11 +369,7 @@ fn decode_body(kind: FrameKind, r: &mut BodyReader) -> Result<MessageBody, Frame
             seq: r.u64()?,
             last_log_index: r.u64()?,
         },
-        FrameKind::LogStart => MessageBody::LogStart {
-            start_index: r.u64()?,
-            prev_term: r.u64()?,
-            leader_commit: r.u64()?,
-        },
+        FrameKind::LogStart => decode_log_start(r)?,
         FrameKind::TimeoutNow => MessageBody::TimeoutNow,
         other => {
             return Err(FrameError::Unexpected {

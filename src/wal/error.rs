@@ -29,6 +29,15 @@ pub enum WalError {
         index: Index,
         reason: String,
     },
+    /// The saved configurations cannot be read. Starting with a guessed membership
+    /// could let two majorities decide, so the node refuses to start.
+    #[error(
+        "the shard's membership file {file} is unusable: {reason}; refusing to start \
+         rather than guess the shard's membership. Restore the file from a backup of \
+         this node, or remove this node's data and add it to the group again as a new \
+         member"
+    )]
+    Membership { file: String, reason: String },
     #[error("WAL usage error: {0}")]
     Usage(String),
     #[error("record of {size_bytes} bytes exceeds record_size_bytes_max ({max_bytes})")]

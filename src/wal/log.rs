@@ -1,8 +1,8 @@
 //! The write-ahead log: ordered submission of the engine's storage commands, group
 //! commit, reads, and fail-stop error handling.
 //!
-//! Submissions (`append`, `truncate`, `reset`, `purge`, `persist_hard_state`) only
-//! change memory: they encode records into block-aligned buffers and queue work
+//! Submissions (`append`, `truncate`, `reset`, `purge`, `persist_hard_state`,
+//! `save_membership`) only change memory: they encode records into block-aligned buffers and queue work
 //! items in op order. `flush` turns the queue into writes and syncs: one write per
 //! `flush_bytes_max` chunk and one fdatasync for everything queued, while later
 //! submissions queue behind it for the next flush. Flushes overlap (a bounded number)
@@ -54,6 +54,8 @@ pub struct Recovered {
     /// (index, before) of each trim entry in the log, ascending by index: the engine
     /// applies each again once it knows it is committed.
     pub trims: Vec<(Index, Index)>,
+    /// The configurations last saved with `save_membership`, ascending by index.
+    pub configs: Vec<crate::engine::KnownConfig>,
 }
 
 /// When a log's oldest whole segments are removed (`[retention]` of a node's
@@ -119,6 +121,10 @@ enum Item<F> {
     HardState(HardState),
     /// Delete these segments (oldest first).
     Purge(Vec<String>),
+    /// Replace the membership file with this encoding. A job of its own: written
+    /// once everything before it is durable, and durable before anything after it
+    /// is written (see [`Wal::save_membership`]).
+    Membership(Vec<u8>),
 }
 
 struct Queued<F> {
@@ -171,10 +177,12 @@ struct Inner<F> {
     spare: Option<Spare<F>>,
     /// A purged segment is kept as `recycle.tmp` for the next spare.
     recycle_present: bool,
-    /// The newest flush taken removes files or writes the hard state: the next one
-    /// must not write before that is durable, or a crash could keep its records but
-    /// not the removal (a purge undone while later appends survive) or not the hard
-    /// state (entries of a term the member has not recorded, or a lost vote).
+    /// The newest flush taken removes files, writes the hard state or the membership
+    /// file: the next one must not write before that is durable, or a crash could
+    /// keep its records but not the removal (a purge undone while later appends
+    /// survive), not the hard state (entries of a term the member has not recorded,
+    /// or a lost vote) or not the membership (a configuration entry in the log that
+    /// the saved list lacks).
     barrier_pending: bool,
     stats: WalStats,
     /// `stats` when the newest segment was created: the writes since went to it.

@@ -4,8 +4,8 @@
 //!
 //! One [`Wal`] per shard, driven by the runtime: it submits the engine's storage
 //! commands in op order (`append`, `truncate`, `reset`, `purge`,
-//! `persist_hard_state`), calls [`Wal::flush`] once per turn, and tells the engine
-//! the [`Durable`] op it returns. Op numbers must strictly increase from 1 within one
+//! `persist_hard_state`, `save_membership`), calls [`Wal::flush`] once per turn,
+//! and tells the engine the [`Durable`] op it returns. Op numbers must strictly increase from 1 within one
 //! open WAL (0 means "nothing durable yet"). Submissions never block: when
 //! `buffered_bytes_max` is reached an append fails with `BufferFull` and nothing is
 //! applied; the runtime then awaits a flush and submits again.
@@ -19,6 +19,7 @@
 //! wal.reset(op, start, prev_term)?;     // ResetLog
 //! wal.purge(op, before)?;               // PurgeLog (whole segments; returns the new start)
 //! wal.persist_hard_state(op, state)?;   // PersistHardState
+//! wal.save_membership(op, &configs)?;   // SaveMembership (the file `membership`)
 //! // then, without blocking the turn (at most flushes_in_flight_max at once):
 //! let w = wal.clone();
 //! spawn_local(async move { let durable = w.flush().await?; /* tell the engine durable.op */ });
@@ -31,6 +32,7 @@ pub mod format;
 pub mod hardstate;
 pub mod join;
 pub mod log;
+pub mod membership;
 pub mod recovery;
 pub mod scan;
 pub mod segment;

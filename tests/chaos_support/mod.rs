@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod nemesis;
+mod reconfig;
 mod workload;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! The nemesis: one fault at a time, in turn a leader kill, a pause, a network
-//! partition and a graceful restart of a leader (SIGTERM: it hands its partitions
-//! over first), each held for a random while and then undone, with quiet gaps in
+//! partition, a graceful restart of a leader (SIGTERM: it hands its partitions
+//! over first) and a membership change (a node removed, then added back), each held for a random while and then undone, with quiet gaps in
 //! between. Leaders are found through each node's `/health`.
 
 use std::fmt;
@@ -20,11 +20,15 @@ pub struct FaultCounts {
     pub partitions_symmetric: usize,
     pub partitions_one_way: usize,
     pub graceful_restarts: usize,
+    /// A node removed from every group and added back (`reconfig.rs`).
+    pub membership_changes: usize,
+    /// Partitions on which a removal committed.
+    pub removals_committed: usize,
 }
 
 impl FaultCounts {
     /// Faults by kind, as the plan counts them.
-    pub fn counts(&self) -> [(&'static str, usize); 4] {
+    pub fn counts(&self) -> [(&'static str, usize); 5] {
         [
             ("leader kill", self.leader_kills),
             ("pause", self.pauses),
@@ -33,6 +37,7 @@ impl FaultCounts {
                 self.partitions_symmetric + self.partitions_one_way,
             ),
             ("graceful restart", self.graceful_restarts),
+            ("membership change", self.membership_changes),
         ]
     }
 
@@ -45,12 +50,14 @@ impl fmt::Display for FaultCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} leader kills (kill -9, restart), {} pauses (SIGSTOP/SIGCONT), {} symmetric and {} one-way partitions, {} graceful leader restarts (SIGTERM, restart)",
+            "{} leader kills (kill -9, restart), {} pauses (SIGSTOP/SIGCONT), {} symmetric and {} one-way partitions, {} graceful leader restarts (SIGTERM, restart), {} removals and additions of a node ({} partition removals committed)",
             self.leader_kills,
             self.pauses,
             self.partitions_symmetric,
             self.partitions_one_way,
-            self.graceful_restarts
+            self.graceful_restarts,
+            self.membership_changes,
+            self.removals_committed
         )
     }
 }
@@ -63,10 +70,10 @@ pub struct NemesisRecord {
 }
 
 pub struct Nemesis {
-    cluster: TestCluster,
+    pub(super) cluster: TestCluster,
     proxies: Proxies,
-    rng: Rng,
-    record: NemesisRecord,
+    pub(super) rng: Rng,
+    pub(super) record: NemesisRecord,
 }
 
 impl Nemesis {
@@ -92,11 +99,12 @@ impl Nemesis {
             if enough || elapsed >= plan.limit {
                 break;
             }
-            match turn % 4 {
+            match turn % 5 {
                 0 => self.kill_leader(),
                 1 => self.pause(),
                 2 => self.partition(),
-                _ => self.restart_leader_gracefully(),
+                3 => self.restart_leader_gracefully(),
+                _ => self.reconfigure(),
             }
             self.assert_nodes_alive(started);
             self.sleep_between(300, 800);
@@ -118,7 +126,7 @@ impl Nemesis {
         }
     }
 
-    fn sleep_between(&mut self, low_ms: u64, high_ms: u64) {
+    pub(super) fn sleep_between(&mut self, low_ms: u64, high_ms: u64) {
         std::thread::sleep(Duration::from_millis(self.rng.range(low_ms, high_ms)));
     }
 
@@ -204,7 +212,7 @@ impl Nemesis {
         }
     }
 
-    fn random_node(&mut self) -> usize {
+    pub(super) fn random_node(&mut self) -> usize {
         self.rng.range(0, NODES as u64) as usize
     }
 
@@ -220,6 +228,14 @@ impl Nemesis {
                 self.cluster.spawn(k);
             }
         }
+        // A node whose adding back failed in its turn is added back now.
+        for k in 0..NODES {
+            assert!(
+                self.add_back(k, Duration::from_secs(60)),
+                "node {} could not be added back as a voter within 60 s after healing",
+                k + 1
+            );
+        }
     }
 
     pub fn finish(self) -> (TestCluster, Proxies, NemesisRecord) {
@@ -227,7 +243,7 @@ impl Nemesis {
     }
 
     /// The node that says it leads `partition`, polling for up to 5 s.
-    fn await_leader(&self, partition: u32) -> Option<usize> {
+    pub(super) fn await_leader(&self, partition: u32) -> Option<usize> {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             let leader = (0..NODES).find(|&k| {

@@ -170,6 +170,10 @@ async fn writer(w: Worker) {
             },
             Err(e) => classify(e),
         };
+        if let (AppendOutcome::Refused, Err(e)) = (&outcome, &result) {
+            // Printed so that a refused append found in a log can be traced.
+            eprintln!("chaos: client {} append {} refused: {e:?}", w.id, seq - 1);
+        }
         let acked = matches!(outcome, AppendOutcome::Acked { .. });
         {
             let mut r = w.recorded.borrow_mut();

@@ -120,6 +120,34 @@ impl TestCluster {
         }
     }
 
+    /// `founders` nodes that found the cluster and `spares` more (ids after theirs)
+    /// that can join it later: the founders' `[[nodes]]` list the founders, each
+    /// spare's lists itself alone (what it learns of the others, it learns from
+    /// the cluster). Nothing is started.
+    pub fn configure_with_spares(founders: u32, spares: u32, shards: u32) -> TestCluster {
+        let mut cluster =
+            TestCluster::configure_routed(founders + spares, shards, |_, _, addr| addr);
+        for k in 0..cluster.configs.len() {
+            let id = cluster.configs[k].node_id;
+            let founder = id <= founders;
+            cluster.configs[k].nodes.retain(|m| {
+                if founder {
+                    m.node_id <= founders
+                } else {
+                    m.node_id == id
+                }
+            });
+            cluster.write_config(k);
+        }
+        cluster
+    }
+
+    /// Starts node `k` to join the running cluster through node `via`.
+    pub fn spawn_joining(&mut self, k: usize, via: usize) {
+        let addr = self.client_addr(via);
+        self.spawn_with_args(k, &["--join", &addr]);
+    }
+
     pub fn spawn_all(&mut self) {
         for k in 0..self.children.len() {
             self.spawn(k);
@@ -219,6 +247,17 @@ impl TestCluster {
     /// Election timeouts of 3–5 s (heartbeats every 50 ms) on every node, written to
     /// its config: for tests that assert no election happens while they load the
     /// machine, since a loaded CI machine can stall a process for a second or more.
+    /// `nodes` nodes of `shards` shards with the leader balancer off and patient
+    /// elections, started: only the test moves leaders, and no election happens
+    /// on its own while a loaded machine stalls a process.
+    pub fn start_steady(nodes: u32, shards: u32) -> TestCluster {
+        let mut cluster = TestCluster::configure_routed(nodes, shards, |_, _, addr| addr);
+        cluster.with_patient_elections();
+        cluster.set_all(&[("raft.leader_balance", "false")]);
+        cluster.spawn_all();
+        cluster
+    }
+
     pub fn with_patient_elections(&mut self) {
         for k in 0..self.configs.len() {
             let raft = &mut self.configs[k].raft;

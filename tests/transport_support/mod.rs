@@ -212,6 +212,11 @@ impl RequestHandler for FakeHandler {
                     term: 1,
                 }))
             }
+            ClientRequest::Members(_) | ClientRequest::ChangeMembership(_) => {
+                Err(ServerError::InvalidRequest {
+                    reason: "the fake has no members".into(),
+                })
+            }
             ClientRequest::Metadata => Ok(ClientResponse::Metadata(Metadata {
                 cluster_id: 7,
                 nodes: vec![NodeInfo {

@@ -198,9 +198,19 @@ impl NodeConfig {
         toml::to_string(self).expect("a node config always serializes")
     }
 
-    /// Member ids of the cluster, for the engine.
-    pub fn member_ids(&self) -> Vec<NodeId> {
-        self.nodes.iter().map(|m| m.node_id).collect()
+    /// The membership `[[nodes]]` bootstraps a new cluster with: every node a voter.
+    pub fn bootstrap_membership(&self) -> crate::engine::Membership {
+        crate::engine::Membership::new(
+            self.nodes
+                .iter()
+                .map(|m| crate::engine::Member {
+                    id: m.node_id,
+                    voter: true,
+                    peer_address: m.peer_address.clone(),
+                    client_address: m.client_address.clone(),
+                })
+                .collect(),
+        )
     }
 }
 
@@ -213,7 +223,10 @@ mod tests {
     fn example_file_is_valid_and_converts_to_ticks() {
         let config =
             NodeConfig::from_toml(EXAMPLE, "examples/node.toml").expect("example is valid");
-        assert_eq!(config.member_ids(), vec![1, 2, 3]);
+        assert_eq!(
+            config.bootstrap_membership().ids().collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         let engine = config.engine_config().unwrap();
         assert_eq!(engine.heartbeat_interval_ticks, 5);
         assert_eq!(engine.election_timeout_min_ticks, 30);

@@ -34,6 +34,9 @@ pub struct RaftSettings {
     /// Spread partition leaders evenly over the nodes (within one per node) by
     /// leader transfers, after start-up and after a node returns.
     pub leader_balance: bool,
+    /// A leader promotes each learner to voter once it has caught up (see
+    /// `ringlog members`); off, learners stay learners until `members promote`.
+    pub auto_promote: bool,
     /// On SIGTERM or Ctrl-C, how long a leader may take to hand each partition it
     /// leads to a follower before it stops anyway; 0 stops at once.
     pub shutdown_handover_ms: u64,
@@ -56,6 +59,7 @@ impl Default for RaftSettings {
             pending_reads_max: engine.pending_reads_max,
             log_cache_bytes_max: engine.log_cache_bytes_max,
             leader_balance: true,
+            auto_promote: true,
             shutdown_handover_ms: 2_000,
         }
     }
@@ -108,6 +112,7 @@ impl RaftSettings {
     pub fn handover_settings(&self) -> HandoverSettings {
         HandoverSettings {
             leader_balance: self.leader_balance,
+            auto_promote: self.auto_promote,
             shutdown: Duration::from_millis(self.shutdown_handover_ms),
             attempt: Duration::from_millis(2 * self.election_timeout_max_ms),
         }

@@ -1,13 +1,15 @@
-//! Answers to clients: appends and trims once the engine decides, the errors
-//! clients see, and the answers of everything still waiting when the shard stops.
+//! Answers to clients: appends, trims and membership changes once the engine
+//! decides, the errors clients see, and the answers of everything still waiting
+//! when the shard stops.
 
 use super::{Shard, ShardError};
-use crate::engine::{self, AppendError, NodeId, ReadError};
+use crate::engine::{self, AppendError, ChangeRefusal, NodeId, ReadError};
 use crate::runtime::inbox::{ShardInput, shutting_down};
 use crate::transport::{AppendOk, ServerError, TrimOk};
 
 impl Shard {
-    /// Answers the append or trim `request_id` (both are entries of the log). A
+    /// Answers the append, trim or membership change `request_id` (all are entries
+    /// of the log). A
     /// trim's answer carries the log start after the engine applied it: commands
     /// are carried out after the whole step, so the engine's log is already there.
     pub(super) fn answer_append(
@@ -31,6 +33,11 @@ impl Shard {
                 })
                 .map_err(|e| self.append_error(e));
             reply.send(answer);
+        } else if let Some(reply) = self.changes.remove(&request_id) {
+            let answer = result
+                .map(|ok| ok.last_index)
+                .map_err(|e| self.append_error(e));
+            reply.send(answer);
         }
     }
 
@@ -52,6 +59,15 @@ impl Shard {
                 reason: "an append needs at least one record".into(),
             },
             AppendError::TrimBeyondLog { .. } => ServerError::InvalidRequest {
+                reason: error.to_string(),
+            },
+            // Both pass: the change before commits, the leader's first entry commits.
+            AppendError::MembershipChange(
+                ChangeRefusal::ChangeInProgress | ChangeRefusal::LeaderNotReady,
+            ) => ServerError::Unavailable {
+                reason: error.to_string(),
+            },
+            AppendError::MembershipChange(_) => ServerError::InvalidRequest {
                 reason: error.to_string(),
             },
             // The records may be committed after all: the client must not take this
@@ -82,6 +98,9 @@ impl Shard {
         for (_, reply) in self.trims.drain() {
             reply.send(Err(ServerError::Timeout));
         }
+        for (_, reply) in self.changes.drain() {
+            reply.send(Err(ServerError::Timeout));
+        }
         for (_, (_, reply)) in self.barriers.drain() {
             reply.send(Err(refusal.clone()));
         }
@@ -95,6 +114,8 @@ impl Shard {
                 ShardInput::Read { reply, .. } => reply.send(Err(refusal.clone())),
                 ShardInput::Trim { reply, .. } => reply.send(Err(refusal.clone())),
                 ShardInput::Transfer { reply, .. } => reply.send(Err(refusal.clone())),
+                ShardInput::Members { reply } => reply.send(Err(refusal.clone())),
+                ShardInput::ChangeMembership { reply, .. } => reply.send(Err(refusal.clone())),
                 ShardInput::Info { reply } => reply.send(self.info()),
             }
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::Shard;
 use super::handover::HandOver;
-use crate::engine::{NodeId, Role};
+use crate::engine::{Event, MembershipChange, NodeId, Role};
 use crate::metrics::transfers::TransferReason;
 
 /// How often a leading shard compares the counts.
@@ -41,8 +41,8 @@ impl Shard {
             .iter()
             .map(|p| p.leader)
             .collect();
-        let mut members: Vec<NodeId> = self.links.keys().copied().collect();
-        members.push(me);
+        // Only voters lead; learners and removed nodes are not counted.
+        let members: Vec<NodeId> = self.engine.membership().voters().collect();
         let ready = self.ready_followers();
         let Some(to) = pick_target(me, &members, &ready, &leaders, self.id) else {
             return;
@@ -57,15 +57,46 @@ impl Shard {
         self.next_balance = deadline + BALANCE_INTERVAL;
     }
 
+    /// On a leader with `raft.auto_promote`, once per tick: a learner that has
+    /// caught up is proposed as a voter, one change at a time. The answer needs no
+    /// caller: the change shows in the membership, and a refusal (it fell behind
+    /// again, another change came first) is retried at the next tick.
+    pub(super) fn promotion_event(&mut self) -> Option<Event> {
+        if !self.handover.auto_promote || self.role != Role::Leader || self.is_handing_over() {
+            return None;
+        }
+        if self.engine.membership_change_pending() {
+            return None;
+        }
+        let membership = self.engine.membership();
+        let learner = membership
+            .members()
+            .iter()
+            .find(|m| !m.voter && self.engine.caught_up(m.id))?
+            .id;
+        log::info!(
+            "shard {}: learner {learner} has caught up; promoting it",
+            self.id
+        );
+        // A fresh id, as every request gets: the answer must not reach a caller
+        // waiting under another request's id.
+        let request_id = self.next_request();
+        Some(Event::ChangeMembership {
+            request_id,
+            change: MembershipChange::Promote(learner),
+        })
+    }
+
     /// Followers a transfer could go to now: answering in this check-quorum round
     /// and holding everything committed. A transfer to another would hold clients
     /// for an election timeout and then fail.
     fn ready_followers(&self) -> Vec<NodeId> {
         let commit = self.engine.commit_index();
+        let membership = self.engine.membership();
         let progress = self.engine.replication_progress();
-        let ready = progress
-            .iter()
-            .filter(|(_, pr)| pr.recent_active && pr.match_index >= commit);
+        let ready = progress.iter().filter(|(id, pr)| {
+            membership.is_voter(*id) && pr.recent_active && pr.match_index >= commit
+        });
         ready.map(|(id, _)| *id).collect()
     }
 }

@@ -31,6 +31,21 @@ impl Shard {
                     prev_term,
                 } => self.storage(|wal| wal.reset(op, start, prev_term)).await?,
                 Command::PurgeLog { op, before } => self.purge(op, before).await?,
+                Command::SaveMembership { op, configs } => {
+                    self.storage(|wal| wal.save_membership(op, &configs))
+                        .await?;
+                    // A commit or truncation may have dropped a configuration
+                    // whose members have no link to keep.
+                    self.follow_membership();
+                }
+                Command::MembershipChanged { membership } => {
+                    log::info!(
+                        "shard {}: membership now {}",
+                        self.id,
+                        describe_membership(&membership)
+                    );
+                    self.follow_membership();
+                }
                 Command::Send { msg, when } => match when {
                     Some(engine::Condition::Durable { op }) if op > self.durable_op => {
                         self.held.push((op, msg))
@@ -64,7 +79,13 @@ impl Shard {
                     super::refusal::refuse_peer(self.id, from, fault, metrics, closer)
                 }
                 Command::RoleChanged { role, term, leader } => {
-                    self.role_changed(role, term, leader)
+                    self.role_changed(role, term, leader);
+                    // A leader outside the configurations known here (one whose
+                    // removal this member has not heard of) is still answered.
+                    if leader.is_some_and(|l| l != self.engine.id() && !self.links.contains_key(&l))
+                    {
+                        self.follow_membership();
+                    }
                 }
             }
         }
@@ -153,4 +174,17 @@ impl Shard {
         }
         (self.unflushed_entries, self.unflushed_bytes) = (0, 0);
     }
+}
+
+/// A membership in words for the log: "1, 2, 3 (learner)".
+fn describe_membership(membership: &engine::Membership) -> String {
+    let members: Vec<String> = membership
+        .members()
+        .iter()
+        .map(|m| {
+            let role = if m.voter { "" } else { " (learner)" };
+            format!("{}{role}", m.id)
+        })
+        .collect();
+    members.join(", ")
 }

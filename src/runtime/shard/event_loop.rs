@@ -50,6 +50,7 @@ impl Shard {
             self.next_tick = (self.next_tick + self.tick).max(now);
             self.publish();
             self.maybe_balance(now);
+            events.extend(self.promotion_event());
         }
         let log_start = self.engine.log().start();
         if let Some(purge) = self.lifecycle.check(now, &self.wal, log_start) {
@@ -185,6 +186,12 @@ impl Shard {
             }
             Wake::Input(Some(ShardInput::Transfer { to, reply })) => {
                 self.request_transfer(to, reply);
+            }
+            Wake::Input(Some(ShardInput::Members { reply })) => {
+                reply.send(self.members());
+            }
+            Wake::Input(Some(ShardInput::ChangeMembership { change, reply })) => {
+                self.request_change(change, reply, events);
             }
             Wake::Input(Some(ShardInput::Trim { before, reply })) => {
                 let request_id = self.next_request();

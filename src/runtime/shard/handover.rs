@@ -24,6 +24,8 @@ use crate::transport::{ServerError, TransferOk};
 pub struct HandoverSettings {
     /// Whether the leader balancer runs.
     pub leader_balance: bool,
+    /// Whether a leader promotes learners that have caught up.
+    pub auto_promote: bool,
     /// How long a graceful stop may spend handing leadership over.
     pub shutdown: Duration,
     /// How long a requested or balancing hand-over may take: long enough for the

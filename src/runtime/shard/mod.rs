@@ -10,7 +10,7 @@
 //!
 //! The shard's parts, by concern: `open` recovers the WAL and builds the engine,
 //! `event_loop` waits, drains and feeds the engine, `inputs` admits client
-//! requests, `commands` carries out the engine's commands (storage and group
+//! requests (`members` those about the group's membership), `commands` carries out the engine's commands (storage and group
 //! commit among them), `send` sends peer messages, `answers` and
 //! `waiting_reads` answer clients, and `abstention` keeps the marker of a log
 //! that lost entries.
@@ -22,7 +22,9 @@ mod commands;
 mod event_loop;
 mod handover;
 mod inputs;
+mod members;
 mod open;
+mod peers;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -87,7 +89,8 @@ pub enum ShardError {
 pub struct ShardContext {
     pub shard_id: u32,
     pub node_id: NodeId,
-    pub members: Vec<NodeId>,
+    /// The membership a new cluster starts with (`[[nodes]]`).
+    pub bootstrap: engine::Membership,
     pub peer_addrs: BTreeMap<NodeId, SocketAddr>,
     pub client_addrs: BTreeMap<NodeId, String>,
     pub engine_config: engine::Config,
@@ -122,6 +125,8 @@ struct Shard {
     engine: Engine,
     wal: Rc<Wal<DmaStorage>>,
     links: BTreeMap<NodeId, Rc<PeerLink>>,
+    /// Where the members are, to open links as the membership changes.
+    peer_book: peers::PeerBook,
     inbox: LaneReceiver<ShardInput>,
     peer_inbox: LaneReceiver<Message>,
     /// Appends from connections served on this shard's executor.
@@ -137,6 +142,8 @@ struct Shard {
     appends: HashMap<u64, AppendReply>,
     /// Trims waiting for their entry to commit (answered like appends).
     trims: HashMap<u64, Reply<TrimOk>>,
+    /// Membership changes waiting for their configuration entry to commit.
+    changes: HashMap<u64, Reply<Index>>,
     /// Leader reads waiting for their read-index barrier.
     barriers: HashMap<u64, (ReadRequest, Reply<ReadOk>)>,
     reads: Reads,
@@ -200,7 +207,7 @@ pub async fn run_shard(ctx: ShardContext, local_inbox: Rc<LocalInbox>) -> Result
 struct OpenParts {
     shard_id: u32,
     node_id: NodeId,
-    members: Vec<NodeId>,
+    bootstrap: engine::Membership,
     peer_addrs: BTreeMap<NodeId, SocketAddr>,
     client_addrs: BTreeMap<NodeId, String>,
     engine_config: engine::Config,
@@ -225,7 +232,7 @@ impl ShardContext {
         OpenParts {
             shard_id: self.shard_id,
             node_id: self.node_id,
-            members: self.members.clone(),
+            bootstrap: self.bootstrap.clone(),
             peer_addrs: self.peer_addrs.clone(),
             client_addrs: self.client_addrs.clone(),
             engine_config: self.engine_config.clone(),

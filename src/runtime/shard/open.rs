@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use super::abstention::{ABSTAIN_MARKER_FILE, abstention, mark_abstention_pending};
 use super::balance::BALANCE_INTERVAL;
+use super::peers::PeerBook;
 use super::{LocalInbox, OpenParts, Shard, ShardError};
 use crate::engine::{self, Engine, Index, NodeId, Role, Term};
 use crate::metrics::ShardMetrics;
 use crate::metrics::transfers::TransferMetrics;
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::reads::Reads;
-use crate::transport::peer::PeerLink;
 use crate::wal::error::WalError;
 use crate::wal::log::{Recovered, Wal};
 use crate::wal::recovery::RecoveryReport;
@@ -35,7 +35,6 @@ impl Shard {
         let fsync_seconds = metrics.fsync_seconds.clone();
         wal.observe_syncs(move |took| fsync_seconds.record(took.as_secs_f64()));
         let engine = recover_engine(&parts, &wal, &recovered, &abstain_marker)?;
-        let links = spawn_links(&parts);
         let (flushed_tx, flushed_rx) = flume::unbounded();
         let mut lifecycle = Lifecycle::new(
             (parts.node_id, shard),
@@ -45,7 +44,7 @@ impl Shard {
         );
         lifecycle.recovered_trims(&recovered.trims, engine.commit_index());
         let wal = Rc::new(wal);
-        Ok(Shard {
+        let mut opened = Shard {
             id: shard,
             wal_limits,
             client_addrs: parts.client_addrs,
@@ -56,7 +55,8 @@ impl Shard {
             engine,
             reads: Reads::new(parts.read_limits, wal.clone()),
             wal,
-            links,
+            links: BTreeMap::new(),
+            peer_book: PeerBook::new(parts.peer_config, parts.metrics.clone(), &parts.peer_addrs),
             inbox: parts.inbox,
             peer_inbox: parts.peer_inbox,
             local_inbox,
@@ -69,6 +69,7 @@ impl Shard {
             next_request: 1,
             appends: HashMap::new(),
             trims: HashMap::new(),
+            changes: HashMap::new(),
             barriers: HashMap::new(),
             tick: parts.tick,
             next_tick: Instant::now() + parts.tick,
@@ -84,7 +85,9 @@ impl Shard {
             // Leaders elected as the nodes come up settle first.
             next_balance: Instant::now() + parts.handover.attempt + BALANCE_INTERVAL,
             transfer_metrics: TransferMetrics::new(&parts.metrics, shard),
-        })
+        };
+        opened.follow_membership();
+        Ok(opened)
     }
 }
 
@@ -127,13 +130,39 @@ async fn open_wal(
     if parts.wal_config.truncate_corrupt_tail {
         mark_abstention_pending(abstain_marker).map_err(marker_error(shard, &parts.wal_dir))?;
     }
-    let (wal, recovered) = Wal::open(storage, parts.wal_config.clone())
+    let (wal, mut recovered) = Wal::open(storage, parts.wal_config.clone())
         .await
         .map_err(&open_error)?;
     for report in &recovered.reports {
         log::warn!("shard {shard}: WAL recovery: {report:?}");
     }
+    if recovered.configs.is_empty() {
+        // `[[nodes]]` (or, for a joining node, nobody) bootstraps a new member
+        // once: saved here, it is what every later start recovers.
+        let first = vec![engine::KnownConfig::bootstrap(parts.bootstrap.clone())];
+        wal.save_first_membership(&first)
+            .await
+            .map_err(&open_error)?;
+        recovered.configs = first;
+    } else if shard == 0 {
+        warn_of_edited_nodes(parts, &recovered.configs);
+    }
     Ok((wal, recovered))
+}
+
+/// `[[nodes]]` is read only when a member's log is new: a node whose config lists
+/// other members than those its saved configuration names is told so once.
+fn warn_of_edited_nodes(parts: &OpenParts, saved: &[engine::KnownConfig]) {
+    let Some(latest) = saved.iter().max_by_key(|c| c.index) else {
+        return;
+    };
+    let configured: Vec<NodeId> = parts.bootstrap.ids().collect();
+    let saved: Vec<NodeId> = latest.membership.ids().collect();
+    if !configured.is_empty() && configured != saved {
+        log::warn!(
+            "[[nodes]] lists nodes {configured:?} but the membership in this node's log is {saved:?}: [[nodes]] only bootstraps a new cluster; change members with `ringlog members`"
+        );
+    }
 }
 
 /// Builds the engine from what the WAL recovered, once the hard state is known not
@@ -175,28 +204,16 @@ fn recover_engine(
         tail: Vec::new(),
         lost_tail_in_term,
         trims: recovered.trims.clone(),
+        configs: recovered.configs.clone(),
     };
     Ok(Engine::new(
         parts.node_id,
-        &parts.members,
+        &parts.bootstrap,
         parts.engine_config.clone(),
         parts.seed,
         engine_recovered,
     )
     .expect("the node config was validated before shards start"))
-}
-
-/// One link to the same shard on each other node.
-fn spawn_links(parts: &OpenParts) -> BTreeMap<NodeId, Rc<PeerLink>> {
-    let peer_config = Rc::new(parts.peer_config.clone());
-    parts
-        .peer_addrs
-        .iter()
-        .map(|(&node, &addr)| {
-            let link = PeerLink::spawn(peer_config.clone(), parts.shard_id, node, addr);
-            (node, Rc::new(link))
-        })
-        .collect()
 }
 
 /// The term runs of the recovered log, found by binary search for each term's end

@@ -74,7 +74,7 @@ fn with_shard_set_up(limits: ReadLimits, setup: Setup, test: impl AsyncFnOnce(&T
         let context = ShardContext {
             shard_id: 0,
             node_id: 1,
-            members: vec![1],
+            bootstrap: crate::engine::Membership::of_voters(&[1]),
             peer_addrs: BTreeMap::new(),
             client_addrs: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
             engine_config: engine::Config::default(),
@@ -94,6 +94,7 @@ fn with_shard_set_up(limits: ReadLimits, setup: Setup, test: impl AsyncFnOnce(&T
             lifecycle: setup.lifecycle,
             handover: HandoverSettings {
                 leader_balance: true,
+                auto_promote: true,
                 shutdown: Duration::from_secs(2),
                 attempt: Duration::from_secs(1),
             },

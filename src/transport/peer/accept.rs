@@ -313,6 +313,11 @@ fn check_hello(
             "node id mismatch: you dialled node {}, this is node {}",
             h.peer_node_id, config.node_id
         )),
+        Ok(h) if h.shard_count != config.shard_count => Err(format!(
+            "shard count mismatch: you run {} shards, this node runs {}; every node of a \
+             cluster must run the same number of shards",
+            h.shard_count, config.shard_count
+        )),
         Ok(h) => handler.accept(&h).map(|()| Some(h)),
         Err(e) => Err(format!("bad handshake: {e}")),
     }
@@ -353,6 +358,7 @@ async fn handshake<H: PeerHandler>(
         node_id: config.node_id,
         peer_node_id: hello.node_id,
         protocol_version: PROTOCOL_VERSION,
+        shard_count: config.shard_count,
         ..hello
     };
     encode_hello(&mut buf, FrameKind::PeerHelloAck, &ack);

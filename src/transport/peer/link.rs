@@ -282,6 +282,7 @@ async fn connect(config: &PeerConfig, lane: Lane, target: Target) -> Result<TcpS
         shard_id: target.shard_id,
         lane,
         protocol_version: PROTOCOL_VERSION,
+        shard_count: config.shard_count,
     };
     let mut buf = BytesMut::new();
     encode_hello(&mut buf, FrameKind::PeerHello, &hello);
@@ -319,6 +320,11 @@ async fn connect(config: &PeerConfig, lane: Lane, target: Target) -> Result<TcpS
         Some(format!(
             "node id {}, expected {}",
             ack.node_id, target.peer_node_id
+        ))
+    } else if ack.shard_count != config.shard_count {
+        Some(format!(
+            "shard count {}, ours is {}",
+            ack.shard_count, config.shard_count
         ))
     } else if ack.shard_id != target.shard_id
         || ack.lane != lane

@@ -42,6 +42,10 @@ pub struct PeerConfig {
     pub cluster_id: u64,
     /// This node's id.
     pub node_id: NodeId,
+    /// This node's number of shards, sent in the handshake; a peer with another
+    /// count is refused (records would be placed in different shards). `new` sets 1;
+    /// the runtime sets the node's resolved count.
+    pub shard_count: u32,
     /// Largest peer frame body accepted (and sent: larger messages are refused by
     /// `send`). The runtime must cut AppendEntries batches below it.
     pub frame_body_bytes_max: u32,
@@ -74,6 +78,7 @@ impl PeerConfig {
         PeerConfig {
             cluster_id,
             node_id,
+            shard_count: 1,
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX_DEFAULT,
             connect_timeout_ms: 1_000,
             handshake_timeout_ms: 2_000,

@@ -6,6 +6,7 @@
 //! removals waits for the previous one to complete before it writes anything.
 
 use super::*;
+use crate::wal::membership::write_membership;
 use std::future::Future;
 use std::time::Instant;
 
@@ -157,6 +158,14 @@ impl<S: Storage> Wal<S> {
                 }
                 Item::HardState(_) => {}
                 Item::Purge(names) => written.purged.extend(names.iter().cloned()),
+                Item::Membership(bytes) => {
+                    // Everything before the save is durable first (a truncation that
+                    // dropped a configuration entry); take_items keeps later items
+                    // out of this job, and the next one waits for it to complete.
+                    turn.wait_previous().await?;
+                    write_membership(&*self.shared.storage, bytes).await?;
+                    self.shared.inner.borrow_mut().stats.syncs += 1;
+                }
             }
         }
         Ok(written)

@@ -18,7 +18,9 @@ impl<F: StorageFile> Inner<F> {
     }
 
     /// Takes the queued items up to op `target`, stopping before a second segment
-    /// creation (which must wait for this job to be durable), and seals the last
+    /// creation (which must wait for this job to be durable) and around a membership
+    /// save (which has a job of its own, ordered with the ops around it), and seals
+    /// the last
     /// buffer of records with padding to the block end.
     pub(super) fn take_job<S: Storage<File = F>>(
         &mut self,
@@ -33,7 +35,7 @@ impl<F: StorageFile> Inner<F> {
         let durable = self.durable_after(last_index);
         self.taken = durable;
         let barrier_next = items.iter().any(|item| match item {
-            Item::Purge(_) | Item::HardState(_) => true,
+            Item::Purge(_) | Item::HardState(_) | Item::Membership(_) => true,
             Item::NewSegment { superseded, .. } => !superseded.is_empty(),
             _ => false,
         });
@@ -62,9 +64,8 @@ impl<F: StorageFile> Inner<F> {
         let mut last_index = self.taken.last_index;
         let mut flush_seq = None;
         while let Some(front) = self.queue.front() {
-            if front.first_op > target
-                || (matches!(front.item, Item::NewSegment { .. }) && !items.is_empty())
-            {
+            let alone = matches!(front.item, Item::NewSegment { .. } | Item::Membership(_));
+            if front.first_op > target || (alone && !items.is_empty()) {
                 break;
             }
             let mut queued = self.queue.pop_front().expect("checked");
@@ -82,14 +83,16 @@ impl<F: StorageFile> Inner<F> {
                 Item::NewSegment { .. } => {
                     self.buffered_bytes -= block_bytes;
                 }
-                Item::HardState(_) | Item::Purge(_) => {}
+                Item::HardState(_) | Item::Purge(_) | Item::Membership(_) => {}
             }
             last_index = queued.last_index;
-            let purge = matches!(queued.item, Item::Purge(_));
+            let last = matches!(queued.item, Item::Purge(_) | Item::Membership(_));
             items.push(queued.item);
-            if purge {
+            if last {
                 // Later ops' records go to the next flush, which writes only after the
-                // removals are durable: a purge is never undone behind later appends.
+                // removals (or the membership) are durable: a purge is never undone
+                // behind later appends, and a configuration entry never survives
+                // without the membership saved before it.
                 break;
             }
         }

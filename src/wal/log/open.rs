@@ -3,8 +3,26 @@
 //! bookkeeping starts from what the segments hold.
 
 use super::*;
+use crate::engine::KnownConfig;
+use crate::wal::membership::{encode_membership_file, read_membership, write_membership};
 
 impl<S: Storage> Wal<S> {
+    /// Records the configurations a log starts with (a new member's bootstrap)
+    /// when `open` found none saved, so that later starts read them from here
+    /// and no longer from the node's config. Only right after `open`: nothing may
+    /// be submitted before it.
+    pub async fn save_first_membership(&self, configs: &[KnownConfig]) -> WalResult<()> {
+        {
+            let inner = self.shared.inner.borrow();
+            assert!(
+                inner.submitted_op == 0 && inner.queue.is_empty(),
+                "the first membership is saved before anything is submitted"
+            );
+        }
+        let bytes = encode_membership_file(configs, self.shared.block_bytes);
+        write_membership(&*self.shared.storage, &bytes).await
+    }
+
     /// Recovers the log in `storage` and opens it for appends. Must run inside a
     /// glommio executor (it starts the background preparation of the next segment).
     pub async fn open(storage: S, config: WalConfig) -> WalResult<(Wal<S>, Recovered)> {
@@ -13,6 +31,7 @@ impl<S: Storage> Wal<S> {
         let mut rec = recover(&storage, &config).await?;
         remove_obsolete(&storage, &rec.obsolete).await?;
         let (hs_file, hard_state, damaged_slot) = HardStateFile::open(&storage).await?;
+        let configs = read_membership(&storage).await?;
         let mut reports = std::mem::take(&mut rec.reports);
         if let Some(offset) = damaged_slot {
             reports.push(RecoveryReport::HardStateSlotDamaged { offset });
@@ -34,6 +53,7 @@ impl<S: Storage> Wal<S> {
             last_term,
             reports,
             trims,
+            configs,
         };
         let inner = Inner::recovered(&rec, segments, slots, (last_index, last_term));
         let wal = Wal {

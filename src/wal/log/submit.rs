@@ -2,6 +2,8 @@
 //! records into block-aligned buffers and queueing work items in op order.
 
 use super::*;
+use crate::engine::KnownConfig;
+use crate::wal::membership::encode_membership_file;
 
 impl<S: Storage> Wal<S> {
     /// Queues `entries`, which must continue the log (first index = last index + 1,
@@ -243,6 +245,27 @@ impl<S: Storage> Wal<S> {
         let last_index = inner.last_index;
         inner.queue.push_back(Queued {
             item: Item::HardState(state),
+            first_op: op,
+            last_op: op,
+            last_index,
+        });
+        inner.submitted_op = op;
+        Ok(())
+    }
+
+    /// Queues the replacement of the saved configurations with `configs` (the
+    /// membership file, read back by [`Wal::open`] into `Recovered::configs`). The
+    /// save is ordered with the other ops: it is written only once every earlier op
+    /// is durable, and no later op is written before it is durable, so that a crash
+    /// never keeps a configuration entry whose save it lost, nor a save that drops
+    /// a configuration whose truncation it lost.
+    pub fn save_membership(&self, op: u64, configs: &[KnownConfig]) -> WalResult<()> {
+        let mut inner = self.shared.inner.borrow_mut();
+        inner.check(op)?;
+        let bytes = encode_membership_file(configs, self.shared.block_bytes);
+        let last_index = inner.last_index;
+        inner.queue.push_back(Queued {
+            item: Item::Membership(bytes),
             first_op: op,
             last_op: op,
             last_index,
