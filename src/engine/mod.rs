@@ -616,6 +616,7 @@ impl Engine {
         self.peers.clear();
         self.transfer = None;
         self.fail_pending_reads();
+        self.give_up_appends_if_removed();
     }
 }
 

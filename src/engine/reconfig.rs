@@ -215,6 +215,15 @@ impl Engine {
             self.send(target, MessageBody::TimeoutNow);
         }
         self.become_follower(self.hard.term, None);
+    }
+
+    /// A member that stops leading while its own latest configuration leaves it
+    /// out answers its waiting appends as unknown now: once that removal commits,
+    /// nobody replicates to it any more, so it would never learn their fate.
+    pub(super) fn give_up_appends_if_removed(&mut self) {
+        if self.membership().contains(self.id) {
+            return;
+        }
         for p in std::mem::take(&mut self.pending_appends) {
             self.finish_append(p, Err(AppendError::Unknown));
         }

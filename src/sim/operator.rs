@@ -12,7 +12,7 @@
 //! longer names it. Earlier configurations still count its vote, and a wiped member
 //! votes for anybody: a stale member holding one could be elected with its help.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -78,6 +78,9 @@ pub struct Operator {
     plan: VecDeque<MembershipChange>,
     /// The replacement step waiting for its answer.
     plan_step: Option<u64>,
+    /// Members whose removal was acknowledged or may still commit (its answer
+    /// was lost): what was decided for them after removal stands.
+    removals_unsettled: BTreeSet<NodeId>,
     pub counts: ChangeCounts,
 }
 
@@ -90,7 +93,14 @@ impl Operator {
     /// Member `k` crashed or stopped: the changes asked of it have no answer.
     pub fn forget_requests_to(&mut self, k: usize) {
         let before = self.pending.len();
-        self.pending.retain(|_, (asked, _)| *asked != k);
+        let unsettled = &mut self.removals_unsettled;
+        self.pending.retain(|_, (asked, change)| {
+            let forgotten = *asked == k;
+            if let (true, MembershipChange::Remove(id)) = (forgotten, change) {
+                unsettled.insert(*id);
+            }
+            !forgotten
+        });
         self.counts.unknown += (before - self.pending.len()) as u64;
         if self
             .plan_step
@@ -117,7 +127,7 @@ impl Sim {
     /// and then ask the leader for a change (or the next step of a replacement).
     pub(super) fn operate(&mut self) -> Check {
         self.retire_removed();
-        if !self.rng.chance(1, 25) {
+        if !self.rng.chance(1, 8) {
             return Ok(());
         }
         let Some(l) = self.leader_index() else {
@@ -257,10 +267,11 @@ impl Sim {
             return Ok(());
         }
         self.operator.plan.pop_front();
-        let request_id = self.ask(l, change)?;
-        if self.operator.pending.contains_key(&request_id) {
-            self.operator.plan_step = Some(request_id);
-        }
+        // Marked before asking: a refusal comes back within the step, and must
+        // end the replacement (removing the voter after a refused promotion
+        // would leave two voters).
+        self.operator.plan_step = Some(self.next_request);
+        self.ask(l, change)?;
         Ok(())
     }
 
@@ -303,6 +314,7 @@ impl Sim {
         }
         node.after_removal = None;
         node.retired = false;
+        self.operator.removals_unsettled.remove(&id);
         self.operator.counts.readded += 1;
         self.start_node(k);
     }
@@ -344,6 +356,9 @@ impl Sim {
             }
             Err(_) => counts.refused_other += 1,
         }
+        if let MembershipChange::Remove(id) = change {
+            self.settle_removal(id, &result);
+        }
         if plan_step {
             self.operator.plan_step = None;
             if result.is_err() {
@@ -351,6 +366,25 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// A removal that was refused outright leaves its member as it was, unless
+    /// another removal of it is pending or may still commit: otherwise a member
+    /// added just before would be stopped for a removal that never happened.
+    fn settle_removal(&mut self, id: NodeId, result: &Result<AppendOk, AppendError>) {
+        let operator = &mut self.operator;
+        if !matches!(result, Err(e) if *e != AppendError::Unknown) {
+            operator.removals_unsettled.insert(id);
+            return;
+        }
+        let pending = operator
+            .pending
+            .values()
+            .any(|(_, change)| *change == MembershipChange::Remove(id));
+        let node = &mut self.nodes[id as usize - 1];
+        if !pending && !operator.removals_unsettled.contains(&id) && !node.retired {
+            node.after_removal = None;
+        }
     }
 
     /// Stops (and wipes, if so decided) the removed members whose removal the

@@ -157,6 +157,9 @@ impl Sim {
                     e.membership().ids().collect::<Vec<_>>(),
                     e.membership().voters().collect::<Vec<_>>()
                 );
+                if !node.requests.is_empty() {
+                    text += &format!(" holds requests {:?};", node.requests);
+                }
                 if e.role() == crate::engine::Role::Leader {
                     text += &format!(" progress {};", e.describe_progress());
                 }

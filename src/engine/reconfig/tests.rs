@@ -247,6 +247,34 @@ fn a_removed_leader_steps_down_once_its_removal_commits_and_hands_over() {
 }
 
 #[test]
+fn a_leader_deposed_before_its_removal_commits_gives_up_its_appends() {
+    let mut e = ready_leader();
+    e.step(change(5, MembershipChange::Remove(1)));
+    e.step(client_append(6, &["a"]));
+    e.take_commands();
+    // A newer leader takes over before the removal commits: if it commits the
+    // removal, this member will never hear of indexes 3 and 4 again.
+    e.step(msg(
+        2,
+        1,
+        3,
+        MessageBody::Heartbeat {
+            leader_commit: 2,
+            seq: 1,
+        },
+    ));
+    let out = e.take_commands();
+    for request_id in [5, 6] {
+        let unknown = Command::AppendResult {
+            request_id,
+            result: Err(AppendError::Unknown),
+        };
+        assert!(out.contains(&unknown), "{request_id}: {out:?}");
+    }
+    assert_eq!((e.role(), e.leader()), (Role::Follower, Some(2)));
+}
+
+#[test]
 fn learners_never_campaign_and_their_votes_do_not_count() {
     let mut f = follower(4, &[1, 2, 3], 2, &[1]);
     f.step(msg(
