@@ -13,9 +13,9 @@ use super::{Engine, Role};
 impl Engine {
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed_ticks += 1;
-        // A learner, or a member the membership in force no longer names, never
+        // A learner, or a member a committed configuration no longer names, never
         // campaigns: it could only disturb the voters.
-        if self.is_abstaining() || !self.is_voter() {
+        if self.is_abstaining() || !self.may_campaign() {
             return;
         }
         if self.election_elapsed_ticks >= self.election_timeout_ticks {

@@ -273,9 +273,21 @@ impl Engine {
         self.configs.len() > 1
     }
 
-    /// Whether this member may campaign: only voters in force do.
+    /// Whether this member counts as a voter in the membership in force.
     pub(super) fn is_voter(&self) -> bool {
         self.membership().is_voter(self.id)
+    }
+
+    /// Whether this member may campaign: a voter in force, or a voter of the
+    /// committed configuration that only an uncommitted one leaves out. The latter
+    /// is a leader that removed itself and lost its leadership before the removal
+    /// committed: its log may be the only one that holds everything, so without
+    /// it the others might never elect anybody. It counts votes by the
+    /// configuration that leaves it out (as any member uses its latest), and if
+    /// it wins it commits its own removal and steps down.
+    pub(super) fn may_campaign(&self) -> bool {
+        self.is_voter()
+            || (self.membership_change_pending() && self.configs[0].membership.is_voter(self.id))
     }
 
     /// The members a leader replicates to: everybody in force but itself.

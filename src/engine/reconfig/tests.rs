@@ -275,6 +275,55 @@ fn a_leader_deposed_before_its_removal_commits_gives_up_its_appends() {
 }
 
 #[test]
+fn a_leader_deposed_before_its_removal_commits_may_win_again_and_finish_it() {
+    // Leader 1 appends its removal (index 3) and loses its leadership before the
+    // removal commits: its log may be the only complete one, so it campaigns,
+    // asking (and counting) only the voters that remain.
+    let mut e = ready_leader();
+    e.step(change(5, MembershipChange::Remove(1)));
+    e.step(Event::Durable { op: 4 });
+    e.step(msg(2, 1, 3, append_entries(2, 2, &[], 2)));
+    e.take_commands();
+    assert_eq!((e.role(), e.leader()), (Role::Follower, Some(2)));
+    tick_until_role(&mut e, Role::PreCandidate);
+    let asked: Vec<NodeId> = e
+        .take_commands()
+        .iter()
+        .filter_map(|c| match c {
+            Command::Send { msg, .. } if msg.body == pre_vote(3, 2) => Some(msg.to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![2, 3]);
+    // Its own yes is no vote in [2, 3]: it needs both of theirs.
+    e.step(msg(2, 1, 4, MessageBody::PreVoteResponse { granted: true }));
+    assert_eq!(e.role(), Role::PreCandidate);
+    e.step(msg(3, 1, 4, MessageBody::PreVoteResponse { granted: true }));
+    assert_eq!(e.role(), Role::Candidate);
+    e.step(msg(
+        2,
+        1,
+        4,
+        MessageBody::RequestVoteResponse { granted: true },
+    ));
+    e.step(msg(
+        3,
+        1,
+        4,
+        MessageBody::RequestVoteResponse { granted: true },
+    ));
+    assert_eq!(e.role(), Role::Leader);
+    // Its no-op (index 4) commits the removal with it, and it steps down for good.
+    e.take_commands();
+    e.step(msg(2, 1, 4, success(4)));
+    e.step(msg(3, 1, 4, success(4)));
+    assert!(e.take_commands().contains(&Command::Commit { index: 4 }));
+    assert_eq!(e.role(), Role::Follower);
+    tick_n(&mut e, 200);
+    assert_eq!(e.role(), Role::Follower);
+}
+
+#[test]
 fn learners_never_campaign_and_their_votes_do_not_count() {
     let mut f = follower(4, &[1, 2, 3], 2, &[1]);
     f.step(msg(
