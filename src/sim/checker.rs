@@ -253,7 +253,16 @@ impl Checker {
         Ok(())
     }
 
-    pub fn on_role(&mut self, node: NodeId, role: Role, term: Term, log: &Log) -> Check {
+    /// Member `node` took `role` in `term`; `in_force` is its latest configuration,
+    /// at `in_force_index`.
+    pub fn on_role(
+        &mut self,
+        node: NodeId,
+        role: Role,
+        term: Term,
+        log: &Log,
+        (in_force, in_force_index): (&Membership, Index),
+    ) -> Check {
         if role != Role::Leader {
             return Ok(());
         }
@@ -264,7 +273,11 @@ impl Checker {
         }
         self.leaders.insert(term, node);
         let (index, committed) = self.latest_committed_config();
-        if !committed.contains(node) {
+        // A leader deposed before its own removal committed may win again, by
+        // the voters that remain, to finish that removal: its latest configuration
+        // is then one that leaves it out, no older than the committed one.
+        let finishing_removal = !in_force.contains(node) && in_force_index >= index;
+        if !committed.contains(node) && !finishing_removal {
             return Err(format!(
                 "member {node} became leader of term {term}, but the configuration committed at {index} does not name it: {:?}",
                 committed.ids().collect::<Vec<_>>()

@@ -178,7 +178,9 @@ impl Sim {
                 node.in_force = membership;
             }
             Command::RoleChanged { role, term, .. } => {
-                self.checker.on_role(id, role, term, engine.log())?;
+                let in_force = (engine.membership(), engine.membership_index());
+                self.checker
+                    .on_role(id, role, term, engine.log(), in_force)?;
                 if role == Role::Leader && !self.healed && self.rng.chance(1, 4) {
                     node.crash_at = Some(self.now + self.rng.range(0, 4));
                 }
