@@ -9,6 +9,7 @@
 //! members and asks only while a partition does not name it, so a restart that
 //! asks again, or an answer lost on the way, adds nothing twice.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,14 +111,19 @@ pub fn data_dir_identity(data_dir: &Path) -> DirIdentity {
     }
 }
 
-/// Asks the cluster at `addr` to add the node (`add`) until every partition lists
-/// it, `stop` is set, or [`JOIN_DEADLINE`] passes.
+/// Asks the cluster at `addr` to add the node (`add`) until every partition has
+/// listed it, `stop` is set, or [`JOIN_DEADLINE`] passes.
+///
+/// A partition counts once it has listed the node, even if a later listing does
+/// not: an operator may remove the node right after it joined, and asking again
+/// would add it back behind their back.
 pub fn join(addr: &str, add: ChangeOp, stop: &AtomicBool) -> Result<(), CliError> {
     let id = add.node_id();
     let deadline = Instant::now() + JOIN_DEADLINE;
+    let mut listed = BTreeSet::new();
     with_client(addr, REQUEST_DEADLINE, async |client| {
         loop {
-            let problem = match partitions_without(client, id).await {
+            let problem = match partitions_without(client, id, &mut listed).await {
                 Ok(0) => {
                     log::info!(
                         "joined: every partition lists node {id}; it becomes a voter once caught up"
@@ -146,20 +152,32 @@ pub fn join(addr: &str, add: ChangeOp, stop: &AtomicBool) -> Result<(), CliError
     })
 }
 
-/// How many partitions' leaders do not list node `id`; an error when a partition
-/// could not be listed.
-async fn partitions_without(client: &crate::client::Client, id: NodeId) -> Result<usize, String> {
+/// How many partitions have never listed node `id` (`listed`: those that have,
+/// updated here); an error when no listing could be had.
+async fn partitions_without(
+    client: &crate::client::Client,
+    id: NodeId,
+    listed: &mut BTreeSet<u32>,
+) -> Result<usize, String> {
     let listing = client.members().await.map_err(|e| e.to_string())?;
     let mut missing = 0;
-    for p in listing {
-        let members = p
-            .result
-            .map_err(|e| format!("partition {}: {e}", p.partition))?;
-        if !members.members.iter().any(|m| m.node_id == id) {
+    let mut problem = None;
+    for p in &listing {
+        match &p.result {
+            Ok(members) if members.members.iter().any(|m| m.node_id == id) => {
+                listed.insert(p.partition);
+            }
+            Ok(_) => {}
+            Err(e) => problem = Some(format!("partition {}: {e}", p.partition)),
+        }
+        if !listed.contains(&p.partition) {
             missing += 1;
         }
     }
-    Ok(missing)
+    match problem {
+        Some(problem) if missing > 0 => Err(problem),
+        _ => Ok(missing),
+    }
 }
 
 /// Runs [`join`] on a thread of its own. A failed first join stops the node (it

@@ -135,7 +135,7 @@ impl Engine {
 
     /// Whether a log ending at (`last_index`, `last_term`) is at least as up to date
     /// as this one (Raft §5.4.1).
-    fn log_is_behind(&self, last_index: Index, last_term: Term) -> bool {
+    pub fn log_is_behind(&self, last_index: Index, last_term: Term) -> bool {
         let (my_index, my_term) = (self.log.last_index(), self.log.last_term());
         let up_to_date = last_term > my_term || (last_term == my_term && last_index >= my_index);
         up_to_date || self.planted(PlantedBug::VoteForShorterLog)

@@ -285,7 +285,7 @@ impl Engine {
     /// it the others might never elect anybody. It counts votes by the
     /// configuration that leaves it out (as any member uses its latest), and if
     /// it wins it commits its own removal and steps down.
-    pub(super) fn may_campaign(&self) -> bool {
+    pub fn may_campaign(&self) -> bool {
         self.is_voter()
             || (self.membership_change_pending() && self.configs[0].membership.is_voter(self.id))
     }

@@ -4,14 +4,14 @@
 
 use bytes::Bytes;
 
-use crate::engine::{Command, Condition, Index, Message, MessageBody, NodeId, Role};
+use crate::engine::{Command, Condition, Index, Membership, Message, MessageBody, NodeId, Role};
 
-use super::{Check, Sim, liar};
+use super::{Check, Node, Sim, liar};
 
 impl Sim {
     /// The promise itself: an acknowledged entry is on disk on a majority of the
-    /// voters of the membership in force at member `k`, the leader that counted
-    /// them, when it acknowledged it. (An entry a member has purged since counts:
+    /// voters of a membership member `k` knows (the one in force, or an earlier one
+    /// not yet replaced everywhere), when it acknowledged it. (An entry a member has purged since counts:
     /// only committed entries on its disk are ever purged. So does a member
     /// abstaining after a corruption cut its log: the leader may have counted its
     /// acknowledgement from before the cut, and until it has the entries back it
@@ -23,24 +23,33 @@ impl Sim {
         payload: Option<Bytes>,
         last_index: u64,
     ) -> Check {
-        let voters = &self.nodes[k].in_force;
-        let holders = self.nodes.iter().enumerate().filter(|&(m, node)| {
-            voters.is_voter(m as NodeId + 1)
-                && (node.disk.lost_tail_in_term.is_some()
-                    || match node.disk.durable_entry(last_index) {
-                        Some(entry) => Some(&entry.payload) == payload.as_ref(),
-                        None => node.disk.start() > last_index,
-                    })
-        });
-        let quorum = voters.quorum();
-        let count = holders.count();
-        if count < quorum {
-            return Err(format!(
-                "append {request_id} acknowledged with index {last_index} on only {count} disks of the voters {:?} in force",
-                voters.voters().collect::<Vec<_>>()
-            ));
+        let holds = |node: &Node| {
+            node.disk.lost_tail_in_term.is_some()
+                || match node.disk.durable_entry(last_index) {
+                    Some(entry) => Some(&entry.payload) == payload.as_ref(),
+                    None => node.disk.start() > last_index,
+                }
+        };
+        let holders_among = |voters: &Membership| {
+            let nodes = self.nodes.iter().enumerate();
+            nodes
+                .filter(|&(m, node)| voters.is_voter(m as NodeId + 1) && holds(node))
+                .count()
+        };
+        // The leader that committed it counted a majority of the configuration in
+        // force at it then: this member's latest, or an earlier one it still knows
+        // (a deposed leader may learn of the commit after appending a change).
+        let engine = self.nodes[k].engine.as_ref().expect("live member");
+        let mut memberships = engine.memberships();
+        if memberships.any(|voters| holders_among(voters) >= voters.quorum()) {
+            return Ok(());
         }
-        Ok(())
+        let voters = engine.membership();
+        let count = holders_among(voters);
+        Err(format!(
+            "append {request_id} acknowledged with index {last_index} on only {count} disks of the voters {:?} in force",
+            voters.voters().collect::<Vec<_>>()
+        ))
     }
 
     /// Does what the runtime would: storage to the disk, messages to the network

@@ -25,6 +25,7 @@ mod liar;
 mod lifecycle;
 mod network;
 mod operator;
+mod stuck;
 #[cfg(test)]
 mod tests;
 mod workload;
@@ -115,6 +116,9 @@ pub struct SimReport {
     pub refusals: u64,
     /// What the operator's membership changes came to.
     pub changes: operator::ChangeCounts,
+    /// The run ended with no member electable while one abstained after a lost
+    /// tail (src/sim/stuck.rs): the safety checks ran, convergence could not.
+    pub stuck_after_lost_tail: bool,
 }
 
 struct Node {
@@ -325,15 +329,22 @@ impl Sim {
         // entry per round trip), so the bound grows with what is left to copy.
         let deadline = self.now + self.config.heal_ticks + 4 * self.catch_up_entries();
         let mut sentinel_acked = false;
+        let mut stuck_after_lost_tail = false;
         while !(sentinel_acked && self.converged()) {
             if self.now >= deadline {
-                return Err(self.liveness_report(deadline));
+                if !self.stuck_by_abstention() {
+                    return Err(self.liveness_report(deadline));
+                }
+                stuck_after_lost_tail = true;
+                break;
             }
             sentinel_acked |= self.drive_heal_workload()?;
             self.tick()?;
         }
         self.final_checks()?;
-        self.check_final_starts()?;
+        if !stuck_after_lost_tail {
+            self.check_final_starts()?;
+        }
         Ok(SimReport {
             trace_hash: self.hasher.finish(),
             steps: self.steps,
@@ -351,6 +362,7 @@ impl Sim {
             log_reads: self.log_reads,
             refusals: self.refusals,
             changes: self.operator.counts,
+            stuck_after_lost_tail,
         })
     }
 
