@@ -5,51 +5,15 @@
 
 mod cluster_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use cluster_support::members::{await_listing, patient_client, voters};
 use cluster_support::*;
-use ringlog::client::{Client, ClientConfig, ClientError, PartitionResult};
+use ringlog::client::{ClientError, PartitionResult};
 use ringlog::transport::{ChangeOp, PartitionMembers, ServerError};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A client that waits longer than the server's membership deadline (4 s), so
-/// that it hears each partition's outcome.
-fn patient_client(addrs: Vec<String>) -> Client {
-    let mut config = ClientConfig::new(addrs);
-    config.request_timeout_ms = 8_000;
-    config.retry_backoff_max_ms = 200;
-    Client::new(config)
-}
-
-/// Lists until every partition is listed and `check` holds for each listing.
-async fn await_listing(
-    client: &Client,
-    partitions: usize,
-    check: impl Fn(&PartitionMembers) -> bool,
-) -> Vec<PartitionMembers> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(listing) = client.members().await {
-            let listed: Vec<PartitionMembers> =
-                listing.into_iter().filter_map(|p| p.result.ok()).collect();
-            if listed.len() == partitions && listed.iter().all(&check) {
-                return listed;
-            }
-        }
-        assert!(Instant::now() < deadline, "no listing as expected in time");
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn voters(p: &PartitionMembers) -> Vec<u32> {
-    p.members
-        .iter()
-        .filter(|m| m.voter)
-        .map(|m| m.node_id)
-        .collect()
-}
 
 fn committed_everywhere(outcomes: Vec<PartitionResult<u64>>, partitions: usize) {
     assert_eq!(outcomes.len(), partitions, "{outcomes:?}");
@@ -94,7 +58,7 @@ fn remove_add_and_refusals_on_every_partition() {
         // Asked through node 3 alone: for each partition it does not lead, the
         // client follows the redirect to that partition's leader.
         let client = patient_client(vec![addrs[2].clone()]);
-        let listing = await_listing(&client, 2, |p| voters(p) == [1, 2, 3]).await;
+        let listing = await_listing(&client, 2, WAIT, |p| voters(p) == [1, 2, 3]).await;
         for p in &listing {
             assert_eq!(p.members.iter().filter(|m| m.leader).count(), 1, "{p:?}");
             assert!(p.members.iter().any(|m| m.node_id == p.leader && m.leader));
@@ -113,7 +77,7 @@ fn remove_add_and_refusals_on_every_partition() {
                 && p.commit_index == p.last_index
                 && p.members.iter().all(|m| p.lag(m) == 0)
         };
-        await_listing(&client, 2, settled).await;
+        await_listing(&client, 2, WAIT, settled).await;
         for partition in 0..2 {
             client
                 .append(partition, vec![Bytes::from("after the removal")])
@@ -133,14 +97,14 @@ fn remove_add_and_refusals_on_every_partition() {
             let m = p.members.iter().find(|m| m.node_id == 4)?;
             (!m.voter).then(|| p.lag(m))
         };
-        let before = await_listing(&client, 2, |p| learner_lag(p).is_some()).await;
+        let before = await_listing(&client, 2, WAIT, |p| learner_lag(p).is_some()).await;
         for partition in 0..2 {
             client
                 .append(partition, vec![Bytes::from("the learner misses this")])
                 .await
                 .expect("an append with a silent learner");
         }
-        let after = await_listing(&client, 2, |p| learner_lag(p).is_some()).await;
+        let after = await_listing(&client, 2, WAIT, |p| learner_lag(p).is_some()).await;
         for (b, a) in before.iter().zip(&after) {
             assert!(learner_lag(a) > learner_lag(b), "{b:?} then {a:?}");
         }
@@ -156,11 +120,11 @@ fn the_last_voter_cannot_be_removed() {
     on_executor(async move || {
         await_leaders(&client(addrs.clone()), 2, WAIT).await;
         let client = patient_client(addrs);
-        await_listing(&client, 2, |p| voters(p) == [1]).await;
+        await_listing(&client, 2, WAIT, |p| voters(p) == [1]).await;
         let last = client
             .change_membership(ChangeOp::Remove { node_id: 1 })
             .await;
         refused_everywhere(last.expect("answers"), "node 1 is the last voter");
-        await_listing(&client, 2, |p| voters(p) == [1]).await;
+        await_listing(&client, 2, WAIT, |p| voters(p) == [1]).await;
     });
 }

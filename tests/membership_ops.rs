@@ -11,8 +11,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cluster_support::members::{self, patient_client, voters};
 use cluster_support::*;
-use ringlog::client::{Client, ClientConfig};
+use ringlog::client::Client;
 use ringlog::transport::{ChangeOp, PartitionMembers};
 
 const PARTITIONS: u32 = 2;
@@ -22,49 +23,18 @@ const WAIT: Duration = Duration::from_secs(90);
 
 type Acked = Rc<RefCell<Vec<(u32, u64, Bytes)>>>;
 
-/// A client that waits longer than the server's membership deadline (4 s).
-fn patient_client(addrs: Vec<String>) -> Client {
-    let mut config = ClientConfig::new(addrs);
-    config.request_timeout_ms = 8_000;
-    config.retry_backoff_max_ms = 200;
-    Client::new(config)
-}
-
-fn voters(p: &PartitionMembers) -> Vec<u32> {
-    p.members
-        .iter()
-        .filter(|m| m.voter)
-        .map(|m| m.node_id)
-        .collect()
-}
-
 fn ids(p: &PartitionMembers) -> Vec<u32> {
     p.members.iter().map(|m| m.node_id).collect()
 }
 
-/// Lists until every partition is listed and `check` holds for each listing.
+/// Every partition's listing once `check` holds for each.
 async fn await_listing(
     client: &Client,
     what: &str,
     check: impl Fn(&PartitionMembers) -> bool,
 ) -> Vec<PartitionMembers> {
-    let deadline = Instant::now() + WAIT;
-    let mut last = Vec::new();
-    loop {
-        if let Ok(listing) = client.members().await {
-            let listed: Vec<PartitionMembers> =
-                listing.into_iter().filter_map(|p| p.result.ok()).collect();
-            if listed.len() == PARTITIONS as usize && listed.iter().all(&check) {
-                return listed;
-            }
-            last = listed;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {WAIT:?}; last listing {last:?}"
-        );
-        glommio::timer::sleep(Duration::from_millis(100)).await;
-    }
+    eprintln!("awaiting: {what}");
+    members::await_listing(client, PARTITIONS as usize, WAIT, check).await
 }
 
 /// Asks for `change` until every partition's listing satisfies `done`: an answer

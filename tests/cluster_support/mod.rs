@@ -6,6 +6,7 @@
 
 pub mod disk;
 pub mod load;
+pub mod members;
 pub mod observe;
 pub mod settings;
 
