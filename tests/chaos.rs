@@ -2,8 +2,8 @@
 //! fault proxies, under continuous appends and reads, while a nemesis kills
 //! leaders (kill -9, then restart), pauses nodes (SIGSTOP/SIGCONT), partitions
 //! them (symmetric and one-way), restarts leaders gracefully and removes nodes
-//! from the groups and adds them back. Afterwards everything heals, the nodes converge,
-//! every node's log is read back, and the history checker compares what clients
+//! from the groups and adds them back. Afterwards everything heals, the nodes
+//! converge, every node's log is read back, and the history checker compares what clients
 //! were told with what the logs hold. Retention (1 MiB segments, a few MiB per
 //! partition) and periodic client trims remove most of each log during the run: an
 //! acknowledged record is excused from a node's final log only when its index is

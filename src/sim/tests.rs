@@ -327,9 +327,9 @@ fn catches_a_trim_applied_before_it_commits() {
 }
 
 /// With two changes in flight, two removals (or a removal and a promotion) make
-/// the old and the new configuration's majorities disjoint: the checkers must see
-/// the consequences (two committed logs, a removed member leading, an
-/// acknowledged entry on too few disks), not the engine's own invariant, which
+/// the old and the new configuration's majorities disjoint: a safety check must
+/// see the consequences (two committed logs, a leader lacking a committed entry,
+/// an acknowledged entry on too few disks), not the engine's own invariant, which
 /// skips the one-uncommitted-configuration assertion when the bug is planted.
 #[test]
 fn catches_two_membership_changes_in_flight() {
@@ -338,14 +338,18 @@ fn catches_two_membership_changes_in_flight() {
         planted_bug: Some(PlantedBug::TwoChangesInFlight),
         ..SimConfig::for_seed(seed).with_membership_changes()
     });
-    let caught: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    let failed: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    // A group left without a leader proves little: a safety check must fire.
+    let caught: Vec<&&String> = failed.iter().filter(|f| !f.contains("liveness:")).collect();
     assert!(
         !caught.is_empty(),
-        "two changes in flight went unnoticed in {count} seeds"
+        "two changes in flight broke no safety check in {count} seeds ({} liveness failures)",
+        failed.len()
     );
     println!(
-        "TwoChangesInFlight caught in {} of {count} seeds; first: {}",
+        "TwoChangesInFlight caught by a safety check in {} of {count} seeds ({} failed in all); first: {}",
         caught.len(),
+        failed.len(),
         caught[0]
     );
 }

@@ -55,7 +55,7 @@ pub struct ChaosPlan {
 }
 
 impl ChaosPlan {
-    /// About two and a half minutes: ten of each of the four fault kinds.
+    /// About two and a half minutes: ten of each of the five fault kinds.
     pub fn ci() -> ChaosPlan {
         ChaosPlan {
             faults_min_each: 10,
