@@ -247,14 +247,7 @@ fn data_dir_of_another_node_is_refused_at_start() {
     config.listen.peer = "127.0.0.1:0".parse().unwrap();
     let path = cluster.dir.path().join("intruder.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !config.data_dir.join("identity").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "node 1 never claimed its data directory"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_claimed(&config.data_dir);
     let stderr = serve_fails(&path);
     let identity = config.data_dir.join("identity");
     for words in [
@@ -272,14 +265,7 @@ fn data_dir_of_another_node_is_refused_at_start() {
 fn data_dir_with_another_shard_count_is_refused_at_start() {
     let mut cluster = TestCluster::start(1, 1);
     let mut config = cluster.configs[0].clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !config.data_dir.join("identity").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "node 1 never claimed its data directory"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_claimed(&config.data_dir);
     cluster.stop(0);
     // Records are placed by shard count: the same node with more shards would
     // look for them in the wrong shards.
@@ -294,6 +280,16 @@ fn data_dir_with_another_shard_count_is_refused_at_start() {
     ] {
         assert!(stderr.contains(words), "{words:?} not in {stderr}");
     }
+}
+
+/// Waits until the node started on `data_dir` has written its identity file.
+fn await_claimed(data_dir: &std::path::Path) {
+    let identity = data_dir.join("identity");
+    await_condition(
+        "node 1 to claim its data directory",
+        Duration::from_secs(10),
+        || identity.exists(),
+    );
 }
 
 /// Runs `ringlog serve --config path`, which must fail; returns what it said.

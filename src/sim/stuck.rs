@@ -43,6 +43,5 @@ fn electable(candidate: &Engine, live: &[&Engine]) -> bool {
         .iter()
         .filter(|v| membership.is_voter(v.id()) && grants(v))
         .count();
-    let voters = membership.voters().count();
-    votes > voters / 2
+    votes >= membership.quorum()
 }

@@ -10,7 +10,7 @@
 //! after its own field, padding included, so any damage is caught.
 
 use super::error::{WalError, WalResult, io_err};
-use super::storage::{Storage, StorageFile};
+use super::storage::{Storage, StorageFile, remove_durably};
 use crate::engine::{KnownConfig, Membership};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -166,14 +166,7 @@ pub async fn read_membership<S: Storage>(storage: &S) -> WalResult<Vec<KnownConf
         .await
         .map_err(io_err("listing the WAL directory"))?;
     if names.iter().any(|n| n == MEMBERSHIP_TMP_FILE_NAME) {
-        storage
-            .remove(MEMBERSHIP_TMP_FILE_NAME)
-            .await
-            .map_err(io_err(format!("removing {MEMBERSHIP_TMP_FILE_NAME}")))?;
-        storage
-            .sync_dir()
-            .await
-            .map_err(io_err("syncing the WAL directory"))?;
+        remove_durably(storage, MEMBERSHIP_TMP_FILE_NAME).await?;
     }
     if !names.iter().any(|n| n == MEMBERSHIP_FILE_NAME) {
         return Ok(Vec::new());

@@ -8,11 +8,25 @@
 #![allow(async_fn_in_trait)]
 
 use super::dir::{DirSyncer, create_dir_durably_with, sync_dir};
+use super::error::{WalResult, io_err};
 use glommio::io::{Directory, DmaFile, OpenOptions};
 use std::cell::Cell;
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+
+/// Removes file `name` and syncs the directory, so that the removal is durable
+/// before anything that relies on it.
+pub async fn remove_durably<S: Storage>(storage: &S, name: &str) -> WalResult<()> {
+    storage
+        .remove(name)
+        .await
+        .map_err(io_err(format!("removing {name}")))?;
+    storage
+        .sync_dir()
+        .await
+        .map_err(io_err("syncing the WAL directory"))
+}
 
 /// A directory of files.
 pub trait Storage: 'static {

@@ -168,15 +168,21 @@ impl Nemesis {
         self.cluster.spawn(k);
     }
 
-    /// SIGSTOP a node (the leader of a partition half the time), then SIGCONT.
-    fn pause(&mut self) {
-        let k = if self.rng.chance(1, 2) {
+    /// Half the time the node leading a random partition (any node if none
+    /// leads it), otherwise any node.
+    pub(super) fn leader_or_random_node(&mut self) -> usize {
+        if self.rng.chance(1, 2) {
             let partition = self.rng.range(0, PARTITIONS as u64) as u32;
             self.await_leader(partition)
                 .unwrap_or_else(|| self.random_node())
         } else {
             self.random_node()
-        };
+        }
+    }
+
+    /// SIGSTOP a node (the leader of a partition half the time), then SIGCONT.
+    fn pause(&mut self) {
+        let k = self.leader_or_random_node();
         self.cluster.pause(k);
         self.record.counts.pauses += 1;
         self.sleep_between(300, 2_000);

@@ -9,33 +9,17 @@
 
 use std::time::{Duration, Instant};
 
-use ringlog::client::{Client, ClientConfig, PartitionResult};
+use ringlog::client::PartitionResult;
 use ringlog::transport::{ChangeOp, PartitionMembers};
 
 use super::{Nemesis, PARTITIONS};
+use crate::cluster_support::members::patient_client;
 use crate::cluster_support::on_executor;
-
-/// How long one change waits for each partition's outcome (the server's own
-/// deadline is 4 s).
-const CHANGE_TIMEOUT_MS: u64 = 8_000;
-
-fn patient_client(addrs: Vec<String>) -> Client {
-    let mut config = ClientConfig::new(addrs);
-    config.request_timeout_ms = CHANGE_TIMEOUT_MS;
-    config.retry_backoff_max_ms = 200;
-    Client::new(config)
-}
 
 impl Nemesis {
     /// Removes a node, holds a moment, and adds it back (waiting up to 30 s).
     pub(super) fn reconfigure(&mut self) {
-        let k = if self.rng.chance(1, 2) {
-            let partition = self.rng.range(0, PARTITIONS as u64) as u32;
-            self.await_leader(partition)
-                .unwrap_or_else(|| self.random_node())
-        } else {
-            self.random_node()
-        };
+        let k = self.leader_or_random_node();
         let node_id = k as u32 + 1;
         let addrs = self.cluster.client_addrs();
         let removed = on_executor(async move || {

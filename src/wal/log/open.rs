@@ -5,6 +5,7 @@
 use super::*;
 use crate::engine::KnownConfig;
 use crate::wal::membership::{encode_membership_file, read_membership, write_membership};
+use crate::wal::storage::remove_durably;
 
 impl<S: Storage> Wal<S> {
     /// Records the configurations a log starts with (a new member's bootstrap)
@@ -117,14 +118,7 @@ impl<F: StorageFile> Inner<F> {
 /// after each.
 async fn remove_obsolete<S: Storage>(storage: &S, obsolete: &[String]) -> WalResult<()> {
     for name in obsolete {
-        storage
-            .remove(name)
-            .await
-            .map_err(io_err(format!("removing {name}")))?;
-        storage
-            .sync_dir()
-            .await
-            .map_err(io_err("syncing the WAL directory"))?;
+        remove_durably(storage, name).await?;
     }
     Ok(())
 }
