@@ -397,29 +397,36 @@ fn link_recovers_from_dropped_connections() {
     });
 }
 
+/// A link from a node configured as `linking` to an acceptor configured as
+/// `accepting` is refused at every handshake, on both sides, and its message
+/// waits for a correct peer.
+async fn assert_refused_on_both_sides(accepting: PeerConfig, linking: PeerConfig) {
+    let (addr, collect, stats) = start_acceptor(accepting, "127.0.0.1:0");
+    let config = PeerConfig {
+        backoff_initial_ms: 2,
+        backoff_max_ms: 10,
+        ..linking
+    };
+    let link = PeerLink::spawn(Rc::new(config), 0, 2, addr);
+    link.send(msg(2, MessageBody::TimeoutNow)).unwrap();
+    wait_until("refusals seen by both sides", || {
+        link.stats().connect_failures_total.get() >= 3 && stats.handshakes_refused_total.get() >= 3
+    })
+    .await;
+    assert_eq!(link.stats().connects_total.get(), 0);
+    assert!(collect.got.borrow().is_empty());
+    assert_eq!(
+        link.queued(Lane::Control).0,
+        1,
+        "the message waits for a correct peer"
+    );
+}
+
 #[test]
 fn wrong_cluster_is_refused_on_both_sides() {
     run(|| async {
-        let (addr, collect, stats) = start_acceptor(PeerConfig::new(0xBEEF, 2), "127.0.0.1:0");
-        let config = PeerConfig {
-            backoff_initial_ms: 2,
-            backoff_max_ms: 10,
-            ..PeerConfig::new(0xFEED, 1)
-        };
-        let link = PeerLink::spawn(Rc::new(config), 0, 2, addr);
-        link.send(msg(2, MessageBody::TimeoutNow)).unwrap();
-        wait_until("refusals seen by both sides", || {
-            link.stats().connect_failures_total.get() >= 3
-                && stats.handshakes_refused_total.get() >= 3
-        })
-        .await;
-        assert_eq!(link.stats().connects_total.get(), 0);
-        assert!(collect.got.borrow().is_empty());
-        assert_eq!(
-            link.queued(Lane::Control).0,
-            1,
-            "the message waits for a correct peer"
-        );
+        let linking = PeerConfig::new(0xFEED, 1);
+        assert_refused_on_both_sides(PeerConfig::new(0xBEEF, 2), linking).await;
     });
 }
 
@@ -429,23 +436,11 @@ fn wrong_cluster_is_refused_on_both_sides() {
 #[test]
 fn a_peer_with_another_shard_count_is_refused() {
     run(|| async {
-        let (addr, collect, stats) = start_acceptor(PeerConfig::new(7, 2), "127.0.0.1:0");
-        let config = PeerConfig {
+        let linking = PeerConfig {
             shard_count: 4,
-            backoff_initial_ms: 2,
-            backoff_max_ms: 10,
             ..PeerConfig::new(7, 1)
         };
-        let link = PeerLink::spawn(Rc::new(config), 0, 2, addr);
-        link.send(msg(2, MessageBody::TimeoutNow)).unwrap();
-        wait_until("refusals seen by both sides", || {
-            link.stats().connect_failures_total.get() >= 3
-                && stats.handshakes_refused_total.get() >= 3
-        })
-        .await;
-        assert_eq!(link.stats().connects_total.get(), 0);
-        assert!(collect.got.borrow().is_empty());
-        assert_eq!(link.queued(Lane::Control).0, 1);
+        assert_refused_on_both_sides(PeerConfig::new(7, 2), linking).await;
     });
 }
 
