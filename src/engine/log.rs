@@ -123,16 +123,18 @@ impl Log {
                 self.cache_start()
             );
         };
-        let mut out = Vec::new();
+        let from_cache = || self.cache.iter().skip(offset as usize).take(count_max);
+        // Counted first, so the vector is allocated once at its final size: a
+        // pipelined leader slices for every follower on every turn.
         let mut bytes = 0;
-        for entry in self.cache.iter().skip(offset as usize).take(count_max) {
-            bytes += entry.size_bytes();
-            if !out.is_empty() && bytes > bytes_max {
-                break;
-            }
-            out.push(entry.clone());
-        }
-        out
+        let count = from_cache()
+            .enumerate()
+            .take_while(|(k, entry)| {
+                bytes += entry.size_bytes();
+                *k == 0 || bytes <= bytes_max
+            })
+            .count();
+        from_cache().take(count).cloned().collect()
     }
 
     /// Sum of entry sizes over the cached part of `from..=to`.

@@ -342,6 +342,14 @@ impl Engine {
         std::mem::take(&mut self.output)
     }
 
+    /// Like [`Engine::take_commands`], but hands the engine `spare` (empty, its
+    /// capacity kept) to collect the next step's commands in: a runtime that
+    /// recycles the vector does not grow a fresh one, push by push, every turn.
+    pub fn take_commands_reusing(&mut self, spare: Vec<Command>) -> Vec<Command> {
+        debug_assert!(spare.is_empty(), "a recycled command buffer must be empty");
+        std::mem::replace(&mut self.output, spare)
+    }
+
     pub fn id(&self) -> NodeId {
         self.id
     }

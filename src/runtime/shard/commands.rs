@@ -8,8 +8,11 @@ use crate::wal::log::Wal;
 use crate::wal::storage::DmaStorage;
 
 impl Shard {
-    pub(super) async fn carry_out(&mut self, commands: Vec<Command>) -> Result<(), ShardError> {
-        for command in commands {
+    pub(super) async fn carry_out(
+        &mut self,
+        commands: &mut Vec<Command>,
+    ) -> Result<(), ShardError> {
+        for command in commands.drain(..) {
             self.lifecycle.observe(&command);
             match command {
                 Command::PersistHardState { op, state } => {

@@ -38,7 +38,9 @@ impl Shard {
     }
 
     async fn step_turn(&mut self, wake: Wake) -> Result<(), ShardError> {
-        let mut events = Vec::new();
+        // The turn's buffers are the last turn's, emptied: grown once to what a busy
+        // turn needs, rather than from nothing, push by push, every turn.
+        let mut events = std::mem::take(&mut self.turn_events);
         self.absorb(wake, &mut events)?;
         self.drain_inboxes(&mut events)?;
         while let Ok(flushed) = self.flushed_rx.try_recv() {
@@ -58,10 +60,15 @@ impl Shard {
         }
         events.extend(self.hand_over_event(now));
         if !events.is_empty() {
-            self.engine.step_batch(events);
-            let commands = self.engine.take_commands();
-            self.carry_out(commands).await?;
+            self.engine.step_batch(events.drain(..));
+            let spare = std::mem::take(&mut self.turn_commands);
+            let mut commands = self.engine.take_commands_reusing(spare);
+            let carried = self.carry_out(&mut commands).await;
+            commands.clear();
+            self.turn_commands = commands;
+            carried?;
         }
+        self.turn_events = events;
         self.start_flush_if_needed();
         self.check_hand_over(now);
         self.expire_waiting_reads(now);

@@ -30,7 +30,7 @@ mod send;
 mod tests;
 mod waiting_reads;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -45,6 +45,7 @@ use super::inbox::{LaneReceiver, Reply, ShardInput};
 use super::lifecycle::{Lifecycle, LifecycleSettings};
 use super::local_inbox::{AppendReply, LocalInbox};
 use super::reads::{ReadLimits, Reads};
+use super::request_map::RequestMap;
 use super::{failpoint, refusal};
 use crate::engine::{self, Engine, Index, Message, NodeId, Role, Term};
 use crate::metrics::health::HealthBoard;
@@ -138,14 +139,17 @@ struct Shard {
     flushes_in_flight_max: usize,
     flushed_tx: flume::Sender<WalResult<Durable>>,
     flushed_rx: flume::Receiver<WalResult<Durable>>,
+    /// The event and command buffers of a turn, kept empty between turns.
+    turn_events: Vec<engine::Event>,
+    turn_commands: Vec<engine::Command>,
     next_request: u64,
-    appends: HashMap<u64, AppendReply>,
+    appends: RequestMap<AppendReply>,
     /// Trims waiting for their entry to commit (answered like appends).
-    trims: HashMap<u64, Reply<TrimOk>>,
+    trims: RequestMap<Reply<TrimOk>>,
     /// Membership changes waiting for their configuration entry to commit.
-    changes: HashMap<u64, Reply<Index>>,
+    changes: RequestMap<Reply<Index>>,
     /// Leader reads waiting for their read-index barrier.
-    barriers: HashMap<u64, (ReadRequest, Reply<ReadOk>)>,
+    barriers: RequestMap<(ReadRequest, Reply<ReadOk>)>,
     reads: Reads,
     commit: Index,
     role: Role,

@@ -1,7 +1,7 @@
 //! Opening a shard: recover its WAL, check the recovered state, and build the
 //! engine and the peer links.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
@@ -15,6 +15,7 @@ use crate::metrics::ShardMetrics;
 use crate::metrics::transfers::TransferMetrics;
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::reads::Reads;
+use crate::runtime::request_map::request_map;
 use crate::wal::error::WalError;
 use crate::wal::log::{Recovered, Wal};
 use crate::wal::recovery::RecoveryReport;
@@ -66,11 +67,13 @@ impl Shard {
             flushes_in_flight_max: flushes_in_flight_max.max(1),
             flushed_tx,
             flushed_rx,
+            turn_events: Vec::new(),
+            turn_commands: Vec::new(),
             next_request: 1,
-            appends: HashMap::new(),
-            trims: HashMap::new(),
-            changes: HashMap::new(),
-            barriers: HashMap::new(),
+            appends: request_map(),
+            trims: request_map(),
+            changes: request_map(),
+            barriers: request_map(),
             tick: parts.tick,
             next_tick: Instant::now() + parts.tick,
             metrics,
