@@ -339,6 +339,10 @@ fn write_through(fsync: Fsync) -> Option<bool> {
     matches!(fsync, Fsync::Fdatasync).then_some(false)
 }
 
+/// mimalloc rather than glibc's malloc: see docs/performance.md ("Fourth look").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     ringlog::runtime::node::abort_on_panic();
     if let Err(error) = run() {
