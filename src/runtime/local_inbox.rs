@@ -42,15 +42,18 @@ pub struct LocalAnswer {
 }
 
 impl LocalAnswer {
+    /// `arrived`: when the request was taken, the start of its latency (the
+    /// caller's clock reading, which also timed the answer's deadline).
     pub fn new(
         answer: Answer,
+        arrived: Instant,
         partition: u32,
         records: &[Bytes],
         metrics: Rc<RouterMetrics>,
     ) -> Self {
         LocalAnswer {
             answer,
-            arrived: Instant::now(),
+            arrived,
             partition,
             size: append_size(records),
             metrics,
@@ -60,7 +63,13 @@ impl LocalAnswer {
     /// Answers the client and counts the request as it was answered: an answer
     /// that came after the connection's Timeout counts as that Timeout.
     pub fn send(self, result: Result<AppendOk, ServerError>) {
-        let elapsed = self.arrived.elapsed();
+        self.send_at(result, Instant::now());
+    }
+
+    /// [`LocalAnswer::send`] with the clock already read: a shard answering a
+    /// turn's appends reads it once for all of them rather than once each.
+    pub fn send_at(self, result: Result<AppendOk, ServerError>, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.arrived);
         let answer = result.map(ClientResponse::Append);
         let error = match self.answer.send(&answer) {
             Delivery::TimedOut => Some(&ServerError::Timeout),
@@ -80,9 +89,14 @@ pub enum AppendReply {
 
 impl AppendReply {
     pub fn send(self, result: Result<AppendOk, ServerError>) {
+        self.send_at(result, Instant::now());
+    }
+
+    /// Answers with the clock read at `now` (for a local answer's latency).
+    pub fn send_at(self, result: Result<AppendOk, ServerError>, now: Instant) {
         match self {
             AppendReply::Routed(reply) => reply.send(result),
-            AppendReply::Local(answer) => answer.send(result),
+            AppendReply::Local(answer) => answer.send_at(result, now),
         }
     }
 }

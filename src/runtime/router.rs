@@ -206,8 +206,10 @@ impl RequestHandler for ClientRouter {
             ClientRequest::Append(append) if append.partition == local => append,
             other => return Some((other, answer)),
         };
-        answer.time_out();
-        let answer = LocalAnswer::new(answer, local, &append.records, self.metrics.clone());
+        let arrived = Instant::now();
+        answer.time_out_from(arrived);
+        let metrics = self.metrics.clone();
+        let answer = LocalAnswer::new(answer, arrived, local, &append.records, metrics);
         let queued = inbox.push(LocalAppend {
             records: append.records,
             answer,

@@ -280,6 +280,12 @@ impl Answer {
     /// answer without a task of its own calls this, since nothing else would time
     /// the request out.
     pub fn time_out(&mut self) {
+        self.time_out_from(Instant::now());
+    }
+
+    /// [`Answer::time_out`] counting from `arrived`, a clock reading the caller
+    /// took anyway (for the request's latency).
+    pub fn time_out_from(&mut self, arrived: Instant) {
         if self.deadline_seq.is_some() {
             return;
         }
@@ -287,7 +293,7 @@ impl Answer {
         let mut deadlines = shared.deadlines.borrow_mut();
         let first = deadlines.entries.is_empty();
         self.deadline_seq = Some(deadlines.push(Owed {
-            at: Instant::now() + shared.answer_timeout,
+            at: arrived + shared.answer_timeout,
             request_id: self.request_id,
             cost_bytes: self.cost_bytes,
             waits: self.waits,

@@ -2,6 +2,8 @@
 //! decides, the errors clients see, and the answers of everything still waiting
 //! when the shard stops.
 
+use std::time::Instant;
+
 use super::{Shard, ShardError};
 use crate::engine::{self, AppendError, ChangeRefusal, NodeId, ReadError};
 use crate::runtime::inbox::{ShardInput, shutting_down};
@@ -12,10 +14,12 @@ impl Shard {
     /// of the log). A
     /// trim's answer carries the log start after the engine applied it: commands
     /// are carried out after the whole step, so the engine's log is already there.
+    /// `now` is the turn's clock reading, the end of a local append's latency.
     pub(super) fn answer_append(
         &mut self,
         request_id: u64,
         result: Result<engine::AppendOk, AppendError>,
+        now: Instant,
     ) {
         if let Some(reply) = self.appends.remove(&request_id) {
             let answer = result
@@ -24,7 +28,7 @@ impl Shard {
                     last_index: ok.last_index,
                 })
                 .map_err(|e| self.append_error(e));
-            reply.send(answer);
+            reply.send_at(answer, now);
         } else if let Some(reply) = self.trims.remove(&request_id) {
             let answer = result
                 .map(|ok| TrimOk {

@@ -1,6 +1,8 @@
 //! Carrying out the engine's commands: storage commands go to the WAL's buffer, one
 //! flush covers a turn's appends (group commit), and the rest go to peers or clients.
 
+use std::time::Instant;
+
 use super::{Shard, ShardError};
 use crate::engine::{self, Command, Index, NodeId, Role, Term};
 use crate::wal::error::{WalError, WalResult};
@@ -12,8 +14,15 @@ impl Shard {
         &mut self,
         commands: &mut Vec<Command>,
     ) -> Result<(), ShardError> {
+        // One clock reading ends the latency of the appends answered between two
+        // storage commands (which may wait for room in the WAL's buffer): such
+        // answers are encoded within microseconds of each other.
+        let mut now = None;
         for command in commands.drain(..) {
             self.lifecycle.observe(&command);
+            if may_wait(&command) {
+                now = None;
+            }
             match command {
                 Command::PersistHardState { op, state } => {
                     self.storage(|wal| wal.persist_hard_state(op, state))
@@ -65,7 +74,8 @@ impl Shard {
                     self.serve_waiting_reads();
                 }
                 Command::AppendResult { request_id, result } => {
-                    self.answer_append(request_id, result)
+                    let now = *now.get_or_insert_with(Instant::now);
+                    self.answer_append(request_id, result, now)
                 }
                 Command::ReadResult { request_id, result } => {
                     if let Some((request, reply)) = self.barriers.remove(&request_id) {
@@ -190,4 +200,17 @@ fn describe_membership(membership: &engine::Membership) -> String {
         })
         .collect();
     members.join(", ")
+}
+
+/// Whether carrying out `command` may wait (for the WAL's buffer, or a purge).
+fn may_wait(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::PersistHardState { .. }
+            | Command::AppendLog { .. }
+            | Command::TruncateLog { .. }
+            | Command::ResetLog { .. }
+            | Command::PurgeLog { .. }
+            | Command::SaveMembership { .. }
+    )
 }
