@@ -15,11 +15,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// A map from request id to what waits for its answer.
 pub type RequestMap<V> = HashMap<u64, V, BuildHasherDefault<RequestIdHasher>>;
 
-/// A new, empty [`RequestMap`].
-pub fn request_map<V>() -> RequestMap<V> {
-    HashMap::default()
-}
-
 /// Hashes a `u64` to itself in the low bits (hashbrown places by the low bits) and
 /// repeats its lowest seven bits at the top (hashbrown's tag, compared before the
 /// key), so neighbours land side by side with distinct tags.
@@ -61,7 +56,7 @@ mod tests {
 
     #[test]
     fn a_map_of_thousands_finds_every_id() {
-        let mut map = request_map();
+        let mut map = RequestMap::default();
         for id in 1..=5000u64 {
             map.insert(id, id * 2);
         }

@@ -63,10 +63,10 @@ impl Shard {
             self.engine.step_batch(events.drain(..));
             let spare = std::mem::take(&mut self.turn_commands);
             let mut commands = self.engine.take_commands_reusing(spare);
-            let carried = self.carry_out(&mut commands).await;
-            commands.clear();
+            // Carrying out drains the vector, so it comes back empty; after an
+            // error the shard stops and the buffer is not needed again.
+            self.carry_out(&mut commands).await?;
             self.turn_commands = commands;
-            carried?;
         }
         self.turn_events = events;
         self.start_flush_if_needed();

@@ -15,7 +15,7 @@ use crate::metrics::ShardMetrics;
 use crate::metrics::transfers::TransferMetrics;
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::reads::Reads;
-use crate::runtime::request_map::request_map;
+use crate::runtime::request_map::RequestMap;
 use crate::wal::error::WalError;
 use crate::wal::log::{Recovered, Wal};
 use crate::wal::recovery::RecoveryReport;
@@ -70,10 +70,10 @@ impl Shard {
             turn_events: Vec::new(),
             turn_commands: Vec::new(),
             next_request: 1,
-            appends: request_map(),
-            trims: request_map(),
-            changes: request_map(),
-            barriers: request_map(),
+            appends: RequestMap::default(),
+            trims: RequestMap::default(),
+            changes: RequestMap::default(),
+            barriers: RequestMap::default(),
             tick: parts.tick,
             next_tick: Instant::now() + parts.tick,
             metrics,
