@@ -36,6 +36,8 @@ pub enum CliError {
     Dev(#[from] DevError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot pick ports for a local cluster: {0}")]
     Ports(#[from] crate::ports::PortError),
     #[error(
@@ -154,11 +156,17 @@ pub struct DevOptions {
     pub shards: u32,
     /// `--set KEY=VALUE` overrides, applied to every node's config.
     pub settings: Vec<Setting>,
+    /// TLS on every port, with certificates made under `dir/tls`.
+    pub tls: bool,
 }
 
 pub fn dev(options: DevOptions) -> Result<(), CliError> {
     let (nodes, dir) = (options.nodes, options.dir.as_path());
-    let configs = dev::configs(nodes, options.base_port, dir, options.shards)?;
+    let mut configs = dev::configs(nodes, options.base_port, dir, options.shards)?;
+    let pki = options
+        .tls
+        .then(|| dev::enable_tls(dir, &mut configs))
+        .transpose()?;
     let configs = with_settings(configs, &options.settings)?;
     let paths = dev::write_configs(dir, &configs)?;
     let exe = std::env::current_exe()?;
@@ -170,8 +178,12 @@ pub fn dev(options: DevOptions) -> Result<(), CliError> {
             config.node_id, config.listen.client, config.listen.metrics
         );
     }
+    let flags = pki.as_ref().map_or(String::new(), tls_flags);
+    if pki.is_some() {
+        println!("TLS on every port; client commands need: {}", flags.trim());
+    }
     println!(
-        "try: ringlog append --addr {} --partition 0 hello",
+        "try: ringlog append --addr {}{flags} --partition 0 hello",
         configs[0].listen.client
     );
     println!("Ctrl-C stops all nodes.");
@@ -184,6 +196,17 @@ pub fn dev(options: DevOptions) -> Result<(), CliError> {
         }),
         None => Ok(()),
     }
+}
+
+/// The flags that make a client command use the dev cluster's TLS, with a space
+/// before each.
+fn tls_flags(pki: &crate::tls::certs::DevPki) -> String {
+    format!(
+        " --ca {} --cert {} --key {}",
+        pki.ca_file.display(),
+        pki.client_cert_file.display(),
+        pki.client_key_file.display()
+    )
 }
 
 /// Each config with the `--set` overrides applied (see [`overrides::apply`]).
@@ -205,6 +228,20 @@ pub fn parse_setting(text: &str) -> Result<Setting, String> {
     Setting::parse(text).map_err(|e| e.to_string())
 }
 
+/// The TLS of this process's client commands, set once from `--ca`, `--cert` and
+/// `--key` (or by `bench --local --tls`); plaintext while unset.
+static CLIENT_TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// Makes every client command of this process use `tls`; the first call wins.
+pub fn use_client_tls(tls: Arc<rustls::ClientConfig>) {
+    let _ = CLIENT_TLS.set(tls);
+}
+
+/// The client commands' TLS, if set.
+pub fn client_tls() -> Option<Arc<rustls::ClientConfig>> {
+    CLIENT_TLS.get().cloned()
+}
+
 /// Runs `work` with a client on a small glommio executor of its own.
 fn with_client<T>(
     addr: &str,
@@ -217,6 +254,7 @@ fn with_client<T>(
         .map_err(|e| CliError::Executor(e.to_string()))?;
     let mut config = ClientConfig::new(vec![addr.to_string()]);
     config.retry_deadline_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
+    config.tls = client_tls();
     let client = Client::new(config);
     executor.run(async move { work(&client).await })
 }
@@ -463,6 +501,7 @@ pub fn bench(
     let config = BenchConfig {
         addrs: addrs.clone(),
         server_pids: cluster.as_ref().map_or(Vec::new(), |c| c.nodes.pids()),
+        tls: client_tls().map(crate::bench::BenchTls),
         ..config
     };
     let report = with_client(&addrs[0], Duration::from_secs(30), async |client| {
@@ -502,6 +541,8 @@ pub struct LocalBench {
     pub peer_delay: Option<Duration>,
     /// `--set KEY=VALUE` overrides, applied to every node's config.
     pub settings: Vec<Setting>,
+    /// TLS on every port (as `dev --tls`); the benchmark's clients use it too.
+    pub tls: bool,
 }
 
 /// A local cluster and what keeps it running: its proxies live as long as it does.
@@ -525,6 +566,14 @@ fn start_local(local: &LocalBench) -> Result<(LocalCluster, Vec<String>, PathBuf
     for config in &mut configs {
         config.wal.fsync = local.fsync;
         config.wal.write_through = local.write_through;
+    }
+    if local.tls {
+        let pki = dev::enable_tls(&dir, &mut configs)?;
+        let identity = (
+            pki.client_cert_file.as_path(),
+            pki.client_key_file.as_path(),
+        );
+        use_client_tls(crate::tls::client_config(&pki.ca_file, Some(identity))?);
     }
     // After the flags, so that a `--set` of the same key wins.
     let mut configs = with_settings(configs, &local.settings)?;

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod ports;
 pub mod proxy;
 pub mod runtime;
+pub mod tls;
 pub mod transport;
 pub mod wal;
 

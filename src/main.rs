@@ -16,6 +16,30 @@ use ringlog::transport::ChangeOp;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS for the commands that talk to a cluster (append, read, trim, status,
+/// bench, leader, members); see docs/security.md.
+#[derive(Args, Debug)]
+struct TlsArgs {
+    /// CA bundle (PEM) to check the nodes' certificates against; turns TLS on.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) to show the nodes; its first DNS name is the
+    /// principal whose roles `[tls.principals]` lists.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        requires = "ca",
+        requires = "key"
+    )]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -58,6 +82,10 @@ enum Command {
         /// e.g. `--set retention.max_bytes=67108864 --set wal.min_free_bytes=0`.
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = cli::parse_setting)]
         set: Vec<Setting>,
+        /// TLS on every port: a CA, node and client certificates are made under
+        /// DIR/tls, and the flags client commands need are printed.
+        #[arg(long)]
+        tls: bool,
     },
     /// Run one node of a cluster.
     Serve(ServeArgs),
@@ -325,6 +353,10 @@ struct BenchArgs {
     /// (repeatable), e.g. `--set retention.max_bytes=67108864`.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = cli::parse_setting, requires = "local")]
     set: Vec<Setting>,
+    /// With --local: TLS on every port (certificates made as `dev --tls` does),
+    /// and the benchmark's clients connect with it.
+    #[arg(long, requires = "local")]
+    tls: bool,
 }
 
 fn fsync_policy(fsync: Fsync) -> FsyncPolicy {
@@ -354,19 +386,26 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     init_logging();
-    match Cli::parse().command {
+    let parsed = Cli::parse();
+    if let Some(ca) = &parsed.tls.ca {
+        let identity = parsed.tls.cert.as_deref().zip(parsed.tls.key.as_deref());
+        cli::use_client_tls(ringlog::tls::client_config(ca, identity)?);
+    }
+    match parsed.command {
         Command::Dev {
             nodes,
             dir,
             base_port,
             shards,
             set,
+            tls,
         } => cli::dev(DevOptions {
             nodes,
             dir,
             base_port,
             shards,
             settings: set,
+            tls,
         })?,
         Command::Serve(args) => serve(args)?,
         Command::Append {
@@ -503,6 +542,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         rate,
         json,
         set,
+        tls,
     } = args;
     let local = local.then_some(LocalBench {
         nodes,
@@ -511,6 +551,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         write_through: write_through(fsync).unwrap_or(true),
         peer_delay,
         settings: set,
+        tls,
     });
     let config = BenchConfig {
         addrs: Vec::new(),
@@ -525,6 +566,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         rate_records_per_sec: rate,
         progress: ProgressStyle::for_stderr(),
         server_pids: Vec::new(),
+        tls: None,
     };
     Ok(cli::bench(addr, local, config, json)?)
 }

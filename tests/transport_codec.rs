@@ -271,6 +271,7 @@ fn arb_server_error() -> impl Strategy<Value = ServerError> {
                 min_free_bytes
             }
         ),
+        arb_text().prop_map(|reason| ServerError::Unauthorized { reason }),
     ]
 }
 

@@ -129,6 +129,7 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, crate::client::Clie
 fn connect(config: &BenchConfig) -> Vec<Rc<Client>> {
     let connections = config.connections_used();
     let mut client_config = ClientConfig::new(config.addrs.clone());
+    client_config.tls = config.tls.as_ref().map(|t| t.0.clone());
     // Client i uses connection i mod N, so the busiest connection carries
     // ⌈C / N⌉ clients' senders.
     let senders_per_connection = config.clients.div_ceil(connections) * config.inflight.max(1);

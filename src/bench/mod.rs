@@ -43,6 +43,8 @@ pub use threads::ThreadCpu;
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchConfig {
     pub addrs: Vec<String>,
+    /// TLS to every node; None connects in plaintext.
+    pub tls: Option<BenchTls>,
     /// Partitions to spread appends over; `None` means every partition the cluster has.
     pub partitions: Option<u32>,
     pub clients: u32,
@@ -63,6 +65,16 @@ pub struct BenchConfig {
     /// `/proc`) is charged to the measured records and split by thread (`bench
     /// --local` sets them, node 1 first).
     pub server_pids: Vec<u32>,
+}
+
+/// The benchmark clients' TLS; equal when it is the same configuration.
+#[derive(Clone, Debug)]
+pub struct BenchTls(pub std::sync::Arc<rustls::ClientConfig>);
+
+impl PartialEq for BenchTls {
+    fn eq(&self, other: &BenchTls) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl BenchConfig {

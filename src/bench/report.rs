@@ -211,6 +211,7 @@ mod tests {
             rate_records_per_sec: None,
             progress: ProgressStyle::Off,
             server_pids: Vec::new(),
+            tls: None,
         }
     }
 

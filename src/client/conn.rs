@@ -14,11 +14,14 @@ use glommio::sync::Semaphore;
 use glommio::task::JoinHandle;
 
 use super::ClientConfig;
+use crate::tls::{HandshakeError, Stream, server_name_of};
 use crate::transport::client_msg::{
-    ClientRequest, ClientResponse, ServerError, decode_closing_notice, decode_response,
+    ClientRequest, ClientResponse, CloseCause, ServerError, decode_closing_notice, decode_response,
     encode_request,
 };
-use crate::transport::conn::{FrameReader, Notify, OneShot, with_deadline, write_all_within};
+use crate::transport::conn::{
+    ConnError, FrameReader, Notify, OneShot, with_deadline, write_all_within,
+};
 use crate::transport::frame::FrameKind;
 
 /// A pipelined connection to one node.
@@ -27,7 +30,16 @@ pub(super) struct Conn {
     tasks: [JoinHandle<()>; 2],
 }
 
-type Answer = Result<Result<ClientResponse, ServerError>, String>;
+type Answer = Result<Result<ClientResponse, ServerError>, NoAnswer>;
+
+/// Why a request got no answer.
+#[derive(Clone)]
+enum NoAnswer {
+    /// The connection broke: the node may have acted on the request.
+    Lost(String),
+    /// The node said it read nothing of this connection (it wants TLS).
+    Refused(String),
+}
 
 struct ConnShared {
     pending: RefCell<HashMap<u64, Rc<OneShot<Answer>>>>,
@@ -41,12 +53,18 @@ struct ConnShared {
 impl ConnShared {
     /// Marks the connection dead and fails every outstanding request with `reason`.
     fn break_with(&self, reason: String) {
+        self.end_with(NoAnswer::Lost(reason));
+    }
+
+    /// Marks the connection dead and fails every outstanding request with `why`.
+    fn end_with(&self, why: NoAnswer) {
+        let (NoAnswer::Lost(reason) | NoAnswer::Refused(reason)) = &why;
         if self.broken.borrow().is_none() {
             *self.broken.borrow_mut() = Some(reason.clone());
         }
         let pending: Vec<_> = self.pending.borrow_mut().drain().collect();
         for (_, slot) in pending {
-            slot.fill(Err(reason.clone()));
+            slot.fill(Err(why.clone()));
         }
         self.writer_wake.notify();
     }
@@ -63,6 +81,8 @@ impl Drop for Conn {
 /// How one attempt on one connection failed.
 pub(super) enum CallError {
     Connect(io::Error),
+    /// The TLS handshake failed: the same certificates would fail again.
+    Tls(String),
     /// Broken before this request was written: safe to retry anything.
     NotSent(String),
     /// Broken or timed out after the request may have been written.
@@ -76,14 +96,31 @@ impl Conn {
         self.shared.broken.borrow().is_some()
     }
 
-    pub(super) async fn open(addr: &str, config: &ClientConfig) -> Result<Conn, io::Error> {
-        let stream = TcpStream::connect_timeout(
-            addr,
-            Duration::from_millis(config.connect_timeout_ms.max(1)),
-        )
-        .await
-        .map_err(io::Error::from)?;
-        let _ = stream.set_nodelay(true);
+    /// A TCP connection to `addr`, with TLS when `config` has it.
+    async fn connect(addr: &str, config: &ClientConfig) -> Result<Stream, CallError> {
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        let tcp = TcpStream::connect_timeout(addr, connect_timeout)
+            .await
+            .map_err(|e| CallError::Connect(e.into()))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &config.tls else {
+            return Ok(Stream::plain(tcp));
+        };
+        let name = server_name_of(addr).map_err(CallError::Tls)?;
+        let deadline = Instant::now() + connect_timeout;
+        Stream::connect_tls(tcp, tls.clone(), name, deadline)
+            .await
+            .map_err(|e| match e {
+                // Slow or cut off: the network's doing, worth another try.
+                HandshakeError::Timeout(_) | HandshakeError::Closed | HandshakeError::Io(_) => {
+                    CallError::Connect(io::Error::other(e.to_string()))
+                }
+                HandshakeError::Tls(_) => CallError::Tls(e.to_string()),
+            })
+    }
+
+    pub(super) async fn open(addr: &str, config: &ClientConfig) -> Result<Conn, CallError> {
+        let stream = Self::connect(addr, config).await?;
         let (read_half, mut write_half) = split(stream);
         let shared = Rc::new(ConnShared {
             pending: RefCell::new(HashMap::new()),
@@ -120,13 +157,20 @@ impl Conn {
                 let frame = match reader.next_frame(None, frame_timeout).await {
                     Ok(Some(f)) => f,
                     Ok(None) => return s.break_with("server closed the connection".into()),
+                    Err(ConnError::Io(e)) if crate::tls::certificate_refused(&e) => {
+                        let reason = format!("the node refused this client's certificate: {e}");
+                        return s.end_with(NoAnswer::Refused(reason));
+                    }
                     Err(e) => return s.break_with(format!("read failed: {e}")),
                 };
                 if frame.kind == FrameKind::ClosingNotice {
                     // The server says why it is closing: the best reason we will get.
-                    return s.break_with(match decode_closing_notice(&frame) {
-                        Ok(notice) => notice.to_string(),
-                        Err(e) => format!("bad closing notice: {e}"),
+                    return s.end_with(match decode_closing_notice(&frame) {
+                        Ok(notice) if notice.cause == CloseCause::TlsRequired => {
+                            NoAnswer::Refused(notice.to_string())
+                        }
+                        Ok(notice) => NoAnswer::Lost(notice.to_string()),
+                        Err(e) => NoAnswer::Lost(format!("bad closing notice: {e}")),
                     });
                 }
                 let answer = match decode_response(&frame) {
@@ -169,7 +213,8 @@ impl Conn {
         s.writer_wake.notify();
         match with_deadline(Some(Instant::now() + timeout), slot.wait()).await {
             Some(Ok(answer)) => Ok(answer),
-            Some(Err(reason)) => Err(CallError::Lost(reason)),
+            Some(Err(NoAnswer::Lost(reason))) => Err(CallError::Lost(reason)),
+            Some(Err(NoAnswer::Refused(reason))) => Err(CallError::Tls(reason)),
             None => {
                 s.pending.borrow_mut().remove(&id);
                 Err(CallError::Timeout(timeout.as_millis() as u64))

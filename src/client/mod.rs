@@ -72,6 +72,8 @@ pub struct ClientConfig {
     pub frame_body_bytes_max: u32,
     /// Requests outstanding on one connection; further callers wait their turn.
     pub inflight_requests_max: usize,
+    /// TLS to every node (`crate::tls::client_config`); None connects in plaintext.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -88,6 +90,7 @@ impl ClientConfig {
             retry_backoff_max_ms: 1_000,
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX_DEFAULT,
             inflight_requests_max: 256,
+            tls: None,
         }
     }
 }
@@ -101,6 +104,8 @@ pub enum ClientError {
     Server { addr: String, source: ServerError },
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
+    #[error("cannot connect to {addr}: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("connection to {addr} lost: {reason}")]
     ConnectionLost { addr: String, reason: String },
     #[error("no answer from {addr} within {timeout_ms} ms")]
@@ -260,6 +265,10 @@ impl Client {
                 addr: addr.to_string(),
                 source,
             },
+            CallError::Tls(reason) => ClientError::Tls {
+                addr: addr.to_string(),
+                reason,
+            },
             CallError::NotSent(reason) | CallError::Lost(reason) => ClientError::ConnectionLost {
                 addr: addr.to_string(),
                 reason,
@@ -298,11 +307,7 @@ impl Client {
         if let Some(c) = self.pooled(addr, partition) {
             return Ok(c);
         }
-        let conn = Rc::new(
-            Conn::open(addr, &self.config)
-                .await
-                .map_err(CallError::Connect)?,
-        );
+        let conn = Rc::new(Conn::open(addr, &self.config).await?);
         let mut pool = self.pool.borrow_mut();
         let by_partition = pool.entry(addr.to_string()).or_default();
         by_partition.insert(partition, conn.clone());

@@ -96,6 +96,9 @@ fn call_error(addr: &str, is_append: bool, error: CallError) -> Outcome {
     };
     match error {
         CallError::Connect(source) => elsewhere(ClientError::Connect { addr, source }, true),
+        // Every node shows a certificate of the same CA, and this client the same
+        // certificate to each: another node would refuse the same way.
+        CallError::Tls(reason) => Outcome::Fail(ClientError::Tls { addr, reason }),
         CallError::NotSent(reason) => elsewhere(ClientError::ConnectionLost { addr, reason }, true),
         CallError::Lost(reason) if is_append => {
             Outcome::Fail(ClientError::AppendAmbiguous { addr, reason })

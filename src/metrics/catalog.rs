@@ -57,6 +57,8 @@ pub const PEER_CONNECTIONS: &str = "ringlog_peer_connections";
 pub const CONNECTIONS_SERVED: &str = "ringlog_connections_served_total";
 pub const PEER_HANDSHAKES_REFUSED: &str = "ringlog_peer_handshakes_refused_total";
 pub const PEER_MESSAGES_REFUSED: &str = "ringlog_peer_messages_refused_total";
+pub const TLS_HANDSHAKES_FAILED: &str = "ringlog_tls_handshakes_failed_total";
+pub const CLIENT_REQUESTS_UNAUTHORIZED: &str = "ringlog_client_requests_unauthorized_total";
 pub const APPEND_RECORDS: &str = "ringlog_append_records_total";
 pub const APPEND_BYTES: &str = "ringlog_append_bytes_total";
 pub const COMMIT_LATENCY: &str = "ringlog_commit_latency_seconds";
@@ -176,7 +178,21 @@ pub const METRICS: &[MetricDef] = &[
         Counter,
         Some(Unit::Count),
         NONE,
-        "Inbound peer connections refused at the handshake (wrong cluster, node or shard).",
+        "Inbound peer connections refused at the handshake (wrong cluster, node or shard, or a certificate that does not name the node the peer claims to be).",
+    ),
+    def(
+        TLS_HANDSHAKES_FAILED,
+        Counter,
+        Some(Unit::Count),
+        &["port"],
+        "Connections closed because their TLS handshake failed (plaintext on a TLS port, a certificate of another CA, expired or missing, a handshake past its timeout). `port`: `client` or `peer`.",
+    ),
+    def(
+        CLIENT_REQUESTS_UNAUTHORIZED,
+        Counter,
+        Some(Unit::Count),
+        NONE,
+        "Client requests answered Unauthorized because the client's principal lacks the role they need.",
     ),
     def(
         APPEND_RECORDS,

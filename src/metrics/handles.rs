@@ -38,8 +38,8 @@ const OPS: [&str; 7] = [
     "members",
     "membership",
 ];
-/// `ok`, then each error by its wire code (1..=7).
-const RESULTS: [&str; 8] = [
+/// `ok`, then each error by its wire code (1..=8).
+const RESULTS: [&str; 9] = [
     "ok",
     "not_leader",
     "out_of_range",
@@ -48,6 +48,7 @@ const RESULTS: [&str; 8] = [
     "invalid_request",
     "unavailable",
     "disk_low",
+    "unauthorized",
 ];
 
 fn result_slot(error: Option<&ServerError>) -> usize {
@@ -79,6 +80,9 @@ pub struct RouterMetrics {
     client_bytes: Counter,
     peer_connections: Gauge,
     handshakes_refused: Counter,
+    /// [client port, peer port].
+    tls_failed: [Counter; 2],
+    unauthorized: Counter,
     /// `served[partition]`: connections its shard began serving, [client, peer].
     served: Vec<[Counter; 2]>,
 }
@@ -134,6 +138,9 @@ impl RouterMetrics {
             client_bytes: node.counter(CLIENT_RECEIVED_BYTES, &[]),
             peer_connections: node.gauge(PEER_CONNECTIONS, &[]),
             handshakes_refused: node.counter(PEER_HANDSHAKES_REFUSED, &[]),
+            tls_failed: ["client", "peer"]
+                .map(|port| node.counter(TLS_HANDSHAKES_FAILED, &[("port", port)])),
+            unauthorized: node.counter(CLIENT_REQUESTS_UNAUTHORIZED, &[]),
             served: (0..partitions)
                 .map(|p| {
                     let partition = p.to_string();
@@ -211,11 +218,15 @@ impl RouterMetrics {
             .absolute(sum(|s| s.connections_failed_total.get()));
         self.client_bytes
             .absolute(sum(|s| s.bytes_received_total.get()));
+        self.unauthorized
+            .absolute(sum(|s| s.requests_unauthorized_total.get()));
+        self.tls_failed[0].absolute(sum(|s| s.connections.tls_handshakes_failed_total.get()));
         let sum = |f: fn(&AcceptorStats) -> u64| peers.iter().map(|s| f(s)).sum::<u64>();
         let open = sum(|s| s.connections.held());
         self.peer_connections.set(open as f64);
         self.handshakes_refused
             .absolute(sum(|s| s.handshakes_refused_total.get()));
+        self.tls_failed[1].absolute(sum(|s| s.connections.tls_handshakes_failed_total.get()));
         for (shard, [client, peer]) in self.served.iter().enumerate() {
             if let (Some(c), Some(p)) = (clients.get(shard), peers.get(shard)) {
                 client.absolute(c.connections.served_total.get());
@@ -489,6 +500,12 @@ mod tests {
                     min_free_bytes: 1,
                 },
                 "disk_low",
+            ),
+            (
+                ServerError::Unauthorized {
+                    reason: String::new(),
+                },
+                "unauthorized",
             ),
         ];
         for (error, name) in cases {

@@ -18,6 +18,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::NodeMetrics;
 use super::health::HealthBoard;
+use crate::tls::{Stream, TlsContext};
 use crate::transport::conn::with_deadline;
 
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -36,6 +37,8 @@ pub struct MetricsServer {
     health: Arc<HealthBoard>,
     /// Copies counters kept outside the registry into it, just before a render.
     collect: Rc<dyn Fn()>,
+    /// HTTPS (no client certificate asked) when set.
+    tls: Option<Arc<TlsContext>>,
 }
 
 /// A parsed request line.
@@ -89,7 +92,14 @@ impl MetricsServer {
             metrics,
             health,
             collect,
+            tls: None,
         })
+    }
+
+    /// Serves HTTPS with the node's certificate.
+    pub fn with_tls(mut self, tls: Option<Arc<TlsContext>>) -> MetricsServer {
+        self.tls = tls;
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -118,7 +128,7 @@ impl MetricsServer {
             open.set(open.get() + 1);
             let (server, open) = (server.clone(), open.clone());
             glommio::spawn_local(async move {
-                if let Err(e) = server.serve(stream).await {
+                if let Err(e) = server.open_and_serve(stream).await {
                     log::debug!("metrics listener: connection ended: {e}");
                 }
                 open.set(open.get() - 1);
@@ -127,9 +137,23 @@ impl MetricsServer {
         }
     }
 
-    /// One request and its answer, all within `REQUEST_TIMEOUT_MS`.
-    async fn serve(&self, mut stream: TcpStream) -> io::Result<()> {
+    /// TLS, when the port has it, then one request and its answer, all within
+    /// `REQUEST_TIMEOUT_MS`.
+    async fn open_and_serve(&self, tcp: TcpStream) -> io::Result<()> {
         let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
+        let stream = match &self.tls {
+            None => Stream::plain(tcp),
+            Some(tls) => {
+                let config = tls.configs().metrics.clone();
+                Stream::accept_tls(tcp, config, deadline)
+                    .await
+                    .map_err(io::Error::other)?
+            }
+        };
+        self.serve(stream, deadline).await
+    }
+
+    async fn serve(&self, mut stream: Stream, deadline: Instant) -> io::Result<()> {
         let exchange = async {
             let head = read_head(&mut stream).await?;
             let (response, head_only) = match parse_request_line(&head) {
@@ -140,6 +164,7 @@ impl MetricsServer {
                 ),
             };
             stream.write_all(&response.encode(head_only)).await?;
+            stream.flush().await?;
             stream.close().await
         };
         with_deadline(Some(deadline), exchange)
@@ -185,7 +210,7 @@ impl MetricsServer {
 
 /// Reads up to the blank line that ends a request head; the body, if any, is
 /// ignored (GET has none).
-async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+async fn read_head(stream: &mut Stream) -> io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {

@@ -16,6 +16,8 @@ use super::config::{
     ClientSettings, FsyncPolicy, Listen, Member, NodeConfig, RaftSettings, WalSettings,
 };
 use crate::engine::NodeId;
+use crate::tls::certs::{DEV_PRINCIPAL, DevPki, write_dev_pki};
+use crate::tls::{Role, TlsSettings};
 
 #[derive(Debug, Error)]
 pub enum DevError {
@@ -77,6 +79,7 @@ pub fn configs(
         data_dir: node_dir(dir, i + 1).join("data"),
         shards,
         pin: false,
+        insecure_plaintext: false,
         listen: Listen {
             client: address(i, 0),
             peer: address(i, 1),
@@ -91,8 +94,34 @@ pub fn configs(
         reads: Default::default(),
         clients: ClientSettings::default(),
         retention: Default::default(),
+        tls: None,
     };
     Ok((0..nodes).map(config).collect())
+}
+
+/// Makes a CA and certificates under `dir/tls` and turns TLS on in every config:
+/// the dev client certificate's principal gets every role.
+pub fn enable_tls(dir: &Path, configs: &mut [NodeConfig]) -> Result<DevPki, DevError> {
+    let ids: Vec<NodeId> = configs.iter().map(|c| c.node_id).collect();
+    let cluster_id = configs.first().map_or(0, |c| c.cluster_id);
+    let tls_dir = dir.join("tls");
+    let pki = write_dev_pki(&tls_dir, cluster_id, &ids).map_err(|reason| DevError::Write {
+        path: tls_dir.clone(),
+        reason,
+    })?;
+    for (config, (_, cert_file, key_file)) in configs.iter_mut().zip(&pki.nodes) {
+        let principals = [(
+            DEV_PRINCIPAL.to_string(),
+            vec![Role::Append, Role::Read, Role::Admin],
+        )];
+        config.tls = Some(TlsSettings {
+            ca_file: pki.ca_file.clone(),
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            principals: principals.into_iter().collect(),
+        });
+    }
+    Ok(pki)
 }
 
 fn node_dir(dir: &Path, node: NodeId) -> PathBuf {

@@ -35,6 +35,8 @@ pub struct NodeDoors {
     pub client_stats: Vec<Arc<ListenerStats>>,
     pub peer_stats: Vec<Arc<AcceptorStats>>,
     pub client_limits: ServerConfig,
+    /// TLS on every port, when the node has `[tls]`.
+    pub tls: Option<Arc<crate::tls::TlsContext>>,
     pub observe: Observe,
 }
 
@@ -92,6 +94,7 @@ impl ShardDoors {
         let peer_config = Rc::new(PeerConfig {
             // One peer lane per shard: the count every peer must run too.
             shard_count: node.peer_lanes.len() as u32,
+            tls: node.tls.clone(),
             ..PeerConfig::new(node.cluster_id, node.node_id)
         });
         let peers = PeerService::with_stats(
@@ -151,12 +154,17 @@ fn open_listeners(
         node.observe.health.clone(),
         collect,
     )
-    .map_err(listen_error("metrics", listen.metrics))?;
+    .map_err(listen_error("metrics", listen.metrics))?
+    .with_tls(node.tls.clone());
     glommio::spawn_local(client_listener.run()).detach();
     glommio::spawn_local(peer_acceptor.run()).detach();
     glommio::spawn_local(scrapes.run()).detach();
+    let (scheme, tls) = match node.tls {
+        Some(_) => ("https", "TLS on every port"),
+        None => ("http", "plaintext"),
+    };
     log::info!(
-        "serving clients on {}, peers on {} and metrics on http://{}/metrics; each connection is served by the shard it uses",
+        "serving clients on {}, peers on {} and metrics on {scheme}://{}/metrics ({tls}); each connection is served by the shard it uses",
         listen.client,
         listen.peer,
         listen.metrics

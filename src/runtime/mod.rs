@@ -19,6 +19,7 @@ pub mod overrides;
 pub mod preflight;
 pub mod reads;
 mod refusal;
+pub mod reload;
 mod request_map;
 pub mod retention;
 pub mod router;

@@ -28,8 +28,10 @@ use super::shard::{ShardContext, ShardError, run_shard};
 use crate::engine::{Message, NodeId};
 use crate::metrics::NodeMetrics;
 use crate::metrics::health::HealthBoard;
+use crate::tls::TlsContext;
 use crate::transport::peer::{LinkCloser, PeerConfig, link_closer};
 use crate::transport::placement;
+use crate::transport::server::ServerConfig;
 
 /// Memory each executor registers with io_uring for its I/O buffers.
 const IO_MEMORY_BYTES: usize = 2 << 20;
@@ -60,6 +62,10 @@ pub enum NodeError {
     Shard(#[from] ShardError),
     #[error(transparent)]
     Failpoint(#[from] super::failpoint::FailpointError),
+    #[error("cannot set up TLS from [tls]: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot watch for SIGHUP, which reloads the TLS certificates: {0}")]
+    Sighup(std::io::Error),
 }
 
 /// How a node whose data directory is new becomes a member.
@@ -77,6 +83,14 @@ pub enum FirstStart {
 pub fn run(config: NodeConfig, first: FirstStart, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
     let shards = shard_count(&config);
     let (_lock, identity) = check_before_start(&config, shards, first)?;
+    let tls = match &config.tls {
+        Some(settings) => Some(Arc::new(TlsContext::load(settings)?)),
+        None => None,
+    };
+    let _reloading = tls
+        .as_ref()
+        .map(super::reload::reload_on_sighup)
+        .transpose()?;
     let bootstrap = if identity.joined {
         crate::engine::Membership::default()
     } else {
@@ -104,7 +118,11 @@ pub fn run(config: NodeConfig, first: FirstStart, stop: Arc<AtomicBool>) -> Resu
         peer_doors,
         client_stats: (0..shards).map(|_| Arc::default()).collect(),
         peer_stats: (0..shards).map(|_| Arc::default()).collect(),
-        client_limits: config.clients.server_config(),
+        client_limits: ServerConfig {
+            tls: tls.clone(),
+            ..config.clients.server_config()
+        },
+        tls: tls.clone(),
         observe: observe.clone(),
     };
     let queues = receivers
@@ -118,6 +136,7 @@ pub fn run(config: NodeConfig, first: FirstStart, stop: Arc<AtomicBool>) -> Resu
             let parts = (inbox, stop.clone(), closer);
             let mut context = shard_context(&config, shard, &peer_addrs, parts, &observe);
             context.bootstrap = bootstrap.clone();
+            context.peer_config.tls = tls.clone();
             let mut node = node_doors.clone();
             node.client_doors = node.client_doors.at(shard);
             node.peer_doors = node.peer_doors.at(shard);

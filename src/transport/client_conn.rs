@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::io::split;
-use glommio::net::TcpStream;
 
 use super::answer::{Answer, Shared};
 use super::client_msg::{
@@ -20,6 +19,7 @@ use super::conn::{ConnError, FrameReader, write_all_within};
 use super::frame::{FRAME_HEADER_BYTES, Frame, FrameError};
 use super::placement::Received;
 use super::server::{ListenerStats, RequestHandler, ServerConfig};
+use crate::tls::{Role, Roles, Stream};
 
 /// A request admitted on a connection, with what it counts against its limits.
 struct Admitted {
@@ -61,8 +61,30 @@ fn inflight_cost_bytes(request: &ClientRequest, body_bytes: usize, body_bytes_ma
     FRAME_HEADER_BYTES + body_bytes + answer_bytes.min(body_bytes_max as usize)
 }
 
+/// The role a principal needs for `request`; None for what any authenticated
+/// client may ask (the cluster's metadata, which it needs to find leaders).
+fn required_role(request: &ClientRequest) -> Option<Role> {
+    match request {
+        ClientRequest::Append(_) => Some(Role::Append),
+        ClientRequest::Read(_) | ClientRequest::Members(_) => Some(Role::Read),
+        ClientRequest::Trim(_)
+        | ClientRequest::Transfer(_)
+        | ClientRequest::ChangeMembership(_) => Some(Role::Admin),
+        ClientRequest::Metadata => None,
+    }
+}
+
+/// Who is on a connection: its principal and roles under TLS, or anyone with every
+/// role on a plaintext port.
+fn principal(stream: &Stream, config: &ServerConfig) -> (Option<String>, Roles) {
+    match &config.tls {
+        Some(tls) if stream.is_tls() => tls.roles_of(stream.peer_certificate()),
+        _ => (None, Roles::ALL),
+    }
+}
+
 pub(super) async fn serve_connection<H: RequestHandler>(
-    stream: TcpStream,
+    stream: Stream,
     received: &Received,
     handler: Rc<H>,
     config: Rc<ServerConfig>,
@@ -72,6 +94,7 @@ pub(super) async fn serve_connection<H: RequestHandler>(
         .peer_addr()
         .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string());
     let _ = stream.set_nodelay(true);
+    let (principal, roles) = principal(&stream, &config);
     let (read_half, write_half) = split(stream);
     let shared = Rc::new(Shared::new(
         Duration::from_millis(config.answer_timeout_ms),
@@ -101,6 +124,8 @@ pub(super) async fn serve_connection<H: RequestHandler>(
         config,
         stats: stats.clone(),
         peer: peer.clone(),
+        principal,
+        roles,
     };
     let failure = connection.read_requests(reader).await;
     // The client is gone or being cut off: nothing it asked for is worth finishing.
@@ -175,6 +200,9 @@ struct Connection<H: RequestHandler> {
     config: Rc<ServerConfig>,
     stats: Arc<ListenerStats>,
     peer: String,
+    /// The client certificate's principal, under TLS.
+    principal: Option<String>,
+    roles: Roles,
 }
 
 impl<H: RequestHandler> Connection<H> {
@@ -268,6 +296,20 @@ impl<H: RequestHandler> Connection<H> {
             Ok(r) => r,
             Err(e) => return refuse(e.to_string()),
         };
+        if let Some(role) = required_role(&request).filter(|r| !self.roles.contains(*r)) {
+            self.stats.requests_unauthorized_total.add(1);
+            let who = self
+                .principal
+                .as_deref()
+                .unwrap_or("a certificate without a DNS name");
+            let reason = format!("{who} does not have the {} role", role.name());
+            log::info!(
+                "client {}: refusing request {request_id}: {reason}",
+                self.peer
+            );
+            s.answer(request_id, &Err(ServerError::Unauthorized { reason }));
+            return Ok(None);
+        }
         let waits = matches!(&request, ClientRequest::Read(r) if r.wait_timeout_ms > 0);
         if waits && s.waiting_reads.get() >= config.waiting_reads_per_connection_max {
             // Not applied, so the client may retry once one of its waits ends.

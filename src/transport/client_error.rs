@@ -44,6 +44,9 @@ pub enum ServerError {
         free_bytes: u64,
         min_free_bytes: u64,
     },
+    /// The client's principal lacks the role the request needs (`docs/security.md`).
+    #[error("unauthorized: {reason}")]
+    Unauthorized { reason: String },
 }
 
 /// The readable part of a partition's log in words: both ends are inclusive, and an
@@ -78,6 +81,7 @@ impl ServerError {
             ServerError::InvalidRequest { .. } => 5,
             ServerError::Unavailable { .. } => 6,
             ServerError::DiskLow { .. } => 7,
+            ServerError::Unauthorized { .. } => 8,
         }
     }
 }
@@ -114,12 +118,12 @@ impl ServerError {
                 ..empty
             },
             ServerError::Overloaded | ServerError::Timeout => empty,
-            ServerError::InvalidRequest { reason } | ServerError::Unavailable { reason } => {
-                Fields {
-                    text: reason,
-                    ..empty
-                }
-            }
+            ServerError::InvalidRequest { reason }
+            | ServerError::Unavailable { reason }
+            | ServerError::Unauthorized { reason } => Fields {
+                text: reason,
+                ..empty
+            },
             ServerError::DiskLow {
                 node,
                 free_bytes,
@@ -185,6 +189,9 @@ pub(super) fn decode_error(r: &mut BodyReader) -> Result<ServerError, FrameError
                 min_free_bytes: b,
             },
             None => return Err(r.malformed("DiskLow without a node id")),
+        },
+        8 => ServerError::Unauthorized {
+            reason: text.clone(),
         },
         _ => return Err(r.malformed("unknown error code")),
     };

@@ -480,6 +480,8 @@ pub enum CloseCause {
     ProtocolError,
     /// The client was idle too long, or too slow to send a whole frame.
     Timeout,
+    /// The port requires TLS and the client spoke plaintext; nothing it sent was read.
+    TlsRequired,
 }
 
 impl CloseCause {
@@ -487,6 +489,7 @@ impl CloseCause {
         match self {
             CloseCause::ProtocolError => 1,
             CloseCause::Timeout => 2,
+            CloseCause::TlsRequired => 3,
         }
     }
 
@@ -494,6 +497,7 @@ impl CloseCause {
         match code {
             1 => Some(CloseCause::ProtocolError),
             2 => Some(CloseCause::Timeout),
+            3 => Some(CloseCause::TlsRequired),
             _ => None,
         }
     }
@@ -504,6 +508,7 @@ impl std::fmt::Display for CloseCause {
         f.write_str(match self {
             CloseCause::ProtocolError => "protocol error",
             CloseCause::Timeout => "timeout",
+            CloseCause::TlsRequired => "TLS required",
         })
     }
 }

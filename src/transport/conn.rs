@@ -255,7 +255,12 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
     bytes: &[u8],
     write_timeout: Duration,
 ) -> Result<(), ConnError> {
-    match with_deadline(Some(Instant::now() + write_timeout), w.write_all(bytes)).await {
+    // Flushed, because a TLS stream holds what it encrypted until the socket takes it.
+    let written = async {
+        w.write_all(bytes).await?;
+        w.flush().await
+    };
+    match with_deadline(Some(Instant::now() + write_timeout), written).await {
         Some(r) => Ok(r?),
         None => Err(ConnError::WriteTimeout {
             write_ms: write_timeout.as_millis() as u64,

@@ -37,6 +37,8 @@ pub struct ConnectionCounts {
     pub served_total: Count,
     /// Connections this executor took from the one that accepted them.
     pub handed_in_total: Count,
+    /// Connections accepted here whose TLS handshake failed (and were closed).
+    pub tls_handshakes_failed_total: Count,
 }
 
 impl ConnectionCounts {

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use glommio::net::TcpStream;
 use zerocopy::FromBytes;
 
+use crate::tls::{Stream, TlsContext};
+
 use super::conn::with_deadline;
 use super::count::{ConnectionCounts, Count};
 
@@ -97,9 +99,9 @@ fn bytes_wanted(first: &[u8]) -> usize {
 /// The connection's first bytes, as many as placement needs ([`bytes_wanted`]).
 /// Waits up to `wait` for them; fewer (or none) when the connection closes, fails
 /// or stays silent, which its server then handles as it would have anyway.
-pub async fn read_prefix(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
+pub async fn read_prefix(stream: &mut Stream, deadline: Instant) -> Vec<u8> {
     use futures_lite::io::AsyncReadExt;
-    let deadline = Some(Instant::now() + wait);
+    let deadline = Some(deadline);
     let mut buf = vec![0u8; PLACEMENT_BYTES];
     let mut len = 0;
     while len < bytes_wanted(&buf[..len]) {
@@ -114,11 +116,11 @@ pub async fn read_prefix(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
 }
 
 /// An accepted connection on its way to another executor: the socket without the
-/// accepting executor's state, which is all a glommio stream is bound to, and the
-/// bytes already read off it.
-#[derive(Debug)]
+/// accepting executor's state, which is all a glommio stream is bound to, its TLS
+/// session (a plain value), and the bytes already read off it.
 pub struct Handoff {
     fd: OwnedFd,
+    tls: Option<Box<rustls::Connection>>,
     received: Received,
 }
 
@@ -128,7 +130,7 @@ impl Handoff {
     /// lives on (its data, its peer) for as long as the duplicate is open. When
     /// the duplicate cannot be made (no descriptors left), the stream is kept and
     /// the bytes come back, to serve it where it is.
-    pub fn detach(stream: &mut Option<TcpStream>, received: Received) -> Result<Handoff, Received> {
+    pub fn detach(stream: &mut Option<Stream>, received: Received) -> Result<Handoff, Received> {
         let raw = stream.as_ref().expect("a stream to detach").as_raw_fd();
         // SAFETY: dup of a descriptor the stream owns and keeps open for the call.
         let fd = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) };
@@ -137,10 +139,11 @@ impl Handoff {
             log::warn!("cannot hand a connection to another shard, serving it here: {e}");
             return Err(received);
         }
-        drop(stream.take());
+        let (tcp, tls) = stream.take().expect("a stream to detach").into_parts();
+        drop(tcp);
         // SAFETY: `fd` was just returned by fcntl and is owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Handoff { fd, received })
+        Ok(Handoff { fd, tls, received })
     }
 
     /// The connection as a stream of the current executor, and the bytes already
@@ -149,13 +152,13 @@ impl Handoff {
         use std::os::fd::IntoRawFd;
         // SAFETY: the descriptor is an open, connected TCP socket owned by `self`,
         // handed over whole (glommio's own `bind_to_executor` does the same).
-        let stream = unsafe { TcpStream::from_raw_fd(self.fd.into_raw_fd()) };
-        (stream, self.received)
+        let tcp = unsafe { TcpStream::from_raw_fd(self.fd.into_raw_fd()) };
+        (Stream::from_parts(tcp, self.tls), self.received)
     }
 }
 
 /// A connection to serve: its stream and the first bytes already read off it.
-pub type Accepted = (TcpStream, Received);
+pub type Accepted = (Stream, Received);
 
 /// What was read off a connection before it was handed over, and since when: the
 /// first frame must arrive whole within its timeout of the accept, wherever it is
@@ -283,28 +286,101 @@ pub fn connections_held(all: &[Arc<ConnectionCounts>], placing: Option<&Placing>
     held + placing.map_or(0, |p| p.doors.queued())
 }
 
-/// Serves an accepted `stream` where it belongs: without `placing`, here at once;
-/// otherwise a task reads the start of its first frame, hands it to its owner or,
-/// when it stays, serves it here with `serve`, counting it in `counts` (this
-/// executor's) while it is being placed.
+/// How an acceptor opens TLS on its connections.
+#[derive(Clone)]
+pub struct AcceptTls {
+    pub context: Arc<TlsContext>,
+    /// How long a client may take over its handshake, from the accept.
+    pub wait: Duration,
+    pub port: TlsPort,
+}
+
+/// The port a TLS acceptor serves: what it tells a plaintext client differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsPort {
+    Client,
+    Peer,
+}
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+impl TlsPort {
+    fn name(self) -> &'static str {
+        match self {
+            TlsPort::Client => "client",
+            TlsPort::Peer => "peer",
+        }
+    }
+
+    /// What a plaintext client of this port is told, in its own protocol, before
+    /// the connection closes: a ringlog client or node then says why instead of
+    /// reporting garbage.
+    fn plaintext_refusal(self) -> bytes::BytesMut {
+        let mut out = bytes::BytesMut::new();
+        match self {
+            TlsPort::Client => {
+                let notice = super::client_msg::ClosingNotice {
+                    cause: super::client_msg::CloseCause::TlsRequired,
+                    reason: "this port requires TLS: connect with the cluster's CA (--ca) and a \
+                             client certificate (--cert, --key); see docs/security.md"
+                        .into(),
+                };
+                super::client_msg::encode_closing_notice(&mut out, &notice);
+            }
+            TlsPort::Peer => super::peer_msg::encode_refused(
+                &mut out,
+                "this node requires TLS on its peer port: set [tls] (docs/security.md)",
+            ),
+        }
+        out
+    }
+}
+
+/// Serves an accepted `stream` where it belongs: plain and without `placing`, here
+/// at once; otherwise a task opens TLS (with `tls`), reads the start of the first
+/// frame (with `placing`), hands the connection to its owner or, when it stays,
+/// serves it here with `serve`, counting it in `counts` (this executor's) while it
+/// is being placed.
 pub fn place(
     stream: TcpStream,
     placing: Option<&Placing>,
+    tls: Option<&AcceptTls>,
     counts: Arc<ConnectionCounts>,
     serve: impl FnOnce(Accepted) + 'static,
 ) {
-    let Some(placing) = placing.cloned() else {
-        serve((stream, Received::none()));
+    if placing.is_none() && tls.is_none() {
+        serve((Stream::plain(stream), Received::none()));
         return;
-    };
+    }
+    let (placing, tls) = (placing.cloned(), tls.cloned());
     counts.placing.add(1);
     glommio::spawn_local(async move {
-        let (mut stream, since) = (stream, Instant::now());
-        let bytes = read_prefix(&mut stream, placing.wait).await;
-        let owner = (placing.owner_of)(&bytes);
-        let here = placing
-            .doors
-            .hand_to(owner, (stream, Received { bytes, since }));
+        let since = Instant::now();
+        let stream = match tls {
+            Some(tls) => accept_tls(stream, &tls, since, &counts).await,
+            None => Some(Stream::plain(stream)),
+        };
+        let Some(mut stream) = stream else {
+            counts.placing.sub(1);
+            return;
+        };
+        let here = match placing {
+            Some(placing) => {
+                let bytes = read_prefix(&mut stream, since + placing.wait).await;
+                let owner = (placing.owner_of)(&bytes);
+                placing
+                    .doors
+                    .hand_to(owner, (stream, Received { bytes, since }))
+            }
+            None => Some((
+                stream,
+                Received {
+                    bytes: Vec::new(),
+                    since,
+                },
+            )),
+        };
         counts.placing.sub(1);
         if let Some(stream) = here {
             serve(stream);
@@ -312,6 +388,49 @@ pub fn place(
     })
     .detach();
 }
+
+/// The TLS session of an accepted socket, or None (logged and counted) when the
+/// handshake fails: a plaintext client, an unknown CA, an expired certificate.
+async fn accept_tls(
+    tcp: TcpStream,
+    tls: &AcceptTls,
+    since: Instant,
+    counts: &ConnectionCounts,
+) -> Option<Stream> {
+    let from = tcp
+        .peer_addr()
+        .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
+    let deadline = since + tls.wait;
+    let refuse = |reason: &dyn std::fmt::Display| {
+        counts.tls_handshakes_failed_total.add(1);
+        log::warn!(
+            "{} port: refusing connection from {from}: {reason}",
+            tls.port.name()
+        );
+    };
+    let mut first = [0u8; 1];
+    if let Some(Ok(1)) = with_deadline(Some(deadline), tcp.peek(&mut first)).await
+        && first[0] != TLS_HANDSHAKE_RECORD
+    {
+        refuse(&"it speaks plaintext and this port requires TLS");
+        let mut stream = Stream::plain(tcp);
+        let refusal = tls.port.plaintext_refusal();
+        let _ = super::conn::write_all_within(&mut stream, &refusal, PLAINTEXT_REFUSAL_WRITE).await;
+        return None;
+    }
+    let config = tls.context.configs().server.clone();
+    match Stream::accept_tls(tcp, config, deadline).await {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            refuse(&e);
+            None
+        }
+    }
+}
+
+/// How long a plaintext client's refusal may take to write: it is small, and a
+/// client that does not read it is not waited for.
+const PLAINTEXT_REFUSAL_WRITE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

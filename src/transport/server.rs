@@ -18,8 +18,10 @@ use super::client_msg::{ClientRequest, ClientResponse, ServerError};
 use super::count::{ConnectionCounts, Count};
 use super::frame::FRAME_BODY_BYTES_MAX_DEFAULT;
 use super::placement::{
-    Accepted, DoorQueue, Doors, Placing, client_partition, connections_held, place, take_handed_in,
+    AcceptTls, Accepted, DoorQueue, Doors, Placing, TlsPort, client_partition, connections_held,
+    place, take_handed_in,
 };
+use crate::tls::TlsContext;
 
 /// Serves client requests. Implemented by the runtime; `handle` runs on the executor
 /// that accepted the connection and may await (for a commit, or for new data when a
@@ -80,6 +82,9 @@ pub struct ServerConfig {
     /// Receive chunk per connection (see `FrameReader::with_read_chunk`): small,
     /// because client connections may be many; large appends bypass it anyway.
     pub read_chunk_bytes: usize,
+    /// TLS on every connection, and the roles of client principals; None serves
+    /// plaintext and lets every client do everything.
+    pub tls: Option<Arc<TlsContext>>,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +101,7 @@ impl Default for ServerConfig {
             answer_timeout_ms: ANSWER_TIMEOUT_MS,
             connections_max: 10_000,
             read_chunk_bytes: 16 * 1024,
+            tls: None,
         }
     }
 }
@@ -113,6 +119,8 @@ pub struct ListenerStats {
     pub requests_total: Count,
     /// Requests answered with InvalidRequest because their body did not decode.
     pub requests_invalid_total: Count,
+    /// Requests refused because the client's principal lacks the role.
+    pub requests_unauthorized_total: Count,
     pub bytes_received_total: Count,
 }
 
@@ -229,6 +237,12 @@ impl<H: RequestHandler> ClientListener<H> {
     /// Accepts connections forever, each placed and then served by a task.
     pub async fn run(self) {
         let stats = self.service.stats();
+        let config = &self.service.config;
+        let tls = config.tls.as_ref().map(|context| AcceptTls {
+            context: context.clone(),
+            wait: Duration::from_millis(config.frame_timeout_ms),
+            port: TlsPort::Client,
+        });
         loop {
             let stream = super::conn::accept_retrying(&self.listener, "client listener").await;
             let held = connections_held(&self.all_connections, self.placing.as_ref());
@@ -244,9 +258,13 @@ impl<H: RequestHandler> ClientListener<H> {
             }
             stats.connections_accepted_total.add(1);
             let (service, counts) = (self.service.clone(), stats.connections.clone());
-            place(stream, self.placing.as_ref(), counts, move |s| {
-                service.serve(s)
-            });
+            place(
+                stream,
+                self.placing.as_ref(),
+                tls.as_ref(),
+                counts,
+                move |s| service.serve(s),
+            );
         }
     }
 }

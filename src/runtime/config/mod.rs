@@ -29,6 +29,7 @@ pub use wal::{SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN, WAL_BUFFER_BYTES, 
 use super::retention::RetentionSettings;
 use super::router::nodes_in_words;
 use crate::engine::NodeId;
+use crate::tls::TlsSettings;
 use wal::BLOCK_BYTES;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -71,6 +72,10 @@ pub struct NodeConfig {
     /// Pin each shard's executor to its own core.
     #[serde(default)]
     pub pin: bool,
+    /// Serve plaintext on addresses other machines can reach. Without `[tls]` a
+    /// node refuses to listen beyond loopback unless this is set.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
     pub listen: Listen,
     /// Every member of the cluster, this node included.
     pub nodes: Vec<Member>,
@@ -85,6 +90,9 @@ pub struct NodeConfig {
     /// When a partition's oldest segments are removed (`retention.rs`).
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// TLS on every port and the roles of client principals (`docs/security.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -130,6 +138,7 @@ impl NodeConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_members()?;
+        self.validate_security()?;
         if self.shards > SHARDS_MAX {
             return Err(invalid(
                 "shards",
@@ -191,6 +200,38 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+
+    /// Secure by default: plaintext only where no other machine can connect, or
+    /// when the operator says so by name.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.tls {
+            return tls
+                .validate()
+                .map_err(|(key, reason)| invalid(&key, reason));
+        }
+        if self.insecure_plaintext {
+            return Ok(());
+        }
+        let exposed = [
+            ("listen.client", self.listen.client),
+            ("listen.peer", self.listen.peer),
+            ("listen.metrics", self.listen.metrics),
+        ]
+        .into_iter()
+        .find(|(_, address)| !address.ip().is_loopback());
+        match exposed {
+            Some((key, address)) => Err(invalid(
+                "insecure_plaintext",
+                format!(
+                    "{key} = {address} is reachable from other machines and [tls] is not set: \
+                     anyone who can connect could append, read or pose as a cluster member. \
+                     Set [tls] (see docs/security.md) or, on a trusted network, \
+                     insecure_plaintext = true"
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The config as TOML that [`NodeConfig::from_toml`] reads back unchanged.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
 use super::super::conn::{ConnError, FrameReader, Notify, write_all_within};
 use super::super::count::{ConnectionCounts, Count};
@@ -22,11 +22,12 @@ use super::super::peer_msg::{
     Hello, Lane, decode_hello, decode_message, encode_hello, encode_refused,
 };
 use super::super::placement::{
-    Accepted, DoorQueue, Doors, Placing, Received, connections_held, peer_shard, place,
-    take_handed_in,
+    AcceptTls, Accepted, DoorQueue, Doors, Placing, Received, TlsPort, connections_held,
+    peer_shard, place, take_handed_in,
 };
 use super::PeerConfig;
 use crate::engine::{Message, NodeId};
+use crate::tls::{Stream, check_peer};
 
 /// Receives peer messages. Implemented by the runtime; called on the executor that
 /// serves the connection, which is the one that owns `shard_id` when the node
@@ -267,6 +268,12 @@ impl<H: PeerHandler> PeerAcceptor<H> {
     /// Accepts connections forever, each placed and then served by a task.
     pub async fn run(self) {
         let stats = self.service.stats();
+        let config = &self.service.config;
+        let tls = config.tls.as_ref().map(|context| AcceptTls {
+            context: context.clone(),
+            wait: Duration::from_millis(config.handshake_timeout_ms),
+            port: TlsPort::Peer,
+        });
         loop {
             let stream = super::super::conn::accept_retrying(&self.listener, "peer acceptor").await;
             let max = self.service.config.connections_max;
@@ -275,9 +282,13 @@ impl<H: PeerHandler> PeerAcceptor<H> {
                 continue;
             }
             let (service, counts) = (self.service.clone(), stats.connections.clone());
-            place(stream, self.placing.as_ref(), counts, move |s| {
-                service.serve(s)
-            });
+            place(
+                stream,
+                self.placing.as_ref(),
+                tls.as_ref(),
+                counts,
+                move |s| service.serve(s),
+            );
         }
     }
 }
@@ -325,7 +336,7 @@ fn check_hello(
 
 /// Reads and answers the handshake; the peer's hello once the link is established.
 async fn handshake<H: PeerHandler>(
-    reader: &mut FrameReader<&mut TcpStream>,
+    reader: &mut FrameReader<&mut Stream>,
     service: &PeerService<H>,
     peer: &str,
 ) -> Option<Hello> {
@@ -336,7 +347,17 @@ async fn handshake<H: PeerHandler>(
         .next_frame(Some(handshake_timeout), handshake_timeout)
         .await;
     let mut buf = BytesMut::new();
-    let hello = match check_hello(first, config, &*service.handler) {
+    let checked = check_hello(first, config, &*service.handler).and_then(|hello| {
+        match (hello, &config.tls) {
+            // The certificate must name the node the hello claims to be.
+            (Some(h), Some(_)) => {
+                let cert = reader.inner_mut().peer_certificate();
+                check_peer(cert, h.node_id, config.cluster_id).map(|()| Some(h))
+            }
+            (hello, _) => Ok(hello),
+        }
+    });
+    let hello = match checked {
         Ok(Some(hello)) => hello,
         Ok(None) => {
             log::debug!("peer {peer}: closed before handshake");
@@ -377,7 +398,7 @@ async fn handshake<H: PeerHandler>(
 }
 
 async fn serve_peer<H: PeerHandler>(
-    mut stream: TcpStream,
+    mut stream: Stream,
     received: &Received,
     service: &PeerService<H>,
 ) {
@@ -413,7 +434,7 @@ async fn serve_peer<H: PeerHandler>(
 /// Delivers the messages of an established link until it ends; the error, if it
 /// ended because of one.
 async fn receive<H: PeerHandler>(
-    reader: &mut FrameReader<&mut TcpStream>,
+    reader: &mut FrameReader<&mut Stream>,
     service: &PeerService<H>,
     hello: &Hello,
     signal: &CloseSignal,

@@ -6,10 +6,13 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use glommio::net::TcpStream;
+use rustls::pki_types::ServerName;
+
+use crate::tls::{Stream, peer_name};
 use glommio::task::JoinHandle;
 
 use super::super::conn::{ConnError, FrameReader, Notify, write_all_within};
@@ -265,16 +268,31 @@ async fn run_lane(config: Rc<PeerConfig>, st: Rc<LaneState>, stats: Rc<LinkStats
     }
 }
 
-async fn connect(config: &PeerConfig, lane: Lane, target: Target) -> Result<TcpStream, LinkError> {
+/// A connection to `target`: TCP, then TLS when the node has it, checking that the
+/// other end's certificate names the node dialled.
+async fn open(config: &PeerConfig, target: Target) -> Result<Stream, LinkError> {
     let addr = target.peer_addr;
-    let mut stream =
-        TcpStream::connect_timeout(addr, Duration::from_millis(config.connect_timeout_ms))
-            .await
-            .map_err(|e| LinkError::Connect {
-                addr,
-                source: e.into(),
-            })?;
-    let _ = stream.set_nodelay(true);
+    let tcp = TcpStream::connect_timeout(addr, Duration::from_millis(config.connect_timeout_ms))
+        .await
+        .map_err(|e| LinkError::Connect {
+            addr,
+            source: e.into(),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = &config.tls else {
+        return Ok(Stream::plain(tcp));
+    };
+    let name = peer_name(target.peer_node_id, config.cluster_id);
+    let name = ServerName::try_from(name).expect("peer names are DNS names");
+    let deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
+    Stream::connect_tls(tcp, tls.configs().peer_client.clone(), name, deadline)
+        .await
+        .map_err(|source| LinkError::Tls { addr, source })
+}
+
+async fn connect(config: &PeerConfig, lane: Lane, target: Target) -> Result<Stream, LinkError> {
+    let addr = target.peer_addr;
+    let mut stream = open(config, target).await?;
     let hello = Hello {
         cluster_id: config.cluster_id,
         node_id: config.node_id,
@@ -345,7 +363,7 @@ async fn pump(
     config: &PeerConfig,
     st: &LaneState,
     stats: &LinkStats,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
 ) -> Result<(), ConnError> {
     let write_timeout = Duration::from_millis(config.write_timeout_ms);
     let mut buf = BytesMut::with_capacity(config.write_batch_bytes_max);

@@ -71,6 +71,8 @@ pub struct PeerConfig {
     /// Receive chunk of inbound peer connections (see `FrameReader::with_read_chunk`):
     /// large, because peer connections are few and carry bulk data.
     pub read_chunk_bytes: usize,
+    /// Mutual TLS on every link, both ways; None links in plaintext.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsContext>>,
 }
 
 impl PeerConfig {
@@ -92,6 +94,7 @@ impl PeerConfig {
             write_batch_bytes_max: 1024 * 1024,
             connections_max: 1_024,
             read_chunk_bytes: 256 * 1024,
+            tls: None,
         }
     }
 }
@@ -121,4 +124,9 @@ pub enum LinkError {
     Refused { addr: SocketAddr, reason: String },
     #[error("peer at {addr} is not who we expected: {reason}")]
     Mismatch { addr: SocketAddr, reason: String },
+    #[error("TLS with {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: crate::tls::HandshakeError,
+    },
 }
