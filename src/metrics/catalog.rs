@@ -58,6 +58,7 @@ pub const CONNECTIONS_SERVED: &str = "ringlog_connections_served_total";
 pub const PEER_HANDSHAKES_REFUSED: &str = "ringlog_peer_handshakes_refused_total";
 pub const PEER_MESSAGES_REFUSED: &str = "ringlog_peer_messages_refused_total";
 pub const TLS_HANDSHAKES_FAILED: &str = "ringlog_tls_handshakes_failed_total";
+pub const TLS_RELOADS: &str = "ringlog_tls_reloads_total";
 pub const CLIENT_REQUESTS_UNAUTHORIZED: &str = "ringlog_client_requests_unauthorized_total";
 pub const APPEND_RECORDS: &str = "ringlog_append_records_total";
 pub const APPEND_BYTES: &str = "ringlog_append_bytes_total";
@@ -186,6 +187,13 @@ pub const METRICS: &[MetricDef] = &[
         Some(Unit::Count),
         &["port"],
         "Connections closed because their TLS handshake failed (plaintext on a TLS port, a certificate of another CA, expired or missing, a handshake past its timeout). `port`: `client` or `peer`.",
+    ),
+    def(
+        TLS_RELOADS,
+        Counter,
+        Some(Unit::Count),
+        &["result"],
+        "Reloads of the TLS certificates, key and CA bundle on SIGHUP. `result`: `ok`, or `error` when a file could not be read or used (the previous ones stay in use; the log says why).",
     ),
     def(
         CLIENT_REQUESTS_UNAUTHORIZED,

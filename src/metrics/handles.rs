@@ -12,6 +12,7 @@ use metrics::{Counter, Gauge, Histogram};
 use super::NodeMetrics;
 use super::catalog::*;
 use crate::engine::{Engine, NodeId, PeerFault, Role};
+use crate::tls::TlsContext;
 use crate::transport::ServerError;
 use crate::transport::peer::AcceptorStats;
 use crate::transport::peer::LinkStats;
@@ -83,6 +84,8 @@ pub struct RouterMetrics {
     /// [client port, peer port].
     tls_failed: [Counter; 2],
     unauthorized: Counter,
+    /// [ok, error].
+    tls_reloads: [Counter; 2],
     /// `served[partition]`: connections its shard began serving, [client, peer].
     served: Vec<[Counter; 2]>,
 }
@@ -141,6 +144,8 @@ impl RouterMetrics {
             tls_failed: ["client", "peer"]
                 .map(|port| node.counter(TLS_HANDSHAKES_FAILED, &[("port", port)])),
             unauthorized: node.counter(CLIENT_REQUESTS_UNAUTHORIZED, &[]),
+            tls_reloads: ["ok", "error"]
+                .map(|result| node.counter(TLS_RELOADS, &[("result", result)])),
             served: (0..partitions)
                 .map(|p| {
                     let partition = p.to_string();
@@ -206,7 +211,17 @@ impl RouterMetrics {
     /// Copies the client and peer services' own counters (one set per shard, each
     /// written by its shard) into their series, adding up the shards; called just
     /// before each render.
-    pub fn collect(&self, clients: &[Arc<ListenerStats>], peers: &[Arc<AcceptorStats>]) {
+    pub fn collect(
+        &self,
+        clients: &[Arc<ListenerStats>],
+        peers: &[Arc<AcceptorStats>],
+        tls: Option<&TlsContext>,
+    ) {
+        if let Some(tls) = tls {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.tls_reloads[0].absolute(tls.reloads_ok_total.load(Relaxed));
+            self.tls_reloads[1].absolute(tls.reloads_failed_total.load(Relaxed));
+        }
         let sum = |f: fn(&ListenerStats) -> u64| clients.iter().map(|s| f(s)).sum::<u64>();
         let open = sum(|s| s.connections.held());
         self.connections.set(open as f64);

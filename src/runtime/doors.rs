@@ -147,7 +147,9 @@ fn open_listeners(
                 .collect(),
         );
     let (client_stats, peer_stats) = (node.client_stats.clone(), node.peer_stats.clone());
-    let collect = Rc::new(move || router_metrics.collect(&client_stats, &peer_stats));
+    let tls = node.tls.clone();
+    let collect =
+        Rc::new(move || router_metrics.collect(&client_stats, &peer_stats, tls.as_deref()));
     let scrapes = MetricsServer::bind(
         listen.metrics,
         node.observe.metrics.clone(),

@@ -12,6 +12,7 @@ mod settings;
 mod stream;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::RootCertStore;
@@ -168,6 +169,9 @@ impl Configs {
 pub struct TlsContext {
     settings: TlsSettings,
     current: RwLock<Arc<Configs>>,
+    /// Reloads that took effect, and that failed (the previous files stay in use).
+    pub reloads_ok_total: AtomicU64,
+    pub reloads_failed_total: AtomicU64,
 }
 
 impl std::fmt::Debug for TlsContext {
@@ -183,6 +187,8 @@ impl TlsContext {
         Ok(TlsContext {
             current: RwLock::new(Arc::new(Configs::load(settings)?)),
             settings: settings.clone(),
+            reloads_ok_total: AtomicU64::new(0),
+            reloads_failed_total: AtomicU64::new(0),
         })
     }
 
@@ -193,8 +199,15 @@ impl TlsContext {
 
     /// Reads the files again. On error the configurations in use stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = Arc::new(Configs::load(&self.settings)?);
+        let fresh = match Configs::load(&self.settings) {
+            Ok(fresh) => Arc::new(fresh),
+            Err(e) => {
+                self.reloads_failed_total.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         *self.current.write().expect("never poisoned") = fresh;
+        self.reloads_ok_total.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

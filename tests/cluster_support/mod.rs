@@ -9,6 +9,7 @@ pub mod load;
 pub mod members;
 pub mod observe;
 pub mod settings;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -211,6 +212,11 @@ impl TestCluster {
     /// SIGSTOP: the process stays, silent, its sockets open.
     pub fn pause(&mut self, k: usize) {
         self.signal(k, libc::SIGSTOP);
+    }
+
+    /// SIGHUP: the node reloads its TLS certificates.
+    pub fn sighup(&mut self, k: usize) {
+        self.signal(k, libc::SIGHUP);
     }
 
     /// SIGCONT after `pause`.
@@ -595,11 +601,11 @@ pub fn assert_alive_and_serving(cluster: &mut TestCluster, k: usize, after: &str
 /// Reads one whole frame of at most `body_bytes_max` body bytes from a raw
 /// connection to a node, or `None` once the node closed it.
 pub fn read_frame(
-    stream: &mut std::net::TcpStream,
+    stream: &mut impl std::io::Read,
     buf: &mut bytes::BytesMut,
     body_bytes_max: u32,
 ) -> Option<ringlog::transport::Frame> {
-    use std::io::{ErrorKind, Read};
+    use std::io::ErrorKind;
     loop {
         let decoded = ringlog::transport::frame::decode_frame(buf, body_bytes_max, None);
         if let Some(frame) = decoded.expect("a well-formed frame") {

@@ -160,8 +160,8 @@ mod tests {
     fn read_limits_default_and_are_validated() {
         let config = NodeConfig::from_toml(EXAMPLE, "examples/node.toml").unwrap();
         assert_eq!(config.reads, ReadSettings::default());
-        let without = EXAMPLE.split("[reads]").next().unwrap();
-        let omitted = NodeConfig::from_toml(without, "test.toml").unwrap();
+        let without = without_section(EXAMPLE, "[reads]");
+        let omitted = NodeConfig::from_toml(&without, "test.toml").unwrap();
         assert_eq!(omitted.reads, ReadSettings::default());
         let wait = with("wait_ms_max = 60000", "wait_ms_max = 5000").unwrap();
         assert_eq!(wait.reads.wait_ms_max, 5000);

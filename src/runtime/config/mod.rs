@@ -308,6 +308,25 @@ mod tests {
     }
 
     #[test]
+    fn plaintext_beyond_loopback_must_be_asked_for_by_name() {
+        let plaintext = without_section(EXAMPLE, "[tls.principals]");
+        let plaintext = without_section(&plaintext, "[tls]");
+        let refused = NodeConfig::from_toml(&plaintext, "test.toml").unwrap_err();
+        assert!(
+            refused.to_string().contains("listen.client = 0.0.0.0:7400"),
+            "{refused}"
+        );
+        assert_eq!(key_of(refused), "insecure_plaintext");
+        let asked = plaintext.replacen("pin = false", "insecure_plaintext = true\npin = false", 1);
+        assert!(NodeConfig::from_toml(&asked, "test.toml").is_ok());
+        let local = plaintext.replace("0.0.0.0", "127.0.0.1");
+        assert!(NodeConfig::from_toml(&local, "test.toml").is_ok());
+        // With [tls] (the example), any address will do; a bad principal is named.
+        let (key, _) = refusal(&[("producer = [", "\"not a name\" = [")]);
+        assert_eq!(key, "tls.principals");
+    }
+
+    #[test]
     fn the_node_id_error_lists_members_in_words() {
         let (key, reason) = refusal(&[("node_id = 1", "node_id = 9")]);
         assert_eq!(key, "node_id");

@@ -40,3 +40,17 @@ pub(super) const FLUSH: &str = "flush_bytes_max = 4194304";
 pub(super) const CLIENT_FRAME: &str = "frame_body_bytes_max = 8388608";
 pub(super) const READ_BYTES: &str = "bytes_max = 8257536";
 pub(super) const MSG_BYTES: &str = "bytes_per_msg_max = 1048576";
+
+/// `text` without the section `header` (its keys, up to the next comment or section).
+pub(super) fn without_section(text: &str, header: &str) -> String {
+    let start = 1 + text
+        .find(&format!("\n{header}\n"))
+        .expect("the section is there");
+    let rest = &text[start + header.len()..];
+    let end = ["\n[", "\n#"]
+        .iter()
+        .filter_map(|next| rest.find(next))
+        .min()
+        .map_or(text.len(), |at| start + header.len() + at + 1);
+    format!("{}{}", &text[..start], &text[end..])
+}
