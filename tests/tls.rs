@@ -38,6 +38,11 @@ fn tls_cluster() -> (TestCluster, Pki) {
         ],
     );
     cluster.spawn_all();
+    let (addrs, ca_file) = (cluster.client_addrs(), pki.ca_file.clone());
+    let ops = pki.client("ops", Validity::Current);
+    on_executor(async move || {
+        await_leaders(&tls_client(addrs, &ca_file, Some(&ops)), 1, PATIENCE).await;
+    });
     (cluster, pki)
 }
 
@@ -176,16 +181,6 @@ fn peer_hello(
 #[test]
 fn a_peer_must_hold_a_certificate_naming_the_node_it_claims_to_be() {
     let (cluster, pki) = tls_cluster();
-    on_executor({
-        let (a, ca, ops) = (
-            cluster.client_addrs(),
-            pki.ca_file.clone(),
-            pki.client("ops", Validity::Current),
-        );
-        async move || {
-            await_leaders(&tls_client(a, &ca, Some(&ops)), 1, PATIENCE).await;
-        }
-    });
     // Node 2's certificate claiming to be node 3: refused, naming both.
     let node2 = pki.issue("node-2-again", &node_names(2, 42), Validity::Current);
     let (kind, reason) = peer_hello(&cluster, &pki, 1, 3, &node2);
@@ -247,7 +242,11 @@ fn openssl_s_client_completes_a_handshake_and_shows_the_chain() {
         .output()
         .expect("openssl is installed (.ci/run installs Debian's openssl)");
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("Verify return code: 0 (ok)"),
+        "{text}\n{errors}"
+    );
     assert!(text.contains("Certificate chain"), "{text}");
     assert!(text.contains("node-1.cluster-42"), "{text}");
     assert!(text.contains("TLSv1.3"), "{text}");
