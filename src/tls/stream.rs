@@ -229,6 +229,10 @@ impl AsyncRead for Stream {
             match session.reader().read(buf) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Closed without close_notify (a process that exited): an end like
+                // a plaintext close. A truncation cannot pass unnoticed, because
+                // frames carry their length and checksum and a cut one is an error.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(0)),
                 Err(e) => return Poll::Ready(Err(e)),
             }
             match session.read_tls(&mut io) {
