@@ -131,6 +131,12 @@ fn serve_joining(
         }
     };
     let add = join::add_me(&config)?;
+    if let Some(tls) = &config.tls {
+        // The node asks as itself: its certificate names it, and a node of the
+        // cluster has every role (docs/security.md).
+        let identity = (tls.cert_file.as_path(), tls.key_file.as_path());
+        use_client_tls(crate::tls::client_config(&tls.ca_file, Some(identity))?);
+    }
     if let Err(e) = join::discover(&mut config, addr, fresh) {
         if fresh {
             return Err(e);

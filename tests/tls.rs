@@ -96,10 +96,15 @@ fn a_tls_cluster_replicates_and_refuses_what_has_no_credential() {
             let e = append_error(&tls_client(a.clone(), &ca, identity)).await;
             assert!(matches!(e, ClientError::Tls { .. }), "{what}: {e}");
         }
-        // A client that trusts another CA does not trust the nodes.
-        let e = append_error(&tls_client(a.clone(), &stranger.ca_file, Some(&forged))).await;
+        // A client that trusts another CA does not trust the nodes: it tries each
+        // (one node's certificate may be at fault), sending nothing, then gives up.
+        let mut config = ringlog::client::ClientConfig::new(a.clone());
+        config.retries_max = 3;
+        let identity = (forged.0.as_path(), forged.1.as_path());
+        config.tls = Some(ringlog::tls::client_config(&stranger.ca_file, Some(identity)).unwrap());
+        let e = append_error(&Client::new(config)).await;
         assert!(
-            matches!(&e, ClientError::Tls { reason, .. } if reason.contains("UnknownIssuer")),
+            matches!(&e, ClientError::RetriesExhausted { last, .. } if last.to_string().contains("UnknownIssuer")),
             "{e}"
         );
         // Roles: a reader reads, and may not append or trim.
@@ -391,4 +396,46 @@ fn certificates_rotate_on_sighup_under_load_without_dropping_connections() {
             .expect("the node still serves with its previous certificates");
     });
     assert!(cluster.exited_by_itself(0).is_none());
+}
+
+#[test]
+fn a_node_joins_a_tls_cluster_with_its_own_certificate() {
+    let mut cluster = TestCluster::configure_with_spares(3, 1, 1);
+    let pki = Pki::new(cluster.dir.path(), "cluster");
+    pki.enable(&mut cluster, &[("ops", ALL_ROLES)]);
+    for k in 0..3 {
+        cluster.spawn(k);
+    }
+    let ops = pki.client("ops", Validity::Current);
+    let (addrs, ca_file) = (cluster.client_addrs(), pki.ca_file.clone());
+    on_executor({
+        let (addrs, ca_file, ops) = (addrs.clone(), ca_file.clone(), ops.clone());
+        async move || {
+            await_leaders(
+                &tls_client(addrs[..3].to_vec(), &ca_file, Some(&ops)),
+                1,
+                PATIENCE,
+            )
+            .await;
+        }
+    });
+    // Node 4 lists the members and asks to be added as itself (every role,
+    // since its certificate names it a node of this cluster), over TLS.
+    cluster.spawn_joining(3, 0);
+    on_executor(async move || {
+        let mut config = ringlog::client::ClientConfig::new(addrs[..3].to_vec());
+        config.request_timeout_ms = 8_000;
+        let identity = (ops.0.as_path(), ops.1.as_path());
+        config.tls = Some(ringlog::tls::client_config(&ca_file, Some(identity)).unwrap());
+        let admin = Client::new(config);
+        cluster_support::members::await_listing(&admin, 1, PATIENCE, |p| {
+            cluster_support::members::voters(p) == [1, 2, 3, 4]
+        })
+        .await;
+        // The new member replicates over mutual TLS like the others.
+        admin
+            .append(0, vec![Bytes::from_static(b"with four")])
+            .await
+            .expect("an append with four members");
+    });
 }

@@ -110,12 +110,15 @@ impl Conn {
         let deadline = Instant::now() + connect_timeout;
         Stream::connect_tls(tcp, tls.clone(), name, deadline)
             .await
-            .map_err(|e| match e {
-                // Slow or cut off: the network's doing, worth another try.
-                HandshakeError::Timeout(_) | HandshakeError::Closed | HandshakeError::Io(_) => {
-                    CallError::Connect(io::Error::other(e.to_string()))
+            .map_err(|e| match &e {
+                // The node refused this client's certificate: every node would.
+                HandshakeError::Tls(tls) if crate::tls::refuses_our_certificate(tls) => {
+                    CallError::Tls(e.to_string())
                 }
-                HandshakeError::Tls(_) => CallError::Tls(e.to_string()),
+                // Slow, cut off, or this node's certificate (expired, another
+                // CA, not naming the host dialled, or no TLS at all): another
+                // node may do. Nothing was sent, so trying elsewhere is safe.
+                _ => CallError::Connect(io::Error::other(e.to_string())),
             })
     }
 

@@ -84,7 +84,11 @@ pub fn run(config: NodeConfig, first: FirstStart, stop: Arc<AtomicBool>) -> Resu
     let shards = shard_count(&config);
     let (_lock, identity) = check_before_start(&config, shards, first)?;
     let tls = match &config.tls {
-        Some(settings) => Some(Arc::new(TlsContext::load(settings)?)),
+        Some(settings) => Some(Arc::new(TlsContext::load(
+            settings,
+            config.node_id,
+            config.cluster_id,
+        )?)),
         None => None,
     };
     let _reloading = tls

@@ -10,6 +10,8 @@
 pub mod certs;
 mod settings;
 mod stream;
+#[cfg(test)]
+mod stream_tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,8 @@ pub enum TlsError {
         path: PathBuf,
         expected: &'static str,
     },
+    #[error("certificate file {path} is not this node's: {reason}")]
+    NotThisNode { path: PathBuf, reason: String },
     #[error("the CA bundle cannot verify certificates: {0}")]
     Verifier(String),
     #[error("the certificate and key do not make a TLS configuration: {0}")]
@@ -49,6 +53,19 @@ pub enum TlsError {
 /// all-numeric last label, which certificate names may not have.
 pub fn peer_name(node_id: u32, cluster_id: u64) -> String {
     format!("node-{node_id}.cluster-{cluster_id}")
+}
+
+/// Whether `name` is the peer name of some node of `cluster_id`.
+fn is_node_name(name: &str, cluster_id: u64) -> bool {
+    let Some((node, _)) = name
+        .strip_prefix("node-")
+        .and_then(|rest| rest.split_once(".cluster-"))
+    else {
+        return false;
+    };
+    // Parsed and printed back, so that `node-03` or another cluster's name fails.
+    node.parse::<u32>()
+        .is_ok_and(|n| peer_name(n, cluster_id) == name)
 }
 
 /// Why `cert` may not speak for node `node_id` of `cluster_id`; Ok when it names it.
@@ -64,15 +81,17 @@ pub fn check_peer(
     let parsed = webpki::EndEntityCert::try_from(cert)
         .map_err(|e| format!("unreadable certificate: {e}"))?;
     let name = ServerName::try_from(wanted.as_str()).expect("peer names are DNS names");
-    parsed
-        .verify_is_valid_for_subject_name(&name)
-        .map_err(|_| {
-            let names: Vec<&str> = parsed.valid_dns_names().collect();
-            format!(
-                "the certificate names {} but the handshake claims node {node_id}, which needs {wanted}",
-                if names.is_empty() { "no DNS name".to_string() } else { names.join(", ") }
-            )
-        })
+    parsed.verify_is_valid_for_subject_name(&name).map_err(|_| {
+        let names: Vec<&str> = parsed.valid_dns_names().collect();
+        format!(
+            "the certificate names {}, not {wanted} (node {node_id} of cluster {cluster_id})",
+            if names.is_empty() {
+                "no DNS name".to_string()
+            } else {
+                names.join(", ")
+            }
+        )
+    })
 }
 
 /// The principal of a client certificate: its first DNS subject alternative name.
@@ -137,9 +156,15 @@ pub struct Configs {
 }
 
 impl Configs {
-    fn load(settings: &TlsSettings) -> Result<Configs, TlsError> {
+    fn load(settings: &TlsSettings, node_id: u32, cluster_id: u64) -> Result<Configs, TlsError> {
         let roots = read_roots(&settings.ca_file)?;
         let chain = read_certs("certificate file", &settings.cert_file)?;
+        // A certificate peers would refuse is refused here, by name, rather than
+        // by every peer later.
+        check_peer(chain.first(), node_id, cluster_id).map_err(|reason| TlsError::NotThisNode {
+            path: settings.cert_file.clone(),
+            reason,
+        })?;
         let key = read_key(&settings.key_file)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
@@ -168,6 +193,9 @@ impl Configs {
 /// shared by every executor.
 pub struct TlsContext {
     settings: TlsSettings,
+    /// Whose certificate this node must hold.
+    node_id: u32,
+    cluster_id: u64,
     current: RwLock<Arc<Configs>>,
     /// Reloads that took effect, and that failed (the previous files stay in use).
     pub reloads_ok_total: AtomicU64,
@@ -183,9 +211,15 @@ impl std::fmt::Debug for TlsContext {
 }
 
 impl TlsContext {
-    pub fn load(settings: &TlsSettings) -> Result<TlsContext, TlsError> {
+    pub fn load(
+        settings: &TlsSettings,
+        node_id: u32,
+        cluster_id: u64,
+    ) -> Result<TlsContext, TlsError> {
         Ok(TlsContext {
-            current: RwLock::new(Arc::new(Configs::load(settings)?)),
+            node_id,
+            cluster_id,
+            current: RwLock::new(Arc::new(Configs::load(settings, node_id, cluster_id)?)),
             settings: settings.clone(),
             reloads_ok_total: AtomicU64::new(0),
             reloads_failed_total: AtomicU64::new(0),
@@ -199,7 +233,7 @@ impl TlsContext {
 
     /// Reads the files again. On error the configurations in use stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = match Configs::load(&self.settings) {
+        let fresh = match Configs::load(&self.settings, self.node_id, self.cluster_id) {
             Ok(fresh) => Arc::new(fresh),
             Err(e) => {
                 self.reloads_failed_total.fetch_add(1, Ordering::Relaxed);
@@ -211,12 +245,22 @@ impl TlsContext {
         Ok(())
     }
 
-    /// The principal a client certificate names and its roles.
+    /// The principal a client certificate names and its roles. A node of this
+    /// cluster (its certificate names `node-N.cluster-C`) has every role: it is a
+    /// trusted member already, and asks as itself when it joins (`serve --join`).
     pub fn roles_of(&self, cert: Option<&CertificateDer<'_>>) -> (Option<String>, Roles) {
         let principal = cert.and_then(principal_of);
-        let roles = principal
-            .as_deref()
-            .map_or(Roles::NONE, |p| self.settings.roles_of(p));
+        let is_node = cert
+            .and_then(|c| webpki::EndEntityCert::try_from(c).ok())
+            .is_some_and(|c| {
+                c.valid_dns_names()
+                    .any(|n| is_node_name(n, self.cluster_id))
+            });
+        let roles = match principal.as_deref() {
+            _ if is_node => Roles::ALL,
+            Some(p) => self.settings.roles_of(p),
+            None => Roles::NONE,
+        };
         (principal, roles)
     }
 }
@@ -225,11 +269,15 @@ impl TlsContext {
 /// about it). Under TLS 1.3 a client hears of it only on its first read, but the
 /// server sent it before reading any request: nothing was acted on.
 pub fn certificate_refused(e: &std::io::Error) -> bool {
-    use rustls::AlertDescription as A;
-    let Some(rustls::Error::AlertReceived(alert)) = e
-        .get_ref()
+    e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
+        .is_some_and(refuses_our_certificate)
+}
+
+/// Whether `e` is the other end's fatal alert about this end's certificate.
+pub fn refuses_our_certificate(e: &rustls::Error) -> bool {
+    use rustls::AlertDescription as A;
+    let rustls::Error::AlertReceived(alert) = e else {
         return false;
     };
     matches!(
@@ -291,6 +339,15 @@ mod tests {
             Ok(ServerName::DnsName(_))
         ));
         assert!(server_name_of("not a host:1").is_err());
+    }
+
+    #[test]
+    fn node_names_are_recognised_only_for_this_cluster() {
+        assert!(is_node_name("node-3.cluster-7400", 7400));
+        assert!(!is_node_name("node-3.cluster-7401", 7400));
+        assert!(!is_node_name("node-03.cluster-7400", 7400));
+        assert!(!is_node_name("node-x.cluster-7400", 7400));
+        assert!(!is_node_name("ops", 7400));
     }
 
     #[test]

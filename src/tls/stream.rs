@@ -241,14 +241,16 @@ impl AsyncRead for Stream {
                 Ok(0) => {}
                 Ok(_) => {
                     if let Err(e) = session.process_new_packets() {
+                        // The connection ends here: the alert may take the writer's
+                        // place on the socket (below), which no longer matters.
                         let _ = session.write_tls(&mut io);
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
                     }
-                    // Answers the session owes (a key update) go out now if they can;
-                    // a full socket leaves them to the next write.
-                    if let Poll::Ready(Err(e)) = flush_session(session, &mut io) {
-                        return Poll::Ready(Err(e));
-                    }
+                    // Whatever the session owes the other end (a key update) is
+                    // left for the next write or flush: writing here, with the
+                    // reader's waker, would take the socket's one write waiter away
+                    // from a writer parked on a full socket, which would then never
+                    // wake. TLS 1.3 never waits for such an answer.
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
                 Err(e) => return Poll::Ready(Err(e)),

@@ -75,11 +75,13 @@ fn required_role(request: &ClientRequest) -> Option<Role> {
 }
 
 /// Who is on a connection: its principal and roles under TLS, or anyone with every
-/// role on a plaintext port.
+/// role on a plaintext port. A plaintext connection on a TLS port (which placement
+/// never lets through) would get no role at all.
 fn principal(stream: &Stream, config: &ServerConfig) -> (Option<String>, Roles) {
-    match &config.tls {
-        Some(tls) if stream.is_tls() => tls.roles_of(stream.peer_certificate()),
-        _ => (None, Roles::ALL),
+    match (&config.tls, stream.is_tls()) {
+        (Some(tls), true) => tls.roles_of(stream.peer_certificate()),
+        (Some(_), false) => (None, Roles::NONE),
+        (None, _) => (None, Roles::ALL),
     }
 }
 
