@@ -100,8 +100,19 @@ pub fn principal_of(cert: &CertificateDer<'_>) -> Option<String> {
     parsed.valid_dns_names().next().map(str::to_string)
 }
 
+/// ring's TLS 1.3 suites, AES-128-GCM first: with AES instructions it costs about
+/// two thirds of AES-256-GCM per byte, and every byte of replication passes through
+/// it several times (docs/benchmarks.md, *TLS against plaintext*).
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite as suite;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
