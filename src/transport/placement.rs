@@ -12,6 +12,11 @@
 //! would leave nothing to hand over, but a frame that arrives in parts can only be
 //! waited for by peeking again and again; a read just waits.)
 //!
+//! With TLS (`[tls]`) the acceptor first completes the handshake, then reads those
+//! bytes through the session, and hands the session over with the socket: a
+//! handshake's few hundred microseconds of public-key work stay on shard 0, every
+//! record after it is decrypted on the owner's core (`src/tls/stream.rs`).
+//!
 //! Connections whose first frame names no partition (a metadata request, garbage, a
 //! silent client) stay where they were accepted and reach other shards through
 //! their inboxes, as before. ScyllaDB publishes a port per shard instead; one port
@@ -97,7 +102,7 @@ fn bytes_wanted(first: &[u8]) -> usize {
 }
 
 /// The connection's first bytes, as many as placement needs ([`bytes_wanted`]).
-/// Waits up to `wait` for them; fewer (or none) when the connection closes, fails
+/// Waits until `deadline` for them; fewer (or none) when the connection closes, fails
 /// or stays silent, which its server then handles as it would have anyway.
 pub async fn read_prefix(stream: &mut Stream, deadline: Instant) -> Vec<u8> {
     use futures_lite::io::AsyncReadExt;
