@@ -10,7 +10,9 @@
 //! below the log start that node named when the final read asked for it.
 //!
 //! The default run is sized for CI (at least 10 faults of each kind, about two
-//! minutes). `RINGLOG_CHAOS_MINUTES=N` runs the nemesis for N minutes instead.
+//! minutes). `RINGLOG_CHAOS_MINUTES=N` runs the nemesis for N minutes instead;
+//! `RINGLOG_CHAOS_TLS=1` turns TLS on every port of every node, the clients' and the
+//! metric scrapes' included (docs/security.md).
 
 mod chaos_support;
 mod cluster_support;

@@ -150,6 +150,9 @@ pub fn run_chaos(plan: &ChaosPlan) -> Outcome {
             local
         });
     cluster.set_all(&RETENTION);
+    if std::env::var_os("RINGLOG_CHAOS_TLS").is_some() {
+        with_tls(&mut cluster);
+    }
     cluster.spawn_all();
     let proxies = Arc::try_unwrap(proxies)
         .ok()
@@ -212,6 +215,17 @@ pub fn run_chaos(plan: &ChaosPlan) -> Outcome {
         faults: record.counts,
         nemesis_time,
     }
+}
+
+/// TLS on every port of every node (peers through the fault proxies too), and
+/// for every client and metric scrape of the test (`RINGLOG_CHAOS_TLS=1`).
+fn with_tls(cluster: &mut TestCluster) {
+    use crate::cluster_support::tls::{ALL_ROLES, Pki, use_tls_everywhere};
+    let pki = Pki::new(cluster.dir.path(), "chaos");
+    pki.enable(cluster, &[("ops", ALL_ROLES)]);
+    let (cert, key) = pki.client("ops", ringlog::tls::certs::Validity::Current);
+    let client = ringlog::tls::client_config(&pki.ca_file, Some((&cert, &key))).unwrap();
+    use_tls_everywhere(client, pki.ca_file.clone());
 }
 
 /// Reads every partition from every node once all agree on commit and last index.

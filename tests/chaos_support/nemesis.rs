@@ -277,6 +277,11 @@ impl Nemesis {
 /// A node's `/health` answer, or None when it does not answer within 500 ms.
 pub fn health(addr: SocketAddr) -> Option<serde_json::Value> {
     let timeout = Duration::from_millis(500);
+    if let Some(ca_file) = crate::cluster_support::tls::metrics_ca() {
+        let answer =
+            crate::cluster_support::tls::try_https_get(addr, "/health", ca_file, timeout).ok()?;
+        return serde_json::from_str(answer.split_once("\r\n\r\n")?.1).ok();
+    }
     let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;

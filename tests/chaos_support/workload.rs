@@ -122,6 +122,7 @@ async fn run(
 
 fn chaos_client(addrs: Vec<String>) -> Client {
     let mut config = ClientConfig::new(addrs);
+    config.tls = crate::cluster_support::tls::client_tls();
     config.request_timeout_ms = 2_000;
     config.connect_timeout_ms = 500;
     config.retries_max = 20;

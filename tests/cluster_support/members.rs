@@ -9,6 +9,7 @@ use ringlog::transport::PartitionMembers;
 /// that it hears each partition's outcome.
 pub fn patient_client(addrs: Vec<String>) -> Client {
     let mut config = ClientConfig::new(addrs);
+    config.tls = super::tls::client_tls();
     config.request_timeout_ms = 8_000;
     config.retry_backoff_max_ms = 200;
     Client::new(config)

@@ -322,6 +322,7 @@ pub fn spawn_on_executor<T: Send + 'static>(
 
 pub fn client(addrs: Vec<String>) -> Client {
     let mut config = ClientConfig::new(addrs);
+    config.tls = tls::client_tls();
     config.retries_max = 50;
     config.retry_backoff_max_ms = 200;
     config.request_timeout_ms = 3_000;

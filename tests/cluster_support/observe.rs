@@ -17,14 +17,20 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// `http_get`, or the error when the node does not answer (not started yet, or
 /// gone).
 pub fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(20))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
+    let answer = match super::tls::metrics_ca() {
+        Some(ca_file) => super::tls::try_https_get(addr, path, ca_file, Duration::from_secs(20))?,
+        None => {
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(20))?;
+            stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            answer
+        }
+    };
     let status = answer
         .split_whitespace()
         .nth(1)

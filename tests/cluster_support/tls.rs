@@ -4,6 +4,8 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use ringlog::client::{Client, ClientConfig};
 use ringlog::tls::certs::{Authority, Issued, Validity, node_names};
@@ -150,3 +152,54 @@ pub fn metrics_addr(cluster: &TestCluster, k: usize) -> SocketAddr {
 
 /// The roles every operation needs.
 pub const ALL_ROLES: &[Role] = &[Role::Append, Role::Read, Role::Admin];
+
+/// The TLS every client and metric scrape of this test binary uses, once a test
+/// turned it on for a whole cluster (`RINGLOG_CHAOS_TLS`).
+static EVERYWHERE: OnceLock<(Arc<rustls::ClientConfig>, PathBuf)> = OnceLock::new();
+
+/// Makes the helpers' clients (`client`, `patient_client`) show `client` and their
+/// metric scrapes speak HTTPS trusting `ca_file`, for the rest of this process.
+pub fn use_tls_everywhere(client: Arc<rustls::ClientConfig>, ca_file: PathBuf) {
+    let _ = EVERYWHERE.set((client, ca_file));
+}
+
+/// The clients' TLS, once `use_tls_everywhere` turned it on.
+pub fn client_tls() -> Option<Arc<rustls::ClientConfig>> {
+    EVERYWHERE.get().map(|(client, _)| client.clone())
+}
+
+/// The CA metric scrapes trust, once `use_tls_everywhere` turned TLS on.
+pub fn metrics_ca() -> Option<&'static Path> {
+    EVERYWHERE.get().map(|(_, ca)| ca.as_path())
+}
+
+/// `GET path` over HTTPS (each step within `timeout`), or the error when the node
+/// does not answer.
+pub fn try_https_get(
+    addr: SocketAddr,
+    path: &str,
+    ca_file: &Path,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    let config = ringlog::tls::client_config(ca_file, None).map_err(std::io::Error::other)?;
+    let name = rustls::pki_types::ServerName::from(addr.ip());
+    let session = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+    let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let mut stream = rustls::StreamOwned::new(session, tcp);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    stream.flush()?;
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        // The node closes after its answer, without close_notify.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
+        other => {
+            other?;
+        }
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
