@@ -149,6 +149,22 @@ fn a_tls_cluster_replicates_and_refuses_what_has_no_credential() {
     assert!(counted("ringlog_client_requests_unauthorized_total", "node") >= 2.0);
 }
 
+/// A PeerHello from node `claimed` to node `target` (shard 0, cluster 42).
+fn hello(claimed: u32, target: u32) -> BytesMut {
+    let hello = Hello {
+        cluster_id: 42,
+        node_id: claimed,
+        peer_node_id: target,
+        shard_id: 0,
+        lane: Lane::Control,
+        protocol_version: PROTOCOL_VERSION,
+        shard_count: 1,
+    };
+    let mut out = BytesMut::new();
+    encode_hello(&mut out, FrameKind::PeerHello, &hello);
+    out
+}
+
 /// Opens a TLS connection to node `target`'s peer port showing `identity`, says
 /// hello as `claimed`, and returns the node's answer: the hello ack, or a refusal.
 fn peer_hello(
@@ -161,18 +177,7 @@ fn peer_hello(
     let addr = cluster.configs[target as usize - 1].listen.peer;
     let name = ringlog::tls::peer_name(target, 42);
     let mut stream = blocking_tls(addr, &name, &pki.ca_file, Some(identity));
-    let hello = Hello {
-        cluster_id: 42,
-        node_id: claimed,
-        peer_node_id: target,
-        shard_id: 0,
-        lane: Lane::Control,
-        protocol_version: PROTOCOL_VERSION,
-        shard_count: 1,
-    };
-    let mut out = BytesMut::new();
-    encode_hello(&mut out, FrameKind::PeerHello, &hello);
-    stream.write_all(&out).unwrap();
+    stream.write_all(&hello(claimed, target)).unwrap();
     stream.flush().unwrap();
     let answer =
         read_frame(&mut stream, &mut BytesMut::new(), 1 << 20).expect("an answer to the hello");
@@ -204,18 +209,7 @@ fn a_peer_must_hold_a_certificate_naming_the_node_it_claims_to_be() {
     // A plaintext peer is told the port needs TLS, in the peer protocol.
     let mut plain = TcpStream::connect(cluster.configs[0].listen.peer).unwrap();
     plain.set_read_timeout(Some(PATIENCE)).unwrap();
-    let hello = Hello {
-        cluster_id: 42,
-        node_id: 2,
-        peer_node_id: 1,
-        shard_id: 0,
-        lane: Lane::Control,
-        protocol_version: PROTOCOL_VERSION,
-        shard_count: 1,
-    };
-    let mut out = BytesMut::new();
-    encode_hello(&mut out, FrameKind::PeerHello, &hello);
-    plain.write_all(&out).unwrap();
+    plain.write_all(&hello(2, 1)).unwrap();
     let refused = read_frame(&mut plain, &mut BytesMut::new(), 1 << 20).expect("a refusal");
     assert_eq!(refused.kind, FrameKind::PeerRefused);
     assert!(decode_refused(&refused).unwrap().contains("requires TLS"));

@@ -260,13 +260,10 @@ impl TlsContext {
     /// cluster (its certificate names `node-N.cluster-C`) has every role: it is a
     /// trusted member already, and asks as itself when it joins (`serve --join`).
     pub fn roles_of(&self, cert: Option<&CertificateDer<'_>>) -> (Option<String>, Roles) {
-        let principal = cert.and_then(principal_of);
-        let is_node = cert
-            .and_then(|c| webpki::EndEntityCert::try_from(c).ok())
-            .is_some_and(|c| {
-                c.valid_dns_names()
-                    .any(|n| is_node_name(n, self.cluster_id))
-            });
+        let parsed = cert.and_then(|c| webpki::EndEntityCert::try_from(c).ok());
+        let names = || parsed.iter().flat_map(|c| c.valid_dns_names());
+        let principal = names().next().map(str::to_string);
+        let is_node = names().any(|n| is_node_name(n, self.cluster_id));
         let roles = match principal.as_deref() {
             _ if is_node => Roles::ALL,
             Some(p) => self.settings.roles_of(p),
