@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::event::AppendError;
-use super::types::{Entry, EntryKind};
+use super::types::{Entry, EntryKind, Index};
 use super::{Engine, PendingAppend, Role};
 
 impl Engine {
@@ -14,18 +14,27 @@ impl Engine {
             return self.reply_append(request_id, Err(refusal));
         }
         let first_index = self.log.last_index() + 1;
+        let last_index = first_index + records.len() as u64 - 1;
         let term = self.hard.term;
-        let entries: Vec<Entry> = records
-            .into_iter()
-            .enumerate()
-            .map(|(k, payload)| Entry {
+        let bytes = records.iter().map(|r| record_size_bytes(r)).sum();
+        // Straight into the turn's AppendLog: one vector and one storage op for a
+        // turn's appends, not one per request (records are never configurations or
+        // trims, so there is nothing else to note).
+        self.open_turn_append_log(bytes);
+        let entries = super::storage::last_append_log(&mut self.output);
+        for (k, payload) in records.into_iter().enumerate() {
+            let entry = Entry {
                 term,
                 index: first_index + k as u64,
                 kind: EntryKind::Record,
                 payload,
-            })
-            .collect();
-        self.propose(request_id, entries);
+            };
+            entries.push(entry.clone());
+            self.log.append(entry);
+        }
+        self.extend_last_op_to(last_index);
+        self.evict_cache();
+        self.await_commit(request_id, first_index, last_index, bytes);
     }
 
     /// Appends a client's `entries` (of this leader's term, right after its last
@@ -34,14 +43,19 @@ impl Engine {
         let first_index = entries.first().expect("a proposal has entries").index;
         let last_index = first_index + entries.len() as u64 - 1;
         let bytes = entries.iter().map(Entry::size_bytes).sum::<u64>();
-        let term = self.hard.term;
         self.append_to_log(entries);
+        self.await_commit(request_id, first_index, last_index, bytes);
+    }
+
+    /// Remembers to answer `request_id` once `last_index`, just appended in this
+    /// leader's term, commits.
+    fn await_commit(&mut self, request_id: u64, first_index: Index, last_index: Index, bytes: u64) {
         self.uncommitted_bytes += bytes;
         self.pending_appends.push_back(PendingAppend {
             request_id,
             first_index,
             last_index,
-            term,
+            term: self.hard.term,
             bytes,
         });
         // Sent at the end of the turn, together with every other append of it.
@@ -53,10 +67,7 @@ impl Engine {
         if records.is_empty() {
             return Err(AppendError::EmptyBatch);
         }
-        let bytes: u64 = records
-            .iter()
-            .map(|r| r.len() as u64 + super::ENTRY_OVERHEAD_BYTES)
-            .sum();
+        let bytes: u64 = records.iter().map(|r| record_size_bytes(r)).sum();
         self.admit_bytes(bytes)
     }
 
@@ -84,6 +95,11 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What a record costs as an entry (`Entry::size_bytes`).
+fn record_size_bytes(record: &Bytes) -> u64 {
+    record.len() as u64 + super::ENTRY_OVERHEAD_BYTES
 }
 
 #[cfg(test)]
@@ -135,5 +151,46 @@ mod tests {
         );
         e.step(client_append(2, &["y"]));
         assert_eq!(e.take_commands(), vec![refusal(2, AppendError::Overloaded)]);
+    }
+
+    /// The AppendLogs in `out`: (op, indexes of their entries).
+    fn append_logs(out: &[Command]) -> Vec<(u64, Vec<Index>)> {
+        let logs = out.iter().filter_map(|c| match c {
+            Command::AppendLog { op, entries } => {
+                Some((*op, entries.iter().map(|e| e.index).collect()))
+            }
+            _ => None,
+        });
+        logs.collect()
+    }
+
+    #[test]
+    fn a_steps_appends_share_one_append_log_as_large_as_a_followers_message() {
+        let mut e = leader(&[1]);
+        e.config.received_entries_bytes_max = 3 * (1 + ENTRY_OVERHEAD_BYTES);
+        let appends = [
+            client_append(1, &["a", "b"]),
+            client_append(2, &["c"]),
+            client_append(3, &["d"]),
+        ];
+        e.step_batch(appends);
+        let out = e.take_commands();
+        assert_eq!(append_logs(&out), vec![(3, vec![3, 4, 5]), (4, vec![6])]);
+        // A later step never joins an AppendLog the runtime may have carried out.
+        e.step(client_append(4, &["e"]));
+        assert_eq!(append_logs(&e.take_commands()), vec![(5, vec![7])]);
+        // Op 3 on disk means every entry it carried is, and no more.
+        e.step(Event::Durable { op: 3 });
+        e.step(msg(2, 1, 2, success(7)));
+        let answered: Vec<u64> = e
+            .take_commands()
+            .iter()
+            .filter_map(|c| match c {
+                Command::AppendResult { request_id, .. } => Some(*request_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answered, vec![1, 2]);
+        assert_eq!(e.commit_index(), 5);
     }
 }

@@ -147,6 +147,12 @@ pub struct Engine {
     /// commit index of the first AppendEntries after the restart is no such bound).
     abstain_until_after_term: Option<Term>,
     output: Vec<Command>,
+    /// Where this step's commands start in `output`: client appends of one step
+    /// join its AppendLog (`turn_append_log`), never one of an earlier step, which
+    /// the runtime may have seen already.
+    step_output_start: usize,
+    /// `Entry::size_bytes` of the entries in this step's last AppendLog.
+    turn_append_bytes: u64,
     /// Test builds only: a deliberate bug the simulator must catch.
     #[cfg(test)]
     planted_bug: Option<config::PlantedBug>,
@@ -216,6 +222,8 @@ impl Engine {
             reported_role: None,
             abstain_until_after_term: recovered.lost_tail_in_term.filter(|_| !alone),
             output: Vec::new(),
+            step_output_start: 0,
+            turn_append_bytes: 0,
             #[cfg(test)]
             planted_bug: None,
         };
@@ -241,6 +249,7 @@ impl Engine {
     /// Feeds every event of one runtime turn, then sends what they appended in one
     /// go: many client appends become one AppendEntries per follower.
     pub fn step_batch(&mut self, events: impl IntoIterator<Item = Event>) {
+        self.step_output_start = self.output.len();
         for event in events {
             self.apply(event);
             self.report_changes();

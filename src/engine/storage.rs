@@ -20,14 +20,46 @@ impl Engine {
         }
         let trims = super::trim::trims_in(&entries);
         let op = self.next_op();
+        // Client appends later in the step may join this AppendLog (`open_turn_append_log`).
+        self.turn_append_bytes = entries.iter().map(Entry::size_bytes).sum();
         self.output.push(Command::AppendLog { op, entries });
         self.evict_cache();
         self.note_trims(trims);
     }
 
+    /// Makes the last command an AppendLog of this step for `bytes` more (in
+    /// `Entry::size_bytes`) to join: the last one when it is an AppendLog of this
+    /// step (and so of the newest op, not carried out yet) with room, else a new
+    /// empty one. The room is what a follower accepts in one message
+    /// (`received_entries_bytes_max`), which the node's configuration keeps within
+    /// half the WAL's buffer: an AppendLog that could never fit there would stop
+    /// the shard. Push the entries through `last_append_log`, then call
+    /// `extend_last_op_to`.
+    pub(super) fn open_turn_append_log(&mut self, bytes: u64) {
+        let joinable = self.output.len() > self.step_output_start
+            && matches!(self.output.last(), Some(Command::AppendLog { op, .. }) if *op == self.last_op)
+            && self.turn_append_bytes + bytes <= self.config.received_entries_bytes_max;
+        if !joinable {
+            let op = self.next_op();
+            self.output.push(Command::AppendLog {
+                op,
+                entries: Vec::new(),
+            });
+            self.turn_append_bytes = 0;
+        }
+        self.turn_append_bytes += bytes;
+    }
+
+    /// The newest op, an AppendLog that grew, now covers the log through `last`.
+    pub(super) fn extend_last_op_to(&mut self, last: Index) {
+        let mark = self.unflushed.back_mut().expect("the newest op is not durable yet");
+        debug_assert_eq!(mark.0, self.last_op);
+        mark.1 = last;
+    }
+
     /// Keeps the in-memory log within its budget, dropping only entries on disk,
     /// which the leader can have read back from the WAL.
-    fn evict_cache(&mut self) {
+    pub(super) fn evict_cache(&mut self) {
         self.log
             .evict_to_fit(self.flushed_index, self.config.log_cache_bytes_max);
     }
@@ -120,6 +152,14 @@ impl Engine {
         self.log.purge_before(before);
         let op = self.next_op();
         self.output.push(Command::PurgeLog { op, before });
+    }
+}
+
+/// The entries of the AppendLog that `open_turn_append_log` left last in `output`.
+pub(super) fn last_append_log(output: &mut [Command]) -> &mut Vec<Entry> {
+    match output.last_mut() {
+        Some(Command::AppendLog { entries, .. }) => entries,
+        other => panic!("the last command is not the turn's AppendLog: {other:?}"),
     }
 }
 
