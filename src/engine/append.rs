@@ -16,7 +16,7 @@ impl Engine {
         let first_index = self.log.last_index() + 1;
         let last_index = first_index + records.len() as u64 - 1;
         let term = self.hard.term;
-        let bytes = records.iter().map(|r| record_size_bytes(r)).sum();
+        let bytes = records.iter().map(record_size_bytes).sum();
         // Straight into the turn's AppendLog: one vector and one storage op for a
         // turn's appends, not one per request (records are never configurations or
         // trims, so there is nothing else to note).
@@ -67,7 +67,7 @@ impl Engine {
         if records.is_empty() {
             return Err(AppendError::EmptyBatch);
         }
-        let bytes: u64 = records.iter().map(|r| record_size_bytes(r)).sum();
+        let bytes: u64 = records.iter().map(record_size_bytes).sum();
         self.admit_bytes(bytes)
     }
 

@@ -52,7 +52,10 @@ impl Engine {
 
     /// The newest op, an AppendLog that grew, now covers the log through `last`.
     pub(super) fn extend_last_op_to(&mut self, last: Index) {
-        let mark = self.unflushed.back_mut().expect("the newest op is not durable yet");
+        let mark = self
+            .unflushed
+            .back_mut()
+            .expect("the newest op is not durable yet");
         debug_assert_eq!(mark.0, self.last_op);
         mark.1 = last;
     }

@@ -4,6 +4,7 @@
 //! shards' handles are the same series), and counts requests; [`ShardMetrics`] lives on its shard and publishes
 //! the shard's Raft, WAL and link state.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +66,32 @@ struct PartitionAppends {
     inbox_refused: Counter,
     /// Peer messages dropped because the shard's peer lane was full.
     peer_dropped: Counter,
+}
+
+/// Acknowledged appends of one partition, counted together: a shard answering a
+/// turn's appends adds to the three counters once when the tally is dropped, not
+/// three times per answer (the counters' atomics were a measurable part of an
+/// answer's cost, docs/performance.md).
+#[derive(Default)]
+pub struct AppendTally {
+    metrics: Option<Rc<RouterMetrics>>,
+    partition: u32,
+    requests: u64,
+    records: u64,
+    bytes: u64,
+}
+
+impl Drop for AppendTally {
+    fn drop(&mut self) {
+        let Some(metrics) = self.metrics.take() else {
+            return;
+        };
+        metrics.requests[Op::Append as usize][result_slot(None)].increment(self.requests);
+        if let Some(p) = metrics.partitions.get(self.partition as usize) {
+            p.records.increment(self.records);
+            p.bytes.increment(self.bytes);
+        }
+    }
 }
 
 /// Node-wide client series plus per-partition appends and received peer bytes.
@@ -182,6 +209,35 @@ impl RouterMetrics {
             p.bytes.increment(bytes);
             p.commit_latency.record(elapsed.as_secs_f64());
         }
+    }
+
+    /// An acknowledged append of `partition`, `elapsed` after it arrived, whose
+    /// counts go to `tally` (added to the counters when the tally is dropped):
+    /// the latency is recorded now.
+    pub fn append_acknowledged(
+        self: &Rc<Self>,
+        partition: u32,
+        (records, bytes): (u64, u64),
+        elapsed: Duration,
+        tally: &mut AppendTally,
+    ) {
+        let seconds = elapsed.as_secs_f64();
+        self.request_seconds[Op::Append as usize].record(seconds);
+        let Some(p) = self.partitions.get(partition as usize) else {
+            return;
+        };
+        p.commit_latency.record(seconds);
+        if tally.metrics.is_none() || tally.partition != partition {
+            // A tally covers one partition (a shard's); another one starts afresh.
+            *tally = AppendTally {
+                metrics: Some(self.clone()),
+                partition,
+                ..AppendTally::default()
+            };
+        }
+        tally.requests += 1;
+        tally.records += records;
+        tally.bytes += bytes;
     }
 
     /// A client request for `partition` refused because its shard's inbox was full.

@@ -23,7 +23,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-pub use handles::{RouterMetrics, ShardMetrics};
+pub use handles::{AppendTally, RouterMetrics, ShardMetrics};
 
 use crate::engine::NodeId;
 use catalog::{Kind, METRICS};
@@ -178,6 +178,28 @@ mod tests {
             );
         }
         assert!(text.contains("ringlog_build_info{node=\"1\",version=\""));
+    }
+
+    #[test]
+    fn a_tally_adds_acknowledged_appends_when_dropped() {
+        let node = NodeMetrics::new(1);
+        let router = std::rc::Rc::new(RouterMetrics::new(&node, 2, &[2]));
+        let mut tally = AppendTally::default();
+        let elapsed = std::time::Duration::from_micros(500);
+        router.append_acknowledged(1, (3, 30), elapsed, &mut tally);
+        router.append_acknowledged(1, (2, 20), elapsed, &mut tally);
+        let records = "ringlog_append_records_total{node=\"1\",partition=\"1\"}";
+        let latencies = "ringlog_commit_latency_seconds_count{node=\"1\",partition=\"1\"} 2";
+        let text = node.render();
+        assert!(text.contains(latencies), "latencies are recorded at once: {text}");
+        assert!(text.contains(&format!("{records} 0")), "{text}");
+        drop(tally);
+        let text = node.render();
+        assert!(text.contains(&format!("{records} 5")), "{text}");
+        let bytes = "ringlog_append_bytes_total{node=\"1\",partition=\"1\"} 50";
+        assert!(text.contains(bytes), "{text}");
+        let ok = "ringlog_client_requests_total{node=\"1\",op=\"append\",result=\"ok\"} 2";
+        assert!(text.contains(ok), "{text}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::inbox::{INBOX_BYTES_MAX, INBOX_CAPACITY, Reply, shutting_down};
-use crate::metrics::RouterMetrics;
+use crate::metrics::{AppendTally, RouterMetrics};
 use crate::transport::answer::{Answer, Delivery};
 use crate::transport::{AppendOk, ClientResponse, ServerError};
 
@@ -63,20 +63,32 @@ impl LocalAnswer {
     /// Answers the client and counts the request as it was answered: an answer
     /// that came after the connection's Timeout counts as that Timeout.
     pub fn send(self, result: Result<AppendOk, ServerError>) {
-        self.send_at(result, Instant::now());
+        self.send_at(result, Instant::now(), &mut AppendTally::default());
     }
 
     /// [`LocalAnswer::send`] with the clock already read: a shard answering a
-    /// turn's appends reads it once for all of them rather than once each.
-    pub fn send_at(self, result: Result<AppendOk, ServerError>, now: Instant) {
+    /// turn's appends reads it once for all of them rather than once each, and
+    /// counts the acknowledged ones in one `tally`.
+    pub fn send_at(
+        self,
+        result: Result<AppendOk, ServerError>,
+        now: Instant,
+        tally: &mut AppendTally,
+    ) {
         let elapsed = now.saturating_duration_since(self.arrived);
         let answer = result.map(ClientResponse::Append);
         let error = match self.answer.send(&answer) {
             Delivery::TimedOut => Some(&ServerError::Timeout),
             Delivery::Queued | Delivery::Gone => answer.as_ref().err(),
         };
-        self.metrics
-            .append_answered(self.partition, self.size, error, elapsed);
+        match error {
+            None => self
+                .metrics
+                .append_acknowledged(self.partition, self.size, elapsed, tally),
+            Some(_) => self
+                .metrics
+                .append_answered(self.partition, self.size, error, elapsed),
+        }
     }
 }
 
@@ -89,14 +101,20 @@ pub enum AppendReply {
 
 impl AppendReply {
     pub fn send(self, result: Result<AppendOk, ServerError>) {
-        self.send_at(result, Instant::now());
+        self.send_at(result, Instant::now(), &mut AppendTally::default());
     }
 
-    /// Answers with the clock read at `now` (for a local answer's latency).
-    pub fn send_at(self, result: Result<AppendOk, ServerError>, now: Instant) {
+    /// Answers with the clock read at `now` (for a local answer's latency),
+    /// counting a local acknowledged answer in `tally`.
+    pub fn send_at(
+        self,
+        result: Result<AppendOk, ServerError>,
+        now: Instant,
+        tally: &mut AppendTally,
+    ) {
         match self {
             AppendReply::Routed(reply) => reply.send(result),
-            AppendReply::Local(answer) => answer.send_at(result, now),
+            AppendReply::Local(answer) => answer.send_at(result, now, tally),
         }
     }
 }

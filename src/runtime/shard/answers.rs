@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::{Shard, ShardError};
 use crate::engine::{self, AppendError, ChangeRefusal, NodeId, ReadError};
+use crate::metrics::AppendTally;
 use crate::runtime::inbox::{ShardInput, shutting_down};
 use crate::transport::{AppendOk, ServerError, TrimOk};
 
@@ -14,12 +15,14 @@ impl Shard {
     /// of the log). A
     /// trim's answer carries the log start after the engine applied it: commands
     /// are carried out after the whole step, so the engine's log is already there.
-    /// `now` is the turn's clock reading, the end of a local append's latency.
+    /// `now` is the turn's clock reading, the end of a local append's latency;
+    /// `tally` counts the turn's acknowledged local appends.
     pub(super) fn answer_append(
         &mut self,
         request_id: u64,
         result: Result<engine::AppendOk, AppendError>,
         now: Instant,
+        tally: &mut AppendTally,
     ) {
         if let Some(reply) = self.appends.remove(&request_id) {
             let answer = result
@@ -28,7 +31,7 @@ impl Shard {
                     last_index: ok.last_index,
                 })
                 .map_err(|e| self.append_error(e));
-            reply.send_at(answer, now);
+            reply.send_at(answer, now, tally);
         } else if let Some(reply) = self.trims.remove(&request_id) {
             let answer = result
                 .map(|ok| TrimOk {

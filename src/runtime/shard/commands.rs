@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::{Shard, ShardError};
 use crate::engine::{self, Command, Index, NodeId, Role, Term};
+use crate::metrics::AppendTally;
 use crate::wal::error::{WalError, WalResult};
 use crate::wal::log::Wal;
 use crate::wal::storage::DmaStorage;
@@ -18,10 +19,15 @@ impl Shard {
         // storage commands (which may wait for room in the WAL's buffer): such
         // answers are encoded within microseconds of each other.
         let mut now = None;
+        // The acknowledged appends of such a run, added to their counters when it
+        // ends (dropped): before anything that may wait, so that the counters are
+        // complete whenever another task (a scrape) runs.
+        let mut tally = AppendTally::default();
         for command in commands.drain(..) {
             self.lifecycle.observe(&command);
             if may_wait(&command) {
                 now = None;
+                tally = AppendTally::default();
             }
             match command {
                 Command::PersistHardState { op, state } => {
@@ -75,7 +81,7 @@ impl Shard {
                 }
                 Command::AppendResult { request_id, result } => {
                     let now = *now.get_or_insert_with(Instant::now);
-                    self.answer_append(request_id, result, now)
+                    self.answer_append(request_id, result, now, &mut tally)
                 }
                 Command::ReadResult { request_id, result } => {
                     if let Some((request, reply)) = self.barriers.remove(&request_id) {
