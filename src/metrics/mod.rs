@@ -191,7 +191,10 @@ mod tests {
         let records = "ringlog_append_records_total{node=\"1\",partition=\"1\"}";
         let latencies = "ringlog_commit_latency_seconds_count{node=\"1\",partition=\"1\"} 2";
         let text = node.render();
-        assert!(text.contains(latencies), "latencies are recorded at once: {text}");
+        assert!(
+            text.contains(latencies),
+            "latencies are recorded at once: {text}"
+        );
         assert!(text.contains(&format!("{records} 0")), "{text}");
         drop(tally);
         let text = node.render();

@@ -3,6 +3,7 @@
 //! well-formed before it is encoded, so a bug in the writer cannot put a record on
 //! disk that the reader would reject.
 
+use super::buffer::RecordBuf;
 use crate::engine::{EntryKind, HardState, Index, NodeId, Term};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -122,7 +123,12 @@ pub struct RecordMeta {
 }
 
 /// Appends one record (header + payload) to `out`.
-pub fn encode_record(out: &mut Vec<u8>, meta: &RecordMeta, segment_seq: u64, payload: &[u8]) {
+pub fn encode_record(
+    out: &mut impl RecordBuf,
+    meta: &RecordMeta,
+    segment_seq: u64,
+    payload: &[u8],
+) {
     // The writer must never produce what the reader rejects: check the same limits.
     assert_eq!(meta.payload_len, payload.len());
     assert!(u32::try_from(payload.len()).is_ok());
@@ -144,9 +150,9 @@ pub fn encode_record(out: &mut Vec<u8>, meta: &RecordMeta, segment_seq: u64, pay
     let start = out.len();
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out[start + 4..]);
+    let crc = crc32fast::hash(&out.as_slice()[start + 4..]);
     header.crc = U32::new(crc);
-    out[start..start + 4].copy_from_slice(header.crc.as_bytes());
+    out.as_mut_slice()[start..start + 4].copy_from_slice(header.crc.as_bytes());
 }
 
 /// Why bytes at some position are not a record.

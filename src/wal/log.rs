@@ -9,6 +9,7 @@
 //! but complete strictly in order, so the durable op only moves forward through a
 //! prefix of the submitted ops.
 
+use super::buffer::RecordBuf;
 use super::config::{Preallocate, WalConfig, ZERO_FILL_CHUNK_BYTES};
 use super::error::{WalError, WalResult, io_err};
 use super::format::{
@@ -24,7 +25,7 @@ use crate::engine::{Entry, HardState, Index, Term};
 use bytes::Bytes;
 use glommio::sync::Semaphore;
 use glommio::{Task, spawn_local};
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
@@ -99,13 +100,14 @@ pub struct WalStats {
 /// bounded cache of open files.
 type FileSlot<F> = Rc<OnceCell<Rc<F>>>;
 
-enum Item<F> {
-    /// Encoded records for one segment, starting at block-aligned `pos`.
+enum Item<F: StorageFile> {
+    /// Encoded records for one segment, starting at block-aligned `pos`. The flush
+    /// that writes them takes `data` (a `Cell`, since it runs on a shared job).
     Bytes {
         slot: FileSlot<F>,
         segment_seq: u64,
         pos: u64,
-        data: Vec<u8>,
+        data: Cell<F::Buf>,
         flush_seq: u64,
     },
     /// Create a segment file; then delete the segments it supersedes (newest first),
@@ -127,7 +129,7 @@ enum Item<F> {
     Membership(Vec<u8>),
 }
 
-struct Queued<F> {
+struct Queued<F: StorageFile> {
     item: Item<F>,
     /// The first and last op that added to this item.
     first_op: u64,
@@ -139,7 +141,7 @@ struct Queued<F> {
 /// The background preparation of the next segment file (and whether it is recycled).
 type Spare<F> = Task<io::Result<(F, bool)>>;
 
-struct Inner<F> {
+struct Inner<F: StorageFile> {
     failed: Option<String>,
     /// The newest wall-clock time noted by the runtime (ms since the Unix epoch).
     now_ms: u64,
@@ -187,12 +189,15 @@ struct Inner<F> {
     stats: WalStats,
     /// `stats` when the newest segment was created: the writes since went to it.
     stats_at_segment_start: WalStats,
-    /// Emptied record buffers kept for reuse (at most `BUFFER_POOL_MAX`).
-    buffer_pool: Vec<Vec<u8>>,
+    /// What a new buffer of records is sized for: the size the last one reached
+    /// (at most `BUFFER_SIZE_HINT_MAX_BYTES`), so that a steady load rarely grows
+    /// one (growing copies it).
+    buffer_size_hint: usize,
 }
 
-/// Record buffers kept for reuse after their flush.
-const BUFFER_POOL_MAX: usize = 4;
+/// The most a new buffer of records starts with: a burst that made one large
+/// must not make every later buffer as large. Larger ones grow as they fill.
+const BUFFER_SIZE_HINT_MAX_BYTES: usize = 256 * 1024;
 
 /// See [`Wal::observe_syncs`].
 type SyncObserver = Box<dyn Fn(std::time::Duration)>;
@@ -225,7 +230,7 @@ impl<S: Storage> Clone for Wal<S> {
     }
 }
 
-struct Job<F> {
+struct Job<F: StorageFile> {
     items: Vec<Item<F>>,
     /// The previous flush's completion, and this one's.
     wait_on: Rc<Semaphore>,

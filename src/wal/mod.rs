@@ -25,6 +25,7 @@
 //! spawn_local(async move { let durable = w.flush().await?; /* tell the engine durable.op */ });
 //! ```
 
+pub mod buffer;
 pub mod config;
 pub mod dir;
 pub mod error;

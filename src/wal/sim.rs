@@ -529,6 +529,15 @@ impl Drop for SimFile {
 
 impl StorageFile for SimFile {
     type Read = Vec<u8>;
+    type Buf = Vec<u8>;
+
+    fn new_buf(capacity_bytes: usize) -> Vec<u8> {
+        Vec::with_capacity(capacity_bytes)
+    }
+
+    async fn write_buf(&self, pos: u64, buf: Vec<u8>) -> io::Result<()> {
+        self.write_at(pos, &buf).await
+    }
 
     async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
         let id = self.record_start(|id| SimEvent::Write {

@@ -7,9 +7,10 @@
 //! thread-per-core executor and its futures never move between threads.
 #![allow(async_fn_in_trait)]
 
+use super::buffer::{DmaVec, RecordBuf};
 use super::dir::{DirSyncer, create_dir_durably_with, sync_dir};
 use super::error::{WalResult, io_err};
-use glommio::io::{Directory, DmaFile, OpenOptions};
+use glommio::io::{Directory, DmaBuffer, DmaFile, OpenOptions};
 use std::cell::Cell;
 use std::io;
 use std::ops::Deref;
@@ -56,8 +57,14 @@ pub trait Storage: 'static {
 /// One open file.
 pub trait StorageFile {
     type Read: Deref<Target = [u8]>;
+    /// What records are encoded into: memory `write_buf` writes without a copy.
+    type Buf: RecordBuf;
+    /// An empty buffer with room for about `capacity_bytes`.
+    fn new_buf(capacity_bytes: usize) -> Self::Buf;
     /// Writes all of `data` (block-aligned position and length) at `pos`.
     async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()>;
+    /// Writes all of `buf` (block-aligned position and length) at `pos`, taking it.
+    async fn write_buf(&self, pos: u64, buf: Self::Buf) -> io::Result<()>;
     /// Reads up to `len` bytes at `pos` (any alignment); shorter at the end of file.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::Read>;
     /// fdatasync.
@@ -200,20 +207,39 @@ pub struct DmaStorageFile {
     file: DmaFile,
 }
 
+impl DmaStorageFile {
+    async fn write_dma(&self, pos: u64, buf: DmaBuffer) -> io::Result<()> {
+        let len = buf.len();
+        let written = self.file.write_at(buf, pos).await?;
+        if written != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} bytes"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl StorageFile for DmaStorageFile {
     type Read = glommio::io::ReadResult;
+    type Buf = DmaVec;
+
+    fn new_buf(capacity_bytes: usize) -> DmaVec {
+        DmaVec::with_capacity(capacity_bytes)
+    }
 
     async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
         let mut buf = self.file.alloc_dma_buffer(data.len());
         buf.as_bytes_mut().copy_from_slice(data);
-        let written = self.file.write_at(buf, pos).await?;
-        if written != data.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write: {written} of {} bytes", data.len()),
-            ));
+        self.write_dma(pos, buf).await
+    }
+
+    async fn write_buf(&self, pos: u64, buf: DmaVec) -> io::Result<()> {
+        match buf.into_dma_buffer() {
+            Some(buf) => self.write_dma(pos, buf).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::Read> {

@@ -34,10 +34,6 @@ impl<S: Storage> Wal<S> {
             let durable = job.durable;
             let flush_seq = job.flush_seq;
             let result = self.run_job(&job).await;
-            shared
-                .inner
-                .borrow_mut()
-                .recycle(job.items, shared.config.flush_bytes_max);
             match result {
                 Ok(()) => {
                     let mut inner = shared.inner.borrow_mut();
@@ -151,7 +147,7 @@ impl<S: Storage> Wal<S> {
                         turn.wait_previous().await?;
                     }
                     written.writes_started.get_or_insert_with(Instant::now);
-                    self.write_buffer(slot, *pos, data).await?;
+                    self.write_buffer(slot, *pos, data.take()).await?;
                     if !written.to_sync.iter().any(|s| Rc::ptr_eq(s, slot)) {
                         written.to_sync.push(slot.clone());
                     }
@@ -171,29 +167,37 @@ impl<S: Storage> Wal<S> {
         Ok(written)
     }
 
-    /// Writes one buffer of records at `pos` of its segment, one write per
-    /// `flush_bytes_max` chunk; the chunks of one buffer go to the device together.
-    async fn write_buffer(&self, slot: &FileSlot<S::File>, pos: u64, data: &[u8]) -> WalResult<()> {
+    /// Writes one buffer of records at `pos` of its segment, as it is when it holds
+    /// at most `flush_bytes_max`, else one write per such chunk (copied); the
+    /// chunks of one buffer go to the device together.
+    async fn write_buffer(
+        &self,
+        slot: &FileSlot<S::File>,
+        pos: u64,
+        data: <S::File as StorageFile>::Buf,
+    ) -> WalResult<()> {
         let shared = &self.shared;
         let file = slot
             .get()
             .ok_or_else(|| WalError::Failed("segment file missing for a write".into()))?;
         let chunk_bytes = shared.config.flush_bytes_max;
-        let writes: Vec<_> = data
-            .chunks(chunk_bytes)
-            .enumerate()
-            .map(|(i, chunk)| {
-                assert_eq!(chunk.len() % shared.block_bytes, 0);
-                file.write_at(pos + (i * chunk_bytes) as u64, chunk)
-            })
-            .collect();
-        let count = writes.len() as u64;
-        join_all(writes)
-            .await
-            .map_err(io_err("writing a segment"))?;
+        let len = data.len();
+        assert_eq!(len % shared.block_bytes, 0, "a write of whole blocks");
+        let count = len.div_ceil(chunk_bytes) as u64;
+        let written = if len <= chunk_bytes {
+            file.write_buf(pos, data).await
+        } else {
+            let writes = data
+                .as_slice()
+                .chunks(chunk_bytes)
+                .enumerate()
+                .map(|(i, chunk)| file.write_at(pos + (i * chunk_bytes) as u64, chunk));
+            join_all(writes.collect()).await
+        };
+        written.map_err(io_err("writing a segment"))?;
         let mut inner = shared.inner.borrow_mut();
         inner.stats.writes += count;
-        inner.stats.bytes_written += data.len() as u64;
+        inner.stats.bytes_written += len as u64;
         Ok(())
     }
 
@@ -255,12 +259,12 @@ impl<S: Storage> Wal<S> {
 
 /// A job's place in the order of flushes: whether it has waited for the previous
 /// flush to complete yet.
-struct Turn<'a, F> {
+struct Turn<'a, F: StorageFile> {
     job: &'a Job<F>,
     waited: bool,
 }
 
-impl<F> Turn<'_, F> {
+impl<F: StorageFile> Turn<'_, F> {
     /// Waits for the previous flush to complete, unless this job did already.
     async fn wait_previous(&mut self) -> WalResult<()> {
         if !self.waited {

@@ -1,22 +1,8 @@
-//! Flush jobs: what one flush takes off the queue, and the buffers it gives back.
+//! Flush jobs: what one flush takes off the queue.
 
 use super::*;
 
 impl<F: StorageFile> Inner<F> {
-    /// Keeps the record buffers of a finished flush for reuse, so that steady appends
-    /// do not allocate (and fault in) a new buffer per flush.
-    pub(super) fn recycle(&mut self, items: Vec<Item<F>>, flush_bytes_max: usize) {
-        for item in items {
-            if let Item::Bytes { mut data, .. } = item
-                && self.buffer_pool.len() < BUFFER_POOL_MAX
-                && data.capacity() <= 2 * flush_bytes_max
-            {
-                data.clear();
-                self.buffer_pool.push(data);
-            }
-        }
-    }
-
     /// Takes the queued items up to op `target`, stopping before a second segment
     /// creation (which must wait for this job to be durable) and around a membership
     /// save (which has a job of its own, ordered with the ops around it), and seals
@@ -77,7 +63,7 @@ impl<F: StorageFile> Inner<F> {
                     flush_seq: seq,
                     ..
                 } => {
-                    self.seal_buffer(*pos, data, *segment_seq, *seq, block_bytes);
+                    self.seal_buffer(*pos, data.get_mut(), *segment_seq, *seq, block_bytes);
                     flush_seq = Some(*seq);
                 }
                 Item::NewSegment { .. } => {
@@ -104,7 +90,7 @@ impl<F: StorageFile> Inner<F> {
     fn seal_buffer(
         &mut self,
         pos: u64,
-        data: &mut Vec<u8>,
+        data: &mut F::Buf,
         segment_seq: u64,
         flush_seq: u64,
         block_bytes: usize,
@@ -121,6 +107,7 @@ impl<F: StorageFile> Inner<F> {
         // Padding counts as buffered until the buffer leaves the queue.
         self.buffered_bytes += data.len() - before;
         self.buffered_bytes -= data.len();
+        self.buffer_size_hint = data.len().min(BUFFER_SIZE_HINT_MAX_BYTES);
         let end = pos + data.len() as u64;
         if let Some(seg) = self
             .segments
@@ -151,7 +138,7 @@ impl<F: StorageFile> Inner<F> {
 /// Pads `data` (which starts at block-aligned `pos`) to a block boundary: a padding
 /// record when it fits, zeros otherwise.
 pub(super) fn pad_to_block(
-    data: &mut Vec<u8>,
+    data: &mut impl RecordBuf,
     pos: u64,
     block: usize,
     segment_seq: u64,
@@ -165,7 +152,7 @@ pub(super) fn pad_to_block(
     }
     let room = block - used;
     if room < RECORD_HEADER_BYTES {
-        data.resize(data.len() + room, 0);
+        data.extend_zeroed(room);
         return;
     }
     let payload = vec![0u8; room - RECORD_HEADER_BYTES];

@@ -109,7 +109,7 @@ impl<F: StorageFile> Inner<F> {
             barrier_pending: false,
             stats: WalStats::default(),
             stats_at_segment_start: WalStats::default(),
-            buffer_pool: Vec::new(),
+            buffer_size_hint: 0,
         }
     }
 }

@@ -294,6 +294,7 @@ impl<F: StorageFile> Inner<F> {
             _ => None,
         });
         if let Some((pos, data, flush_seq)) = earlier {
+            let data = data.get_mut();
             let before = data.len();
             pad_to_block(
                 data,
@@ -319,7 +320,7 @@ impl<F: StorageFile> Inner<F> {
                 slot,
                 segment_seq,
                 pos: end_pos,
-                data: self.buffer_pool.pop().unwrap_or_default(),
+                data: Cell::new(F::new_buf(self.buffer_size_hint)),
                 flush_seq,
             },
             first_op: op,
@@ -346,11 +347,12 @@ impl<F: StorageFile> Inner<F> {
             unreachable!("checked above")
         };
         let flush_seq = *flush_seq;
+        let data = data.get_mut();
         let before = data.len();
         let abs = *pos + data.len() as u64;
         let room = (block - abs % block) as usize;
         if room < RECORD_HEADER_BYTES {
-            data.resize(data.len() + room, 0);
+            data.extend_zeroed(room);
         }
         let record_pos = *pos + data.len() as u64;
         let meta = RecordMeta {
