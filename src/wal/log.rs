@@ -189,9 +189,9 @@ struct Inner<F: StorageFile> {
     stats: WalStats,
     /// `stats` when the newest segment was created: the writes since went to it.
     stats_at_segment_start: WalStats,
-    /// What a new buffer of records is sized for: the size the last one reached
-    /// (at most `BUFFER_SIZE_HINT_MAX_BYTES`), so that a steady load rarely grows
-    /// one (growing copies it).
+    /// What a new buffer of records is sized for: twice the size the last one
+    /// reached (at most `BUFFER_SIZE_HINT_MAX_BYTES`), so that a steady load rarely
+    /// grows one (growing copies it).
     buffer_size_hint: usize,
 }
 

@@ -15,6 +15,7 @@ use std::cell::Cell;
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Removes file `name` and syncs the directory, so that the removal is durable
 /// before anything that relies on it.
@@ -65,6 +66,19 @@ pub trait StorageFile {
     async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()>;
     /// Writes all of `buf` (block-aligned position and length) at `pos`, taking it.
     async fn write_buf(&self, pos: u64, buf: Self::Buf) -> io::Result<()>;
+    /// Writes zeros over `len` bytes at `pos` (both block-aligned), at most
+    /// `chunk_bytes` per write.
+    async fn write_zeros(&self, pos: u64, len: u64, chunk_bytes: usize) -> io::Result<()> {
+        let chunk = (chunk_bytes as u64).min(len) as usize;
+        let zeros = vec![0u8; chunk];
+        let mut done = 0u64;
+        while done < len {
+            let n = ((len - done) as usize).min(chunk);
+            self.write_at(pos + done, &zeros[..n]).await?;
+            done += n as u64;
+        }
+        Ok(())
+    }
     /// Reads up to `len` bytes at `pos` (any alignment); shorter at the end of file.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::Read>;
     /// fdatasync.
@@ -242,6 +256,35 @@ impl StorageFile for DmaStorageFile {
         }
     }
 
+    /// One buffer of zeros, zeroed once and written again and again (a copy of
+    /// zeros into a fresh buffer per write cost a new segment's preparation as
+    /// much CPU as the records it would hold, docs/performance.md).
+    async fn write_zeros(&self, pos: u64, len: u64, chunk_bytes: usize) -> io::Result<()> {
+        let chunk = (chunk_bytes as u64).min(len) as usize;
+        let mut zeros = self.file.alloc_dma_buffer(chunk);
+        zeros.as_bytes_mut().fill(0);
+        let zeros = Rc::new(zeros);
+        let mut done = 0u64;
+        while done < len {
+            let n = ((len - done) as usize).min(chunk);
+            let written = if n == chunk {
+                self.file.write_rc_at(zeros.clone(), pos + done).await?
+            } else {
+                let mut rest = self.file.alloc_dma_buffer(n);
+                rest.as_bytes_mut().fill(0);
+                self.file.write_at(rest, pos + done).await?
+            };
+            if written != n {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write of zeros: {written} of {n} bytes"),
+                ));
+            }
+            done += n as u64;
+        }
+        Ok(())
+    }
+
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::Read> {
         Ok(self.file.read_at(pos, len).await?)
     }
@@ -263,6 +306,33 @@ impl StorageFile for DmaStorageFile {
 mod tests {
     use super::*;
     use crate::wal::dir::tests::recording;
+
+    #[test]
+    fn record_buffers_and_zeros_reach_the_file_as_written() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("wal");
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let storage = DmaStorage::new(&dir).expect("storage");
+                let file = storage.open("f", true).await.expect("open");
+                let block = DMA_BLOCK_BYTES;
+                let mut ones = DmaStorageFile::new_buf(0);
+                ones.extend_from_slice(&vec![1u8; 5 * block]);
+                file.write_buf(0, ones).await.expect("write");
+                // One whole chunk of zeros and a shorter one, over the ones.
+                let zeros = 3 * block as u64;
+                file.write_zeros(block as u64, zeros, 2 * block)
+                    .await
+                    .expect("zeros");
+                let read = file.read_at(0, 5 * block).await.expect("read");
+                assert!(read[..block].iter().all(|b| *b == 1));
+                assert!(read[block..4 * block].iter().all(|b| *b == 0));
+                assert!(read[4 * block..].iter().all(|b| *b == 1));
+            })
+            .expect("executor")
+            .join()
+            .expect("test body");
+    }
 
     #[test]
     fn a_fresh_wal_directory_is_synced_into_its_parent() {

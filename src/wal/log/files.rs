@@ -169,14 +169,7 @@ async fn prepare_fresh<S: Storage>(
         // every 1 MiB of zeros would otherwise carry a device cache flush, and the
         // log's own writes would queue behind them.
         let file = storage.open_for_preparation(SPARE_FILE_NAME, true).await?;
-        let chunk = (ZERO_FILL_CHUNK_BYTES as u64).min(size) as usize;
-        let zeros = vec![0u8; chunk];
-        let mut pos = 0u64;
-        while pos < size {
-            let n = ((size - pos) as usize).min(chunk);
-            file.write_at(pos, &zeros[..n]).await?;
-            pos += n as u64;
-        }
+        file.write_zeros(0, size, ZERO_FILL_CHUNK_BYTES).await?;
         file.sync().await?;
         drop(file);
         // The segment's own writes go through a handle opened the normal way.

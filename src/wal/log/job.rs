@@ -107,7 +107,8 @@ impl<F: StorageFile> Inner<F> {
         // Padding counts as buffered until the buffer leaves the queue.
         self.buffered_bytes += data.len() - before;
         self.buffered_bytes -= data.len();
-        self.buffer_size_hint = data.len().min(BUFFER_SIZE_HINT_MAX_BYTES);
+        // Twice the last size: turns vary, and growing a buffer copies it.
+        self.buffer_size_hint = (2 * data.len()).min(BUFFER_SIZE_HINT_MAX_BYTES);
         let end = pos + data.len() as u64;
         if let Some(seg) = self
             .segments
