@@ -33,8 +33,8 @@ pub fn append_size(records: &[Bytes]) -> (u64, u64) {
 
 /// Where a local append's answer goes, with what its metrics need.
 pub struct LocalAnswer {
+    /// Also holds when the request was received, the start of its latency.
     answer: Answer,
-    arrived: Instant,
     partition: u32,
     /// (records, payload bytes).
     size: (u64, u64),
@@ -42,18 +42,14 @@ pub struct LocalAnswer {
 }
 
 impl LocalAnswer {
-    /// `arrived`: when the request was taken, the start of its latency (the
-    /// caller's clock reading, which also timed the answer's deadline).
     pub fn new(
         answer: Answer,
-        arrived: Instant,
         partition: u32,
         records: &[Bytes],
         metrics: Rc<RouterMetrics>,
     ) -> Self {
         LocalAnswer {
             answer,
-            arrived,
             partition,
             size: append_size(records),
             metrics,
@@ -75,7 +71,7 @@ impl LocalAnswer {
         now: Instant,
         tally: &mut AppendTally,
     ) {
-        let elapsed = now.saturating_duration_since(self.arrived);
+        let elapsed = now.saturating_duration_since(self.answer.received());
         let answer = result.map(ClientResponse::Append);
         let error = match self.answer.send(&answer) {
             Delivery::TimedOut => Some(&ServerError::Timeout),

@@ -206,10 +206,10 @@ impl RequestHandler for ClientRouter {
             ClientRequest::Append(append) if append.partition == local => append,
             other => return Some((other, answer)),
         };
-        let arrived = Instant::now();
-        answer.time_out_from(arrived);
+        // The request's latency and deadline count from when its bytes were read.
+        answer.time_out_from(answer.received());
         let metrics = self.metrics.clone();
-        let answer = LocalAnswer::new(answer, arrived, local, &append.records, metrics);
+        let answer = LocalAnswer::new(answer, local, &append.records, metrics);
         let queued = inbox.push(LocalAppend {
             records: append.records,
             answer,

@@ -251,11 +251,20 @@ pub struct Answer {
     /// Whether the request still counts against the connection's limits: the
     /// deadline sweep gives its share back when it answers Timeout.
     counted: bool,
+    /// When the request's last bytes were received.
+    received: Instant,
 }
 
 impl Answer {
-    /// Counts a request against the connection's limits until the answer is dropped.
-    pub(super) fn new(shared: Rc<Shared>, request_id: u64, cost_bytes: usize, waits: bool) -> Self {
+    /// Counts a request, whose last bytes were received at `received`, against the
+    /// connection's limits until the answer is dropped.
+    pub(super) fn new(
+        shared: Rc<Shared>,
+        request_id: u64,
+        cost_bytes: usize,
+        waits: bool,
+        received: Instant,
+    ) -> Self {
         shared.inflight.set(shared.inflight.get() + 1);
         shared
             .inflight_bytes
@@ -270,6 +279,7 @@ impl Answer {
             waits,
             deadline_seq: None,
             counted: true,
+            received,
         }
     }
 
@@ -279,6 +289,12 @@ impl Answer {
     /// against its limits, and drops the late answer. A handler that takes an
     /// answer without a task of its own calls this, since nothing else would time
     /// the request out.
+    /// When the request's last bytes were received (read once per read of the
+    /// connection, not per request).
+    pub fn received(&self) -> Instant {
+        self.received
+    }
+
     pub fn time_out(&mut self) {
         self.time_out_from(Instant::now());
     }

@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::io::split;
 
@@ -254,7 +254,7 @@ impl<H: RequestHandler> Connection<H> {
             };
             match self.admit(frame) {
                 Ok(Some(admitted)) => {
-                    if !self.start(admitted).await {
+                    if !self.start(admitted, reader.last_read_at()).await {
                         return None;
                     }
                 }
@@ -336,7 +336,7 @@ impl<H: RequestHandler> Connection<H> {
     /// Starts handling `admitted` once the connection's in-flight bytes leave room for
     /// it (a connection's only request always has room); `false` if the connection
     /// closed first.
-    async fn start(&self, admitted: Admitted) -> bool {
+    async fn start(&self, admitted: Admitted, received: Instant) -> bool {
         let (s, budget) = (&self.shared, self.config.inflight_bytes_max);
         let cost = admitted.cost_bytes;
         let room = s
@@ -345,7 +345,8 @@ impl<H: RequestHandler> Connection<H> {
         if !room {
             return false;
         }
-        let answer = Answer::new(s.clone(), admitted.request_id, cost, admitted.waits);
+        let (id, waits) = (admitted.request_id, admitted.waits);
+        let answer = Answer::new(s.clone(), id, cost, waits, received);
         // The handler may answer the request without a task of its own (an append
         // to this executor's shard); what it gives back is awaited in a task.
         let Some((request, answer)) = self.handler.take(admitted.request, answer) else {

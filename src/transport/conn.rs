@@ -77,6 +77,9 @@ pub struct FrameReader<R> {
     /// When the first frame began to be awaited, if that was before this reader
     /// existed (see `with_received`).
     first_frame_since: Option<Instant>,
+    /// When the last read returned bytes: when the frames it completed were
+    /// received, read once per read rather than once per frame.
+    last_read_at: Instant,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -103,6 +106,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             body_bytes_max,
             bytes_read_total: 0,
             first_frame_since: None,
+            last_read_at: Instant::now(),
         }
     }
 
@@ -113,12 +117,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.buf.extend_from_slice(received);
         self.bytes_read_total += received.len() as u64;
         self.first_frame_since = Some(since);
+        self.last_read_at = Instant::now();
         self
     }
 
     /// The underlying stream, for writing answers on the same connection.
     pub fn inner_mut(&mut self) -> &mut R {
         &mut self.inner
+    }
+
+    /// When the bytes of the frame last returned were received: the last read
+    /// that returned bytes (taken with this reader when it was built from bytes
+    /// read before).
+    pub fn last_read_at(&self) -> Instant {
+        self.last_read_at
     }
 
     /// Bytes received so far (for metrics).
@@ -137,15 +149,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         frame_timeout: Duration,
     ) -> Result<Option<Frame>, ConnError> {
         let since = self.first_frame_since.take();
-        let mut frame_deadline =
-            (!self.buf.is_empty()).then(|| since.unwrap_or_else(Instant::now) + frame_timeout);
-        let idle_deadline = idle_timeout.map(|t| Instant::now() + t);
+        let begun_before = !self.buf.is_empty();
+        // The clock is read only once a read must wait: on a busy connection most
+        // frames are buffered already, and two readings per frame were a measurable
+        // part of a small request's cost.
+        let mut frame_deadline = None;
+        let mut idle_deadline = None;
         loop {
             let mut want_bytes = 0usize;
             if let Some(frame) =
                 decode_frame(&mut self.buf, self.body_bytes_max, Some(&mut want_bytes))?
             {
                 return Ok(Some(frame));
+            }
+            if frame_deadline.is_none() && !self.buf.is_empty() {
+                // A frame begun before this call is timed from the call (or from when
+                // its first bytes began to be awaited, before a hand-over), one begun
+                // by a read here from that read.
+                let start = match since {
+                    Some(at) if begun_before => at,
+                    _ => Instant::now(),
+                };
+                frame_deadline = Some(start + frame_timeout);
             }
             let (deadline, timeout_error) = match frame_deadline {
                 Some(at) => (
@@ -155,7 +180,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     },
                 ),
                 None => (
-                    idle_deadline,
+                    *idle_deadline.get_or_insert_with(|| idle_timeout.map(|t| Instant::now() + t)),
                     ConnError::IdleTimeout {
                         idle_ms: idle_timeout.map_or(0, |t| t.as_millis() as u64),
                     },
@@ -192,9 +217,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Err(truncation_error(&self.buf).into());
             }
             self.bytes_read_total += n as u64;
-            if frame_deadline.is_none() {
-                frame_deadline = Some(Instant::now() + frame_timeout);
-            }
+            self.last_read_at = Instant::now();
         }
     }
 }
@@ -504,6 +527,53 @@ mod tests {
                 && waited < Duration::from_millis(900)
         });
         assert!(timed_out_at_once);
+    }
+
+    /// Hands out its chunks one read at a time.
+    struct Chunks(Vec<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let Some(chunk) = self.0.first_mut() else {
+                return std::task::Poll::Ready(Ok(0));
+            };
+            let n = chunk.len().min(buf.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            chunk.drain(..n);
+            if chunk.is_empty() {
+                self.0.remove(0);
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    /// Frames completed by one read carry that read's time, a frame completed by a
+    /// later read a later one.
+    #[test]
+    fn frames_are_received_when_the_read_that_completed_them_returned() {
+        on_executor(async || {
+            let mut wire = BytesMut::new();
+            for id in 1..=3 {
+                encode_frame(&mut wire, FrameKind::MetadataRequest, id, |_| {});
+            }
+            let third = wire.len() - FRAME_HEADER_BYTES;
+            let chunks = vec![wire[..third].to_vec(), wire[third..].to_vec()];
+            let mut r = FrameReader::new(Chunks(chunks), 1 << 20);
+            let t = Duration::from_secs(5);
+            let mut received = Vec::new();
+            for id in 1..=3 {
+                let frame = r.next_frame(None, t).await.unwrap().unwrap();
+                assert_eq!(frame.request_id, id);
+                received.push(r.last_read_at());
+            }
+            assert_eq!(received[0], received[1], "one read, one time");
+            assert!(received[2] >= received[1]);
+            assert!(r.next_frame(None, t).await.unwrap().is_none());
+        });
     }
 
     /// A small frame, a large one (read in place) and a small one again, then a
