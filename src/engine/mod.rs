@@ -148,7 +148,7 @@ pub struct Engine {
     abstain_until_after_term: Option<Term>,
     output: Vec<Command>,
     /// Where this step's commands start in `output`: client appends of one step
-    /// join its AppendLog (`turn_append_log`), never one of an earlier step, which
+    /// join its AppendLog (`open_turn_append_log`), never one of an earlier step, which
     /// the runtime may have seen already.
     step_output_start: usize,
     /// `Entry::size_bytes` of the entries in this step's last AppendLog.

@@ -25,90 +25,107 @@ impl Shard {
         let mut tally = AppendTally::default();
         for command in commands.drain(..) {
             self.lifecycle.observe(&command);
-            if may_wait(&command) {
+            if let Some(storage) = self.carry_out_at_once(command, &mut now, &mut tally) {
                 now = None;
                 tally = AppendTally::default();
-            }
-            match command {
-                Command::PersistHardState { op, state } => {
-                    self.storage(|wal| wal.persist_hard_state(op, state))
-                        .await?
-                }
-                Command::AppendLog { op, entries } => {
-                    self.unflushed_entries += entries.len() as u64;
-                    self.unflushed_bytes +=
-                        entries.iter().map(|e| e.payload.len() as u64).sum::<u64>();
-                    self.storage(|wal| wal.append(op, &entries)).await?
-                }
-                Command::TruncateLog { op, from } => {
-                    self.storage(|wal| wal.truncate(op, from)).await?
-                }
-                Command::ResetLog {
-                    op,
-                    start,
-                    prev_term,
-                } => self.storage(|wal| wal.reset(op, start, prev_term)).await?,
-                Command::PurgeLog { op, before } => self.purge(op, before).await?,
-                Command::SaveMembership { op, configs } => {
-                    self.storage(|wal| wal.save_membership(op, &configs))
-                        .await?;
-                    // A commit or truncation may have dropped a configuration
-                    // whose members have no link to keep.
-                    self.follow_membership();
-                }
-                Command::MembershipChanged { membership } => {
-                    log::info!(
-                        "shard {}: membership now {}",
-                        self.id,
-                        describe_membership(&membership)
-                    );
-                    self.follow_membership();
-                }
-                Command::Send { msg, when } => match when {
-                    Some(engine::Condition::Durable { op }) if op > self.durable_op => {
-                        self.held.push((op, msg))
-                    }
-                    _ => self.send(msg),
-                },
-                Command::SendLogRange {
-                    msg,
-                    last_index,
-                    bytes_max,
-                } => self.send_from_wal(msg, last_index, bytes_max),
-                Command::Commit { index } => {
-                    self.commit = index;
-                    self.serve_waiting_reads();
-                }
-                Command::AppendResult { request_id, result } => {
-                    let now = *now.get_or_insert_with(Instant::now);
-                    self.answer_append(request_id, result, now, &mut tally)
-                }
-                Command::ReadResult { request_id, result } => {
-                    if let Some((request, reply)) = self.barriers.remove(&request_id) {
-                        match result {
-                            Ok(_) => self.serve_or_wait(request, reply),
-                            Err(e) => {
-                                reply.send(Err(self.read_error(e)));
-                            }
-                        }
-                    }
-                }
-                Command::RefusePeer { from, fault } => {
-                    let (metrics, closer) = (&self.metrics, &self.link_closer);
-                    super::refusal::refuse_peer(self.id, from, fault, metrics, closer)
-                }
-                Command::RoleChanged { role, term, leader } => {
-                    self.role_changed(role, term, leader);
-                    // A leader outside the configurations known here (one whose
-                    // removal this member has not heard of) is still answered.
-                    if leader.is_some_and(|l| l != self.engine.id() && !self.links.contains_key(&l))
-                    {
-                        self.follow_membership();
-                    }
-                }
+                self.carry_out_storage(storage).await?;
             }
         }
         Ok(())
+    }
+
+    /// Carries out a storage command, which may wait for room in the WAL's buffer.
+    async fn carry_out_storage(&mut self, command: Command) -> Result<(), ShardError> {
+        match command {
+            Command::PersistHardState { op, state } => {
+                self.storage(|wal| wal.persist_hard_state(op, state)).await
+            }
+            Command::AppendLog { op, entries } => {
+                self.unflushed_entries += entries.len() as u64;
+                self.unflushed_bytes += entries.iter().map(|e| e.payload.len() as u64).sum::<u64>();
+                self.storage(|wal| wal.append(op, &entries)).await
+            }
+            Command::TruncateLog { op, from } => self.storage(|wal| wal.truncate(op, from)).await,
+            Command::ResetLog {
+                op,
+                start,
+                prev_term,
+            } => self.storage(|wal| wal.reset(op, start, prev_term)).await,
+            Command::PurgeLog { op, before } => self.purge(op, before).await,
+            Command::SaveMembership { op, configs } => {
+                self.storage(|wal| wal.save_membership(op, &configs))
+                    .await?;
+                // A commit or truncation may have dropped a configuration
+                // whose members have no link to keep.
+                self.follow_membership();
+                Ok(())
+            }
+            other => panic!("shard {}: {other:?} is not a storage command", self.id),
+        }
+    }
+
+    /// Carries out a command that never waits; a storage command comes back.
+    /// `now` is the clock reading of the run of answers, `tally` its count.
+    fn carry_out_at_once(
+        &mut self,
+        command: Command,
+        now: &mut Option<Instant>,
+        tally: &mut AppendTally,
+    ) -> Option<Command> {
+        match command {
+            Command::MembershipChanged { membership } => {
+                log::info!(
+                    "shard {}: membership now {}",
+                    self.id,
+                    describe_membership(&membership)
+                );
+                self.follow_membership();
+            }
+            Command::Send { msg, when } => match when {
+                Some(engine::Condition::Durable { op }) if op > self.durable_op => {
+                    self.held.push((op, msg))
+                }
+                _ => self.send(msg),
+            },
+            Command::SendLogRange {
+                msg,
+                last_index,
+                bytes_max,
+            } => self.send_from_wal(msg, last_index, bytes_max),
+            Command::Commit { index } => {
+                self.commit = index;
+                self.serve_waiting_reads();
+            }
+            Command::AppendResult { request_id, result } => {
+                let now = *now.get_or_insert_with(Instant::now);
+                self.answer_append(request_id, result, now, tally)
+            }
+            Command::ReadResult { request_id, result } => self.read_decided(request_id, result),
+            Command::RefusePeer { from, fault } => {
+                let (metrics, closer) = (&self.metrics, &self.link_closer);
+                super::refusal::refuse_peer(self.id, from, fault, metrics, closer)
+            }
+            Command::RoleChanged { role, term, leader } => {
+                self.role_changed(role, term, leader);
+                // A leader outside the configurations known here (one whose
+                // removal this member has not heard of) is still answered.
+                if leader.is_some_and(|l| l != self.engine.id() && !self.links.contains_key(&l)) {
+                    self.follow_membership();
+                }
+            }
+            storage => return Some(storage),
+        }
+        None
+    }
+
+    /// The engine decided whether read `request_id` may be served.
+    fn read_decided(&mut self, request_id: u64, result: Result<Index, engine::ReadError>) {
+        if let Some((request, reply)) = self.barriers.remove(&request_id) {
+            match result {
+                Ok(_) => self.serve_or_wait(request, reply),
+                Err(e) => reply.send(Err(self.read_error(e))),
+            }
+        }
     }
 
     /// Removes the log's segments before `before`, and tells retention what went.
@@ -206,17 +223,4 @@ fn describe_membership(membership: &engine::Membership) -> String {
         })
         .collect();
     members.join(", ")
-}
-
-/// Whether carrying out `command` may wait (for the WAL's buffer, or a purge).
-fn may_wait(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::PersistHardState { .. }
-            | Command::AppendLog { .. }
-            | Command::TruncateLog { .. }
-            | Command::ResetLog { .. }
-            | Command::PurgeLog { .. }
-            | Command::SaveMembership { .. }
-    )
 }
