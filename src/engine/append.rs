@@ -10,13 +10,13 @@ use super::{Engine, PendingAppend, Role};
 
 impl Engine {
     pub(super) fn on_client_append(&mut self, request_id: u64, records: Vec<Bytes>) {
-        if let Err(refusal) = self.admit_append(&records) {
-            return self.reply_append(request_id, Err(refusal));
-        }
+        let bytes = match self.admit_append(&records) {
+            Ok(bytes) => bytes,
+            Err(refusal) => return self.reply_append(request_id, Err(refusal)),
+        };
         let first_index = self.log.last_index() + 1;
         let last_index = first_index + records.len() as u64 - 1;
         let term = self.hard.term;
-        let bytes = records.iter().map(record_size_bytes).sum();
         // Straight into the turn's AppendLog: one vector and one storage op for a
         // turn's appends, not one per request (records are never configurations or
         // trims, so there is nothing else to note).
@@ -62,13 +62,15 @@ impl Engine {
         self.replicate_pending = true;
     }
 
-    fn admit_append(&self, records: &[Bytes]) -> Result<(), AppendError> {
+    /// Admits `records`, returning what they cost as entries (`Entry::size_bytes`).
+    fn admit_append(&self, records: &[Bytes]) -> Result<u64, AppendError> {
         self.admit_role()?;
         if records.is_empty() {
             return Err(AppendError::EmptyBatch);
         }
         let bytes: u64 = records.iter().map(record_size_bytes).sum();
-        self.admit_bytes(bytes)
+        self.admit_bytes(bytes)?;
+        Ok(bytes)
     }
 
     /// Only a leader that is not handing over its leadership takes proposals.
