@@ -169,7 +169,11 @@ mod tests {
         assert!(other.contains("node-3.cluster-99"), "{other}");
         let client = ca.issue(&["alice".to_string()], Validity::Current).unwrap();
         let der = CertificateDer::from_pem_slice(client.cert_pem.as_bytes()).unwrap();
-        assert_eq!(super::super::principal_of(&der).as_deref(), Some("alice"));
+        let parsed = webpki::EndEntityCert::try_from(&der).unwrap();
+        assert_eq!(
+            super::super::principal_of(&parsed).as_deref(),
+            Some("alice")
+        );
         assert!(super::super::check_peer(None, 1, 99).is_err());
     }
 }

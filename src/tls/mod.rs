@@ -95,9 +95,8 @@ pub fn check_peer(
 }
 
 /// The principal of a client certificate: its first DNS subject alternative name.
-pub fn principal_of(cert: &CertificateDer<'_>) -> Option<String> {
-    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
-    parsed.valid_dns_names().next().map(str::to_string)
+fn principal_of(cert: &webpki::EndEntityCert<'_>) -> Option<String> {
+    cert.valid_dns_names().next().map(str::to_string)
 }
 
 /// ring's TLS 1.3 suites, AES-128-GCM first: with AES instructions it costs about
@@ -261,9 +260,9 @@ impl TlsContext {
     /// trusted member already, and asks as itself when it joins (`serve --join`).
     pub fn roles_of(&self, cert: Option<&CertificateDer<'_>>) -> (Option<String>, Roles) {
         let parsed = cert.and_then(|c| webpki::EndEntityCert::try_from(c).ok());
-        let names = || parsed.iter().flat_map(|c| c.valid_dns_names());
-        let principal = names().next().map(str::to_string);
-        let is_node = names().any(|n| is_node_name(n, self.cluster_id));
+        let principal = parsed.as_ref().and_then(principal_of);
+        let mut names = parsed.iter().flat_map(|c| c.valid_dns_names());
+        let is_node = names.any(|n| is_node_name(n, self.cluster_id));
         let roles = match principal.as_deref() {
             _ if is_node => Roles::ALL,
             Some(p) => self.settings.roles_of(p),
