@@ -224,15 +224,19 @@ pub struct DmaStorageFile {
 impl DmaStorageFile {
     async fn write_dma(&self, pos: u64, buf: DmaBuffer) -> io::Result<()> {
         let len = buf.len();
-        let written = self.file.write_at(buf, pos).await?;
-        if written != len {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write: {written} of {len} bytes"),
-            ));
-        }
-        Ok(())
+        whole_write(self.file.write_at(buf, pos).await?, len)
     }
+}
+
+/// A write of `len` bytes that wrote `written`: a short one is an error.
+fn whole_write(written: usize, len: usize) -> io::Result<()> {
+    if written != len {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {written} of {len} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 impl StorageFile for DmaStorageFile {
@@ -267,18 +271,12 @@ impl StorageFile for DmaStorageFile {
         let mut done = 0u64;
         while done < len {
             let n = ((len - done) as usize).min(chunk);
-            let written = if n == chunk {
-                self.file.write_rc_at(zeros.clone(), pos + done).await?
+            if n == chunk {
+                whole_write(self.file.write_rc_at(zeros.clone(), pos + done).await?, n)?;
             } else {
                 let mut rest = self.file.alloc_dma_buffer(n);
                 rest.as_bytes_mut().fill(0);
-                self.file.write_at(rest, pos + done).await?
-            };
-            if written != n {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    format!("short write of zeros: {written} of {n} bytes"),
-                ));
+                self.write_dma(pos + done, rest).await?;
             }
             done += n as u64;
         }
