@@ -167,8 +167,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 // its first bytes began to be awaited, before a hand-over), one begun
                 // by a read here from that read.
                 let start = match since {
-                    Some(at) if begun_before => at,
-                    _ => Instant::now(),
+                    _ if !begun_before => self.last_read_at,
+                    Some(at) => at,
+                    None => Instant::now(),
                 };
                 frame_deadline = Some(start + frame_timeout);
             }
