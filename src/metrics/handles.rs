@@ -8,10 +8,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge};
 
-use super::NodeMetrics;
 use super::catalog::*;
+use super::{LocalHistogram, NodeMetrics};
 use crate::engine::{Engine, NodeId, PeerFault, Role};
 use crate::tls::TlsContext;
 use crate::transport::ServerError;
@@ -61,7 +61,7 @@ fn result_slot(error: Option<&ServerError>) -> usize {
 struct PartitionAppends {
     records: Counter,
     bytes: Counter,
-    commit_latency: Histogram,
+    commit_latency: LocalHistogram,
     /// Client requests refused because the shard's client lane was full.
     inbox_refused: Counter,
     /// Peer messages dropped because the shard's peer lane was full.
@@ -97,7 +97,7 @@ impl Drop for AppendTally {
 /// Node-wide client series plus per-partition appends and received peer bytes.
 pub struct RouterMetrics {
     requests: Vec<[Counter; RESULTS.len()]>,
-    request_seconds: Vec<Histogram>,
+    request_seconds: Vec<LocalHistogram>,
     partitions: Vec<PartitionAppends>,
     /// `received[partition]`: (peer, bytes received counter), sorted by peer.
     received: Vec<Vec<(NodeId, Counter)>>,
@@ -355,9 +355,9 @@ struct Seen {
 
 /// Series of one shard (partition).
 pub struct ShardMetrics {
-    pub fsync_seconds: Histogram,
-    pub batch_records: Histogram,
-    pub batch_bytes: Histogram,
+    pub fsync_seconds: LocalHistogram,
+    pub batch_records: LocalHistogram,
+    pub batch_bytes: LocalHistogram,
     wal_written_bytes: Counter,
     wal_flushes: Counter,
     term: Gauge,

@@ -24,8 +24,6 @@ use crate::transport::conn::with_deadline;
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
 pub const CONNECTIONS_MAX: usize = 64;
-/// How often histogram samples are folded into buckets when nobody scrapes.
-pub const UPKEEP_INTERVAL_MS: u64 = 5_000;
 
 /// The content type of the Prometheus text exposition format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -106,16 +104,8 @@ impl MetricsServer {
         self.listener.local_addr().map_err(io::Error::from)
     }
 
-    /// Accepts scrapes forever; also runs the exporter's upkeep on a timer.
+    /// Accepts scrapes forever.
     pub async fn run(self) {
-        let metrics = self.metrics.clone();
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(Duration::from_millis(UPKEEP_INTERVAL_MS)).await;
-                metrics.run_upkeep();
-            }
-        })
-        .detach();
         let open = Rc::new(Cell::new(0usize));
         let server = Rc::new(self);
         loop {

@@ -12,18 +12,19 @@
 pub mod catalog;
 pub mod handles;
 pub mod health;
+pub mod histogram;
 pub mod http;
 pub mod lifecycle;
 pub mod transfers;
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 pub use handles::{AppendTally, RouterMetrics, ShardMetrics};
+pub use histogram::LocalHistogram;
 
 use crate::engine::NodeId;
 use catalog::{Kind, METRICS};
@@ -42,39 +43,34 @@ pub const BYTES_BUCKETS: &[f64] = &[
     256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
 ];
 
-/// One node's registry and the renderer of its `/metrics` page.
+/// One node's registry and the renderer of its `/metrics` page: counters and
+/// gauges in the exporter's recorder, histograms in [`histogram`]'s own.
 pub struct NodeMetrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    histograms: histogram::HistogramRegistry,
     node_id: NodeId,
 }
 
 impl NodeMetrics {
     pub fn new(node_id: NodeId) -> Arc<NodeMetrics> {
-        let mut builder = PrometheusBuilder::new().add_global_label("node", node_id.to_string());
-        for def in METRICS.iter().filter(|d| d.kind == Kind::Histogram) {
-            let buckets = match def.unit {
-                Some(Unit::Seconds) => SECONDS_BUCKETS,
-                Some(Unit::Bytes) => BYTES_BUCKETS,
-                _ => COUNT_BUCKETS,
-            };
-            builder = builder
-                .set_buckets_for_metric(Matcher::Full(def.name.into()), buckets)
-                .expect("bucket lists are not empty");
-        }
-        let recorder = builder.build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .add_global_label("node", node_id.to_string())
+            .build_recorder();
         for def in METRICS {
             let (name, help) = (KeyName::from(def.name), SharedString::from(def.help));
             match def.kind {
                 Kind::Counter => recorder.describe_counter(name, def.unit, help),
                 Kind::Gauge => recorder.describe_gauge(name, def.unit, help),
-                Kind::Histogram => recorder.describe_histogram(name, def.unit, help),
+                // Rendered by `histograms`, which takes the help from the catalog.
+                Kind::Histogram => {}
             }
         }
         let handle = recorder.handle();
         let metrics = NodeMetrics {
             recorder,
             handle,
+            histograms: histogram::HistogramRegistry::default(),
             node_id,
         };
         metrics
@@ -92,13 +88,11 @@ impl NodeMetrics {
 
     /// The text exposition format (version 0.0.4) of every series.
     pub fn render(&self) -> String {
-        self.handle.render()
-    }
-
-    /// Drains histogram samples recorded since the last call into their buckets;
-    /// run periodically so that memory stays bounded between scrapes.
-    pub fn run_upkeep(&self) {
-        self.handle.run_upkeep();
+        let mut text = self.handle.render();
+        for def in METRICS.iter().filter(|d| d.kind == Kind::Histogram) {
+            self.histograms.render(def.name, def.help, &mut text);
+        }
+        text
     }
 
     fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
@@ -127,15 +121,33 @@ impl NodeMetrics {
             .register_gauge(&Self::key(name, labels), &METADATA)
     }
 
-    pub fn histogram(
-        &self,
-        name: &'static str,
-        labels: &[(&'static str, &str)],
-    ) -> metrics::Histogram {
-        assert_eq!(catalog::find(name).kind, Kind::Histogram, "{name}");
-        self.recorder
-            .register_histogram(&Self::key(name, labels), &METADATA)
+    /// A histogram handle for the calling thread only (see [`LocalHistogram`]),
+    /// with buckets by the metric's unit.
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> LocalHistogram {
+        let def = catalog::find(name);
+        assert_eq!(def.kind, Kind::Histogram, "{name}");
+        let bounds = match def.unit {
+            Some(Unit::Seconds) => SECONDS_BUCKETS,
+            Some(Unit::Bytes) => BYTES_BUCKETS,
+            _ => COUNT_BUCKETS,
+        };
+        // The same labels, in the same order, as the exporter gives its series.
+        let key = Self::key(name, labels);
+        let mut rendered = format!("node=\"{}\"", self.node_id);
+        for label in key.labels() {
+            let value = escape_label_value(label.value());
+            let _ = write!(rendered, ",{}=\"{value}\"", label.key());
+        }
+        self.histograms.register(name, rendered, bounds)
     }
+}
+
+/// A label value as the text format quotes it.
+fn escape_label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
