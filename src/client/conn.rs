@@ -19,10 +19,9 @@ use crate::transport::client_msg::{
     ClientRequest, ClientResponse, CloseCause, ServerError, decode_closing_notice, decode_response,
     encode_request,
 };
-use crate::transport::conn::{
-    ConnError, FrameReader, Notify, OneShot, with_deadline, write_all_within,
-};
+use crate::transport::conn::{ConnError, FrameReader, with_deadline, write_all_within};
 use crate::transport::frame::FrameKind;
+use crate::transport::signal::{Notify, OneShot};
 
 /// A pipelined connection to one node.
 pub(super) struct Conn {

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::client_msg::{ClientResponse, ServerError, encode_response};
-use super::conn::{Cancel, Notify};
 use super::frame::FRAME_HEADER_BYTES;
+use super::signal::{Cancel, Notify};
 
 /// State shared by one connection's reader, writer and the answers it owes.
 pub(super) struct Shared {

@@ -56,6 +56,7 @@ pub mod peer;
 pub mod peer_msg;
 pub mod placement;
 pub mod server;
+pub mod signal;
 
 pub use client_msg::*;
 pub use frame::{FRAME_HEADER_BYTES, Frame, FrameError, FrameKind, PROTOCOL_VERSION};

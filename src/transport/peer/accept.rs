@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use glommio::net::TcpListener;
 
-use super::super::conn::{ConnError, FrameReader, Notify, write_all_within};
+use super::super::conn::{ConnError, FrameReader, write_all_within};
 use super::super::count::{ConnectionCounts, Count};
 use super::super::frame::{FRAME_HEADER_BYTES, FrameError, FrameKind, PROTOCOL_VERSION};
 use super::super::peer_msg::{
@@ -25,6 +25,7 @@ use super::super::placement::{
     AcceptTls, Accepted, DoorQueue, Doors, Placing, Received, TlsPort, connections_held,
     peer_shard, place, take_handed_in,
 };
+use super::super::signal::Notify;
 use super::PeerConfig;
 use crate::engine::{Message, NodeId};
 use crate::tls::{Stream, check_peer};

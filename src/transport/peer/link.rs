@@ -15,11 +15,12 @@ use rustls::pki_types::ServerName;
 use crate::tls::{Stream, peer_name};
 use glommio::task::JoinHandle;
 
-use super::super::conn::{ConnError, FrameReader, Notify, write_all_within};
+use super::super::conn::{ConnError, FrameReader, write_all_within};
 use super::super::frame::{FRAME_HEADER_BYTES, FrameError, FrameKind, PROTOCOL_VERSION};
 use super::super::peer_msg::{
     Hello, Lane, decode_hello, decode_refused, encode_hello, encode_message, message_frame_bytes,
 };
+use super::super::signal::Notify;
 use super::{LinkError, PeerConfig, SendError};
 use crate::engine::{Message, MessageBody, NodeId};
 
