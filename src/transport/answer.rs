@@ -283,24 +283,24 @@ impl Answer {
         }
     }
 
-    /// Gives the request the connection's answer deadline: if no answer is sent
-    /// within it, the connection answers Timeout itself (the outcome of an append
-    /// is then open, as with every Timeout), gives back what the request counts
-    /// against its limits, and drops the late answer. A handler that takes an
-    /// answer without a task of its own calls this, since nothing else would time
-    /// the request out.
     /// When the request's last bytes were received (read once per read of the
     /// connection, not per request).
     pub fn received(&self) -> Instant {
         self.received
     }
 
+    /// Gives the request the connection's answer deadline: if no answer is sent
+    /// within it, the connection answers Timeout itself (the outcome of an append
+    /// is then open, as with every Timeout), gives back what the request counts
+    /// against its limits, and drops the late answer. A handler that takes an
+    /// answer without a task of its own calls this, since nothing else would time
+    /// the request out.
     pub fn time_out(&mut self) {
         self.time_out_from(Instant::now());
     }
 
-    /// [`Answer::time_out`] counting from `arrived`, a clock reading the caller
-    /// took anyway (for the request's latency).
+    /// [`Answer::time_out`] counting from `arrived` (such as
+    /// [`Answer::received`]) rather than from now.
     pub fn time_out_from(&mut self, arrived: Instant) {
         if self.deadline_seq.is_some() {
             return;
