@@ -25,15 +25,18 @@
 //!   from 24,184 to 21,046 and 11,247 records/s. glommio also ignores the setting for
 //!   an executor placed `Unbound` (an unpinned shard), so it only ever acts on pinned
 //!   shards.
-//! - `preempt_timer` stays at its default: the timers are re-armed on every pass
-//!   whatever their duration, and 1 ms, 100 ms and 1 s gave the same syscalls per
-//!   record (0.79 – 0.88 `io_uring_enter`).
+//! - `preempt_timer` stays at its default (100 ms): upstream re-armed the timers on
+//!   every pass whatever their duration, and 1 ms, 100 ms and 1 s gave the same
+//!   syscalls per record (0.79 – 0.88 `io_uring_enter`). With the patch below, the
+//!   duration also sets how often an idle executor wakes to arm its latency timer
+//!   again: ten times a second.
 //! - What configuration could not do, a patch does: glommio is used from
-//!   `vendor/glommio` (see `vendor/README.md`), whose executor keeps its throughput
-//!   preemption timer armed across passes instead of cancelling and re-arming it on
-//!   each one. That took a request from 17 to 13 `io_uring_enter` calls on an idle
-//!   node and lowered the server CPU per record by 6 – 18 % (docs/performance.md,
-//!   "Sixth look").
+//!   `vendor/glommio` (see `vendor/README.md`), whose executor keeps its preemption
+//!   timers, the timer that ends a sleep and the poll that links its rings armed
+//!   until they fire, instead of cancelling and re-arming them on every pass. That
+//!   took a request from 17 to about 3 `io_uring_enter` calls on an idle node
+//!   (docs/performance.md, "Sixth look" and "Seventh look"); the membarrier of each
+//!   park remains.
 
 use glommio::{LocalExecutorBuilder, Placement};
 

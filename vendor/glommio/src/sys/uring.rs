@@ -1044,7 +1044,9 @@ impl SleepableRing {
         }
     }
 
-    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
+    /// ringlog patch (vendor/README.md): says whether `link` was armed, so that the
+    /// reactor can keep it for later sleeps; upstream returned a count nobody read.
+    fn sleep(&mut self, link: &Source) -> io::Result<bool> {
         assert_eq!(
             self.waiting_kernel_submission(),
             0,
@@ -1084,16 +1086,10 @@ impl SleepableRing {
                 // needed.
                 // We make the SQE a no-op and return
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
-                Err(io::Error::from_raw_os_error(libc::EBUSY))
+                Ok(false)
             } else {
                 // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                self.wait_linked().map(|()| true)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1103,7 +1099,24 @@ impl SleepableRing {
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)
+                .map(|_| false)
         }
+    }
+
+    /// ringlog patch (vendor/README.md): sleeps on a ring whose link to the other
+    /// ring, armed by an earlier `sleep`, has not fired yet.
+    fn wait_linked(&mut self) -> io::Result<()> {
+        assert_eq!(
+            self.waiting_kernel_submission(),
+            0,
+            "sleeping with pending SQEs"
+        );
+        self.ring
+            .cq()
+            .wait(1)
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
     }
 }
 
@@ -1166,10 +1179,10 @@ impl UringCommon for SleepableRing {
         let source_map = self.source_map.clone();
         process_one_event(
             self.ring.peek_for_cqe(),
-            |source| match source.source_type {
-                SourceType::LinkRings => Some(()),
-                _ => None,
-            },
+            // ringlog patch (vendor/README.md): the poll linking the rings gets its
+            // result like any other source, so that the reactor can tell that it fired;
+            // upstream skipped it because it never kept that source.
+            |_| None,
             |mut src, res| {
                 record_stats(self, &mut src, &res);
                 if let SourceType::ForeignNotifier(_, installed) = &mut src.source_type {
@@ -1221,8 +1234,15 @@ pub(crate) struct Reactor {
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    latency_preemption_timeout_src: Cell<Option<Source>>,
+    // ringlog patch (vendor/README.md): each timer below is kept armed until it fires
+    // instead of being cancelled and armed again on every pass. The latency
+    // preemption timer is kept with the duration it was armed for, the timer that
+    // ends a sleep for the executor's next timer with the instant it is due, and the
+    // poll that links the rings for a sleep is kept until it fires.
+    latency_preemption_timeout_src: Cell<Option<(Source, Duration)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    sleep_timeout_src: Cell<Option<(Source, Instant)>>,
+    link_rings_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
 
@@ -1354,6 +1374,8 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            sleep_timeout_src: Cell::new(None),
+            link_rings_src: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1725,7 +1747,17 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
+    ///
+    /// ringlog patch (vendor/README.md): a link armed by an earlier sleep that has not
+    /// fired yet still links the rings, so it is kept and waited on instead of adding
+    /// another poll on every sleep.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+        if let Some(link) = self.link_rings_src.take() {
+            if link.result().is_none() {
+                self.link_rings_src.set(Some(link));
+                return ring.wait_linked();
+            }
+        }
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1733,7 +1765,39 @@ impl Reactor {
             None,
             None,
         );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+        if ring.sleep(&link_rings).or_else(Self::busy_ok)? {
+            self.link_rings_src.set(Some(link_rings));
+        }
+        Ok(())
+    }
+
+    /// ringlog patch (vendor/README.md): keeps the latency preemption timer if it has
+    /// not fired and was armed for no longer than `wanted`, so it fires no later than
+    /// a timer armed now would; otherwise cancels it and arms a new one.
+    fn keep_or_arm_latency_preemption_timer(&self, lat_ring: &mut SleepableRing, wanted: Duration) {
+        let kept = self
+            .latency_preemption_timeout_src
+            .take()
+            .filter(|(timer, armed_for)| timer.result().is_none() && *armed_for <= wanted);
+        self.latency_preemption_timeout_src
+            .set(Some(kept.unwrap_or_else(|| {
+                (lat_ring.prepare_latency_preemption_timer(wanted), wanted)
+            })));
+    }
+
+    /// ringlog patch (vendor/README.md): keeps the timer that ends a sleep if it has
+    /// not fired and is due no later than the executor's next timer, `wanted` from
+    /// now; otherwise cancels it and arms a new one. A kept timer due earlier ends a
+    /// sleep early, once, and the next sleep arms the later one.
+    fn keep_or_arm_sleep_timer(&self, lat_ring: &mut SleepableRing, wanted: Duration) {
+        let due = Instant::now() + wanted;
+        let kept = self
+            .sleep_timeout_src
+            .take()
+            .filter(|(timer, armed_due)| timer.result().is_none() && *armed_due <= due);
+        self.sleep_timeout_src.set(Some(
+            kept.unwrap_or_else(|| (lat_ring.prepare_latency_preemption_timer(wanted), due)),
+        ));
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1814,23 +1878,16 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        //
-        // ringlog patch (vendor/README.md): a timer that has not fired yet stays
-        // armed. Upstream cancels it and arms a new one on every pass, three
-        // submission entries and usually an `io_uring_enter` each time, which was a
-        // large part of a small request's cost. Kept armed, it fires after
-        // `ring_depth` completions counted from an earlier pass rather than this
-        // one: at worst a task queue is preempted sooner, never later.
+        // ringlog patch (vendor/README.md): the preemption timers are kept armed until
+        // they fire. Upstream cancelled the latency timer here on every pass and armed
+        // it again at the end of the pass, and cancelled and re-armed the throughput
+        // timer; each cancellation and arming was a submission entry, usually an
+        // `io_uring_enter` of its own, and each completion on the latency ring also
+        // fired the poll linking the rings. A kept timer fires no later than one armed
+        // now would (the throughput timer counts completions from an earlier pass, so
+        // at worst a task queue is asked to yield sooner). When the executor parks
+        // (no preemption wanted) the latency timer stays armed: it may end a sleep
+        // once, after its duration, and the next pass arms it again.
         let armed = self
             .throughput_preemption_timeout_src
             .take()
@@ -1842,6 +1899,15 @@ impl Reactor {
                     self.eventfd_src.raw(),
                 )
             })));
+        let preempt = preempt_timer();
+        match (preempt, user_timer) {
+            (Some(wanted), _) => self.keep_or_arm_latency_preemption_timer(&mut lat_ring, wanted),
+            // We may sleep, and must then wake up for the executor's next timer. Armed
+            // before the flush below, so that the completions of a cancelled timer
+            // are collected before deciding to sleep instead of ending the sleep.
+            (None, Some(wanted)) => self.keep_or_arm_sleep_timer(&mut lat_ring, wanted),
+            (None, None) => {}
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1853,20 +1919,13 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = preempt.is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
 
         if should_sleep {
-            // We are about to go to sleep. It's ok to sleep, but if there
-            // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
-            }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
@@ -1889,12 +1948,6 @@ impl Reactor {
                 // Woke up, so no need to notify us anymore.
                 self.notifier.wake_up();
             }
-        }
-
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
         }
 
         // A Note about `need_preempt`:
