@@ -893,6 +893,9 @@ struct SleepableRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    // ringlog patch (vendor/README.md): completions collected from this ring so far,
+    // so that the reactor can tell whether any arrived since it linked the rings.
+    consumed_total: u64,
 }
 
 impl SleepableRing {
@@ -913,6 +916,7 @@ impl SleepableRing {
             task_queue_stats: AHashMap::new(),
             source_map,
             in_kernel: 0,
+            consumed_total: 0,
         })
     }
 
@@ -1194,6 +1198,7 @@ impl UringCommon for SleepableRing {
         )
         .map(|x| {
             self.in_kernel -= 1;
+            self.consumed_total += 1;
             x
         })
     }
@@ -1242,7 +1247,7 @@ pub(crate) struct Reactor {
     latency_preemption_timeout_src: Cell<Option<(Source, Duration)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
     sleep_timeout_src: Cell<Option<(Source, Instant)>>,
-    link_rings_src: Cell<Option<Source>>,
+    link_rings_src: Cell<Option<(Source, u64)>>,
 
     link_fd: RawFd,
 
@@ -1750,11 +1755,14 @@ impl Reactor {
     ///
     /// ringlog patch (vendor/README.md): a link armed by an earlier sleep that has not
     /// fired yet still links the rings, so it is kept and waited on instead of adding
-    /// another poll on every sleep.
-    fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
-        if let Some(link) = self.link_rings_src.take() {
-            if link.result().is_none() {
-                self.link_rings_src.set(Some(link));
+    /// another poll on every sleep. It is kept only while no completion was collected
+    /// from the latency ring since it was armed (`lat_consumed` counts them): any such
+    /// completion should have fired it, and a kernel that lost that wake-up must not
+    /// leave every later sleep unlinked.
+    fn link_rings_and_sleep(&self, ring: &mut SleepableRing, lat_consumed: u64) -> io::Result<()> {
+        if let Some((link, armed_at)) = self.link_rings_src.take() {
+            if link.result().is_none() && armed_at == lat_consumed {
+                self.link_rings_src.set(Some((link, armed_at)));
                 return ring.wait_linked();
             }
         }
@@ -1766,7 +1774,7 @@ impl Reactor {
             None,
         );
         if ring.sleep(&link_rings).or_else(Self::busy_ok)? {
-            self.link_rings_src.set(Some(link_rings));
+            self.link_rings_src.set(Some((link_rings, lat_consumed)));
         }
         Ok(())
     }
@@ -1783,6 +1791,15 @@ impl Reactor {
             .set(Some(kept.unwrap_or_else(|| {
                 (lat_ring.prepare_latency_preemption_timer(wanted), wanted)
             })));
+    }
+
+    /// ringlog patch (vendor/README.md): whether the timer that ends a sleep is armed
+    /// and has not fired.
+    fn sleep_timer_armed(&self) -> bool {
+        let timer = self.sleep_timeout_src.take();
+        let armed = timer.as_ref().is_some_and(|(timer, _)| timer.result().is_none());
+        self.sleep_timeout_src.set(timer);
+        armed
     }
 
     /// ringlog patch (vendor/README.md): keeps the timer that ends a sleep if it has
@@ -1919,8 +1936,14 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
+        //
+        // ringlog patch (vendor/README.md): a kept sleep timer may have fired since it
+        // was kept, its completion collected just above without waking anything;
+        // sleeping then would wait without a timer for a user timer that is due, so
+        // the executor goes round again and runs it instead.
         let should_sleep = preempt.is_none()
             && (woke == 0)
+            && (user_timer.is_none() || self.sleep_timer_armed())
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
@@ -1938,7 +1961,7 @@ impl Reactor {
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
+                    self.link_rings_and_sleep(&mut main_ring, lat_ring.consumed_total)
                         .expect("some error");
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
