@@ -51,3 +51,51 @@ pub fn shard_executor(
         .name(&format!("shard-{shard}"))
         .io_memory(io_memory_bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Round trips between two executors, each asleep whenever the other holds the
+    /// message: every one of them wakes a sleeping executor from another thread.
+    const ROUND_TRIPS: u32 = 20_000;
+
+    /// glommio is patched to park with a fence instead of a membarrier (see
+    /// `vendor/README.md`); a wake-up lost to that would leave an executor asleep
+    /// until its preemption timer fires. The timer is set far beyond the test's
+    /// deadline, so a lost wake-up fails the test instead of slowing it down.
+    #[test]
+    fn no_wake_up_between_executors_is_lost() {
+        let (ping_tx, ping_rx) = flume::bounded::<u32>(1);
+        let (pong_tx, pong_rx) = flume::bounded::<u32>(1);
+        let (done_tx, done_rx) = mpsc::channel();
+        let builder = |shard| {
+            shard_executor(shard, Placement::Unbound, 1 << 20)
+                .preempt_timer(Duration::from_secs(600))
+        };
+        let echo = builder(0)
+            .spawn(move || async move {
+                while let Ok(n) = ping_rx.recv_async().await {
+                    pong_tx.send_async(n).await.expect("pinger gone");
+                }
+            })
+            .expect("echo executor");
+        let pinger = builder(1)
+            .spawn(move || async move {
+                for n in 0..ROUND_TRIPS {
+                    ping_tx.send_async(n).await.expect("echo gone");
+                    assert_eq!(pong_rx.recv_async().await, Ok(n));
+                }
+                done_tx.send(()).expect("test gone");
+            })
+            .expect("pinger executor");
+        // Healthy, this takes about a second; a lost wake-up stalls for 600 s.
+        done_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("a wake-up between executors was lost");
+        pinger.join().expect("pinger");
+        echo.join().expect("echo");
+    }
+}

@@ -306,6 +306,12 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // ringlog patch (vendor/README.md): the other half of the fence that a
+        // sleeping executor issues between setting `should_notify` and its last
+        // look at its channels (upstream: a membarrier there, nothing here). Whatever
+        // the caller queued before this call is then seen by that look, or this
+        // reads `should_notify` set and writes the eventfd.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
