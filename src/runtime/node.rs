@@ -83,18 +83,7 @@ pub enum FirstStart {
 pub fn run(config: NodeConfig, first: FirstStart, stop: Arc<AtomicBool>) -> Result<(), NodeError> {
     let shards = shard_count(&config);
     let (_lock, identity) = check_before_start(&config, shards, first)?;
-    let tls = match &config.tls {
-        Some(settings) => Some(Arc::new(TlsContext::load(
-            settings,
-            config.node_id,
-            config.cluster_id,
-        )?)),
-        None => None,
-    };
-    let _reloading = tls
-        .as_ref()
-        .map(super::reload::reload_on_sighup)
-        .transpose()?;
+    let (tls, _reloading) = load_tls(&config)?;
     let bootstrap = if identity.joined {
         crate::engine::Membership::default()
     } else {
@@ -161,6 +150,23 @@ pub fn run(config: NodeConfig, first: FirstStart, stop: Arc<AtomicBool>) -> Resu
         .collect();
     drop((senders, node_doors));
     join_shards(threads, &stop)
+}
+
+/// The node's TLS context, if configured, and the thread that reloads it on SIGHUP
+/// (kept while the node runs).
+fn load_tls(
+    config: &NodeConfig,
+) -> Result<(Option<Arc<TlsContext>>, Option<super::reload::Reloading>), NodeError> {
+    let Some(settings) = &config.tls else {
+        return Ok((None, None));
+    };
+    let tls = Arc::new(TlsContext::load(
+        settings,
+        config.node_id,
+        config.cluster_id,
+    )?);
+    let reloading = super::reload::reload_on_sighup(&tls)?;
+    Ok((Some(tls), Some(reloading)))
 }
 
 /// Everything that can be checked before a shard starts, in words rather than
