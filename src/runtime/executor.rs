@@ -95,10 +95,12 @@ mod tests {
                 done_tx.send(()).expect("test gone");
             })
             .expect("pinger executor");
-        // Healthy, this takes about a second; a lost wake-up stalls for 600 s.
-        done_rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("a wake-up between executors was lost");
+        // Healthy, this takes about a second; a lost wake-up stalls for 600 s. A
+        // pinger that ended without finishing says why when it is joined below.
+        if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(Duration::from_secs(120))
+        {
+            panic!("a wake-up between executors was lost");
+        }
         pinger.join().expect("pinger");
         echo.join().expect("echo");
     }
