@@ -177,6 +177,14 @@ fn a_timed_local_benchmark_reports_throughput_and_latency() {
         let shares: f64 = threads.iter().filter_map(|t| t["share"].as_f64()).sum();
         assert!((shares - 1.0).abs() < 1e-9, "{report}");
     }
+    // And what the machine does with idle CPUs, which changes what latencies mean.
+    let machine = &report["machine"];
+    assert!(machine["cpus"].as_u64().is_some_and(|n| n >= 1), "{report}");
+    assert_eq!(
+        machine["guest_halt_poll_ns"].is_null(),
+        !std::path::Path::new("/sys/module/haltpoll/parameters/guest_halt_poll_ns").exists(),
+        "{report}"
+    );
 }
 
 #[test]

@@ -269,6 +269,7 @@ fn report(
         },
         server_cpu_seconds: cpu.seconds,
         server_cpu_threads: cpu.threads,
+        machine: super::Machine::read(),
         config,
     }
 }

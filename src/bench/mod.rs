@@ -25,11 +25,12 @@
 //!
 //! The parts: `load` runs the clients and tallies what they measure, `cpu`
 //! reads the servers' CPU time from `/proc` and `threads` splits it by thread,
-//! `report` says what was measured (text and JSON), and `progress` shows it on
+//! `machine` reads what the benchmark's machine does with idle CPUs, `report` says what was measured (text and JSON), and `progress` shows it on
 //! stderr while the benchmark runs.
 
 mod cpu;
 mod load;
+mod machine;
 mod progress;
 mod report;
 mod threads;
@@ -37,6 +38,7 @@ mod threads;
 use std::time::Duration;
 
 pub use load::run;
+pub use machine::Machine;
 pub use report::{BenchReport, Percentiles};
 pub use threads::ThreadCpu;
 

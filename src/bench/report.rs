@@ -1,5 +1,6 @@
 //! What a benchmark measured, as text for people and JSON for scripts.
 
+use super::machine::Machine;
 use super::threads::ThreadCpu;
 use super::{BenchConfig, Limit};
 
@@ -23,6 +24,8 @@ pub struct BenchReport {
     /// Per node (node 1 first), how its CPU time while measuring divides between
     /// its executor threads and the rest, when known.
     pub server_cpu_threads: Option<Vec<Vec<ThreadCpu>>>,
+    /// The machine the benchmark ran on (with `--local`, the servers' too).
+    pub machine: Machine,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -68,6 +71,7 @@ impl BenchReport {
             "server_cpu_seconds": self.server_cpu_seconds,
             "server_cpu_us_per_record": self.server_cpu_us_per_record(),
             "server_cpu_threads": self.threads_json(),
+            "machine": self.machine.to_json(),
         })
         .to_string()
     }
@@ -115,6 +119,7 @@ impl BenchReport {
             l.max
         ) + &self.cpu_text()
             + &self.threads_text()
+            + &self.machine.to_text()
     }
 
     /// The server CPU line, when the servers' CPU time is known.
@@ -245,6 +250,11 @@ mod tests {
             },
             server_cpu_seconds: None,
             server_cpu_threads: None,
+            machine: Machine {
+                cpus: 2,
+                cpuidle_driver: Some("haltpoll".into()),
+                guest_halt_poll_ns: Some(200_000),
+            },
         }
     }
 
@@ -271,6 +281,7 @@ mod tests {
             (Some(2.0), Some(0.5))
         );
         assert!(v["rate"].is_null() && v["count"].is_null());
+        assert_eq!(v["machine"]["guest_halt_poll_ns"], 200_000);
         let open = report(Limit::Records(6000), Some(5000));
         let v: serde_json::Value = serde_json::from_str(&open.to_json()).unwrap();
         assert_eq!(v["mode"], "open");
@@ -293,7 +304,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.ends_with("p50 400 p90 600 p99 900 p99.9 1500 max 2000"),
+            text.ends_with(
+                "p50 400 p90 600 p99 900 p99.9 1500 max 2000\n\
+                 machine: 2 CPUs, cpuidle haltpoll, guest halt polling 200 µs"
+            ),
             "{text}"
         );
     }
@@ -322,7 +336,8 @@ mod tests {
             text.ends_with(
                 "\nserver CPU (all nodes, user + system): 6.00 s, 1000.0 µs per record\n\
                  server CPU by thread, node 1: shard-0 48% (0.96 s), shard-1 45% (0.90 s), other 7% (0.14 s)\n\
-                 server CPU by thread, node 2: shard-0 88% (3.50 s), other 12% (0.50 s)"
+                 server CPU by thread, node 2: shard-0 88% (3.50 s), other 12% (0.50 s)\n\
+                 machine: 2 CPUs, cpuidle haltpoll, guest halt polling 200 µs"
             ),
             "{text}"
         );
