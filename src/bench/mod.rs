@@ -25,8 +25,9 @@
 //!
 //! The parts: `load` runs the clients and tallies what they measure, `cpu`
 //! reads the servers' CPU time from `/proc` and `threads` splits it by thread,
-//! `machine` reads what the benchmark's machine does with idle CPUs, `report` says what was measured (text and JSON), and `progress` shows it on
-//! stderr while the benchmark runs.
+//! `machine` reads what the benchmark's machine does with idle CPUs, `report`
+//! says what was measured (text and JSON), and `progress` shows it on stderr while
+//! the benchmark runs.
 
 mod cpu;
 mod load;
