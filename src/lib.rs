@@ -1,6 +1,7 @@
 //! ringlog: a Raft-replicated log service for Linux.
 //!
 //! The crate is split the way the design asks (see `docs/engine.md`):
+//! - [`allocator`]: how the binary's allocator treats freed memory.
 //! - [`engine`]: the sans-IO Raft state machine: events in, commands out.
 //! - [`runtime`]: node configuration, start-up checks, the dev cluster launcher.
 //! - [`metrics`]: Prometheus metrics, the `/metrics` and `/health` endpoints.
@@ -11,6 +12,7 @@
 //! - [`client`]: the Rust client library used by the CLI and the benchmark.
 //! - [`wal`]: the write-ahead log (segments, group commit, recovery, hard state).
 
+pub mod allocator;
 pub mod bench;
 pub mod cli;
 pub mod client;

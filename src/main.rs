@@ -373,10 +373,12 @@ fn write_through(fsync: Fsync) -> Option<bool> {
 
 /// mimalloc rather than glibc's malloc: with thousands of requests in flight, glibc's
 /// slow paths took a fifth of a leader's CPU (docs/performance.md, "Fourth look").
+/// It keeps the memory it frees (`ringlog::allocator`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    ringlog::allocator::keep_freed_memory();
     ringlog::runtime::node::abort_on_panic();
     if let Err(error) = run() {
         eprintln!("error: {error:#}");
