@@ -189,15 +189,30 @@ struct Inner<F: StorageFile> {
     stats: WalStats,
     /// `stats` when the newest segment was created: the writes since went to it.
     stats_at_segment_start: WalStats,
-    /// What a new buffer of records is sized for: twice the size the last one
-    /// reached (at most `BUFFER_SIZE_HINT_MAX_BYTES`), so that a steady load rarely
-    /// grows one (growing copies it).
+    /// What a new buffer of records is sized for (see `next_buffer_size_hint`).
     buffer_size_hint: usize,
 }
 
 /// The most a new buffer of records starts with: a burst that made one large
 /// must not make every later buffer as large. Larger ones grow as they fill.
-const BUFFER_SIZE_HINT_MAX_BYTES: usize = 256 * 1024;
+const BUFFER_SIZE_HINT_MAX_BYTES: usize = 1024 * 1024;
+
+/// The size to give the next buffer of records, after one that reached
+/// `last_bytes` while `hint_bytes` was the hint: twice the last size, or three
+/// quarters of the hint when that is more, at most `BUFFER_SIZE_HINT_MAX_BYTES`.
+///
+/// Growing a buffer copies it, and under a steady load buffers still vary: one
+/// fills while the previous flush is in flight, for as long as that flush takes.
+/// Sized from the last buffer alone (at most 256 KiB), buffers grew about once for
+/// every two made in the pipelined benchmark, and the copies were about 1 % of the
+/// nodes' CPU; with this hint, once for every eight (docs/performance.md, "Ninth
+/// look"). The slowly falling hint remembers the larger buffers, and still shrinks
+/// within a few once a burst has passed.
+fn next_buffer_size_hint(hint_bytes: usize, last_bytes: usize) -> usize {
+    (2 * last_bytes)
+        .max(hint_bytes - hint_bytes / 4)
+        .min(BUFFER_SIZE_HINT_MAX_BYTES)
+}
 
 /// See [`Wal::observe_syncs`].
 type SyncObserver = Box<dyn Fn(std::time::Duration)>;
@@ -448,5 +463,31 @@ impl<F: StorageFile> Inner<F> {
             let (e, _) = self.cache.pop_front().expect("checked");
             self.cache_payload_bytes -= e.payload.len();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BUFFER_SIZE_HINT_MAX_BYTES, next_buffer_size_hint};
+
+    #[test]
+    fn the_buffer_hint_doubles_the_last_size_and_falls_slowly() {
+        assert_eq!(next_buffer_size_hint(0, 100_000), 200_000);
+        // A small buffer after a large one: the hint falls by a quarter.
+        assert_eq!(next_buffer_size_hint(400_000, 10_000), 300_000);
+        // A burst is remembered within the cap, never past it.
+        assert_eq!(
+            next_buffer_size_hint(0, 4 << 20),
+            BUFFER_SIZE_HINT_MAX_BYTES
+        );
+        // Once the burst has passed, the hint comes down to twice the load.
+        let mut hint = BUFFER_SIZE_HINT_MAX_BYTES;
+        let mut buffers = 0;
+        while hint > 8_192 {
+            hint = next_buffer_size_hint(hint, 4_096);
+            buffers += 1;
+        }
+        assert_eq!(hint, 8_192);
+        assert!(buffers <= 20, "{buffers} buffers to shrink from the cap");
     }
 }

@@ -107,8 +107,7 @@ impl<F: StorageFile> Inner<F> {
         // Padding counts as buffered until the buffer leaves the queue.
         self.buffered_bytes += data.len() - before;
         self.buffered_bytes -= data.len();
-        // Twice the last size: turns vary, and growing a buffer copies it.
-        self.buffer_size_hint = (2 * data.len()).min(BUFFER_SIZE_HINT_MAX_BYTES);
+        self.buffer_size_hint = next_buffer_size_hint(self.buffer_size_hint, data.len());
         let end = pos + data.len() as u64;
         if let Some(seg) = self
             .segments
