@@ -204,7 +204,7 @@ const BUFFER_SIZE_HINT_MAX_BYTES: usize = 1024 * 1024;
 /// Growing a buffer copies it, and under a steady load buffers still vary: one
 /// fills while the previous flush is in flight, for as long as that flush takes.
 /// Sized from the last buffer alone (at most 256 KiB), buffers grew about once for
-/// every two made in the pipelined benchmark, and the copies were about 1 % of the
+/// every two made in the pipelined benchmark, and the copies were 1.4 % of the
 /// nodes' CPU; with this hint, once for every eight (docs/performance.md, "Ninth
 /// look"). The slowly falling hint remembers the larger buffers, and still shrinks
 /// within a few once a burst has passed.
