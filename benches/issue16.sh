@@ -1,22 +1,16 @@
 #!/bin/bash
 # Issue 16's side-by-side run (docs/performance.md, "Issue 16"): an old and a new
 # ringlog binary, 3 rounds alternating, every case 2 s warmup + 8 s measured, the
-# machine's floors (durable 4 KiB write, 64-byte loopback round trip) at the start
-# and the end. Usage: OLD=path/to/old/ringlog NEW=target/release/ringlog OUT=file \
+# machine's floors (benches/floors.sh: durable writes, the 64-byte loopback round
+# trip) at the start and the end. Usage: OLD=path/to/old/ringlog NEW=target/release/ringlog OUT=file \
 #   benches/issue16.sh; then summarize the JSON lines of OUT.
 set -u
 OLD=${OLD:?path of the old binary}; NEW=${NEW:-target/release/ringlog}
 OUT=${OUT:-issue16.txt}; HERE=$(cd "$(dirname "$0")" && pwd)
 run() { echo "$1 $($2 bench --local --duration 8s --warmup 2s "${@:3}" --json 2>/dev/null)" >> "$OUT"; }
-floors() {
-  local f; f=$(mktemp -p "${TMPDIR:-/tmp}")
-  dd if=/dev/zero of="$f" bs=1M count=64 oflag=direct 2>/dev/null
-  for _ in 1 2 3; do
-    echo "floor dd4k $(dd if=/dev/zero of="$f" bs=4k count=3000 oflag=direct,dsync conv=notrunc 2>&1 | tail -1)" >> "$OUT"
-  done
-  rm -f "$f"
-  for _ in 1 2 3; do echo "floor rtt $(python3 "$HERE/rtt2.py")" >> "$OUT"; done
-}
+# The floors (benches/floors.sh), one "floor ..." line each. Runs before 2026-12-04
+# wrote three raw `dd` lines for the 4 KiB write and no 20 KiB or three-writer lines.
+floors() { "$HERE/floors.sh" | sed 's/^/floor /' >> "$OUT"; }
 floors
 for _ in 1 2 3; do for b in old new; do
   if [ "$b" = old ]; then B=$OLD; else B=$NEW; fi
