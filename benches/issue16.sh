@@ -2,8 +2,9 @@
 # Issue 16's side-by-side run (docs/performance.md, "Issue 16"): an old and a new
 # ringlog binary, 3 rounds alternating, every case 2 s warmup + 8 s measured, the
 # machine's floors (benches/floors.sh: durable writes, the 64-byte loopback round
-# trip) at the start and the end. Usage: OLD=path/to/old/ringlog NEW=target/release/ringlog OUT=file \
-#   benches/issue16.sh; then summarize the JSON lines of OUT.
+# trip) at the start and the end. Usage:
+#   OLD=path/to/old/ringlog NEW=target/release/ringlog OUT=file benches/issue16.sh
+# then summarize the JSON lines of OUT.
 set -u
 OLD=${OLD:?path of the old binary}; NEW=${NEW:-target/release/ringlog}
 OUT=${OUT:-issue16.txt}; HERE=$(cd "$(dirname "$0")" && pwd)
