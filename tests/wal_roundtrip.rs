@@ -163,6 +163,27 @@ fn spares_zero_filled(disk: &SimStorage) -> Vec<bool> {
     spares.into_iter().map(|(_, zeroed)| zeroed).collect()
 }
 
+/// For every spare segment the recording shows, in order: the sizes of the writes
+/// of zeros that prepared it (none when it was only allocated). A record's write is
+/// never all zeros: its header carries a checksum.
+fn spares_zero_writes(disk: &SimStorage) -> Vec<Vec<usize>> {
+    let mut spares: Vec<(usize, Vec<usize>)> = Vec::new();
+    for event in disk.events() {
+        match event {
+            SimEvent::Create { name, ino } if name == SPARE_FILE_NAME => {
+                spares.push((ino, Vec::new()))
+            }
+            SimEvent::Write { ino, data, .. } if data.iter().all(|b| *b == 0) => {
+                if let Some(spare) = spares.iter_mut().find(|(i, _)| *i == ino) {
+                    spare.1.push(data.len());
+                }
+            }
+            _ => {}
+        }
+    }
+    spares.into_iter().map(|(_, writes)| writes).collect()
+}
+
 /// Appends `count` flushes of `per_flush` entries of `len` bytes each.
 async fn fill(wal: &Wal<SimStorage>, count: u64, per_flush: u64, len: usize) {
     let mut op = 0;
@@ -201,4 +222,45 @@ fn auto_preallocation_zero_fills_after_small_writes_and_not_after_large_ones() {
         assert!(zeroed[0], "{zeroed:?}");
         assert!(zeroed[2..].iter().all(|z| !*z), "{zeroed:?}");
     });
+}
+
+#[test]
+fn zero_filling_writes_grow_with_the_logs_writes() {
+    const SEGMENT_BYTES: u64 = 1 << 20;
+    let config = WalConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        record_size_bytes_max: 128 << 10,
+        flush_bytes_max: 1 << 20,
+        buffered_bytes_max: 4 << 20,
+        preallocate: Preallocate::Auto,
+        ..small_config()
+    };
+    // (record bytes, one per flush; flushes; the zero-filling write expected after
+    // a segment of such writes: four of them rounded up to a power of two, at least
+    // 128 KiB and at most 512 KiB).
+    let cases = [
+        (8_000, 500, 128 << 10),
+        (40_000, 100, 256 << 10),
+        (100_000, 40, 512 << 10),
+    ];
+    for (len, flushes, chunk_bytes) in cases {
+        let config = config.clone();
+        let spares = run(move || async move {
+            let disk = SimStorage::new(512);
+            let (wal, _) = Wal::open(disk.clone(), config).await.expect("open");
+            fill(&wal, flushes, 1, len).await;
+            spares_zero_writes(&disk)
+        });
+        assert!(spares.len() >= 4, "{len}-byte records: too few segments");
+        // The first two spares are prepared before anything is written (the first
+        // segment's, and the next one as soon as it exists): the least size.
+        let least = vec![128 << 10; (SEGMENT_BYTES >> 17) as usize];
+        assert_eq!(spares[..2], [least.clone(), least], "{len}-byte records");
+        // The ones after: by the writes of the segment just filled. The last may
+        // have been still in preparation when the run ended.
+        let whole = vec![chunk_bytes; SEGMENT_BYTES as usize / chunk_bytes];
+        for (i, writes) in spares[2..spares.len() - 1].iter().enumerate() {
+            assert_eq!(*writes, whole, "{len}-byte records: spare {}", i + 2);
+        }
+    }
 }

@@ -72,11 +72,34 @@ pub const CACHE_BYTES_MAX_DEFAULT: usize = 8 << 20;
 pub const ZERO_FILL_WRITE_BYTES_MAX_DEFAULT: usize = 256 << 10;
 /// Default bound on open segment files: 16.
 pub const OPEN_SEGMENTS_MAX_DEFAULT: usize = 16;
-/// Zero-filling writes at most this many bytes per write: the log's own durable
+/// Zero-filling writes at least this many bytes per write. The log's own durable
 /// writes queue behind them on the device, so small ones keep the tail short (with
 /// 1 MiB writes the pipelined benchmark's p99 was 75 – 126 ms, with 128 KiB 38 – 50
 /// ms, docs/performance.md).
-pub const ZERO_FILL_CHUNK_BYTES: usize = 128 << 10;
+pub const ZERO_FILL_CHUNK_BYTES_MIN: usize = 128 << 10;
+/// Zero-filling writes at most this many bytes per write.
+pub const ZERO_FILL_CHUNK_BYTES_MAX: usize = 512 << 10;
+/// A zero-filling write is at most this many times the mean size of the log's writes
+/// (rounded up to a power of two, within the bounds above).
+pub const ZERO_FILL_CHUNK_WRITES: u64 = 4;
+
+/// The size of the writes that zero-fill the next segment, given the mean size of
+/// the log's writes into the segment just filled. Each zero-filling write is a
+/// request of its own, handed to an io_uring worker because it allocates blocks, so
+/// a log written in large writes, whose rate fills segments quickly, pays less CPU
+/// per segment with larger ones (docs/performance.md, "Tenth look"); while a log
+/// written in small writes, where latency counts, keeps them small, since one of its
+/// writes may queue behind a zero-filling write.
+pub fn zero_fill_chunk_bytes(mean_write_bytes: u64) -> usize {
+    let scaled = mean_write_bytes
+        .saturating_mul(ZERO_FILL_CHUNK_WRITES)
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX);
+    scaled.clamp(
+        ZERO_FILL_CHUNK_BYTES_MIN as u64,
+        ZERO_FILL_CHUNK_BYTES_MAX as u64,
+    ) as usize
+}
 
 impl Default for WalConfig {
     fn default() -> Self {
@@ -138,5 +161,34 @@ impl WalConfig {
             return Err("flushes_in_flight_max must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_filling_writes_are_four_log_writes_rounded_up_within_bounds() {
+        const KIB: u64 = 1 << 10;
+        let cases = [
+            // Before any write, and for writes of a few blocks: the least size.
+            (0, ZERO_FILL_CHUNK_BYTES_MIN),
+            (4 * KIB, ZERO_FILL_CHUNK_BYTES_MIN),
+            (32 * KIB, 128 << 10),
+            // Just above a power of two, four of them round up to the next one.
+            (32 * KIB + 1, 256 << 10),
+            (100 * KIB, 512 << 10),
+            // Large writes, and a mean whose product would overflow: the most.
+            (172 * KIB, ZERO_FILL_CHUNK_BYTES_MAX),
+            (u64::MAX, ZERO_FILL_CHUNK_BYTES_MAX),
+        ];
+        for (mean_write_bytes, chunk_bytes) in cases {
+            assert_eq!(
+                zero_fill_chunk_bytes(mean_write_bytes),
+                chunk_bytes,
+                "mean write of {mean_write_bytes} bytes"
+            );
+        }
     }
 }

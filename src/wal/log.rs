@@ -10,7 +10,7 @@
 //! prefix of the submitted ops.
 
 use super::buffer::RecordBuf;
-use super::config::{Preallocate, WalConfig, ZERO_FILL_CHUNK_BYTES};
+use super::config::{Preallocate, WalConfig, zero_fill_chunk_bytes};
 use super::error::{WalError, WalResult, io_err};
 use super::format::{
     RECORD_HEADER_BYTES, RecordMeta, SEGMENT_HEADER_BYTES, SegmentInfo, encode_record,
@@ -266,30 +266,30 @@ impl<S: Storage> Wal<S> {
         // Spares get the configured size, which `start_segment` records in the header
         // of the segment each one becomes.
         let size = self.shared.config.segment_size_bytes;
-        let zero_fill = self.zero_fill_next();
+        let zero_fill_chunk = self.zero_fill_chunk_next();
         let recycle = std::mem::take(&mut self.shared.inner.borrow_mut().recycle_present);
-        let task = spawn_local(prepare_spare(storage, size, zero_fill, recycle));
+        let task = spawn_local(prepare_spare(storage, size, zero_fill_chunk, recycle));
         let mut inner = self.shared.inner.borrow_mut();
         inner.spare = Some(task);
         inner.stats_at_segment_start = inner.stats;
     }
 
-    /// Whether to zero-fill the next segment (see [`Preallocate::Auto`]): by the mean
-    /// size of the writes since the newest segment was created.
-    fn zero_fill_next(&self) -> bool {
+    /// How to prepare the next segment (see [`Preallocate::Auto`]), by the mean size
+    /// of the writes since the newest segment was created: zero-filled in writes of
+    /// the returned size, or, with `None`, only allocated.
+    fn zero_fill_chunk_next(&self) -> Option<usize> {
         let config = &self.shared.config;
         let inner = self.shared.inner.borrow();
         let (now, start) = (inner.stats, inner.stats_at_segment_start);
-        let writes = now.writes - start.writes;
-        match config.preallocate {
+        let mean_write_bytes = (now.bytes_written - start.bytes_written)
+            .checked_div(now.writes - start.writes)
+            .unwrap_or(0);
+        let zero_fill = match config.preallocate {
             Preallocate::ZeroFill => true,
             Preallocate::Fallocate => false,
-            Preallocate::Auto => {
-                writes == 0
-                    || (now.bytes_written - start.bytes_written) / writes
-                        < config.zero_fill_write_bytes_max as u64
-            }
-        }
+            Preallocate::Auto => mean_write_bytes < config.zero_fill_write_bytes_max as u64,
+        };
+        zero_fill.then(|| zero_fill_chunk_bytes(mean_write_bytes))
     }
 
     pub fn log_start(&self) -> Index {

@@ -87,7 +87,7 @@ impl<S: Storage> Wal<S> {
             None => prepare_spare(
                 shared.storage.clone(),
                 info.segment_size_bytes,
-                self.zero_fill_next(),
+                self.zero_fill_chunk_next(),
                 false,
             )
             .await
@@ -130,12 +130,13 @@ impl<S: Storage> Wal<S> {
 }
 
 /// Creates the spare segment file and prepares all of it: a recycled segment when
-/// `recycle` (renamed, its blocks already written), else zero-filled and synced, or
-/// only allocated. Returns whether the file is recycled.
+/// `recycle` (renamed, its blocks already written), else zero-filled in writes of
+/// `zero_fill_chunk` bytes and synced, or, without it, only allocated. Returns
+/// whether the file is recycled.
 pub(super) async fn prepare_spare<S: Storage>(
     storage: Rc<S>,
     size: u64,
-    zero_fill: bool,
+    zero_fill_chunk: Option<usize>,
     recycle: bool,
 ) -> io::Result<(S::File, bool)> {
     if recycle {
@@ -154,7 +155,7 @@ pub(super) async fn prepare_spare<S: Storage>(
             Err(e) => return Err(e),
         }
     }
-    prepare_fresh(storage, size, zero_fill)
+    prepare_fresh(storage, size, zero_fill_chunk)
         .await
         .map(|f| (f, false))
 }
@@ -162,14 +163,14 @@ pub(super) async fn prepare_spare<S: Storage>(
 async fn prepare_fresh<S: Storage>(
     storage: Rc<S>,
     size: u64,
-    zero_fill: bool,
+    zero_fill_chunk: Option<usize>,
 ) -> io::Result<S::File> {
-    if zero_fill {
+    if let Some(chunk_bytes) = zero_fill_chunk {
         // Written through a plain handle and synced once: on write-through storage
         // every 1 MiB of zeros would otherwise carry a device cache flush, and the
         // log's own writes would queue behind them.
         let file = storage.open_for_preparation(SPARE_FILE_NAME, true).await?;
-        file.write_zeros(0, size, ZERO_FILL_CHUNK_BYTES).await?;
+        file.write_zeros(0, size, chunk_bytes).await?;
         file.sync().await?;
         drop(file);
         // The segment's own writes go through a handle opened the normal way.
