@@ -148,19 +148,8 @@ fn real_files_round_trip_tiny_and_large_records() {
 /// For every spare segment the recording shows, in order: whether it was zero-filled
 /// (written before it was renamed into a segment) rather than only allocated.
 fn spares_zero_filled(disk: &SimStorage) -> Vec<bool> {
-    let mut spares: Vec<(usize, bool)> = Vec::new();
-    for event in disk.events() {
-        match event {
-            SimEvent::Create { name, ino } if name == SPARE_FILE_NAME => spares.push((ino, false)),
-            SimEvent::Write { ino, data, .. } => {
-                if let Some(spare) = spares.iter_mut().find(|(i, _)| *i == ino) {
-                    spare.1 |= data.iter().all(|b| *b == 0);
-                }
-            }
-            _ => {}
-        }
-    }
-    spares.into_iter().map(|(_, zeroed)| zeroed).collect()
+    let spares = spares_zero_writes(disk);
+    spares.iter().map(|writes| !writes.is_empty()).collect()
 }
 
 /// For every spare segment the recording shows, in order: the sizes of the writes
@@ -254,7 +243,7 @@ fn zero_filling_writes_grow_with_the_logs_writes() {
         assert!(spares.len() >= 4, "{len}-byte records: too few segments");
         // The first two spares are prepared before anything is written (the first
         // segment's, and the next one as soon as it exists): the least size.
-        let least = vec![128 << 10; (SEGMENT_BYTES >> 17) as usize];
+        let least = vec![128 << 10; SEGMENT_BYTES as usize / (128 << 10)];
         assert_eq!(spares[..2], [least.clone(), least], "{len}-byte records");
         // The ones after: by the writes of the segment just filled. The last may
         // have been still in preparation when the run ended.
